@@ -1,0 +1,48 @@
+"""Registries of datasets and suites, discovered from the YAML files in `datasets_cfg/`.
+
+A dataset is `datasets_cfg/<name>.yaml` (files starting with `_` are shared includes); a suite is
+`datasets_cfg/suites/<name>.yaml`. Adding a parquet dataset needs a YAML file and no Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.config import CONFIG_ROOT, DatasetConfig, SuiteConfig, load_dataset_config, load_suite_config
+from bench.errors import ConfigError
+from bench.registry import Registry
+
+
+def dataset_files(root: Path = CONFIG_ROOT) -> Registry[Path]:
+    reg: Registry[Path] = Registry("dataset")
+    for path in sorted(root.glob("*.yaml")):
+        if not path.name.startswith("_"):
+            reg.add(path.stem, path)
+    return reg
+
+
+def suite_files(root: Path = CONFIG_ROOT) -> Registry[Path]:
+    reg: Registry[Path] = Registry("suite")
+    for path in sorted((root / "suites").glob("*.yaml")):
+        reg.add(path.stem, path)
+    return reg
+
+
+def get_dataset(name: str, root: Path = CONFIG_ROOT) -> DatasetConfig:
+    path = dataset_files(root).get(name)
+    cfg = load_dataset_config(path)
+    if cfg.name != name:
+        raise ConfigError(f"{path}: name {cfg.name!r} must equal the file name {name!r}")
+    return cfg
+
+
+def get_suite(name: str, root: Path = CONFIG_ROOT) -> SuiteConfig:
+    path = suite_files(root).get(name)
+    cfg = load_suite_config(path)
+    if cfg.name != name:
+        raise ConfigError(f"{path}: name {cfg.name!r} must equal the file name {name!r}")
+    reg = dataset_files(root)
+    for ds in cfg.datasets:
+        if ds not in reg:
+            raise ConfigError(f"{path}: datasets lists {reg.unknown_message(ds)}")
+    return cfg

@@ -1,0 +1,166 @@
+"""One cell of the benchmark: a strategy on a task, searched then evaluated on K seeds."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+
+from bench import metrics as metric_lib
+from bench import space
+from bench.features import TaskData
+from bench.records import Record
+from bench.search import Budget, best_params_or_none, open_study, run_search
+from bench.timing import TimingConfig, flops_per_sample, measure
+from bench.train import Batch, TrainConfig, predict_proba, train_model
+from strategies.base import STRATEGIES, FusionSpec, StrategyInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    strategy: str  # record name: the registry name, or "unimodal:<view>"
+    info: StrategyInfo
+    views: tuple[str, ...]
+
+
+def expand_cells(dataset: str, views: list[str], names: list[str]) -> list[Cell]:
+    """Registry names → cells for a task: per-modality strategies get one cell per view;
+    fusion strategies need at least `min_modalities` views and are skipped otherwise."""
+    cells = []
+    for name in names:
+        info = STRATEGIES.get(name)
+        if info.per_modality:
+            cells += [Cell(dataset, f"{name}:{v}", info, (v,)) for v in views]
+        elif len(views) >= info.min_modalities:
+            cells.append(Cell(dataset, name, info, tuple(views)))
+    return cells
+
+
+@dataclass(frozen=True)
+class CellContext:
+    """What every cell of a run shares."""
+
+    budget: Budget
+    train: TrainConfig
+    timing: TimingConfig
+    device: torch.device
+    storage: str
+    out_dir: Path
+
+
+def _spec(data: TaskData, cell: Cell) -> FusionSpec:
+    train = data.splits["train"]
+    return FusionSpec(
+        {v: train.pooled[v].shape[1] for v in cell.views},
+        {v: train.tokens[v].shape[1] for v in cell.views},
+        data.config.num_classes,
+    )
+
+
+def _batch(data: TaskData, split: str, cell: Cell, device: torch.device) -> Batch:
+    s = data.splits[split]
+    return Batch({k: v.to(device) for k, v in s.inputs(cell.info.input_kind, list(cell.views)).items()}, s.labels.to(device))
+
+
+def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
+    cfg = data.config
+    spec = _spec(data, cell)
+    train, val, test = (_batch(data, s, cell, ctx.device) for s in ("train", "val", "test"))
+    study_name = f"{cell.dataset}/{cell.strategy}"
+
+    def objective(trial: optuna.Trial) -> float:
+        params = space.sample_params(trial, cell.info.params)
+        seed = ctx.budget.search_seed * 100_000 + trial.number
+        torch.manual_seed(seed)
+        model = cell.info.build(spec, params).to(ctx.device)
+
+        def report(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        result = train_model(model, train, val, ctx.train, cfg.main_metric, seed, on_epoch=report)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("seed", seed)
+        return result.val_metric
+
+    search_seconds, n_trials = 0.0, 0
+    best = None
+    if cell.info.trainable:
+        study = open_study(study_name, ctx.storage, ctx.budget.search_seed)
+        study, search_seconds = run_search(study, objective, ctx.budget)
+        n_trials = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
+        best = best_params_or_none(study)
+    params = space.params_from_dict(cell.info.params, best) if best else cell.info.params()
+
+    records, predictions = [], []
+    throughput = flops = None
+    for seed in ctx.budget.eval_seeds:
+        torch.manual_seed(seed)
+        model = cell.info.build(spec, params).to(ctx.device)
+        result = train_model(model, train, val, ctx.train, cfg.main_metric, seed)
+        probs = predict_proba(model, test.inputs, ctx.train.eval_batch_size)
+        labels = test.labels.cpu().numpy()
+        scores = metric_lib.compute(cfg.metrics, labels, probs)
+        if throughput is None:  # a property of the architecture, measured once per cell
+            throughput = measure(model, test.inputs, ctx.device, ctx.timing, result.train_samples_per_s)
+            flops = flops_per_sample(model, test.inputs)
+        predictions.append(pd.DataFrame({"seed": seed, "index": np.arange(len(labels)), "label": labels,
+                                         "pred": probs.argmax(1), "prob": list(probs.astype(np.float32))}))
+        records.append(
+            Record(
+                dataset=cell.dataset,
+                task=cfg.task,
+                strategy=cell.strategy,
+                family=cell.info.family,
+                modalities=list(cell.views),
+                seed=seed,
+                status="ok",
+                params=_as_dict(params),
+                metrics=scores,
+                main_metric_name=cfg.main_metric,
+                main_metric=scores[cfg.main_metric],
+                val_main_metric=result.val_metric,
+                n_trials=n_trials,
+                n_trials_budget=ctx.budget.trials if cell.info.trainable else 0,
+                search_timeout_s=ctx.budget.timeout_s,
+                search_seconds=search_seconds,
+                train_seconds=result.train_seconds,
+                best_epoch=result.best_epoch,
+                throughput=throughput,
+                params_count=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                flops_per_sample=flops,
+                device=device_name(ctx.device),
+                encoders={v: data.encoders[v] for v in cell.views},
+                data_fingerprint=data.fingerprint,
+            )
+        )
+    pred_path = ctx.out_dir / "predictions" / cell.dataset / f"{cell.strategy.replace(':', '__')}.parquet"
+    pred_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pred_path.with_suffix(".tmp")
+    pd.concat(predictions).to_parquet(tmp)
+    tmp.replace(pred_path)
+    return records
+
+
+def _as_dict(params: object) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(params)  # type: ignore[call-overload]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    import platform
+
+    return f"cpu:{platform.processor() or platform.machine()}"

@@ -1,0 +1,184 @@
+"""The `fusebench` command line (see DESIGN.md, "Command line")."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bench.errors import UsageError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fusebench", description="Compare multimodal fusion strategies under one fair protocol.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("list", help="list registered strategies, datasets or suites")
+    ls.add_argument("what", choices=["strategies", "datasets", "suites", "encoders", "metrics"])
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    data = sub.add_parser("data", help="inspect the data bundle")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    chk = data_sub.add_parser("check", help="verify files against MANIFEST.json and print row counts")
+    chk.add_argument("--data-dir", help="data root (default: $FUSEBENCH_DATA, ../shared/data, ~/.cache/fusebench/data)")
+
+    run = sub.add_parser("run", help="search and evaluate strategies on datasets")
+    what = run.add_mutually_exclusive_group(required=True)
+    what.add_argument("--suite", help="a suite from datasets_cfg/suites (smoke, standard, tiny)")
+    what.add_argument("--datasets", help="comma-separated dataset names (with --strategies)")
+    run.add_argument("--strategies", help="comma-separated strategy names, or 'all'")
+    run.add_argument("--size", help="dataset size to use with --datasets (smoke, tiny, full); default full")
+    run.add_argument("--trials", type=int, help="optuna trials per strategy (equal for all)")
+    run.add_argument("--seeds", type=int, help="evaluation seeds per strategy")
+    run.add_argument("--epochs", type=int, help="max epochs per training run")
+    run.add_argument("--storage", help="optuna storage URL (default: SQLite in the run directory)")
+    run.add_argument("--out", default="runs/latest", help="run directory (default runs/latest); re-running resumes")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--data-dir", help="data root")
+
+    rep = sub.add_parser("report", help="rebuild the leaderboard of a run directory")
+    rep.add_argument("run_dir")
+    rep.add_argument("--html", action="store_true", help="also write report.html and plots/")
+    return p
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from bench import catalog
+    from bench.encoders import ENCODERS
+    from bench.metrics import METRICS
+    from strategies import STRATEGIES
+
+    if args.what == "strategies":
+        items = [info.to_json() for _, info in STRATEGIES.items()]
+        if args.json:
+            print(json.dumps(items, indent=2))
+        else:
+            for it in items:
+                print(f"{it['name']:20s} {it['family']:9s} {it['input_kind']:7s} {it['citation']}")
+    elif args.what == "datasets":
+        items = []
+        for name in catalog.dataset_files():
+            cfg = catalog.get_dataset(name)
+            items.append({"name": name, "task": cfg.task, "main_metric": cfg.main_metric, "num_classes": cfg.num_classes,
+                          "views": {k: dataclasses.asdict(v) for k, v in cfg.views.items()},
+                          "sizes": sorted(cfg.sizes) + ["full"], "citation": cfg.citation, "description": cfg.description})
+        if args.json:
+            print(json.dumps(items, indent=2))
+        else:
+            for it in items:
+                views = ", ".join(f"{k}({v['encoder']})" for k, v in it["views"].items())
+                print(f"{it['name']:14s} {it['task']:14s} {it['main_metric']:9s} {views}")
+    elif args.what == "suites":
+        items = [dataclasses.asdict(catalog.get_suite(n)) for n in catalog.suite_files()]
+        if args.json:
+            print(json.dumps(items, indent=2))
+        else:
+            for it in items:
+                print(f"{it['name']:10s} datasets={','.join(it['datasets'])} trials={it['trials']} seeds={it['seeds']} size={it['size']}")
+    else:
+        reg = ENCODERS if args.what == "encoders" else METRICS
+        names = reg.names()
+        print(json.dumps(names) if args.json else "\n".join(names))
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from bench.datacheck import check, format_report
+    from bench.paths import resolve_data_root
+
+    root = resolve_data_root(args.data_dir)
+    checks = check(root)
+    print(format_report(root, checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bench import catalog
+    from bench.config import SuiteConfig
+    from bench.runner import RunConfig, run
+
+    if args.suite:
+        suite = catalog.get_suite(args.suite)
+        if args.strategies:
+            suite = dataclasses.replace(suite, strategies=_split(args.strategies))
+        if args.size:
+            suite = dataclasses.replace(suite, size=args.size)
+    else:
+        if not args.strategies:
+            raise UsageError("--datasets needs --strategies (comma-separated names, or 'all')")
+        suite = SuiteConfig(name="custom", description="from the command line", datasets=_split(args.datasets),
+                            strategies=_split(args.strategies), size=args.size or "full")
+    overrides = {k: v for k, v in (("trials", args.trials), ("seeds", args.seeds), ("epochs", args.epochs)) if v is not None}
+    try:
+        suite = dataclasses.replace(suite, **overrides)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    summary = run(RunConfig(suite=suite, out=Path(args.out), data_dir=args.data_dir, device=args.device, storage=args.storage))
+    print(
+        f"fusebench: {summary.cells_ok} cell(s) ok, {summary.cells_failed} failed, {summary.cells_skipped} already done; "
+        f"{summary.seconds:.1f}s; results in {summary.run_dir}/results.jsonl, leaderboard in {summary.run_dir}/leaderboard.md"
+    )
+    return 1 if summary.cells_failed else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bench.records import load_records
+    from reports.leaderboard import write_leaderboard
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "results.jsonl").is_file():
+        raise UsageError(f"{run_dir}/results.jsonl not found: pass the --out directory of a `fusebench run`")
+    write_leaderboard(load_records(run_dir / "results.jsonl"), run_dir)
+    if args.html:
+        from reports.html import write_report
+
+        write_report(run_dir)
+    print(f"fusebench: wrote {run_dir}/leaderboard.md")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Progress bars of datasets/transformers drown the run log; fusebench logs its own progress."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S", stream=sys.stderr,
+    )
+    for noisy in ("optuna", "datasets", "httpx", "urllib3", "filelock", "fsspec", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        handler = {"list": _cmd_list, "data": _cmd_data, "run": _cmd_run, "report": _cmd_report}[args.command]
+        return handler(args)
+    except UsageError as exc:
+        print(f"fusebench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fusebench: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Runs a suite: for each dataset build, encode (cached), then search and evaluate every cell.
+
+A cell that raises is recorded as failed and the run goes on; finished cells are skipped when
+the same command is re-run on the same output directory (records are never duplicated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench import catalog
+from bench.builders import build_tables
+from bench.cache import FeatureCache, atomic_write_bytes
+from bench.cell import Cell, CellContext, expand_cells, run_cell
+from bench.config import SuiteConfig
+from bench.errors import UsageError
+from bench.features import encode_task
+from bench.paths import cache_root, resolve_data_root
+from bench.provenance import envelope, now, read_json
+from bench.records import Record, load_records, merge_records, write_records
+from bench.search import Budget
+from bench.timing import TimingConfig
+from bench.train import TrainConfig
+from reports.leaderboard import write_leaderboard
+from strategies import STRATEGIES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `fusebench run` was asked to do, after the suite and flags are merged."""
+
+    suite: SuiteConfig
+    out: Path
+    data_dir: str | None = None
+    device: str = "auto"
+    storage: str | None = None
+
+    @property
+    def strategy_names(self) -> list[str]:
+        names = list(self.suite.strategies)
+        return STRATEGIES.names() if names == ["all"] else names
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    cells_ok: int
+    cells_failed: int
+    cells_skipped: int
+    seconds: float
+    run_dir: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was requested but torch sees no CUDA device; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Fail fast (exit 2) on unknown names before any data is touched."""
+    for name in cfg.strategy_names:
+        STRATEGIES.get(name)
+    files = catalog.dataset_files()
+    for ds in cfg.suite.datasets:
+        files.get(ds)
+        catalog.get_dataset(ds)
+
+
+def _failed(cell: Cell, task: str, exc: BaseException) -> Record:
+    return Record(
+        dataset=cell.dataset, task=task, strategy=cell.strategy, family=cell.info.family, modalities=list(cell.views),
+        seed=None, status="failed", error=f"{type(exc).__name__}: {exc}",
+    )
+
+
+def run(cfg: RunConfig) -> RunSummary:
+    validate(cfg)
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    root = resolve_data_root(cfg.data_dir)
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    storage = cfg.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    suite = cfg.suite
+    ctx = CellContext(
+        budget=Budget(suite.trials, suite.timeout_s, suite.seeds, suite.search_seed),
+        train=TrainConfig(suite.epochs, suite.patience, suite.batch_size),
+        timing=TimingConfig(batch_size=max(suite.batch_size, 256)),
+        device=device,
+        storage=storage,
+        out_dir=out,
+    )
+    run_json = out / "run.json"
+    meta = read_json(run_json) or envelope(
+        {"suite": dataclasses.asdict(suite), "strategies": cfg.strategy_names, "storage": storage.split("@")[-1],
+         "data_root": str(root)},
+        device,
+    )
+    meta["resumed_at"] = now() if run_json.is_file() else None
+
+    results = out / "results.jsonl"
+    records = load_records(results)
+    done = {(r.dataset, r.strategy) for r in records if r.status == "ok"}
+    cache = FeatureCache(cache_root())
+    ok = failed = skipped = 0
+    for ds_name in suite.datasets:
+        ds_cfg = catalog.get_dataset(ds_name)
+        cells = expand_cells(ds_name, sorted(ds_cfg.views), cfg.strategy_names)
+        todo = [c for c in cells if (c.dataset, c.strategy) not in done]
+        skipped += len(cells) - len(todo)
+        if not todo:
+            continue
+        t0 = time.perf_counter()
+        try:
+            tables = build_tables(ds_cfg, root, suite.size)
+            data = encode_task(ds_cfg, tables, cache, device)
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the whole dataset fails, the run goes on
+            log.error("dataset %s failed to build/encode: %s", ds_name, exc)
+            records = merge_records(records, [_failed(c, ds_cfg.task, exc) for c in todo])
+            write_records(results, records)
+            failed += len(todo)
+            continue
+        meta["data"][ds_name] = {
+            "fingerprint": data.fingerprint,
+            "sources": data.sources,
+            "encoders": data.encoders,
+            "rows": {s: len(d) for s, d in data.splits.items()},
+            "prepare_seconds": round(time.perf_counter() - t0, 2),
+        }
+        atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
+        log.info("%s ready in %.1fs: %s", ds_name, time.perf_counter() - t0, meta["data"][ds_name]["rows"])
+        for cell in todo:
+            c0 = time.perf_counter()
+            try:
+                new = run_cell(cell, data, ctx)
+                ok += 1
+                log.info("  %-28s %s=%.4f (%.1fs)", cell.strategy, ds_cfg.main_metric,
+                         sum(r.main_metric for r in new) / len(new), time.perf_counter() - c0)
+            except UsageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
+                log.error("  %-28s FAILED: %s", cell.strategy, exc)
+                log.debug("%s", traceback.format_exc())
+                new = [_failed(cell, ds_cfg.task, exc)]
+                failed += 1
+            records = merge_records(records, new)
+            write_records(results, records)
+    meta["finished_at"] = now()
+    meta["cache"] = {"hits": cache.hits, "misses": cache.misses, "root": str(cache.root)}
+    meta["seconds"] = round(time.perf_counter() - started, 2)
+    atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
+    write_leaderboard(records, out)
+    return RunSummary(ok, failed, skipped, time.perf_counter() - started, out)

@@ -1,0 +1,150 @@
+"""Training a strategy on cached features.
+
+Features stay resident on the device as tensors; a batch is an index into them, so the loop has
+no per-batch decoding, no DataLoader and no host↔device copies. Early stopping keeps the state of
+the best validation epoch. `on_epoch(epoch, val_metric)` lets optuna prune (it may raise).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bench import metrics as metric_lib
+from strategies.base import FusionModel
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The fixed (not searched) part of training, identical for every strategy of a suite."""
+
+    epochs: int = 30
+    patience: int = 5
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError(f"epochs, batch_size and patience must be >= 1: {self}")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Inputs keyed by modality and labels, already on the training device."""
+
+    inputs: Mapping[str, Tensor]
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def take(self, index: Tensor) -> Batch:
+        return Batch({k: v[index] for k, v in self.inputs.items()}, self.labels[index])
+
+
+@dataclass
+class TrainResult:
+    model: FusionModel
+    val_metric: float
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    train_samples: int
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def train_samples_per_s(self) -> float:
+        return self.train_samples / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def predict_proba(model: FusionModel, inputs: Mapping[str, Tensor], batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities `[N, C]` as numpy, evaluated in batches in eval mode."""
+    model.eval()
+    n = next(iter(inputs.values())).shape[0]
+    out = [
+        model({k: v[i : i + batch_size] for k, v in inputs.items()}).float().softmax(-1).cpu()
+        for i in range(0, n, batch_size)
+    ]
+    return torch.cat(out).numpy()
+
+
+def loss_of(model: FusionModel, batch: Batch) -> Tensor:
+    """A strategy may define `training_loss(inputs, labels)` (stacking, auxiliary heads); else CE."""
+    custom = getattr(model, "training_loss", None)
+    if custom is not None:
+        return custom(batch.inputs, batch.labels)
+    return F.cross_entropy(model(batch.inputs), batch.labels)
+
+
+def train_model(
+    model: FusionModel,
+    train: Batch,
+    val: Batch,
+    cfg: TrainConfig,
+    main_metric: str,
+    seed: int,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place with AdamW on `train`, select the best epoch on `val`'s main metric."""
+    device = train.labels.device
+    metric = metric_lib.METRICS.get(main_metric)
+    val_labels = val.labels.cpu().numpy()
+    model.fit_prior(train.labels)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:  # baselines that do not learn
+        score = metric(val_labels, predict_proba(model, val.inputs, cfg.eval_batch_size))
+        return TrainResult(model, score, 0, 0, 0.0, 0, [score])
+
+    hp = model.params
+    optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    n = len(train)
+    best_score, best_epoch, best_state = -float("inf"), -1, None
+    history: list[float] = []
+    train_seconds, samples, bad_epochs = 0.0, 0, 0
+    epoch = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        _sync(device)
+        t0 = time.perf_counter()
+        order = torch.randperm(n, device=device, generator=generator)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            if idx.numel() < 2 and n >= 2:  # BatchNorm-free, but a 1-row batch is mostly noise
+                continue
+            loss = loss_of(model, train.take(idx))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            samples += idx.numel()
+        _sync(device)
+        train_seconds += time.perf_counter() - t0
+        score = metric(val_labels, predict_proba(model, val.inputs, cfg.eval_batch_size))
+        if not np.isfinite(score):
+            score = -float("inf")
+        history.append(float(score))
+        if on_epoch is not None:
+            on_epoch(epoch, float(score))
+        if score > best_score:
+            best_score, best_epoch, bad_epochs = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+            if bad_epochs >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return TrainResult(model, float(best_score), best_epoch, epoch + 1, train_seconds, samples, history)
