@@ -6,6 +6,7 @@ A dataset is `datasets_cfg/<name>.yaml` (files starting with `_` are shared incl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bench.config import CONFIG_ROOT, DatasetConfig, SuiteConfig, load_dataset_config, load_suite_config
@@ -13,7 +14,13 @@ from bench.errors import ConfigError
 from bench.registry import Registry
 
 
-def dataset_files(root: Path = CONFIG_ROOT) -> Registry[Path]:
+def config_root() -> Path:
+    """`$FUSEBENCH_CONFIG_DIR` (your own datasets and suites) or the repo's `datasets_cfg/`."""
+    return Path(os.environ["FUSEBENCH_CONFIG_DIR"]) if os.environ.get("FUSEBENCH_CONFIG_DIR") else CONFIG_ROOT
+
+
+def dataset_files(root: Path | None = None) -> Registry[Path]:
+    root = root or config_root()
     reg: Registry[Path] = Registry("dataset")
     for path in sorted(root.glob("*.yaml")):
         if not path.name.startswith("_"):
@@ -21,14 +28,15 @@ def dataset_files(root: Path = CONFIG_ROOT) -> Registry[Path]:
     return reg
 
 
-def suite_files(root: Path = CONFIG_ROOT) -> Registry[Path]:
+def suite_files(root: Path | None = None) -> Registry[Path]:
+    root = root or config_root()
     reg: Registry[Path] = Registry("suite")
     for path in sorted((root / "suites").glob("*.yaml")):
         reg.add(path.stem, path)
     return reg
 
 
-def get_dataset(name: str, root: Path = CONFIG_ROOT) -> DatasetConfig:
+def get_dataset(name: str, root: Path | None = None) -> DatasetConfig:
     path = dataset_files(root).get(name)
     cfg = load_dataset_config(path)
     if cfg.name != name:
@@ -36,7 +44,7 @@ def get_dataset(name: str, root: Path = CONFIG_ROOT) -> DatasetConfig:
     return cfg
 
 
-def get_suite(name: str, root: Path = CONFIG_ROOT) -> SuiteConfig:
+def get_suite(name: str, root: Path | None = None) -> SuiteConfig:
     path = suite_files(root).get(name)
     cfg = load_suite_config(path)
     if cfg.name != name:

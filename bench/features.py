@@ -87,6 +87,27 @@ def _as_tokens(feat: Features) -> Tensor:
     return feat.pooled.unsqueeze(1)
 
 
+def _standardise(per_split: dict[str, dict[str, Features]]) -> None:
+    """z-score every view with train statistics (pooled per dimension; tokens over real rows only,
+    padding rows stay exactly zero). Cached features stay raw; this runs on load."""
+    for view, train in per_split["train"].items():
+        mean, std = train.pooled.mean(0), train.pooled.std(0).clamp_min(1e-6)
+        tok_stats = None
+        if train.tokens is not None:
+            real = train.tokens.float()[train.tokens.float().abs().amax(-1) > 0]
+            tok_stats = (real.mean(0), real.std(0).clamp_min(1e-6)) if len(real) > 1 else None
+        for split in SPLITS:
+            f = per_split[split][view]
+            tokens = f.tokens
+            if tokens is not None and tok_stats is not None:
+                t = tokens.float()
+                mask = (t.abs().amax(-1, keepdim=True) > 0).to(t.dtype)
+                z = (t - tok_stats[0]) / tok_stats[1]
+                z = torch.where(z == 0, torch.full_like(z, 1e-6), z)  # a real row must never read as padding
+                tokens = (z * mask).to(torch.float16)
+            per_split[split][view] = Features((f.pooled - mean) / std, tokens)
+
+
 def encode_task(
     cfg: DatasetConfig, tables: TaskTables, cache: FeatureCache, device: torch.device
 ) -> TaskData:
@@ -121,6 +142,7 @@ def encode_task(
         for split in SPLITS:
             per_split[split][view_name] = cached[split]  # type: ignore[assignment]
 
+    _standardise(per_split)
     splits = {}
     for split in SPLITS:
         labels = torch.as_tensor(np.asarray(list(tables.splits[split]["label"])), dtype=torch.long)

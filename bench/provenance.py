@@ -46,7 +46,8 @@ def machine(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads_encode": torch.get_num_threads(),
+        "torch_threads_train": int(os.environ.get("FUSEBENCH_TRAIN_THREADS", "1")),
         "device": str(device),
     }
     if device.type == "cuda":

@@ -1,0 +1,106 @@
+"""Shared fixtures: an isolated feature cache, generated tiny models and a generated dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test session encodes into its own cache: tests never depend on a warm ~/.cache."""
+    root = tmp_path_factory.mktemp("fusebench-cache")
+    os.environ["FUSEBENCH_CACHE"] = str(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real bundle. Integration tests need it; its absence is an error, not a skip."""
+    from bench.paths import resolve_data_root
+
+    return resolve_data_root()
+
+
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "film", "plot", "the", "a", "was", "is", "very"]
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 1-layer BERT with a 20-token vocabulary, saved like a hub model."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def synthetic_bundle(tmp_path: Path, tiny_text_model: Path) -> tuple[Path, Path]:
+    """A generated parquet dataset (text + label + group) and a config dir describing it in YAML only."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data" / "toy"
+    data.mkdir(parents=True)
+    rows = []
+    for i in range(120):
+        label = i % 2
+        words = rng.choice(WORDS[:3] if label else WORDS[3:6], size=4).tolist() + rng.choice(WORDS[6:], size=3).tolist()
+        rows.append({"text": " ".join(words), "y": label, "src": i // 3, "score": float(label + rng.normal(0, 0.3))})
+    df = pd.DataFrame(rows)
+    df.iloc[:90].to_parquet(data / "toy_train.parquet")
+    df.iloc[90:].to_parquet(data / "toy_test.parquet")
+    cfg = tmp_path / "cfg"
+    (cfg / "suites").mkdir(parents=True)
+    (cfg / "toy.yaml").write_text(
+        f"""name: toy
+task: classification
+builder: parquet
+description: generated toy sentiment
+citation: none
+num_classes: 2
+metrics: [accuracy, auroc]
+main_metric: accuracy
+data:
+  path: toy
+  files: {{train: toy_train.parquet, test: toy_test.parquet}}
+  label: y
+  group: src
+  val_fraction: 0.2
+views:
+  lexical: {{column: text, encoder: tfidf, modality: text, options: {{components: 8, min_df: 1}}}}
+  neural: {{column: text, encoder: "hf:{tiny_text_model}", modality: text, options: {{max_length: 16, tokens: 8}}}}
+sizes:
+  small: {{train: 60, val: 20, test: 20}}
+"""
+    )
+    (cfg / "suites" / "toy.yaml").write_text(
+        """name: toy
+description: generated
+datasets: [toy]
+strategies: [concat, unimodal, majority]
+size: small
+trials: 2
+seeds: 2
+epochs: 3
+patience: 2
+batch_size: 16
+"""
+    )
+    return tmp_path / "data", cfg

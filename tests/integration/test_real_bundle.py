@@ -1,0 +1,74 @@
+"""A miniature suite on the real bundle: real parquet, real encoders, real optuna studies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import catalog
+from bench.builders import build_tables
+from bench.cli import main
+from bench.records import load_records
+
+pytestmark = pytest.mark.integration
+
+
+def test_data_check_verifies_every_manifest_file(data_root, capsys):
+    assert main(["data", "check", "--data-dir", str(data_root)]) == 0
+    out = capsys.readouterr().out
+    assert "15/15 files match MANIFEST.json" in out
+    assert "imdb       test: 25000  train: 25000" in out
+
+
+def test_avmnist_recipe_is_pinned_and_degrades_the_image(data_root):
+    cfg = catalog.get_dataset("avmnist")
+    a = build_tables(cfg, data_root, "tiny")
+    b = build_tables(cfg, data_root, "tiny")
+    assert a.fingerprint == b.fingerprint
+    import numpy as np
+
+    img_a, img_b = np.asarray(a.splits["train"]["image"]), np.asarray(b.splits["train"]["image"])
+    assert np.array_equal(img_a, img_b) and np.array_equal(np.asarray(a.splits["test"]["audio"]), np.asarray(b.splits["test"]["audio"]))
+    assert img_a.shape[1] == 784 and np.abs(img_a).max() < 1.0  # projected, centred residual, not raw pixels
+    assert sorted(set(a.splits["train"]["label"])) == list(range(10))
+
+
+def test_esc50_splits_never_share_a_source_recording(data_root):
+    t = build_tables(catalog.get_dataset("esc50"), data_root, "full")
+    groups = {s: set(t.splits[s]["group"]) for s in ("train", "val", "test")}
+    assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"] and not groups["val"] & groups["test"]
+    assert sum(len(t.splits[s]) for s in groups) == 400
+
+
+def test_flickr_itm_pairs_are_balanced_and_negatives_are_other_images(data_root):
+    t = build_tables(catalog.get_dataset("flickr8k-itm"), data_root, "tiny")
+    test = t.splits["test"]
+    labels = list(test["label"])
+    assert labels.count(1) == labels.count(0) == 12
+    n = 12
+    captions = list(test["caption"])
+    assert all(captions[i] != captions[n + i] for i in range(n))
+
+
+def test_tiny_suite_end_to_end(tmp_path, data_root, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "--suite", "tiny", "--out", str(out), "--data-dir", str(data_root)])
+    assert code == 0, capsys.readouterr().err
+    records = load_records(out / "results.jsonl")
+    suite = catalog.get_suite("tiny")
+    assert {r.dataset for r in records} == set(suite.datasets)
+    assert all(r.status == "ok" for r in records)
+    for ds in suite.datasets:
+        names = {r.strategy for r in records if r.dataset == ds}
+        views = sorted(catalog.get_dataset(ds).views)
+        assert {"concat", "gmu", "logit_mean", "majority"} | {f"unimodal:{v}" for v in views} == names
+        for name in names:
+            assert len([r for r in records if r.dataset == ds and r.strategy == name]) == suite.seeds
+    imdb = max(r.main_metric for r in records if r.dataset == "imdb")
+    assert imdb > 0.6, f"best IMDB accuracy {imdb} on real MiniLM/TF-IDF features is no better than chance"
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["versions"]["torch"] and meta["data"]["imdb"]["sources"]
+    board = (out / "leaderboard.md").read_text()
+    for ds in suite.datasets:
+        assert f"## {ds}" in board

@@ -1,0 +1,80 @@
+"""The command line's contract: exit statuses and messages for bad input, listing as JSON."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_list_strategies_json_carries_contract_fields(capsys):
+    assert main(["list", "strategies", "--json"]) == 0
+    items = json.loads(capsys.readouterr().out)
+    assert items, "no strategies registered"
+    for it in items:
+        assert {"name", "family", "modalities", "citation", "search_space"} <= set(it)
+        assert it["citation"]
+        if it["trainable"]:
+            assert {"lr", "weight_decay", "dropout", "hidden_dim"} <= set(it["search_space"])
+
+
+def test_list_datasets_and_suites(capsys):
+    assert main(["list", "datasets", "--json"]) == 0
+    names = {d["name"] for d in json.loads(capsys.readouterr().out)}
+    assert {"flickr8k-itm", "imdb", "avmnist", "esc50"} <= names
+    assert main(["list", "suites"]) == 0
+    assert "smoke" in capsys.readouterr().out
+
+
+def test_unknown_strategy_exits_2_with_suggestion_and_no_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "run", "--datasets", "imdb", "--strategies", "conact", "--out", "/nonexistent"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert proc.returncode == 2
+    assert "unknown strategy 'conact'" in proc.stderr and "Did you mean 'concat'?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_dataset_and_suite_exit_2(capsys):
+    assert main(["run", "--datasets", "imbd", "--strategies", "concat", "--out", "x"]) == 2
+    assert "Did you mean 'imdb'?" in capsys.readouterr().err
+    assert main(["run", "--suite", "smok"]) == 2
+    assert "Did you mean 'smoke'?" in capsys.readouterr().err
+
+
+def test_missing_data_root_exits_2_and_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FUSEBENCH_DATA", str(tmp_path / "nope"))
+    assert main(["data", "check"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nope") in err and "FUSEBENCH_DATA" in err
+    assert main(["run", "--suite", "tiny", "--data-dir", str(tmp_path / "also-nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+
+
+def test_no_data_root_anywhere_lists_candidates(monkeypatch):
+    from bench import paths
+    from bench.errors import DataError
+
+    monkeypatch.delenv("FUSEBENCH_DATA", raising=False)
+    monkeypatch.setattr(paths, "REPO_ROOT", Path("/nonexistent/repo"))
+    monkeypatch.setattr(paths.Path, "home", staticmethod(lambda: Path("/nonexistent/home")))
+    with pytest.raises(DataError) as err:
+        paths.resolve_data_root()
+    msg = str(err.value)
+    assert "/nonexistent/shared/data" in msg and "--data-dir" in msg and "FUSEBENCH_DATA" in msg
+
+
+def test_bad_yaml_key_exits_2_naming_file_and_key(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "cfg"
+    (cfg / "suites").mkdir(parents=True)
+    (cfg / "broken.yaml").write_text("name: broken\ntask: classification\nbuildr: parquet\n")
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    assert main(["run", "--datasets", "broken", "--strategies", "concat", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg / 'broken.yaml'}:3" in err and "buildr" in err and "Did you mean 'builder'?" in err
