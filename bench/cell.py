@@ -16,6 +16,7 @@ from bench import metrics as metric_lib
 from bench import space
 from bench.features import TaskData
 from bench.records import Record
+from bench.robustness import evaluate_robustness
 from bench.search import Budget, best_params_or_none, open_study, run_search
 from bench.timing import TimingConfig, flops_per_sample, measure
 from bench.train import Batch, TrainConfig, predict_proba, train_model
@@ -111,6 +112,7 @@ def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
         probs = predict_proba(model, test.inputs, ctx.train.eval_batch_size)
         labels = test.labels.cpu().numpy()
         scores = metric_lib.compute(cfg.metrics, labels, probs)
+        robustness = evaluate_robustness(model, test.inputs, labels, cfg.main_metric, seed, ctx.train.eval_batch_size)
         if throughput is None:  # a property of the architecture, measured once per cell
             throughput = measure(model, test.inputs, ctx.device, ctx.timing, result.train_samples_per_s)
             flops = flops_per_sample(model, test.inputs)
@@ -142,6 +144,7 @@ def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
                 device=device_name(ctx.device),
                 encoders={v: data.encoders[v] for v in cell.views},
                 data_fingerprint=data.fingerprint,
+                robustness=robustness,
             )
         )
     pred_path = ctx.out_dir / "predictions" / cell.dataset / f"{cell.strategy.replace(':', '__')}.parquet"

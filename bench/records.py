@@ -61,6 +61,7 @@ class Record:
     encoders: dict[str, str] = field(default_factory=dict)
     data_fingerprint: str = ""
     error: str | None = None
+    robustness: dict[str, float | None] = field(default_factory=dict)  # "missing:<view>", "noise:<sigma>" → test metric
     schema_version: int = SCHEMA_VERSION
 
     @property
