@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="optuna storage URL (default: SQLite in the run directory)")
     run.add_argument("--out", default="runs/latest", help="run directory (default runs/latest); re-running resumes")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--jobs", type=int, help="cells trained in parallel processes on CPU (default: the suite's, else 1)")
     run.add_argument("--data-dir", help="data root")
 
     rep = sub.add_parser("report", help="rebuild the leaderboard of a run directory")
@@ -117,12 +118,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("--datasets needs --strategies (comma-separated names, or 'all')")
         suite = SuiteConfig(name="custom", description="from the command line", datasets=_split(args.datasets),
                             strategies=_split(args.strategies), size=args.size or "full")
-    overrides = {k: v for k, v in (("trials", args.trials), ("seeds", args.seeds), ("epochs", args.epochs)) if v is not None}
+    overrides = {k: v for k, v in (("trials", args.trials), ("seeds", args.seeds), ("epochs", args.epochs),
+                                    ("jobs", args.jobs)) if v is not None}
     try:
         suite = dataclasses.replace(suite, **overrides)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    summary = run(RunConfig(suite=suite, out=Path(args.out), data_dir=args.data_dir, device=args.device, storage=args.storage))
+    summary = run(RunConfig(suite=suite, out=Path(args.out), data_dir=args.data_dir, device=args.device,
+                            storage=args.storage, jobs=suite.jobs))
     print(
         f"fusebench: {summary.cells_ok} cell(s) ok, {summary.cells_failed} failed, {summary.cells_skipped} already done; "
         f"{summary.seconds:.1f}s; results in {summary.run_dir}/results.jsonl, leaderboard in {summary.run_dir}/leaderboard.md"

@@ -224,9 +224,10 @@ class SuiteConfig:
     patience: int = 5
     batch_size: int = 128
     search_seed: int = 0
+    jobs: int = 1  # parallel cell workers on CPU (an execution detail: results do not depend on it)
 
     def __post_init__(self) -> None:
-        for name in ("trials", "seeds", "epochs", "batch_size"):
+        for name in ("trials", "seeds", "epochs", "batch_size", "jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 

@@ -135,8 +135,8 @@ def encode_task(
                 feat = encoder.encode(values)
                 rate = len(values) / max(time.perf_counter() - t0, 1e-9)
                 log.info("encoded %s/%s/%s: %d items with %s at %.1f items/s", cfg.name, split, view_name, len(values), view.encoder, rate)
-                cache.put(cfg.name, keys[split], feat, {"encoder": encoder.id, "items_per_s": rate})
                 cached[split] = _expand(feat, index)
+                cache.put(cfg.name, keys[split], cached[split], {"encoder": encoder.id, "items_per_s": rate})
         encoder_ids[view_name] = f"{view.encoder}:{json.dumps(view.options, sort_keys=True)}"
         seconds[view_name] = time.perf_counter() - started
         for split in SPLITS:

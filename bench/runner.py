@@ -19,10 +19,11 @@ import torch
 from bench import catalog
 from bench.builders import build_tables
 from bench.cache import FeatureCache, atomic_write_bytes
-from bench.cell import Cell, CellContext, expand_cells, run_cell
+from bench.cell import Cell, CellContext, expand_cells
 from bench.config import SuiteConfig
 from bench.errors import UsageError
 from bench.features import encode_task
+from bench.parallel import CellPool
 from bench.paths import cache_root, resolve_data_root
 from bench.provenance import envelope, now, read_json
 from bench.records import Record, load_records, merge_records, write_records
@@ -44,6 +45,7 @@ class RunConfig:
     data_dir: str | None = None
     device: str = "auto"
     storage: str | None = None
+    jobs: int = 1  # cells run in parallel worker processes (CPU only)
 
     @property
     def strategy_names(self) -> list[str]:
@@ -124,56 +126,58 @@ def run(cfg: RunConfig) -> RunSummary:
     done = {(r.dataset, r.strategy) for r in records if r.status == "ok"}
     cache = FeatureCache(cache_root())
     ok = failed = skipped = 0
-    for ds_name in suite.datasets:
-        ds_cfg = catalog.get_dataset(ds_name)
-        cells = expand_cells(ds_name, sorted(ds_cfg.views), cfg.strategy_names)
-        todo = [c for c in cells if (c.dataset, c.strategy) not in done]
-        skipped += len(cells) - len(todo)
-        if not todo:
-            continue
-        t0 = time.perf_counter()
-        try:
-            tables = build_tables(ds_cfg, root, suite.size)
-            data = encode_task(ds_cfg, tables, cache, device)
-        except UsageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the whole dataset fails, the run goes on
-            log.error("dataset %s failed to build/encode: %s", ds_name, exc)
-            records = merge_records(records, [_failed(c, ds_cfg.task, exc) for c in todo])
-            write_records(results, records)
-            failed += len(todo)
-            continue
-        meta["data"][ds_name] = {
-            "fingerprint": data.fingerprint,
-            "sources": data.sources,
-            "encoders": data.encoders,
-            "rows": {s: len(d) for s, d in data.splits.items()},
-            "prepare_seconds": round(time.perf_counter() - t0, 2),
-        }
-        atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
-        log.info("%s ready in %.1fs: %s", ds_name, time.perf_counter() - t0, meta["data"][ds_name]["rows"])
-        encode_threads = torch.get_num_threads()
-        if device.type == "cpu":
-            # Small fusion models train several times faster on one thread than on two (no
-            # inter-op sync per tiny matmul); encoders above used every core.
-            torch.set_num_threads(train_threads())
-        for cell in todo:
-            c0 = time.perf_counter()
+    pool = CellPool(cfg.jobs if device.type == "cpu" else 1, train_threads())
+    with pool:
+        for ds_name in suite.datasets:
+            ds_cfg = catalog.get_dataset(ds_name)
+            cells = expand_cells(ds_name, sorted(ds_cfg.views), cfg.strategy_names)
+            todo = [c for c in cells if (c.dataset, c.strategy) not in done]
+            skipped += len(cells) - len(todo)
+            if not todo:
+                continue
+            t0 = time.perf_counter()
             try:
-                new = run_cell(cell, data, ctx)
-                ok += 1
-                log.info("  %-28s %s=%.4f (%.1fs)", cell.strategy, ds_cfg.main_metric,
-                         sum(r.main_metric for r in new) / len(new), time.perf_counter() - c0)
+                tables = build_tables(ds_cfg, root, suite.size)
+                data = encode_task(ds_cfg, tables, cache, device)
             except UsageError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
-                log.error("  %-28s FAILED: %s", cell.strategy, exc)
-                log.debug("%s", traceback.format_exc())
-                new = [_failed(cell, ds_cfg.task, exc)]
-                failed += 1
-            records = merge_records(records, new)
-            write_records(results, records)
-        torch.set_num_threads(encode_threads)
+            except Exception as exc:  # noqa: BLE001 - the whole dataset fails, the run goes on
+                log.error("dataset %s failed to build/encode: %s", ds_name, exc)
+                records = merge_records(records, [_failed(c, ds_cfg.task, exc) for c in todo])
+                write_records(results, records)
+                failed += len(todo)
+                continue
+            meta["data"][ds_name] = {
+                "fingerprint": data.fingerprint,
+                "sources": data.sources,
+                "encoders": data.encoders,
+                "rows": {s: len(d) for s, d in data.splits.items()},
+                "prepare_seconds": round(time.perf_counter() - t0, 2),
+            }
+            atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
+            log.info("%s ready in %.1fs: %s", ds_name, time.perf_counter() - t0, meta["data"][ds_name]["rows"])
+            encode_threads = torch.get_num_threads()
+            if device.type == "cpu":
+                # Small fusion models train several times faster on one thread than on two (no
+                # inter-op sync per tiny matmul); encoders above used every core.
+                torch.set_num_threads(train_threads())
+            c0 = time.perf_counter()
+            for cell, outcome in pool.execute(todo, data, ctx):
+                if isinstance(outcome, UsageError):
+                    raise outcome
+                if isinstance(outcome, BaseException):
+                    log.error("  %-28s FAILED: %s", cell.strategy, outcome)
+                    log.debug("%s", "".join(traceback.format_exception(outcome)))
+                    new = [_failed(cell, ds_cfg.task, outcome)]
+                    failed += 1
+                else:
+                    new = outcome
+                    ok += 1
+                    log.info("  %-28s %s=%.4f (done at +%.1fs)", cell.strategy, ds_cfg.main_metric,
+                             sum(r.main_metric for r in new) / len(new), time.perf_counter() - c0)
+                records = merge_records(records, new)
+                write_records(results, records)
+            torch.set_num_threads(encode_threads)
     meta["finished_at"] = now()
     meta["cache"] = {"hits": cache.hits, "misses": cache.misses, "root": str(cache.root)}
     meta["seconds"] = round(time.perf_counter() - started, 2)
