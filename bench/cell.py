@@ -1,7 +1,13 @@
-"""One cell of the benchmark: a strategy on a task, searched then evaluated on K seeds."""
+"""One cell of the benchmark: a strategy on a task, searched then evaluated on K seeds.
+
+The search objective is built by `build_objective` from what the study's user attrs hold
+(`study_attrs`), so that a `fusebench worker` on another machine rebuilds exactly the objective the
+owning run uses (see bench/worker.py).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -17,7 +23,9 @@ from bench import space
 from bench.features import TaskData
 from bench.records import Record
 from bench.robustness import evaluate_robustness
-from bench.search import Budget, best_params_or_none, open_study, run_search
+from bench.errors import UsageError
+from bench.search import Budget, best_params_or_none, n_done, open_study, pruner_settings, run_search, sampler_settings
+from bench.storage import open_storage, redact
 from bench.timing import TimingConfig, flops_per_sample, measure
 from bench.train import Batch, TrainConfig, predict_proba, train_model
 from strategies.base import STRATEGIES, FusionSpec, StrategyInfo
@@ -54,8 +62,13 @@ class CellContext:
     train: TrainConfig
     timing: TimingConfig
     device: torch.device
-    storage: str
+    storage: str  # URL (see bench.storage); each process opens it itself
     out_dir: Path
+    size: str = "full"  # the suite's dataset size, stored with the study for workers
+    data_root: str = ""
+
+
+STUDY_ATTR = "fusebench"  # the study user attr holding what a worker needs to rebuild the objective
 
 
 def _spec(data: TaskData, cell: Cell) -> FusionSpec:
@@ -72,34 +85,86 @@ def _batch(data: TaskData, split: str, cell: Cell, device: torch.device) -> Batc
     return Batch({k: v.to(device) for k, v in s.inputs(cell.info.input_kind, list(cell.views)).items()}, s.labels.to(device))
 
 
-def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
+def study_name(cell: Cell) -> str:
+    return f"{cell.dataset}/{cell.strategy}"
+
+
+def study_attrs(cell: Cell, data: TaskData, ctx: CellContext) -> dict:
+    """Everything a worker needs to rebuild this cell's objective, stored with the study."""
+    return {
+        "dataset": cell.dataset,
+        "strategy": cell.strategy,
+        "registry_name": cell.info.name,
+        "views": list(cell.views),
+        "size": ctx.size,
+        "data_root": ctx.data_root,
+        "data_fingerprint": data.fingerprint,
+        "encoders": {v: data.encoders[v] for v in cell.views},
+        "train": dataclasses.asdict(ctx.train),
+        "budget": dataclasses.asdict(ctx.budget),
+        "sampler": sampler_settings(ctx.budget.search_seed),
+        "pruner": pruner_settings(),
+        "main_metric": data.config.main_metric,
+    }
+
+
+def open_cell_study(cell: Cell, data: TaskData, ctx: CellContext) -> optuna.Study:
+    """Create (or, resuming, load) the cell's study and store/check its user attrs.
+
+    A study created by a different data revision, encoder set, views or training config is an
+    error: its trials would not be comparable. A changed trial budget is taken as an extension."""
+    study = open_study(study_name(cell), open_storage(ctx.storage), ctx.budget.search_seed)
+    attrs = study_attrs(cell, data, ctx)
+    old = study.user_attrs.get(STUDY_ATTR)
+    if old:
+        for key in ("data_fingerprint", "encoders", "views", "train", "size"):
+            if old.get(key) != attrs[key]:
+                raise UsageError(
+                    f"study {study.study_name!r} in {redact(ctx.storage)} was created with {key}={old.get(key)!r}, "
+                    f"this run has {attrs[key]!r}; use another --out/--storage or the original config"
+                )
+    if old != attrs:
+        study.set_user_attr(STUDY_ATTR, attrs)
+    return study
+
+
+def build_objective(cell: Cell, data: TaskData, train_cfg: TrainConfig, budget: Budget, device: torch.device):
+    """The search objective of a cell: sample params, train with per-epoch pruning, return the val metric."""
     cfg = data.config
     spec = _spec(data, cell)
-    train, val, test = (_batch(data, s, cell, ctx.device) for s in ("train", "val", "test"))
-    study_name = f"{cell.dataset}/{cell.strategy}"
+    train, val = (_batch(data, s, cell, device) for s in ("train", "val"))
 
     def objective(trial: optuna.Trial) -> float:
         params = space.sample_params(trial, cell.info.params)
-        seed = ctx.budget.search_seed * 100_000 + trial.number
+        seed = budget.search_seed * 100_000 + trial.number
         torch.manual_seed(seed)
-        model = cell.info.build(spec, params).to(ctx.device)
+        model = cell.info.build(spec, params).to(device)
 
         def report(epoch: int, value: float) -> None:
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        result = train_model(model, train, val, ctx.train, cfg.main_metric, seed, on_epoch=report)
+        result = train_model(model, train, val, train_cfg, cfg.main_metric, seed, on_epoch=report)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("seed", seed)
         return result.val_metric
 
+    return objective
+
+
+def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
+    cfg = data.config
+    spec = _spec(data, cell)
+    train, val, test = (_batch(data, s, cell, ctx.device) for s in ("train", "val", "test"))
+
     search_seconds, n_trials = 0.0, 0
     best = None
     if cell.info.trainable:
-        study = open_study(study_name, ctx.storage, ctx.budget.search_seed)
-        study, search_seconds = run_search(study, objective, ctx.budget)
-        n_trials = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
+        study = open_cell_study(cell, data, ctx)
+        objective = build_objective(cell, data, ctx.train, ctx.budget, ctx.device)
+        study, search_seconds = run_search(study, objective, ctx.budget)  # waits for other workers' trials too
+        n_trials = n_done(study)
         best = best_params_or_none(study)
     params = space.params_from_dict(cell.info.params, best) if best else cell.info.params()
 
@@ -136,6 +201,8 @@ def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
                 n_trials_budget=ctx.budget.trials if cell.info.trainable else 0,
                 search_timeout_s=ctx.budget.timeout_s,
                 search_seconds=search_seconds,
+                sampler=sampler_settings(ctx.budget.search_seed) if cell.info.trainable else {},
+                pruner=pruner_settings() if cell.info.trainable else {},
                 train_seconds=result.train_seconds,
                 best_epoch=result.best_epoch,
                 throughput=throughput,

@@ -36,11 +36,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=int, help="optuna trials per strategy (equal for all)")
     run.add_argument("--seeds", type=int, help="evaluation seeds per strategy")
     run.add_argument("--epochs", type=int, help="max epochs per training run")
-    run.add_argument("--storage", help="optuna storage URL (default: SQLite in the run directory)")
+    run.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    run.add_argument("--modality-dropout", type=float, help="zero each modality of a training example with this probability")
+    run.add_argument("--gradient-blending", action="store_true", default=None,
+                     help="Gradient-Blending loss weights (Wang et al. 2020); needs strategies with per-modality branches")
+    run.add_argument("--storage", help="optuna storage URL: journal:///abs/file, sqlite:///file or "
+                     "postgresql+psycopg://user:pass@host:port/db (default: RUN_DIR/optuna.journal)")
+    run.add_argument("--prepare-only", action="store_true",
+                     help="build, encode and create the studies in --storage, then exit (start workers next)")
     run.add_argument("--out", default="runs/latest", help="run directory (default runs/latest); re-running resumes")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--jobs", type=int, help="cells trained in parallel processes on CPU (default: the suite's, else 1)")
     run.add_argument("--data-dir", help="data root")
+
+    wk = sub.add_parser("worker", help="join an existing study (created by `run`) and run its trials until the budget is done")
+    wk.add_argument("--study", required=True, help="study name, <dataset>/<strategy> (e.g. imdb/concat)")
+    wk.add_argument("--storage", required=True, help="the owner run's storage URL (postgresql+psycopg://... across machines)")
+    wk.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    wk.add_argument("--data-dir", help="data root (default: the study's, else the usual lookup)")
 
     rep = sub.add_parser("report", help="rebuild the leaderboard of a run directory")
     rep.add_argument("run_dir")
@@ -119,18 +132,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
         suite = SuiteConfig(name="custom", description="from the command line", datasets=_split(args.datasets),
                             strategies=_split(args.strategies), size=args.size or "full")
     overrides = {k: v for k, v in (("trials", args.trials), ("seeds", args.seeds), ("epochs", args.epochs),
-                                    ("jobs", args.jobs)) if v is not None}
+                                    ("patience", args.patience), ("jobs", args.jobs),
+                                    ("modality_dropout", args.modality_dropout),
+                                    ("gradient_blending", args.gradient_blending)) if v is not None}
     try:
         suite = dataclasses.replace(suite, **overrides)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     summary = run(RunConfig(suite=suite, out=Path(args.out), data_dir=args.data_dir, device=args.device,
-                            storage=args.storage, jobs=suite.jobs))
+                            storage=args.storage, jobs=suite.jobs, prepare_only=args.prepare_only))
+    if args.prepare_only:
+        print(f"fusebench: studies ready in {args.storage or 'the run directory'}; start `fusebench worker` processes")
+        return 0
     print(
         f"fusebench: {summary.cells_ok} cell(s) ok, {summary.cells_failed} failed, {summary.cells_skipped} already done; "
         f"{summary.seconds:.1f}s; results in {summary.run_dir}/results.jsonl, leaderboard in {summary.run_dir}/leaderboard.md"
     )
     return 1 if summary.cells_failed else 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from bench.worker import run_worker
+
+    s = run_worker(args.study, args.storage, device=args.device, data_dir=args.data_dir)
+    print(f"fusebench worker: study {s.study}: {s.trials_here} trial(s) finished here, "
+          f"{s.finished}/{s.budget} finished in all; {s.seconds:.1f}s")
+    return 0 if s.finished >= s.budget else 1
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -173,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        handler = {"list": _cmd_list, "data": _cmd_data, "run": _cmd_run, "report": _cmd_report}[args.command]
+        handler = {"list": _cmd_list, "data": _cmd_data, "run": _cmd_run, "worker": _cmd_worker, "report": _cmd_report}[args.command]
         return handler(args)
     except UsageError as exc:
         print(f"fusebench: error: {exc}", file=sys.stderr)

@@ -225,11 +225,15 @@ class SuiteConfig:
     batch_size: int = 128
     search_seed: int = 0
     jobs: int = 1  # parallel cell workers on CPU (an execution detail: results do not depend on it)
+    modality_dropout: float = 0.0  # training option applied to every strategy (strategies.training_options)
+    gradient_blending: bool = False  # G-Blend loss weighting; strategies without unimodal branches fail clearly
 
     def __post_init__(self) -> None:
         for name in ("trials", "seeds", "epochs", "batch_size", "jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
 
 
 def load_dataset_config(path: Path) -> DatasetConfig:

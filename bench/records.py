@@ -62,6 +62,11 @@ class Record:
     data_fingerprint: str = ""
     error: str | None = None
     robustness: dict[str, float | None] = field(default_factory=dict)  # "missing:<view>", "noise:<sigma>" → test metric
+    sampler: dict[str, Any] = field(default_factory=dict)  # optuna sampler of the search: name + settings
+    pruner: dict[str, Any] = field(default_factory=dict)  # optuna pruner of the search: name + settings
+    # Per-cell statistics over all its seeds and test examples (bench.stats.cell_stats): mean, std,
+    # ci95_low, ci95_high, p_vs_best_unimodal, p_vs_late_fusion, best_unimodal, beats_best_unimodal, ...
+    stats: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -27,7 +27,9 @@ from bench.parallel import CellPool
 from bench.paths import cache_root, resolve_data_root
 from bench.provenance import envelope, now, read_json
 from bench.records import Record, load_records, merge_records, write_records
-from bench.search import Budget
+from bench.search import Budget, pruner_settings, sampler_settings
+from bench.stats import attach_stats
+from bench.storage import default_url, kind, redact
 from bench.timing import TimingConfig
 from bench.train import TrainConfig
 from reports.leaderboard import write_leaderboard
@@ -46,6 +48,7 @@ class RunConfig:
     device: str = "auto"
     storage: str | None = None
     jobs: int = 1  # cells run in parallel worker processes (CPU only)
+    prepare_only: bool = False  # build + encode, create the studies (with their user attrs) and stop: for workers
 
     @property
     def strategy_names(self) -> list[str]:
@@ -96,6 +99,18 @@ def _failed(cell: Cell, task: str, exc: BaseException) -> Record:
     )
 
 
+def _with_stats(records: list[Record], out: Path, dataset: str, results: Path) -> list[Record]:
+    """Once every cell of `dataset` is done: its statistics (bench.stats) into each of its records."""
+    try:
+        updated = attach_stats(records, out, dataset)
+    except Exception as exc:  # noqa: BLE001 - statistics never cost the run its records
+        log.error("statistics for %s failed: %s", dataset, exc)
+        return records
+    if updated != records:
+        write_records(results, updated)
+    return updated
+
+
 def run(cfg: RunConfig) -> RunSummary:
     validate(cfg)
     started = time.perf_counter()
@@ -103,23 +118,30 @@ def run(cfg: RunConfig) -> RunSummary:
     root = resolve_data_root(cfg.data_dir)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    storage = cfg.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    storage = cfg.storage or default_url(out)
+    kind(storage)  # a bad URL is a usage error before any work
     suite = cfg.suite
     ctx = CellContext(
         budget=Budget(suite.trials, suite.timeout_s, suite.seeds, suite.search_seed),
-        train=TrainConfig(suite.epochs, suite.patience, suite.batch_size),
+        train=TrainConfig(suite.epochs, suite.patience, suite.batch_size, modality_dropout=suite.modality_dropout,
+                          gradient_blending=suite.gradient_blending),
         timing=TimingConfig(batch_size=max(suite.batch_size, 256)),
         device=device,
         storage=storage,
         out_dir=out,
+        size=suite.size,
+        data_root=str(root.resolve()),
     )
     run_json = out / "run.json"
     meta = read_json(run_json) or envelope(
-        {"suite": dataclasses.asdict(suite), "strategies": cfg.strategy_names, "storage": storage.split("@")[-1],
+        {"suite": dataclasses.asdict(suite), "strategies": cfg.strategy_names, "storage": redact(storage),
          "data_root": str(root)},
         device,
     )
     meta["resumed_at"] = now() if run_json.is_file() else None
+    meta["protocol"] = {"sampler": sampler_settings(suite.search_seed), "pruner": pruner_settings(),
+                        "trials_per_study": suite.trials, "search_timeout_s": suite.timeout_s,
+                        "eval_seeds": ctx.budget.eval_seeds, "search_seed": suite.search_seed}
 
     results = out / "results.jsonl"
     records = load_records(results)
@@ -134,6 +156,7 @@ def run(cfg: RunConfig) -> RunSummary:
             todo = [c for c in cells if (c.dataset, c.strategy) not in done]
             skipped += len(cells) - len(todo)
             if not todo:
+                records = _with_stats(records, out, ds_name, results)  # recomputed on resume
                 continue
             t0 = time.perf_counter()
             try:
@@ -162,6 +185,15 @@ def run(cfg: RunConfig) -> RunSummary:
                 # inter-op sync per tiny matmul); encoders above used every core.
                 torch.set_num_threads(train_threads())
             c0 = time.perf_counter()
+            if cfg.prepare_only:
+                from bench.cell import open_cell_study
+
+                for cell in todo:
+                    if cell.info.trainable:
+                        log.info("  study %s/%s ready in %s", cell.dataset, cell.strategy, redact(storage))
+                        open_cell_study(cell, data, ctx)
+                torch.set_num_threads(encode_threads)
+                continue
             for cell, outcome in pool.execute(todo, data, ctx):
                 if isinstance(outcome, UsageError):
                     raise outcome
@@ -177,6 +209,7 @@ def run(cfg: RunConfig) -> RunSummary:
                              sum(r.main_metric for r in new) / len(new), time.perf_counter() - c0)
                 records = merge_records(records, new)
                 write_records(results, records)
+            records = _with_stats(records, out, ds_name, results)
             torch.set_num_threads(encode_threads)
     meta["finished_at"] = now()
     meta["cache"] = {"hits": cache.hits, "misses": cache.misses, "root": str(cache.root)}

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from bench import metrics as metric_lib
 from strategies.base import FusionModel
+from strategies.training_options import GradientBlender, TrainingOptions, drop_modalities
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,13 @@ class TrainConfig:
     patience: int = 5
     batch_size: int = 128
     eval_batch_size: int = 1024
+    modality_dropout: float = 0.0  # see strategies.training_options
+    gradient_blending: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError(f"epochs, batch_size and patience must be >= 1: {self}")
+        TrainingOptions(self.modality_dropout, self.gradient_blending)  # validates
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ def train_model(
     optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
     generator = torch.Generator(device=device).manual_seed(seed)
     n = len(train)
+    blender = GradientBlender(list(train.inputs)) if cfg.gradient_blending else None
+    blend_probe = train.take(torch.arange(min(n, 2048), device=device))
     best_score, best_epoch, best_state = -float("inf"), -1, None
     history: list[float] = []
     train_seconds, samples, bad_epochs = 0.0, 0, 0
@@ -125,13 +131,18 @@ def train_model(
             idx = order[start : start + cfg.batch_size]
             if idx.numel() < 2 and n >= 2:  # BatchNorm-free, but a 1-row batch is mostly noise
                 continue
-            loss = loss_of(model, train.take(idx))
+            batch = train.take(idx)
+            if cfg.modality_dropout > 0:
+                batch = Batch(drop_modalities(batch.inputs, cfg.modality_dropout, generator), batch.labels)
+            loss = blender.loss(model, batch.inputs, batch.labels) if blender else loss_of(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             samples += idx.numel()
         _sync(device)
         train_seconds += time.perf_counter() - t0
+        if blender is not None:
+            blender.update(model, (blend_probe.inputs, blend_probe.labels), (val.inputs, val.labels))
         score = metric(val_labels, predict_proba(model, val.inputs, cfg.eval_batch_size))
         if not np.isfinite(score):
             score = -float("inf")

@@ -1,5 +1,11 @@
 """Per-task leaderboards from result records: mean ± std over seeds, 95% CI, and whether each
-fusion strategy beats the best unimodal baseline."""
+fusion strategy beats the best unimodal baseline.
+
+Statistics come from each record's `stats` (bench.stats, computed by the runner from the saved
+per-example predictions): `ci95_low`/`ci95_high` (two-level bootstrap over seeds and test
+examples), `p_vs_best_unimodal` / `p_vs_late_fusion` (paired two-level bootstrap, two-sided) and
+`beats_best_unimodal` (higher mean AND p < 0.05). Records without stats (older runs) fall back to
+a t-interval over seeds (`ci95`, half-width) and a plain comparison of means."""
 
 from __future__ import annotations
 
@@ -29,10 +35,22 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
             "infer_samples_per_s": r.throughput.infer_samples_per_s if r.throughput else np.nan,
             "params_count": r.params_count,
             "error": r.error,
+            "stats": r.stats or None,
         }
         for r in records
     ]
     return pd.DataFrame(rows)
+
+
+def _num(x: object) -> float:
+    return float("nan") if x is None else float(x)  # type: ignore[arg-type]
+
+
+def _stars(p: float) -> str:
+    """Significance marker of a p-value (two-sided, no multiple-comparison correction)."""
+    if p is None or np.isnan(p):
+        return ""
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "n.s."
 
 
 def _ci95(values: np.ndarray) -> float:
@@ -51,6 +69,7 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
     for (dataset, strategy), g in df.groupby(["dataset", "strategy"], sort=True):
         ok = g[g.status == "ok"]
         scores = ok.score.to_numpy(dtype=float)
+        st = next((x for x in ok.stats if x), None) or {}
         rows.append(
             {
                 "dataset": dataset,
@@ -65,6 +84,12 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
                 "train_samples_per_s": ok.train_samples_per_s.median() if len(ok) else np.nan,
                 "infer_samples_per_s": ok.infer_samples_per_s.median() if len(ok) else np.nan,
                 "params_count": int(ok.params_count.iloc[0]) if len(ok) else 0,
+                "ci95_low": _num(st.get("ci95_low")),
+                "ci95_high": _num(st.get("ci95_high")),
+                "p_vs_best_unimodal": _num(st.get("p_vs_best_unimodal")),
+                "p_vs_late_fusion": _num(st.get("p_vs_late_fusion")),
+                "best_unimodal": st.get("best_unimodal"),
+                "_beats": st.get("beats_best_unimodal") if st else "no-stats",
             }
         )
     board = pd.DataFrame(rows)
@@ -76,6 +101,10 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
         best_uni = uni["mean"].max()
         fusion = g.index[g.family.isin(FUSION_FAMILIES)]
         board.loc[fusion, "beats_best_unimodal"] = board.loc[fusion, "mean"] > best_uni
+        with_stats = [i for i in fusion if board.at[i, "_beats"] != "no-stats"]
+        for i in with_stats:  # the significance rule of bench.stats: higher mean AND p < 0.05
+            board.at[i, "beats_best_unimodal"] = board.at[i, "_beats"]
+    board = board.drop(columns="_beats")
     board = board.sort_values(["dataset", "mean"], ascending=[True, False], na_position="last")
     board.insert(2, "rank", board.groupby("dataset")["mean"].rank(ascending=False, method="min"))
     return board.reset_index(drop=True)
@@ -97,19 +126,33 @@ def to_markdown(board: pd.DataFrame, title: str = "fusebench leaderboard") -> st
         if best_uni is not None:
             lines += [f"Best unimodal baseline: `{best_uni.strategy}` ({_fmt(best_uni['mean'])}).", ""]
         lines += [
-            "| rank | strategy | family | mean ± std | 95% CI | seeds | beats best unimodal | train samples/s | infer samples/s | params |",
-            "|---:|---|---|---|---|---:|:---:|---:|---:|---:|",
+            "| rank | strategy | family | mean ± std | 95% CI | p vs best unimodal | p vs logit_mean | seeds "
+            "| beats best unimodal | train samples/s | infer samples/s | params |",
+            "|---:|---|---|---|---|---|---|---:|:---:|---:|---:|---:|",
         ]
         for _, r in g.iterrows():
             beats = {True: "✅ yes", False: "❌ no"}.get(r.beats_best_unimodal, "")
             if r.status != "ok":
                 beats = "failed"
             rank = "–" if np.isnan(r["rank"]) else int(r["rank"])
+            if np.isnan(r.ci95_low):
+                ci = f"± {_fmt(r.ci95)}"
+            else:
+                ci = f"[{_fmt(r.ci95_low)}, {_fmt(r.ci95_high)}]"
+            p_uni = "" if np.isnan(r.p_vs_best_unimodal) else f"{r.p_vs_best_unimodal:.3g} {_stars(r.p_vs_best_unimodal)}"
+            p_late = "" if np.isnan(r.p_vs_late_fusion) else f"{r.p_vs_late_fusion:.3g} {_stars(r.p_vs_late_fusion)}"
             lines.append(
-                f"| {rank} | `{r.strategy}` | {r.family} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | ± {_fmt(r.ci95)} | "
+                f"| {rank} | `{r.strategy}` | {r.family} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {ci} | {p_uni} | {p_late} | "
                 f"{r.n_seeds} | {beats} | {_fmt(r.train_samples_per_s, 0)} | {_fmt(r.infer_samples_per_s, 0)} | {r.params_count:,} |"
             )
         lines.append("")
+    lines += [
+        "95% CI: two-level bootstrap over evaluation seeds and test examples (1000 resamples) where the run saved",
+        "per-example predictions, else a t-interval over seeds (±). p: paired two-level bootstrap on the same seeds and",
+        "examples, two-sided, uncorrected (* < 0.05, ** < 0.01, *** < 0.001, n.s. otherwise). A fusion strategy beats",
+        "the best unimodal baseline when its mean is higher AND p vs best unimodal < 0.05.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -215,3 +215,22 @@ def mlp_head(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Seque
 
 def zeros_like_missing(batch: int, dim: int, ref: Tensor) -> Tensor:
     return torch.zeros(batch, dim, dtype=ref.dtype, device=ref.device)
+
+
+def pick_heads(hidden_dim: int, preferred: int = 4) -> int:
+    """Largest head count ≤ preferred that divides hidden_dim."""
+    for h in range(preferred, 0, -1):
+        if hidden_dim % h == 0:
+            return h
+    return 1
+
+
+def key_padding(x: Tensor) -> Tensor:
+    """`[B, T, D]` → bool `[B, T]` for nn.MultiheadAttention: True where the position is padding.
+    A row that is all padding keeps its first position unmasked so attention never sees only -inf."""
+    pad = ~padding_mask(x)
+    all_pad = pad.all(dim=1)
+    if all_pad.any():
+        pad = pad.clone()
+        pad[all_pad, 0] = False
+    return pad

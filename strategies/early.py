@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from strategies.base import FusionModel, FusionSpec, SharedParams, mlp_head, register_strategy
+from bench import space
+from strategies.base import FusionModel, FusionSpec, SharedParams, key_padding, mlp_head, pick_heads, register_strategy
 
 
 @register_strategy(
@@ -25,7 +27,7 @@ class ConcatFusion(FusionModel):
 
     def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
         super().__init__(spec, params)
-        self.norms = torch.nn.ModuleDict({m: torch.nn.LayerNorm(d) for m, d in spec.dims.items()})
+        self.norms = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in spec.dims.items()})
         self.head = mlp_head(sum(spec.dims.values()), params.hidden_dim, spec.num_classes, params.dropout)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
@@ -36,3 +38,76 @@ class ConcatFusion(FusionModel):
             for m, d in self.spec.dims.items()
         ]
         return self.head(torch.cat(parts, dim=-1))
+
+
+@register_strategy(
+    "early_sum",
+    family="early",
+    min_modalities=2,
+    citation="Snoek, Worring & Smeulders (2005), Early versus Late Fusion in Semantic Video Analysis, ACM Multimedia",
+)
+class EarlySum(FusionModel):
+    """Early fusion by addition: each modality is linearly mapped into one shared input space and
+    the maps are summed before a single MLP (no modality-specific non-linearity).
+
+    Missing modality: its term is left out of the sum (the mean over present terms is used, so the
+    scale does not depend on how many are present).
+    """
+
+    def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
+        super().__init__(spec, params)
+        h = params.hidden_dim
+        self.maps = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, h)) for m, d in spec.dims.items()})
+        self.head = mlp_head(h, h, spec.num_classes, params.dropout)
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        present = self.present(inputs)
+        return self.head(torch.stack([self.maps[m](inputs[m]) for m in present], 0).mean(0))
+
+    def unimodal_logits(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {m: self.head(self.maps[m](inputs[m])) for m in self.present(inputs)}
+
+
+@dataclass(frozen=True)
+class TransformerParams(SharedParams):
+    layers: int = field(default=1, metadata=space.int_range(1, 2))
+
+
+@register_strategy(
+    "early_transformer",
+    family="early",
+    params=TransformerParams,
+    min_modalities=2,
+    citation="Li et al. (2019), VisualBERT: A Simple and Performant Baseline for Vision and Language, arXiv:1908.03557",
+)
+class SingleStreamTransformer(FusionModel):
+    """Single-stream transformer: the token sequences of all modalities are projected, tagged with a
+    learned modality embedding, concatenated behind a CLS token and encoded jointly.
+
+    Missing modality: its tokens are simply not in the sequence (padding rows are masked too).
+    """
+
+    input_kind = "tokens"
+
+    def __init__(self, spec: FusionSpec, params: TransformerParams) -> None:
+        super().__init__(spec, params)
+        h = params.hidden_dim
+        self.proj = nn.ModuleDict({m: nn.Linear(d, h) for m, d in spec.dims.items()})
+        self.modality_emb = nn.ParameterDict({m: nn.Parameter(torch.randn(h) * 0.02) for m in spec.dims})
+        self.cls = nn.Parameter(torch.randn(1, 1, h) * 0.02)
+        layer = nn.TransformerEncoderLayer(h, pick_heads(h), 2 * h, params.dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, params.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(h)
+        self.head = nn.Linear(h, spec.num_classes)
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        present = self.present(inputs)
+        b = self.batch_size(inputs)
+        seqs = [self.cls.expand(b, -1, -1)]
+        pads = [torch.zeros(b, 1, dtype=torch.bool, device=self.cls.device)]
+        for m in present:
+            x = inputs[m]
+            seqs.append(self.proj[m](x) + self.modality_emb[m])
+            pads.append(key_padding(x))
+        out = self.encoder(torch.cat(seqs, 1), src_key_padding_mask=torch.cat(pads, 1))
+        return self.head(self.norm(out[:, 0]))

@@ -58,10 +58,13 @@ class PriorBaseline(FusionModel):
     family="baseline",
     params=NoParams,
     trainable=False,
-    citation="Sanity floor: always predict the most frequent training class",
+    citation="Sanity floor: the most frequent training class, as reported in Liang et al. (2021), MultiBench, NeurIPS Datasets and Benchmarks",
 )
 class Majority(PriorBaseline):
-    """Always predicts the training prior (argmax = majority class). Inputs, present or not, are ignored."""
+    """Always predicts the training prior (argmax = majority class).
+
+    Missing modality: irrelevant, every input is ignored.
+    """
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         return self.log_prior.expand(self.batch_size(inputs), -1)
@@ -72,10 +75,13 @@ class Majority(PriorBaseline):
     family="baseline",
     params=NoParams,
     trainable=False,
-    citation="Sanity floor: random scores drawn per example",
+    citation="Sanity floor: chance level, as reported in Liang et al. (2021), MultiBench, NeurIPS Datasets and Benchmarks",
 )
 class RandomGuess(PriorBaseline):
-    """Random logits per example (seeded by the global torch seed). Inputs are ignored."""
+    """Random logits per example (seeded by the global torch seed).
+
+    Missing modality: irrelevant, every input is ignored.
+    """
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         ref = next(iter(inputs.values()))
