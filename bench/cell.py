@@ -72,9 +72,12 @@ STUDY_ATTR = "fusebench"  # the study user attr holding what a worker needs to r
 
 
 def _spec(data: TaskData, cell: Cell) -> FusionSpec:
+    """Sizes of the inputs this strategy receives: pooled vectors or token sequences, whose width
+    can differ (log-mel pools to mean+std = 2×bands, its tokens have one value per band)."""
     train = data.splits["train"]
+    source = train.pooled if cell.info.input_kind == "pooled" else train.tokens
     return FusionSpec(
-        {v: train.pooled[v].shape[1] for v in cell.views},
+        {v: source[v].shape[-1] for v in cell.views},
         {v: train.tokens[v].shape[1] for v in cell.views},
         data.config.num_classes,
     )

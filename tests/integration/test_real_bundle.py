@@ -62,7 +62,7 @@ def test_tiny_suite_end_to_end(tmp_path, data_root, capsys):
     for ds in suite.datasets:
         names = {r.strategy for r in records if r.dataset == ds}
         views = sorted(catalog.get_dataset(ds).views)
-        assert {"concat", "gmu", "logit_mean", "majority"} | {f"unimodal:{v}" for v in views} == names
+        assert {"concat", "gmu", "logit_mean", "mult", "majority"} | {f"unimodal:{v}" for v in views} == names
         for name in names:
             assert len([r for r in records if r.dataset == ds and r.strategy == name]) == suite.seeds
     imdb = max(r.main_metric for r in records if r.dataset == "imdb")
