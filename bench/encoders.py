@@ -294,6 +294,7 @@ class EfficientNetMelEncoder(EfficientNetBase):
 @dataclass(frozen=True)
 class PixelOptions:
     side: int = 28
+    rows_per_token: int = 1  # a token is this many consecutive pixel rows (shorter sequences)
 
 
 @ENCODERS.register("pixels")
@@ -308,7 +309,10 @@ class PixelEncoder(Encoder):
         s = self.options.side
         if x.shape[1] != s * s:
             raise ConfigError(f"encoder 'pixels': inputs have {x.shape[1]} values, expected side*side = {s * s}")
-        rows = x.view(-1, s, s)
+        r = self.options.rows_per_token
+        if s % r:
+            raise ConfigError(f"encoder 'pixels': rows_per_token={r} must divide side={s}")
+        rows = x.view(-1, s // r, s * r)
         rows = torch.where(rows == 0, torch.full_like(rows, 1e-6), rows)  # keep real rows non-zero
         return Features(x, rows.to(torch.float16))
 

@@ -29,9 +29,21 @@ class Throughput:
     latency_ms_p50: float
     latency_ms_p95: float
     peak_mem_mb: float
-    peak_mem_kind: str  # "cuda_max_allocated" or "cpu_peak_rss"
-    batch_size: int
+    # "cuda_max_allocated"; "cpu_peak_rss_region" (VmHWM reset before the measured region, Linux);
+    # "cpu_peak_rss_process" (ru_maxrss: the whole process's peak so far, an upper bound)
+    peak_mem_kind: str
+    batch_size: int  # the evaluation batch size actually measured (after any OOM back-off)
     repetitions: int
+    oom_backoff: list[int] = field(default_factory=list)  # batch sizes that ran out of memory first
+    torch_version: str = ""
+    cuda_version: str | None = None
+    timer: str = ""  # "cuda_events" or "perf_counter"
+    device: str = ""  # "cuda:<GPU name>" / "cpu:<processor>"
+    warmup: int = 0
+    peak_mem_delta_mb: float | None = None  # growth of the peak over the memory in use when the region began
+    batch_ms_p50: float | None = None  # latency of one batch at `batch_size`
+    batch_ms_p95: float | None = None
+    error: str | None = None  # why figures are NaN (e.g. out of memory even at batch size 1)
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,8 @@ class Record:
     def from_json(cls, data: dict[str, Any]) -> Record:
         data = dict(data)
         tp = data.get("throughput")
-        data["throughput"] = Throughput(**tp) if tp else None
+        tp_known = {f.name for f in dataclasses.fields(Throughput)}
+        data["throughput"] = Throughput(**{k: v for k, v in tp.items() if k in tp_known}) if tp else None
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

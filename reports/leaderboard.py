@@ -157,7 +157,13 @@ def to_markdown(board: pd.DataFrame, title: str = "fusebench leaderboard") -> st
 
 
 def write_leaderboard(records: list[Record], run_dir: Path) -> pd.DataFrame:
+    from reports.ranking import rank
+
     board = leaderboard(records)
-    atomic_write_bytes(run_dir / "leaderboard.md", to_markdown(board).encode())
+    text = to_markdown(board) + "\n" + rank(board).to_markdown()
+    atomic_write_bytes(run_dir / "leaderboard.md", text.encode())
+    from reports.pareto import write_pareto
+
+    write_pareto(records, board, run_dir)
     atomic_write_bytes(run_dir / "leaderboard.csv", board.to_csv(index=False).encode())
     return board

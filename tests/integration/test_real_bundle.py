@@ -51,10 +51,9 @@ def test_flickr_itm_pairs_are_balanced_and_negatives_are_other_images(data_root)
     assert all(captions[i] != captions[n + i] for i in range(n))
 
 
-def test_tiny_suite_end_to_end(tmp_path, data_root, capsys):
-    out = tmp_path / "run"
-    code = main(["run", "--suite", "tiny", "--out", str(out), "--data-dir", str(data_root)])
-    assert code == 0, capsys.readouterr().err
+def test_tiny_suite_end_to_end(tiny_run):
+    out, code = tiny_run
+    assert code == 0, (out / "results.jsonl").read_text()
     records = load_records(out / "results.jsonl")
     suite = catalog.get_suite("tiny")
     assert {r.dataset for r in records} == set(suite.datasets)

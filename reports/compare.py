@@ -1,0 +1,103 @@
+"""`fusebench compare BASELINE CURRENT`: the regression gate.
+
+A (task, strategy) regresses when its mean main metric dropped by more than `max_drop` AND the new
+mean lies outside the baseline's seed noise — below the lower end of its 95% CI (bootstrap
+interval when the leaderboard has one, else mean − t-interval half-width). Checks are small
+objects whose `fails()` returns a readable line or None (the pytest-benchmark style).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import UsageError
+
+
+def load_board(path: Path) -> pd.DataFrame:
+    """A leaderboard from a run directory or a leaderboard.csv path."""
+    path = Path(path)
+    csv = path / "leaderboard.csv" if path.is_dir() else path
+    if not csv.is_file():
+        raise UsageError(f"{csv} not found: pass a run directory (holding leaderboard.csv) or a leaderboard.csv file")
+    board = pd.read_csv(csv)
+    missing = {"dataset", "strategy", "mean"} - set(board.columns)
+    if missing:
+        raise UsageError(f"{csv}: not a fusebench leaderboard (missing columns {sorted(missing)})")
+    return board
+
+
+def _noise_floor(row: pd.Series) -> float:
+    lo = row.get("ci95_low", np.nan)
+    if isinstance(lo, (int, float)) and np.isfinite(lo):
+        return float(lo)
+    half = row.get("ci95", np.nan)
+    if isinstance(half, (int, float)) and np.isfinite(half):
+        return float(row["mean"] - half)
+    return float(row["mean"] - (row.get("std", 0.0) if np.isfinite(row.get("std", np.nan)) else 0.0))
+
+
+@dataclass(frozen=True)
+class RegressionCheck:
+    dataset: str
+    strategy: str
+    metric: str
+    before: float
+    after: float
+    noise_floor: float
+    ci_high: float
+    max_drop: float
+
+    def fails(self) -> str | None:
+        if not np.isfinite(self.after):
+            return (f"REGRESSION {self.dataset} {self.strategy} {self.metric}: {self.before:.4f} → failed "
+                    f"(the cell has no score now)")
+        drop = self.before - self.after
+        if drop > self.max_drop and self.after < self.noise_floor:
+            return (f"REGRESSION {self.dataset} {self.strategy} {self.metric}: {self.before:.4f} → {self.after:.4f} "
+                    f"(drop {drop:.4f} > max-drop {self.max_drop}, outside baseline CI "
+                    f"[{self.noise_floor:.4f}, {self.ci_high:.4f}])")
+        return None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    regressions: list[str]
+    new: list[tuple[str, str]]
+    removed: list[tuple[str, str]]
+    compared: int
+
+    def report(self) -> str:
+        lines = list(self.regressions)
+        lines += [f"NEW {d} {s}" for d, s in self.new]
+        lines += [f"REMOVED {d} {s}" for d, s in self.removed]
+        verdict = "FAIL" if self.regressions else "OK"
+        lines.append(f"{verdict}: {self.compared} (task, strategy) pairs compared, {len(self.regressions)} regression(s), "
+                     f"{len(self.new)} new, {len(self.removed)} removed")
+        return "\n".join(lines)
+
+
+def compare(baseline: pd.DataFrame, current: pd.DataFrame, max_drop: float) -> Comparison:
+    if max_drop < 0:
+        raise UsageError(f"--max-drop must be >= 0, got {max_drop}")
+    base = baseline.set_index(["dataset", "strategy"])
+    cur = current.set_index(["dataset", "strategy"])
+    checks = []
+    for key in base.index.intersection(cur.index):
+        b, c = base.loc[key], cur.loc[key]
+        if not np.isfinite(b["mean"]):
+            continue  # nothing to regress from
+        hi = b.get("ci95_high", np.nan)
+        checks.append(RegressionCheck(
+            dataset=key[0], strategy=key[1], metric=str(b.get("metric", "")), before=float(b["mean"]),
+            after=float(c["mean"]), noise_floor=_noise_floor(b),
+            ci_high=float(hi) if isinstance(hi, (int, float)) and np.isfinite(hi) else float(b["mean"]),
+            max_drop=max_drop,
+        ))
+    regressions = [m for m in (c.fails() for c in checks) if m]
+    new = sorted(set(cur.index) - set(base.index))
+    removed = sorted(set(base.index) - set(cur.index))
+    return Comparison(regressions, list(new), list(removed), len(checks))

@@ -1,0 +1,61 @@
+"""Ranking across tasks: average rank per strategy, Friedman test and the Nemenyi critical difference.
+
+Per task, strategies are ranked by mean main metric (1 = best, ties share the mean rank). Unimodal
+cells (`unimodal:<view>`) differ across tasks, so the best of them on each task stands in as
+`unimodal (best)`. Only strategies present on every task enter the comparison (Demšar 2006,
+"Statistical Comparisons of Classifiers over Multiple Data Sets", JMLR 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Ranking:
+    average_rank: pd.Series  # strategy → mean rank over tasks, best first
+    n_tasks: int
+    friedman_p: float | None
+    critical_difference: float | None  # Nemenyi CD at alpha = 0.05
+
+    def to_markdown(self) -> str:
+        if self.average_rank.empty:
+            return ""
+        lines = ["## Overall ranking across tasks", "",
+                 f"Average rank over {self.n_tasks} task(s) (1 = best; `unimodal (best)` is the best unimodal view per task).", ""]
+        if self.friedman_p is not None and self.critical_difference is not None:
+            lines += [f"Friedman test p = {self.friedman_p:.3g}; Nemenyi critical difference (α = 0.05) = "
+                      f"{self.critical_difference:.2f} ranks — strategies whose average ranks differ by less are "
+                      "not significantly different.", ""]
+        lines += ["| rank | strategy | average rank |", "|---:|---|---:|"]
+        for i, (name, r) in enumerate(self.average_rank.items(), 1):
+            lines.append(f"| {i} | `{name}` | {r:.2f} |")
+        return "\n".join(lines) + "\n"
+
+
+def _per_task_scores(board: pd.DataFrame) -> pd.DataFrame:
+    ok = board[board["status"] == "ok"].copy()
+    ok["entry"] = np.where(ok["family"] == "unimodal", "unimodal (best)", ok["strategy"])
+    scores = ok.groupby(["dataset", "entry"])["mean"].max().unstack("entry")
+    return scores.dropna(axis=1)  # strategies present on every task
+
+
+def rank(board: pd.DataFrame) -> Ranking:
+    if board.empty:
+        return Ranking(pd.Series(dtype=float), 0, None, None)
+    scores = _per_task_scores(board)
+    n_tasks, k = scores.shape
+    if n_tasks == 0 or k == 0:
+        return Ranking(pd.Series(dtype=float), n_tasks, None, None)
+    ranks = scores.rank(axis=1, ascending=False, method="average")
+    avg = ranks.mean(axis=0).sort_values()
+    friedman_p = cd = None
+    if n_tasks >= 2 and k >= 3:
+        friedman_p = float(stats.friedmanchisquare(*[scores[c].to_numpy() for c in scores.columns]).pvalue)
+        q_alpha = stats.studentized_range.ppf(0.95, k, np.inf) / np.sqrt(2)
+        cd = float(q_alpha * np.sqrt(k * (k + 1) / (6.0 * n_tasks)))
+    return Ranking(avg, n_tasks, friedman_p, cd)

@@ -1,0 +1,62 @@
+"""The report as a person sees it: report.html of a real run opened in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def _driver(profile: Path):
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        pytest.fail(f"{CHROMIUM} / {CHROMEDRIVER} missing: install Debian's chromium and chromium-driver "
+                    "(`.ci/run` does: apt-get install -y chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,2400", f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def test_report_renders_in_chromium(tiny_run, tmp_path):
+    run_dir, code = tiny_run
+    assert code == 0
+    assert main(["report", str(run_dir), "--html"]) == 0
+    report = run_dir / "report.html"
+    driver = _driver(tmp_path / "profile")
+    try:
+        driver.get(report.as_uri())
+        assert driver.title == "fusebench report"
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert not errors, errors
+        tables = driver.execute_script("return Array.from(document.querySelectorAll('table')).map(t => t.rows.length)")
+        assert len(tables) >= 5 and all(n > 1 for n in tables), tables
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+        assert len(images) >= 8, images
+        broken = [alt for alt, complete, width in images if not complete or width == 0]
+        assert not broken, f"images that did not render: {broken}"
+        headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+        for ds in ("avmnist", "esc50", "flickr8k-itm", "imdb"):
+            assert any(h.startswith(ds) for h in headings), headings
+        shot = tmp_path / "report.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        keep = Path(__import__("os").environ.get("FUSEBENCH_SCREENSHOT", ""))
+        if keep.name:
+            shutil.copy(shot, keep)
+    finally:
+        driver.quit()

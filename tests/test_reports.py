@@ -1,0 +1,129 @@
+"""Reports and the regression gate, on records generated here (no real run needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from bench.cli import main
+from bench.records import Record, Throughput, write_records
+from reports.compare import compare, load_board
+from reports.html import write_report
+from reports.leaderboard import write_leaderboard
+from reports.plots import pareto_front
+from reports.ranking import rank
+
+STRATS = {"concat": "early", "gmu": "mid", "logit_mean": "late", "unimodal:a": "unimodal", "unimodal:b": "unimodal"}
+
+
+def _records(shift: dict[str, float] | None = None, datasets=("d1", "d2", "d3")) -> list[Record]:
+    rng = np.random.default_rng(0)
+    shift = shift or {}
+    out = []
+    for di, ds in enumerate(datasets):
+        for si, (name, fam) in enumerate(STRATS.items()):
+            base = 0.6 + 0.05 * si * (1 if di % 2 == 0 else 0.5) + shift.get(name, 0.0)
+            for seed in (1000, 1001, 1002):
+                score = float(base + rng.normal(0, 0.003))
+                out.append(Record(
+                    dataset=ds, task="classification", strategy=name, family=fam, modalities=["a", "b"], seed=seed,
+                    status="ok", metrics={"accuracy": score}, main_metric_name="accuracy", main_metric=score,
+                    throughput=Throughput(1e4 * (si + 1), 1e5 / (si + 1), 1e3, 0.5, 0.9, 100.0, "cpu_peak_rss", 256, 30),
+                    params_count=1000 * (si + 1), robustness={"noise:0.5": score - 0.05, "noise:1.0": score - 0.1,
+                                                              "missing:a": score - 0.2},
+                ))
+    return out
+
+
+def _run_dir(tmp_path, records, name="run"):
+    d = tmp_path / name
+    d.mkdir()
+    write_records(d / "results.jsonl", records)
+    (d / "run.json").write_text(json.dumps({"git_sha": "abc", "config": {"suite": {"trials": 3}},
+                                            "storage": None, "machine": {"processor": "x86_64"}}))
+    write_leaderboard(records, d)
+    return d
+
+
+def test_pareto_front():
+    x = np.array([1.0, 2.0, 3.0, 1.5])
+    y = np.array([0.9, 0.8, 0.5, 0.7])
+    assert pareto_front(x, y).tolist() == [True, True, True, False]
+
+
+def test_ranking_across_tasks_uses_best_unimodal_and_cd():
+    from reports.leaderboard import leaderboard
+
+    r = rank(leaderboard(_records()))
+    assert "unimodal (best)" in r.average_rank.index and "unimodal:a" not in r.average_rank.index
+    assert r.average_rank.index[0] == "unimodal (best)"  # highest base in the generator
+    assert r.friedman_p is not None and 0 <= r.friedman_p <= 1 and r.critical_difference > 0
+
+
+def test_leaderboard_md_has_ranking_and_report_html_is_self_contained(tmp_path):
+    d = _run_dir(tmp_path, _records())
+    pareto = pd.read_csv(d / "pareto.csv")
+    assert set(pareto.dataset) == {"d1", "d2", "d3"} and pareto.on_pareto_front.any()
+    md = (d / "leaderboard.md").read_text()
+    assert "## Overall ranking across tasks" in md and "Nemenyi critical difference" in md
+    path = write_report(d)
+    text = path.read_text()
+    assert text.count("<table") >= 4 and "data:image/png;base64," in text
+    assert "http://" not in text and "https://" not in text  # nothing fetched from outside
+    for ds in ("d1", "d2", "d3"):
+        assert (d / "plots" / f"{ds}-pareto.png").stat().st_size > 1000
+        assert (d / "plots" / f"{ds}-robustness.png").is_file()
+    assert "Missing modality at test time" in text
+
+
+def test_compare_catches_an_injected_regression_and_ignores_noise(tmp_path):
+    base = _run_dir(tmp_path, _records(), "base")
+    noisy = _run_dir(tmp_path, _records({"gmu": -0.001}), "noisy")
+    broken = _run_dir(tmp_path, _records({"gmu": -0.10}), "broken")
+    ok = compare(load_board(base), load_board(noisy), max_drop=0.02)
+    assert ok.regressions == [] and ok.compared == 15
+    bad = compare(load_board(base), load_board(broken), max_drop=0.02)
+    assert len(bad.regressions) == 3 and all("REGRESSION" in m and " gmu accuracy: " in m for m in bad.regressions)
+    assert "→" in bad.regressions[0] and "outside baseline CI" in bad.regressions[0]
+    lenient = compare(load_board(base), load_board(broken), max_drop=0.2)
+    assert lenient.regressions == []  # drop smaller than --max-drop
+
+
+def test_compare_lists_new_and_removed_and_cli_exit_codes(tmp_path, capsys):
+    base = _run_dir(tmp_path, _records(), "base")
+    recs = [r for r in _records({"gmu": -0.1}) if r.strategy != "concat"]
+    recs.append(Record(dataset="d1", task="classification", strategy="film", family="mid", modalities=["a"], seed=1000,
+                       status="ok", main_metric_name="accuracy", main_metric=0.7))
+    cur = _run_dir(tmp_path, recs, "cur")
+    assert main(["compare", str(base), str(cur / "leaderboard.csv")]) == 1
+    out = capsys.readouterr().out
+    assert "NEW d1 film" in out and "REMOVED d1 concat" in out and out.count("REGRESSION") == 3
+    assert main(["compare", str(base), str(base)]) == 0
+    assert main(["compare", str(base), str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_report_cli_writes_html(tmp_path, capsys):
+    d = _run_dir(tmp_path, _records())
+    assert main(["report", str(d), "--html"]) == 0
+    assert (d / "report.html").is_file()
+    assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_github_workflow_is_valid():
+    from pathlib import Path
+
+    wf = yaml.safe_load((Path(__file__).resolve().parent.parent / ".github/workflows/leaderboard.yml").read_text())
+    on = wf.get("on", wf.get(True))  # PyYAML reads the key `on` as boolean True
+    assert "push" in on
+    steps = [s for job in wf["jobs"].values() for s in job["steps"]]
+    uses = [s["uses"] for s in steps if "uses" in s]
+    assert all("@v" in u for u in uses), uses
+    assert any(u.startswith("actions/deploy-pages@") for u in uses)
+    assert any(u.startswith("actions/upload-artifact@") for u in uses)
+    runs = " ".join(s.get("run", "") for s in steps)
+    assert "fusebench compare" in runs and "fusebench report" in runs
