@@ -36,7 +36,7 @@ class SharedParams:
     lr: float = field(default=1e-3, metadata=space.log_float(1e-4, 1e-2))
     weight_decay: float = field(default=1e-4, metadata=space.log_float(1e-6, 1e-2))
     dropout: float = field(default=0.1, metadata=space.float_range(0.0, 0.5))
-    hidden_dim: int = field(default=128, metadata=space.choice([64, 128, 256]))
+    hidden_dim: int = field(default=64, metadata=space.choice([32, 64, 128]))
 
     def __post_init__(self) -> None:
         space.validate_params(self)
@@ -234,3 +234,28 @@ def key_padding(x: Tensor) -> Tensor:
         pad = pad.clone()
         pad[all_pad, 0] = False
     return pad
+
+
+class ModalityAloneLogits:
+    """Mixin for fusion models that cope with absent modalities: `unimodal_logits` runs the very
+    same network on each present modality alone (every other key absent), which is that model's
+    natural per-modality branch (used by gradient blending). Costs one extra forward per modality."""
+
+    def unimodal_logits(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {m: self({m: inputs[m]}) for m in self.present(inputs)}  # type: ignore[attr-defined,operator]
+
+
+def presence(x: Tensor) -> Tensor:
+    """Per-example presence of a modality as float `[B]`: 1 where it has any non-zero entry
+    (a modality zeroed by modality dropout, or all padding, counts as absent)."""
+    return (x.flatten(1).abs().amax(dim=1) > 0).to(x.dtype)
+
+
+def presence_weighted_mean(values: list[Tensor], weights: list[Tensor]) -> Tensor:
+    """Mean of `[B, H]` tensors weighted per example by `[B]` presence; where no weight is positive
+    the plain mean is used (so the result is always finite)."""
+    v = torch.stack(values, 0)
+    w = torch.stack(weights, 0).unsqueeze(-1)
+    total = w.sum(0)
+    plain = v.mean(0)
+    return torch.where(total > 0, (v * w).sum(0) / total.clamp_min(1e-12), plain)

@@ -9,7 +9,16 @@ import torch
 from torch import Tensor, nn
 
 from bench import space
-from strategies.base import FusionModel, FusionSpec, SharedParams, key_padding, mlp_head, pick_heads, register_strategy
+from strategies.base import (
+    FusionModel,
+    FusionSpec,
+    ModalityAloneLogits,
+    SharedParams,
+    mlp_head,
+    padding_mask,
+    pick_heads,
+    register_strategy,
+)
 
 
 @register_strategy(
@@ -80,11 +89,13 @@ class TransformerParams(SharedParams):
     min_modalities=2,
     citation="Li et al. (2019), VisualBERT: A Simple and Performant Baseline for Vision and Language, arXiv:1908.03557",
 )
-class SingleStreamTransformer(FusionModel):
+class SingleStreamTransformer(ModalityAloneLogits, FusionModel):
     """Single-stream transformer: the token sequences of all modalities are projected, tagged with a
     learned modality embedding, concatenated behind a CLS token and encoded jointly.
 
-    Missing modality: its tokens are simply not in the sequence (padding rows are masked too).
+    Missing modality: its tokens are simply not in the sequence; padding rows (and so a modality
+    zeroed by modality dropout) are masked out of attention. The CLS token is never masked, so a
+    sequence is never empty. `unimodal_logits` runs the network on each modality alone.
     """
 
     input_kind = "tokens"
@@ -108,6 +119,6 @@ class SingleStreamTransformer(FusionModel):
         for m in present:
             x = inputs[m]
             seqs.append(self.proj[m](x) + self.modality_emb[m])
-            pads.append(key_padding(x))
+            pads.append(~padding_mask(x))
         out = self.encoder(torch.cat(seqs, 1), src_key_padding_mask=torch.cat(pads, 1))
         return self.head(self.norm(out[:, 0]))

@@ -47,7 +47,7 @@ class LogitMean(PerModalityHeads):
     "learned_weights",
     family="late",
     min_modalities=2,
-    citation="Ngiam, Khosla, Kim, Nam, Lee & Ng (2011), Multimodal Deep Learning, ICML (weighted decision fusion baseline)",
+    citation="Atrey, Hossain, El Saddik & Kankanhalli (2010), Multimodal Fusion for Multimedia Analysis: a Survey, Multimedia Systems 16(6) (linear weighted decision-level fusion)",
 )
 class LearnedWeights(PerModalityHeads):
     """Late fusion with learned modality weights: logits = Σ_m softmax(w)_m · logits_m, one global
@@ -96,6 +96,9 @@ class Stacking(PerModalityHeads):
     predictions without changing them — a single-pass stand-in for fitting on out-of-fold
     predictions, with early stopping on the validation split guarding against the optimism of
     in-sample predictions.
+
+    With gradient blending the blender's fused term is this `training_loss` (so the meta-learner
+    still sees detached probabilities) and the per-modality terms add weight to the heads.
 
     Missing modality: its probability block is replaced by the uniform distribution 1/C.
     """

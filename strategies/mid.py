@@ -12,12 +12,15 @@ from bench import space
 from strategies.base import (
     FusionModel,
     FusionSpec,
+    ModalityAloneLogits,
     SharedParams,
     key_padding,
     masked_mean,
     mlp_head,
     padding_mask,
     pick_heads,
+    presence,
+    presence_weighted_mean,
     register_strategy,
 )
 
@@ -79,13 +82,14 @@ class TensorParams(SharedParams):
     min_modalities=2,
     citation="Zadeh, Chen, Poria, Cambria & Morency (2017), Tensor Fusion Network for Multimodal Sentiment Analysis, EMNLP",
 )
-class TensorFusion(ProjectedModalities):
+class TensorFusion(ModalityAloneLogits, ProjectedModalities):
     """Tensor Fusion Network: the outer product of [h_m; 1] over modalities (all uni-, bi- and
     tri-modal interactions), flattened into an MLP. Each modality is first projected to a small
     `factor_dim` so three modalities stay tractable.
 
     Missing modality: its vector becomes [0, …, 0, 1], so only the interactions among present
-    modalities survive (the appended 1 carries the lower-order terms).
+    modalities survive (the appended 1 carries the lower-order terms). `unimodal_logits` runs the
+    network on each modality alone.
     """
 
     def __init__(self, spec: FusionSpec, params: TensorParams) -> None:
@@ -118,11 +122,12 @@ class LowRankParams(SharedParams):
     min_modalities=2,
     citation="Liu, Shen, Lakshminarasimhan, Liang, Zadeh & Morency (2018), Efficient Low-rank Multimodal Fusion with Modality-Specific Factors, ACL",
 )
-class LowRankFusion(FusionModel):
+class LowRankFusion(ModalityAloneLogits, FusionModel):
     """Low-rank Multimodal Fusion: the tensor-fusion weight decomposed into `rank` modality-specific
     factors, fused = Σ_r λ_r Π_m (W_m^r [x_m; 1]) — linear in the number of modalities.
 
     Missing modality: its input is [0, …, 0, 1], leaving only its bias factor in the product.
+    `unimodal_logits` runs the network on each modality alone.
     """
 
     def __init__(self, spec: FusionSpec, params: LowRankParams) -> None:
@@ -150,39 +155,52 @@ class LowRankFusion(FusionModel):
         return self.head(out)
 
 
+@dataclass(frozen=True)
+class FiLMParams(SharedParams):
+    conditioner: int = field(default=0, metadata=space.choice([0, 1, 2]))
+
+
 @register_strategy(
     "film",
     family="mid",
+    params=FiLMParams,
     min_modalities=2,
     citation="Perez, Strub, de Vries, Dumoulin & Courville (2018), FiLM: Visual Reasoning with a General Conditioning Layer, AAAI",
 )
 class FiLMFusion(ProjectedModalities):
-    """FiLM conditioning: every modality's hidden vector is scaled and shifted (γ ⊙ h + β) by a
-    function of the other modalities' mean embedding; the modulated vectors are averaged.
+    """FiLM conditioning: one modality (the `conditioner`, an index into the sorted modalities taken
+    modulo their number, so which one is searched) predicts a per-feature scale and shift
+    (γ ⊙ h + β) for each other modality's hidden vector; the conditioner's own vector and the
+    modulated vectors are averaged and classified.
 
-    Missing modality: it neither is modulated nor conditions others; a modality with no present
-    partner passes through unmodulated (γ = 1, β = 0).
+    Missing modality: an absent conditioned modality is left out of the average; when the
+    conditioner is absent the others pass through unmodulated (γ = 1, β = 0), which is also what
+    `unimodal_logits` gives per modality.
     """
 
-    def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
+    def __init__(self, spec: FusionSpec, params: FiLMParams) -> None:
         super().__init__(spec, params)
         h = params.hidden_dim
-        self.film = nn.ModuleDict({m: nn.Linear(h, 2 * h) for m in spec.dims})
-        for lin in self.film.values():
+        self.conditioner = spec.modalities[params.conditioner % len(spec.modalities)]
+        self.film = nn.ModuleDict({m: nn.Linear(h, 2 * h) for m in spec.dims if m != self.conditioner})
+        for lin in self.film.values():  # start as the identity modulation
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
         self.head = mlp_head(h, h, spec.num_classes, params.dropout)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         hidden = self.project(inputs)
+        cond = hidden.get(self.conditioner)
         out = []
         for m, h in hidden.items():
-            others = [v for k, v in hidden.items() if k != m]
-            if others:
-                gamma, beta = self.film[m](torch.stack(others, 0).mean(0)).chunk(2, dim=-1)
+            if m != self.conditioner and cond is not None:
+                gamma, beta = self.film[m](cond).chunk(2, dim=-1)
                 h = (1 + gamma) * h + beta
             out.append(h)
         return self.head(torch.stack(out, 0).mean(0))
+
+    def unimodal_logits(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {m: self.head(h) for m, h in self.project(inputs).items()}
 
 
 @register_strategy(
@@ -235,13 +253,15 @@ class TokenProjection(FusionModel):
     min_modalities=2,
     citation="Tsai, Bai, Liang, Kolter, Morency & Salakhutdinov (2019), Multimodal Transformer for Unaligned Multimodal Language Sequences, ACL",
 )
-class MulT(TokenProjection):
+class MulT(ModalityAloneLogits, TokenProjection):
     """Cross-modal attention (MulT-style): each modality's tokens attend (as queries) to the tokens
     of all other modalities, with residual + feed-forward; the attended sequences are mean-pooled
     over real tokens and averaged across modalities.
 
     Missing modality: it is neither a query nor a key; a modality with no present partner skips
-    the cross-attention (identity).
+    the cross-attention (identity). The same holds per example for a modality that is all padding
+    (e.g. zeroed by modality dropout): it contributes no keys and is left out of the final average.
+    `unimodal_logits` runs the network on each modality alone.
     """
 
     def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
@@ -258,19 +278,25 @@ class MulT(TokenProjection):
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         toks = self.tokens(inputs)
-        pooled = []
+        real = {m: padding_mask(inputs[m]) for m in toks}  # True = real token
+        pooled, weights = [], []
         for m, (q, q_pad) in toks.items():
-            others = [(k, v) for k, v in toks.items() if k != m]
+            others = [k for k in toks if k != m]
             x = q
             if others:
-                kv = torch.cat([t for _, (t, _) in others], 1)
-                kv_pad = torch.cat([p for _, (_, p) in others], 1)
+                kv = torch.cat([toks[k][0] for k in others], 1)
+                kv_real = torch.cat([real[k] for k in others], 1)
+                has_kv = kv_real.any(1)
+                kv_pad = ~kv_real
+                kv_pad[:, 0] &= has_kv  # keep one key where none is real, so softmax stays finite
+                has_kv = has_kv.to(q.dtype).view(-1, 1, 1)
                 attended, _ = self.attn[m](self.norm_q[m](q), kv, kv, key_padding_mask=kv_pad, need_weights=False)
-                x = q + attended
+                x = q + attended * has_kv  # no real partner token in this example: identity
             x = x + self.ffn[m](x)
             keep = (~q_pad).unsqueeze(-1).to(x.dtype)
             pooled.append((x * keep).sum(1) / keep.sum(1).clamp_min(1.0))
-        return self.head(torch.stack(pooled, 0).mean(0))
+            weights.append(presence(inputs[m]).to(x.dtype))
+        return self.head(presence_weighted_mean(pooled, weights))
 
 
 @dataclass(frozen=True)
@@ -286,13 +312,15 @@ class BottleneckParams(SharedParams):
     min_modalities=2,
     citation="Nagrani, Yang, Arnab, Jansen, Schmid & Sun (2021), Attention Bottlenecks for Multimodal Fusion, NeurIPS",
 )
-class AttentionBottleneck(TokenProjection):
+class AttentionBottleneck(ModalityAloneLogits, TokenProjection):
     """Multimodal Bottleneck Transformer: modalities exchange information only through a few shared
     bottleneck tokens. Per layer, each modality runs a transformer layer over [its tokens;
     bottlenecks]; the new bottlenecks are the average of the modalities' updated copies.
 
     Missing modality: it does not update the bottlenecks; the output (mean of the bottleneck tokens
-    and of each present modality's pooled tokens) uses present modalities only.
+    and of each present modality's pooled tokens) uses present modalities only. Per example, a
+    modality that is all padding (e.g. zeroed by modality dropout) is treated the same way.
+    `unimodal_logits` runs the network on each modality alone.
     """
 
     def __init__(self, spec: FusionSpec, params: BottleneckParams) -> None:
@@ -315,19 +343,23 @@ class AttentionBottleneck(TokenProjection):
         nb = self.params.bottlenecks
         z = self.bottleneck.expand(b, -1, -1)
         states = {m: t for m, (t, _) in toks.items()}
-        pads = {m: torch.cat([p, p.new_zeros(b, nb)], 1) for m, (_, p) in toks.items()}
+        real = {m: padding_mask(inputs[m]) for m in toks}  # True = real token
+        # the bottleneck tokens are never masked, so a modality that is all padding is just absent
+        pads = {m: torch.cat([~r, r.new_zeros(b, nb)], 1) for m, r in real.items()}
+        here = {m: r.any(1).to(z.dtype) for m, r in real.items()}
         for layer in self.layers:
             updates = []
             for m in states:
                 out = layer[m](torch.cat([states[m], z], 1), src_key_padding_mask=pads[m])
                 states[m], zm = out[:, :-nb], out[:, -nb:]
-                updates.append(zm)
-            z = torch.stack(updates, 0).mean(0)
-        pooled = [z.mean(1)]
+                updates.append(zm.flatten(1))
+            z = presence_weighted_mean(updates, list(here.values())).view(b, nb, -1)
+        pooled, weights = [z.mean(1)], [torch.ones_like(next(iter(here.values())))]
         for m, x in states.items():
-            keep = (~toks[m][1]).unsqueeze(-1).to(x.dtype)
+            keep = real[m].unsqueeze(-1).to(x.dtype)
             pooled.append((x * keep).sum(1) / keep.sum(1).clamp_min(1.0))
-        return self.head(self.norm(torch.stack(pooled, 0).mean(0)))
+            weights.append(here[m])
+        return self.head(self.norm(presence_weighted_mean(pooled, weights)))
 
 
 __all__ = ["masked_mean", "padding_mask"]

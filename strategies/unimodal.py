@@ -35,6 +35,10 @@ class Unimodal(FusionModel):
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         return self.net(inputs[self.present(inputs)[0]])
 
+    def unimodal_logits(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Its one branch (so gradient blending reduces to plain cross-entropy here)."""
+        return {self.modality: self(inputs)}
+
 
 @dataclass(frozen=True)
 class NoParams(SharedParams):

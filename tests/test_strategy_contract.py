@@ -14,6 +14,7 @@ import torch
 from bench import space
 from strategies import STRATEGIES, FusionSpec
 from strategies.base import SharedParams
+from strategies.training_options import drop_modalities
 
 SPECS = {
     "2mod": FusionSpec({"audio": 12, "text": 20}, {"audio": 5, "text": 7}, 3),
@@ -21,6 +22,15 @@ SPECS = {
 }
 B = 6
 CASES = [(name, key) for name in STRATEGIES.names() for key in SPECS]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add overhead (and spin under a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _spec(name: str, key: str) -> FusionSpec:
@@ -54,8 +64,15 @@ def _build(name: str, spec: FusionSpec, seed: int = 0) -> torch.nn.Module:
 class TestStrategyContract:
     def test_output_shape_and_finite(self, name, key):
         spec = _spec(name, key)
-        out = _build(name, spec).eval()(_inputs(name, spec))
+        model = _build(name, spec).eval()
+        x = _inputs(name, spec)
+        out = model(x)
         assert out.shape == (B, 3) and torch.isfinite(out).all()
+        branches = getattr(model, "unimodal_logits", None)
+        if branches is not None:  # the per-modality hook gradient blending relies on
+            per = branches(x)
+            assert list(per) == spec.modalities
+            assert all(v.shape == (B, 3) and torch.isfinite(v).all() for v in per.values())
 
     def test_gradients_reach_every_trainable_parameter(self, name, key):
         spec = _spec(name, key)
@@ -102,13 +119,18 @@ class TestStrategyContract:
         spec = _spec(name, key)
         model = _build(name, spec).eval()
         x = _inputs(name, spec)
-        dropped = spec.modalities[0]
-        rest = {m: v for m, v in x.items() if m != dropped}
-        if not rest:  # a unimodal model has nothing left to predict from
+        if len(spec.modalities) == 1:  # a unimodal model has nothing left to predict from
             with pytest.raises(ValueError, match="no modality"):
-                model(rest)
+                model({})
             return
-        out = model(rest)
+        for dropped in spec.modalities:  # every modality in turn (e.g. FiLM's conditioner and the others)
+            out = model({m: v for m, v in x.items() if m != dropped})
+            assert out.shape == (B, 3) and torch.isfinite(out).all(), f"absent {dropped}"
+            if STRATEGIES.get(name).input_kind == "tokens":  # all-padding sequence == absent modality
+                zeroed = model({m: v if m != dropped else torch.zeros_like(v) for m, v in x.items()})
+                assert torch.allclose(zeroed, out, atol=1e-5), f"zeroed {dropped} differs from absent"
+        # zeroed per example, as modality dropout does (token inputs: the whole sequence is padding)
+        out = model(drop_modalities(x, 0.7, torch.Generator().manual_seed(0)))
         assert out.shape == (B, 3) and torch.isfinite(out).all()
 
     def test_search_space_sampling_gives_valid_buildable_params(self, name, key):
