@@ -120,6 +120,8 @@ def open_cell_study(cell: Cell, data: TaskData, ctx: CellContext) -> optuna.Stud
     attrs = study_attrs(cell, data, ctx)
     old = study.user_attrs.get(STUDY_ATTR)
     if old:
+        # a study written before a TrainConfig field existed used that field's default
+        old = {**old, "train": {**dataclasses.asdict(TrainConfig()), **(old.get("train") or {})}}
         for key in ("data_fingerprint", "encoders", "views", "train", "size"):
             if old.get(key) != attrs[key]:
                 raise UsageError(
@@ -232,8 +234,6 @@ def _as_dict(params: object) -> dict:
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    import platform
+    from bench.timing import device_name as _name
 
-    return f"cpu:{platform.processor() or platform.machine()}"
+    return _name(device)

@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="build, encode and create the studies in --storage, then exit (start workers next)")
     run.add_argument("--out", default="runs/latest", help="run directory (default runs/latest); re-running resumes")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    run.add_argument("--amp-bf16", action="store_true", help="bf16 autocast in training (CUDA; on CPU allowed but usually slower)")
+    run.add_argument("--amp-bf16", action="store_true", help="bf16 autocast in training (meant for CUDA; runs on CPU too)")
     run.add_argument("--compile", action="store_true", help="torch.compile each model for training (compile time not timed)")
     run.add_argument("--jobs", type=int, help="cells trained in parallel processes on CPU (default: the suite's, else 1)")
     run.add_argument("--data-dir", help="data root")

@@ -54,6 +54,9 @@ class TaskData:
     encoders: dict[str, str]  # view → encoder id
     encode_seconds: dict[str, float] = field(default_factory=dict)  # view → seconds spent (0 when cached)
     sources: dict[str, str] = field(default_factory=dict)
+    # view → {"encoder", "items", "seconds", "items_per_s"} of the encoding done by this process (unique
+    # items, one batched inference_mode pass per split); None for a view read whole from the cache
+    encode_items_per_s: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     @property
     def views(self) -> list[str]:
@@ -115,6 +118,7 @@ def encode_task(
     per_split: dict[str, dict[str, Features]] = {s: {} for s in SPLITS}
     encoder_ids: dict[str, str] = {}
     seconds: dict[str, float] = {}
+    rates: dict[str, dict[str, Any] | None] = {}
     for view_name, view in sorted(cfg.views.items()):
         encoder = None
         keys = {}
@@ -125,7 +129,9 @@ def encode_task(
         cached = {s: cache.get(cfg.name, k) for s, k in keys.items()}
         missing = [s for s, f in cached.items() if f is None]
         started = time.perf_counter()
+        rates[view_name] = None
         if missing:
+            items, busy = 0, 0.0
             encoder = build_encoder(view.encoder, view.options, device)
             if encoder.fitted:
                 encoder.fit(list(tables.splits["train"][view.column]))
@@ -133,10 +139,14 @@ def encode_task(
                 values, index = _dedupe(list(tables.splits[split][view.column]))
                 t0 = time.perf_counter()
                 feat = encoder.encode(values)
-                rate = len(values) / max(time.perf_counter() - t0, 1e-9)
+                took = time.perf_counter() - t0
+                rate = len(values) / max(took, 1e-9)
+                items, busy = items + len(values), busy + took
                 log.info("encoded %s/%s/%s: %d items with %s at %.1f items/s", cfg.name, split, view_name, len(values), view.encoder, rate)
                 cached[split] = _expand(feat, index)
                 cache.put(cfg.name, keys[split], cached[split], {"encoder": encoder.id, "items_per_s": rate})
+            rates[view_name] = {"encoder": view.encoder, "items": items, "seconds": round(busy, 3),
+                                "items_per_s": round(items / max(busy, 1e-9), 1)}
         encoder_ids[view_name] = f"{view.encoder}:{json.dumps(view.options, sort_keys=True)}"
         seconds[view_name] = time.perf_counter() - started
         for split in SPLITS:
@@ -158,4 +168,4 @@ def encode_task(
     bad = int(((splits["train"].labels < 0) | (splits["train"].labels >= cfg.num_classes)).sum())
     if bad:
         raise RuntimeError(f"{cfg.name}: {bad} train labels outside [0, {cfg.num_classes}); fix num_classes in its YAML")
-    return TaskData(cfg, splits, tables.fingerprint, encoder_ids, seconds, tables.sources)
+    return TaskData(cfg, splits, tables.fingerprint, encoder_ids, seconds, tables.sources, rates)

@@ -49,6 +49,8 @@ class RunConfig:
     storage: str | None = None
     jobs: int = 1  # cells run in parallel worker processes (CPU only)
     prepare_only: bool = False  # build + encode, create the studies (with their user attrs) and stop: for workers
+    amp_bf16: bool = False  # bf16 autocast in training (TrainConfig.amp_bf16)
+    compile: bool = False  # torch.compile for training (TrainConfig.compile)
 
     @property
     def strategy_names(self) -> list[str]:
@@ -115,6 +117,8 @@ def run(cfg: RunConfig) -> RunSummary:
     validate(cfg)
     started = time.perf_counter()
     device = resolve_device(cfg.device)
+    if cfg.amp_bf16 and device.type != "cuda":
+        log.info("--amp-bf16 on %s: bf16 autocast runs on CPU; its gain depends on the CPU's bf16 support", device)
     root = resolve_data_root(cfg.data_dir)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +128,7 @@ def run(cfg: RunConfig) -> RunSummary:
     ctx = CellContext(
         budget=Budget(suite.trials, suite.timeout_s, suite.seeds, suite.search_seed),
         train=TrainConfig(suite.epochs, suite.patience, suite.batch_size, modality_dropout=suite.modality_dropout,
-                          gradient_blending=suite.gradient_blending),
+                          gradient_blending=suite.gradient_blending, amp_bf16=cfg.amp_bf16, compile=cfg.compile),
         timing=TimingConfig(batch_size=max(suite.batch_size, 256)),
         device=device,
         storage=storage,
@@ -135,7 +139,7 @@ def run(cfg: RunConfig) -> RunSummary:
     run_json = out / "run.json"
     meta = read_json(run_json) or envelope(
         {"suite": dataclasses.asdict(suite), "strategies": cfg.strategy_names, "storage": redact(storage),
-         "data_root": str(root)},
+         "data_root": str(root), "amp_bf16": cfg.amp_bf16, "compile": cfg.compile},
         device,
     )
     meta["resumed_at"] = now() if run_json.is_file() else None
@@ -176,6 +180,7 @@ def run(cfg: RunConfig) -> RunSummary:
                 "encoders": data.encoders,
                 "rows": {s: len(d) for s, d in data.splits.items()},
                 "prepare_seconds": round(time.perf_counter() - t0, 2),
+                "encode_items_per_s": data.encode_items_per_s,
             }
             atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
             log.info("%s ready in %.1fs: %s", ds_name, time.perf_counter() - t0, meta["data"][ds_name]["rows"])

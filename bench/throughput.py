@@ -174,7 +174,7 @@ def inference_table(names: list[str], batch_sizes: list[int], device: torch.devi
 
 def format_table(rows: list[InferenceRow]) -> str:
     head = (f"{'strategy':24s} {'family':9s} {'batch':>5s} {'samples/s':>11s} {'p50 ms':>8s} {'p95 ms':>8s} "
-            f"{'peak MB':>8s} {'params':>9s} {'FLOPs/sample':>12s}")
+            f"{'peak MB':>8s} {'+MB':>6s} {'params':>9s} {'FLOPs/sample':>12s}")
     lines = [head]
     for r in rows:
         flops = f"{r.flops_per_sample:.3g}" if r.flops_per_sample is not None else "–"
@@ -185,8 +185,11 @@ def format_table(rows: list[InferenceRow]) -> str:
         bs = f"{t.batch_size}" + ("*" if t.oom_backoff else "")
         # latency: one batch of `bs` rows (p50/p95); at bs 1 that is the per-example latency
         p50, p95 = (t.batch_ms_p50, t.batch_ms_p95) if t.batch_ms_p50 is not None else (t.latency_ms_p50, t.latency_ms_p95)
+        delta = f"{t.peak_mem_delta_mb:6.1f}" if t.peak_mem_delta_mb is not None else f"{'–':>6s}"
         lines.append(f"{r.strategy:24s} {r.family:9s} {bs:>5s} {t.infer_samples_per_s:11.0f} {p50:8.3f} {p95:8.3f} "
-                     f"{t.peak_mem_mb:8.0f} {r.params:9d} {flops:>12s}")
+                     f"{t.peak_mem_mb:8.0f} {delta} {r.params:9d} {flops:>12s}")
+    lines.append("peak MB: the measured region's peak (CUDA: max allocated; CPU: the process's peak RSS); "
+                 "+MB: its growth over the memory in use when the region began")
     if any(r.throughput and r.throughput.oom_backoff for r in rows):
         lines.append("* batch size reduced after running out of memory (see oom_backoff in the JSON)")
     return "\n".join(lines)

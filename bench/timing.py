@@ -59,8 +59,17 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     if device.type == "cpu":
-        return f"cpu:{platform.processor() or platform.machine()}"
+        return f"cpu:{_cpu_model() or platform.processor() or platform.machine()}"
     return str(device)
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux); platform.processor() there is only the arch."""
+    try:
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return m.group(1).strip() if m else None
 
 
 def synchronize(device: torch.device) -> None:
@@ -138,7 +147,7 @@ class PeakMemory:
         self.delta_mb: float | None = None
         self._start_mb = 0.0
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> PeakMemory:  # noqa: PYI034 - Python 3.10 has no typing.Self
         if self.device.type == "cuda":
             synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -200,7 +209,7 @@ def _fit(
     while True:
         try:
             return batch_size, _time_forward(model, inputs, batch_size, cfg.warmup, cfg.repetitions, device), None
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
+        except Exception as exc:  # only out-of-memory is handled here; anything else propagates
             if not is_out_of_memory(exc):
                 raise
             oom.append(batch_size)

@@ -7,7 +7,9 @@ the best validation epoch. `on_epoch(epoch, val_metric)` lets optuna prune (it m
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from bench import metrics as metric_lib
 from strategies.base import FusionModel
 from strategies.training_options import GradientBlender, TrainingOptions, drop_modalities
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -32,6 +36,8 @@ class TrainConfig:
     eval_batch_size: int = 1024
     modality_dropout: float = 0.0  # see strategies.training_options
     gradient_blending: bool = False
+    amp_bf16: bool = False  # bf16 autocast of the training forward/loss (meant for CUDA; runs on CPU too)
+    compile: bool = False  # torch.compile the model's forward for training (needs a C++ compiler on CPU)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -59,9 +65,10 @@ class TrainResult:
     val_metric: float
     best_epoch: int
     epochs_run: int
-    train_seconds: float
+    train_seconds: float  # the epochs' training loops only (synchronised); validation is not in it
     train_samples: int
     history: list[float] = field(default_factory=list)
+    val_seconds: float = 0.0  # the per-epoch validation passes, timed apart
 
     @property
     def train_samples_per_s(self) -> float:
@@ -71,6 +78,10 @@ class TrainResult:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 @torch.inference_mode()
@@ -120,7 +131,17 @@ def train_model(
     blend_probe = train.take(torch.arange(min(n, 2048), device=device))
     best_score, best_epoch, best_state = -float("inf"), -1, None
     history: list[float] = []
-    train_seconds, samples, bad_epochs = 0.0, 0, 0
+    train_seconds, val_seconds, samples, bad_epochs = 0.0, 0.0, 0, 0
+    if cfg.amp_bf16 and device.type != "cuda":
+        log.debug("amp_bf16 on %s: CPU bf16 autocast (its gain depends on the CPU)", device)
+    step_model: FusionModel = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
+    inputs, labels = train.inputs, train.labels
+    if cfg.compile:  # compile (forward + backward graphs) outside the timed loop; no optimizer step
+        model.train()
+        warm = train.take(torch.arange(min(n, cfg.batch_size), device=device))
+        with _autocast(device, cfg.amp_bf16):
+            loss_of(step_model, warm).backward()
+        optimizer.zero_grad(set_to_none=True)
     epoch = 0
     for epoch in range(cfg.epochs):
         model.train()
@@ -131,19 +152,22 @@ def train_model(
             idx = order[start : start + cfg.batch_size]
             if idx.numel() < 2 and n >= 2:  # BatchNorm-free, but a 1-row batch is mostly noise
                 continue
-            batch = train.take(idx)
+            batch = Batch({k: v[idx] for k, v in inputs.items()}, labels[idx])
             if cfg.modality_dropout > 0:
                 batch = Batch(drop_modalities(batch.inputs, cfg.modality_dropout, generator), batch.labels)
-            loss = blender.loss(model, batch.inputs, batch.labels) if blender else loss_of(model, batch)
+            with _autocast(device, cfg.amp_bf16):
+                loss = blender.loss(model, batch.inputs, batch.labels) if blender else loss_of(step_model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             samples += idx.numel()
         _sync(device)
-        train_seconds += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        train_seconds += t1 - t0
         if blender is not None:
             blender.update(model, (blend_probe.inputs, blend_probe.labels), (val.inputs, val.labels))
         score = metric(val_labels, predict_proba(model, val.inputs, cfg.eval_batch_size))
+        val_seconds += time.perf_counter() - t1
         if not np.isfinite(score):
             score = -float("inf")
         history.append(float(score))
@@ -158,4 +182,4 @@ def train_model(
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return TrainResult(model, float(best_score), best_epoch, epoch + 1, train_seconds, samples, history)
+    return TrainResult(model, float(best_score), best_epoch, epoch + 1, train_seconds, samples, history, val_seconds)

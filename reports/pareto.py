@@ -59,9 +59,9 @@ def _num(x: object, fmt: str) -> str:
 
 def to_markdown(table: pd.DataFrame) -> str:
     lines = ["## Quality vs throughput (Pareto front)", "",
-             "Inference samples/s at the evaluation batch size; ★ = on the task's Pareto front (no other strategy is "
-             "at least as good on both quality and inference throughput). Data: `pareto.csv`; plot: "
-             "`plots/<task>-pareto.png` (`fusebench report --html`).", ""]
+             ("Inference samples/s at the evaluation batch size; ★ = on the task's Pareto front (no other strategy is "
+              "at least as good on both quality and inference throughput). Data: `pareto.csv`; plot: "
+              "`plots/<task>-pareto.png` (`fusebench report --html`)."), ""]
     if table.empty:
         return "\n".join(lines + ["No records with throughput.", ""])
     for dataset, g in table.groupby("dataset", sort=True):

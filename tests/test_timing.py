@@ -3,6 +3,7 @@ memory, FLOPs, the `fusebench throughput` command, training flags and the Pareto
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 
@@ -68,7 +69,7 @@ def test_warmup_repetitions_and_rotated_inputs():
     one = [v for bs, v in model.seen if bs == 1]
     assert len(big) == 33 and len(one) == 33  # warm-up + timed, at each batch size
     assert len(set(big)) == 16 and len(set(one)) == 33  # every slice of the 64 rows is visited, none twice in a row
-    assert all(a != b for a, b in zip(big, big[1:]))
+    assert all(a != b for a, b in itertools.pairwise(big))
 
 
 class OomAbove(FusionModel):
@@ -226,3 +227,13 @@ def test_pareto_table_from_records(tmp_path):
     md = (tmp_path / "leaderboard.md").read_text()
     assert md.count("## Quality vs throughput (Pareto front)") == 1 and "| `good` |" in md
     assert (tmp_path / "pareto.md").is_file()
+
+
+def test_run_exposes_amp_and_compile_flags():
+    from bench.cli import _parser
+    from bench.runner import RunConfig
+
+    args = _parser().parse_args(["run", "--datasets", "d", "--strategies", "concat", "--amp-bf16", "--compile"])
+    assert args.amp_bf16 and args.compile
+    assert {"amp_bf16", "compile"} <= set(RunConfig.__dataclass_fields__)
+    assert {"amp_bf16", "compile"} <= set(TrainConfig.__dataclass_fields__)
