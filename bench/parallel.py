@@ -73,7 +73,9 @@ class CellPool:
         prepared.parent.mkdir(parents=True, exist_ok=True)
         torch.save(data, prepared)
         try:
-            futures = {self._pool.submit(_job, str(prepared), cell, ctx): cell for cell in cells}
+            # longest first (token strategies), so that no worker idles at the end of a dataset
+            ordered = sorted(cells, key=lambda c: c.info.input_kind != "tokens")
+            futures = {self._pool.submit(_job, str(prepared), cell, ctx): cell for cell in ordered}
             for fut in cf.as_completed(futures):
                 exc = fut.exception()
                 yield futures[fut], (exc if exc is not None else fut.result())
