@@ -150,8 +150,8 @@ def critical_difference(ranking: Ranking, out: Path) -> Path | None:
     ax.set_xlabel("average rank over tasks (lower is better)")
     title = "average ranks (Nemenyi)"
     if ranking.friedman_p is not None and ranking.critical_difference:
-        title += (f" — Friedman p = {ranking.friedman_p:.3g}; shaded: within CD = "
-                  f"{ranking.critical_difference:.2f} of the best")
-    ax.set_title(title)
+        title += (f"\nFriedman p = {ranking.friedman_p:.3g}; shaded: within the critical difference "
+                  f"({ranking.critical_difference:.2f}) of the best")
+    ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out / "critical-difference.png")
