@@ -24,13 +24,7 @@ B = 6
 CASES = [(name, key) for name in STRATEGIES.names() for key in SPECS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and spin under a loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spec(name: str, key: str) -> FusionSpec:

@@ -6,13 +6,7 @@ from strategies import STRATEGIES, FusionSpec
 from strategies.training_options import GradientBlender, TrainingOptions, drop_modalities
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and spin under a loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_drop_modalities_never_drops_everything_and_zeroes_whole_modalities():
