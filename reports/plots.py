@@ -27,27 +27,37 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return front
 
 
-def _label_without_overlap(ax: plt.Axes, names: list[str], x: np.ndarray, y: np.ndarray, bold: np.ndarray) -> None:
-    """Greedy label placement: each label sits right of its point, pushed down (in pixels) until
-    its box clears every label already placed."""
+def _place_numbers(ax: plt.Axes, labels: list[str], x: np.ndarray, y: np.ndarray) -> None:
+    """Put a short label (a rank number) next to each point, trying 8 directions at growing
+    distances (in pixels) until its box clears every point and every label already placed."""
     fig = ax.figure
     fig.canvas.draw()
-    to_px = ax.transData.transform
-    placed: list[tuple[float, float, float, float]] = []
-    height, char_w = 10.0, 4.6
+    pts = ax.transData.transform(np.column_stack([x, y]))
+    r_pt = 5.0
+    blocked = [(px - r_pt, py - r_pt, px + r_pt, py + r_pt) for px, py in pts]
+    dirs = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)]
+    dpi_scale = fig.dpi / 72.0
     for i in np.argsort(-y):
-        px, py = to_px((x[i], y[i]))
-        width = char_w * len(names[i])
-        dy = 4.0
-        for _ in range(40):
-            box = (px + 5, py + dy - height / 2, px + 5 + width, py + dy + height / 2)
-            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+        px, py = pts[i]
+        w, h = (6.5 * len(labels[i]) + 2) * dpi_scale, 10 * dpi_scale
+        chosen = None
+        for dist in (7, 13, 20, 28, 38, 50):
+            for dx, dy in dirs:
+                cx, cy = px + dx * dist * dpi_scale, py + dy * dist * dpi_scale
+                box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+                if not any(box[0] < q[2] and q[0] < box[2] and box[1] < q[3] and q[1] < box[3] for q in blocked):
+                    chosen = (cx, cy, box, dist)
+                    break
+            if chosen:
                 break
-            dy -= height
-        placed.append(box)
-        ax.annotate(names[i], (x[i], y[i]), xytext=(5, dy - 3), textcoords="offset points", fontsize=7,
-                    fontweight="bold" if bold[i] else "normal",
-                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "#999"} if dy < -6 else None)
+        if chosen is None:
+            cx, cy = px + 7 * dpi_scale, py
+            chosen = (cx, cy, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), 7)
+        cx, cy, box, dist = chosen
+        blocked.append(box)
+        ax.annotate(labels[i], (x[i], y[i]), xytext=((cx - px) / dpi_scale, (cy - py) / dpi_scale),
+                    textcoords="offset points", ha="center", va="center", fontsize=8,
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "#777"} if dist > 13 else None)
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -58,100 +68,215 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _ci_err(g: pd.DataFrame) -> list[np.ndarray]:
+    """[lower, upper] error-bar lengths: the bootstrap CI where the board has it, else the
+    t-interval half-width over seeds (`ci95`), else none."""
+    mean = g["mean"].to_numpy(float)
+    half = g["ci95"].to_numpy(float) if "ci95" in g else np.full(len(g), np.nan)
+    lo = g["ci95_low"].to_numpy(float) if "ci95_low" in g else np.full(len(g), np.nan)
+    hi = g["ci95_high"].to_numpy(float) if "ci95_high" in g else np.full(len(g), np.nan)
+    lo = np.where(np.isfinite(lo), lo, mean - np.nan_to_num(half))
+    hi = np.where(np.isfinite(hi), hi, mean + np.nan_to_num(half))
+    return [np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)]
+
+
 def quality_vs_throughput(board: pd.DataFrame, dataset: str, out: Path) -> Path | None:
+    """Mean main metric (95% CI) against inference samples/s (log). Points carry their leaderboard rank;
+    the key on the right names them (★ = on the Pareto front, which the dashed line joins)."""
     g = board[(board.dataset == dataset) & (board.status == "ok") & (board.family != "baseline")]
     g = g[np.isfinite(g.infer_samples_per_s.astype(float)) & np.isfinite(g["mean"].astype(float))]
     if g.empty:
         return None
+    g = g.sort_values("mean", ascending=False)
     x, y = g.infer_samples_per_s.to_numpy(float), g["mean"].to_numpy(float)
     front = pareto_front(x, y)
-    fig, ax = plt.subplots(figsize=(8, 5.2))
+    ranks = [str(int(r)) if "rank" in g and np.isfinite(r) else str(i + 1)
+             for i, r in enumerate(g["rank"] if "rank" in g else range(len(g)))]
+    fig = plt.figure(figsize=(9.5, 5.4))
+    ax = fig.add_axes((0.09, 0.11, 0.62, 0.8))
     for fam, sub in g.groupby("family"):
-        lo = sub["mean"] - sub.get("ci95_low", sub["mean"]).fillna(sub["mean"])
-        hi = sub.get("ci95_high", sub["mean"]).fillna(sub["mean"]) - sub["mean"]
-        ax.errorbar(sub.infer_samples_per_s, sub["mean"], yerr=[lo.clip(lower=0), hi.clip(lower=0)], fmt="o",
-                    color=FAMILY_COLORS.get(fam, "k"), label=fam, capsize=2, alpha=0.85)
+        ax.errorbar(sub.infer_samples_per_s, sub["mean"], yerr=_ci_err(sub), fmt="o", ms=5,
+                    color=FAMILY_COLORS.get(fam, "k"), label=fam, capsize=2, alpha=0.85, elinewidth=0.8)
     order = np.argsort(x[front])
     ax.plot(x[front][order], y[front][order], "--", color="black", lw=1, label="Pareto front")
+    ax.scatter(x[front], y[front], s=90, facecolors="none", edgecolors="black", lw=1, zorder=3)
     ax.set_xscale("log")
-    _label_without_overlap(ax, list(g.strategy), x, y, front)
+    ax.margins(x=0.12, y=0.1)
+    _place_numbers(ax, ranks, x, y)
     ax.set_xlabel("inference throughput (samples/s, log scale)")
-    metric = g.metric.iloc[0]
-    ax.set_ylabel(f"test {metric} (mean over seeds, 95% CI)")
-    ax.set_title(f"{dataset}: quality vs throughput")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    return _save(fig, out / f"{dataset}-pareto.png")
+    ax.set_ylabel(f"test {g.metric.iloc[0]} (mean over seeds, 95% CI)")
+    ax.set_title(f"{dataset}: quality vs throughput", fontsize=11)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
+    fs = 8 if len(g) <= 22 else 6.5
+    step = min(0.045, 0.88 / max(len(g), 1))
+    fig.text(0.735, 0.93, "# = leaderboard rank, ★ = Pareto front", fontsize=7.5, color="#444")
+    for j, (rk, name, fam, on) in enumerate(zip(ranks, g.strategy, g.family, front)):
+        fig.text(0.735, 0.89 - j * step, f"{rk:>3}  {name}{'  ★' if on else ''}", fontsize=fs,
+                 color=FAMILY_COLORS.get(fam, "k"), fontweight="bold" if on else "normal", family="DejaVu Sans")
+    path = out / f"{dataset}-pareto.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+FAMILY_ORDER = ("early", "mid", "late", "unimodal", "baseline")
 
 
 def family_bars(board: pd.DataFrame, dataset: str, out: Path) -> Path | None:
-    g = board[(board.dataset == dataset) & (board.status == "ok")].sort_values("mean")
+    """Strategies grouped by family (best first within a family) with 95% CI error bars; the dotted
+    line is the best unimodal baseline."""
+    g = board[(board.dataset == dataset) & (board.status == "ok")].copy()
+    g = g[np.isfinite(g["mean"].astype(float))]
     if g.empty:
         return None
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(g) + 1.4))
-    lo = (g["mean"] - g["ci95_low"].fillna(g["mean"])).clip(lower=0) if "ci95_low" in g else None
-    hi = (g["ci95_high"].fillna(g["mean"]) - g["mean"]).clip(lower=0) if "ci95_high" in g else None
-    ax.barh(g.strategy, g["mean"], xerr=None if lo is None else [lo, hi], capsize=2,
-            color=[FAMILY_COLORS.get(f, "k") for f in g.family])
-    ax.set_xlabel(f"test {g.metric.iloc[0]} (mean over seeds, 95% CI)")
+    order = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    g["_fam"] = g.family.map(lambda f: order.get(f, len(order)))
+    g = g.sort_values(["_fam", "mean"], ascending=[True, False])
+    pos, y, fam_prev = [], 0.0, None
+    for fam in g.family:
+        if fam_prev is not None and fam != fam_prev:
+            y += 0.6  # a gap between families
+        pos.append(y)
+        y += 1.0
+        fam_prev = fam
+    pos = np.asarray(pos)
+    fig, ax = plt.subplots(figsize=(8, 0.34 * len(g) + 1.6))
+    ax.barh(pos, g["mean"], xerr=_ci_err(g), capsize=3, height=0.8,
+            color=[FAMILY_COLORS.get(f, "k") for f in g.family], error_kw={"lw": 1, "ecolor": "#222"})
+    ax.set_yticks(pos, list(g.strategy), fontsize=8)
+    ax.invert_yaxis()
+    uni = g[g.family == "unimodal"]
+    if not uni.empty:
+        ax.axvline(uni["mean"].max(), color="#555", ls=":", lw=1.2, label="best unimodal")
+    ax.set_xlabel(f"test {g.metric.iloc[0]} (mean over seeds, error bar: 95% CI)")
     ax.set_title(f"{dataset}: strategies by family")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in FAMILY_COLORS.values()]
-    ax.legend(handles, list(FAMILY_COLORS), fontsize=8, loc="lower right")
+    present = [f for f in FAMILY_ORDER if f in set(g.family)]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=FAMILY_COLORS[f]) for f in present]
+    extra = ax.get_legend_handles_labels()
+    ax.legend(handles + extra[0], present + extra[1], fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out / f"{dataset}-families.png")
 
 
-def optimisation_history(histories: dict[str, list[float]], dataset: str, metric: str, out: Path) -> Path | None:
-    """histories: strategy → validation value of each finished trial, in trial order."""
-    histories = {k: v for k, v in histories.items() if v}
-    if not histories:
+_MARKERS = "osD^v<>ph*X"
+
+
+def _family_panels(series: dict[str, pd.Series], families: dict[str, str] | None, title: str, xlabel: str,
+                   ylabel: str, path: Path, best_so_far: bool) -> Path | None:
+    """One panel per family (so that no panel has more than a handful of lines), shared y axis.
+    series: name → values indexed by x (trial number or noise σ)."""
+    families = families or {}
+    groups: dict[str, list[str]] = {}
+    for name in sorted(series):
+        if families.get(name) != "baseline":  # sanity floors (majority/random) stay in the tables
+            groups.setdefault(families.get(name, "other"), []).append(name)
+    if not groups:
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    cmap = plt.get_cmap("tab20")
-    for i, (name, values) in enumerate(sorted(histories.items())):
-        best = np.maximum.accumulate(np.asarray(values, float))
-        ax.plot(range(1, len(best) + 1), best, marker="o", ms=3, color=cmap(i % 20), label=name)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("trial (finished, in order)")
-    ax.set_ylabel(f"best validation {metric} so far")
-    ax.set_title(f"{dataset}: optuna optimisation history")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
-    return _save(fig, out / f"{dataset}-history.png")
+    fams = sorted(groups, key=lambda f: FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER))
+    ncols = 1 if len(fams) == 1 else 2
+    nrows = int(np.ceil(len(fams) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(8, 2.9 * nrows + 0.7), sharey=True, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, fam in zip(axes.flat, fams):
+        for i, name in enumerate(groups[fam]):
+            sr = series[name].dropna()
+            xs, vals = sr.index.to_numpy(float), sr.to_numpy(float)
+            color, marker = cmap(i % 10), _MARKERS[i % len(_MARKERS)]
+            if best_so_far:
+                ax.scatter(xs, vals, color=color, marker=marker, s=14, alpha=0.35)
+                ax.step(xs, np.maximum.accumulate(vals), where="post", color=color, lw=1.6, label=name)
+            else:
+                ax.plot(xs, vals, color=color, marker=marker, ms=4, lw=1.4, label=name)
+        ax.set_title(fam, fontsize=9, color=FAMILY_COLORS.get(fam, "k"), fontweight="bold")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        if best_so_far:
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    for ax in axes.flat[len(fams):]:
+        ax.axis("off")
+    for j, ax in enumerate(axes.flat[:len(fams)]):
+        if j + ncols >= len(fams):  # nothing below it
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
 
 
-def robustness_curves(curves: pd.DataFrame, dataset: str, metric: str, out: Path) -> Path | None:
-    """curves: rows strategy, columns noise σ (0 = clean), values mean test metric."""
+def optimisation_history(histories: dict[str, list[float]], dataset: str, metric: str, out: Path,
+                         families: dict[str, str] | None = None) -> Path | None:
+    """histories: strategy → validation value of each finished trial, in trial order. Dots: each
+    trial; line: the best so far; one panel per family."""
+    series = {k: pd.Series(v, index=np.arange(1, len(v) + 1), dtype=float) for k, v in histories.items() if v}
+    if not series:
+        return None
+    return _family_panels(series, families, f"{dataset}: optuna optimisation history (line: best so far, dots: each trial)",
+                          "trial (finished, in order)", f"validation {metric}", out / f"{dataset}-history.png", True)
+
+
+def robustness_curves(curves: pd.DataFrame, dataset: str, metric: str, out: Path,
+                      families: dict[str, str] | None = None) -> Path | None:
+    """curves: rows strategy, columns noise σ (0 = clean), values mean test metric; one panel per family."""
     if curves.empty:
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    cmap = plt.get_cmap("tab20")
-    for i, (name, row) in enumerate(curves.iterrows()):
-        ax.plot(row.index.astype(float), row.to_numpy(float), marker="o", ms=3, color=cmap(i % 20), label=name)
-    ax.set_xlabel("Gaussian noise σ added to every standardised feature")
-    ax.set_ylabel(f"test {metric} (mean over seeds)")
-    ax.set_title(f"{dataset}: robustness to feature noise")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="best")
-    return _save(fig, out / f"{dataset}-robustness.png")
+    series = {str(name): pd.Series(row.to_numpy(float), index=row.index.astype(float)) for name, row in curves.iterrows()}
+    return _family_panels(series, families, f"{dataset}: robustness to feature noise",
+                          "Gaussian noise σ added to every standardised feature", f"test {metric} (mean over seeds)",
+                          out / f"{dataset}-robustness.png", False)
 
 
 def critical_difference(ranking: Ranking, out: Path) -> Path | None:
+    """A Demšar critical-difference diagram: the average-rank axis on top, each strategy hung from
+    its rank (best half on the left, the rest on the right), thick bars joining strategies whose
+    ranks differ by less than the Nemenyi CD, and the CD drawn as a scale bar."""
     if ranking.average_rank.empty:
         return None
     avg = ranking.average_rank
-    fig, ax = plt.subplots(figsize=(8, 0.28 * len(avg) + 1.6))
-    y = np.arange(len(avg))[::-1]
-    ax.scatter(avg.to_numpy(), y, color="black", zorder=3)
+    names, ranks = list(avg.index), avg.to_numpy(float)
+    k = len(names)
+    lo, hi = 1.0, float(max(k, np.ceil(ranks.max())))
+    half = (k + 1) // 2
+    cliques = ranking.cliques()
+    rows = max(half, k - half)
+    height = 1.6 + 0.28 * rows + 0.14 * len(cliques)
+    fig, ax = plt.subplots(figsize=(9, max(2.8, height)))
+    ax.set_xlim(lo - (hi - lo) * 0.45, hi + (hi - lo) * 0.45)
+    top = 0.0
+    ax.set_ylim(-(1.0 + 0.5 * rows + 0.25 * len(cliques)), 1.5)
+    ax.axis("off")
+    ax.hlines(top, lo, hi, color="black", lw=1)
+    for t in np.arange(lo, hi + 1e-9, 0.5):
+        major = float(t).is_integer()
+        ax.vlines(t, top, top + (0.18 if major else 0.09), color="black", lw=1)
+        if major:
+            ax.text(t, top + 0.28, f"{int(t)}", ha="center", va="bottom", fontsize=9)
+    ax.text(hi + (hi - lo) * 0.05, top + 0.05, "average rank\n(1 = best)", ha="left", va="bottom", fontsize=8,
+            color="#444")
     if ranking.critical_difference:
-        best = avg.iloc[0]
-        ax.axvspan(best, best + ranking.critical_difference, color="#9ecae1", alpha=0.5)
-    ax.set_yticks(y, [f"{n}" for n in avg.index], fontsize=8)
-    ax.set_xlabel("average rank over tasks (lower is better)")
-    title = "average ranks (Nemenyi)"
-    if ranking.friedman_p is not None and ranking.critical_difference:
-        title += (f"\nFriedman p = {ranking.friedman_p:.3g}; shaded: within the critical difference "
-                  f"({ranking.critical_difference:.2f}) of the best")
-    ax.set_title(title, fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
+        cd = ranking.critical_difference
+        ax.hlines(top + 0.95, lo, lo + cd, color="#b22222", lw=2)
+        ax.vlines([lo, lo + cd], top + 0.85, top + 1.05, color="#b22222", lw=2)
+        ax.text(lo + cd + (hi - lo) * 0.02, top + 0.95, f"critical difference CD = {cd:.2f}", ha="left", va="center",
+                fontsize=9, color="#b22222")
+    clique_y0 = -0.25
+    for j, group in enumerate(cliques):
+        gy = clique_y0 - 0.25 * j
+        ax.hlines(gy, avg[group[0]] - 0.03, avg[group[-1]] + 0.03, color="black", lw=3.5, alpha=0.8)
+    label_y0 = clique_y0 - 0.25 * len(cliques) - 0.3
+    for i, (name, r) in enumerate(zip(names, ranks)):
+        left = i < half
+        row = i if left else k - 1 - i
+        yy = label_y0 - 0.5 * row
+        xend = lo - (hi - lo) * 0.05 if left else hi + (hi - lo) * 0.05
+        ax.plot([r, r, xend], [top, yy, yy], color="#333", lw=0.9)
+        ax.text(xend + (-0.02 if left else 0.02) * (hi - lo), yy, f"{name} ({r:.2f})", ha="right" if left else "left",
+                va="center", fontsize=9)
+    title = f"Critical-difference diagram: average rank over {ranking.n_tasks} task(s)"
+    if ranking.friedman_p is not None:
+        title += (f"\nFriedman p = {ranking.friedman_p:.3g}; thick bars join strategies that are not significantly "
+                  "different (Nemenyi, α = 0.05)")
+    ax.set_title(title, fontsize=9)
     return _save(fig, out / "critical-difference.png")

@@ -22,6 +22,22 @@ class Ranking:
     friedman_p: float | None
     critical_difference: float | None  # Nemenyi CD at alpha = 0.05
 
+    def cliques(self) -> list[list[str]]:
+        """Maximal runs of strategies (in rank order) whose average ranks all lie within the critical
+        difference of each other — the thick bars of a Demšar CD diagram. Single strategies are left out."""
+        if self.critical_difference is None or self.average_rank.empty:
+            return []
+        names, ranks = list(self.average_rank.index), self.average_rank.to_numpy(float)
+        groups: list[list[str]] = []
+        for i in range(len(names)):
+            j = i
+            while j + 1 < len(names) and ranks[j + 1] - ranks[i] < self.critical_difference:
+                j += 1
+            group = names[i:j + 1]
+            if len(group) > 1 and not any(set(group) <= set(g) for g in groups):
+                groups.append(group)
+        return groups
+
     def to_markdown(self) -> str:
         if self.average_rank.empty:
             return ""
@@ -31,6 +47,13 @@ class Ranking:
             lines += [f"Friedman test p = {self.friedman_p:.3g}; Nemenyi critical difference (α = 0.05) = "
                       f"{self.critical_difference:.2f} ranks — strategies whose average ranks differ by less are "
                       "not significantly different.", ""]
+        if self.critical_difference is not None and len(self.average_rank) > 1:
+            best, best_rank = self.average_rank.index[0], self.average_rank.iloc[0]
+            close = [n for n, r in self.average_rank.iloc[1:].items() if r - best_rank < self.critical_difference]
+            worse = [n for n, r in self.average_rank.iloc[1:].items() if r - best_rank >= self.critical_difference]
+            lines += [f"CD comparison: `{best}` ({best_rank:.2f}) is not significantly better than "
+                      + (", ".join(f"`{n}`" for n in close) or "—") + "; significantly worse: "
+                      + (", ".join(f"`{n}`" for n in worse) or "none") + ".", ""]
         lines += ["| rank | strategy | average rank |", "|---:|---|---:|"]
         for i, (name, r) in enumerate(self.average_rank.items(), 1):
             lines.append(f"| {i} | `{name}` | {r:.2f} |")

@@ -127,3 +127,49 @@ def test_github_workflow_is_valid():
     assert any(u.startswith("actions/upload-artifact@") for u in uses)
     runs = " ".join(s.get("run", "") for s in steps)
     assert "fusebench compare" in runs and "fusebench report" in runs
+    assert wf["permissions"]["pages"] == "write" and wf["permissions"]["id-token"] == "write"
+    deploy = [j for j in wf["jobs"].values() if any(s.get("uses", "").startswith("actions/deploy-pages@") for s in j["steps"])]
+    assert deploy and deploy[0]["environment"]["name"] == "github-pages"
+    for prefix in ("actions/checkout@", "actions/setup-python@", "actions/configure-pages@", "actions/upload-pages-artifact@"):
+        assert any(u.startswith(prefix) for u in uses), prefix
+    setup = next(s for s in steps if s.get("uses", "").startswith("actions/setup-python@"))
+    assert str(setup["with"]["python-version"]) == "3.11"
+
+
+def test_cliques_and_cd_line_in_markdown():
+    from reports.ranking import Ranking
+
+    r = Ranking(pd.Series({"a": 1.2, "b": 1.8, "c": 3.5, "d": 3.9}), n_tasks=6, friedman_p=0.01, critical_difference=1.0)
+    assert r.cliques() == [["a", "b"], ["c", "d"]]
+    md = r.to_markdown()
+    assert "CD comparison: `a` (1.20) is not significantly better than `b`; significantly worse: `c`, `d`." in md
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_optimisation_history_reads_journal_and_sqlite_storage(tmp_path, kind):
+    import optuna
+
+    from reports.html import _histories
+
+    d = _run_dir(tmp_path, _records())
+    url = f"journal:///{d / 'optuna.journal'}" if kind == "journal" else f"sqlite:///{d / 'optuna.db'}"
+    from bench.storage import open_storage
+
+    study = optuna.create_study(study_name="d1/gmu", storage=open_storage(url, heartbeat=False), direction="maximize")
+    for v in (0.5, 0.7, 0.6):
+        study.add_trial(optuna.trial.create_trial(value=v, params={}, distributions={}))
+    assert _histories(d, {}, "d1") == {"gmu": [0.5, 0.7, 0.6]}  # found in the run dir without run.json's URL
+    moved = {"config": {"storage": url.replace(str(tmp_path), "/elsewhere")}}  # a copied run directory
+    assert _histories(d, moved, "d1") == {"gmu": [0.5, 0.7, 0.6]}
+    write_report(d)
+    assert (d / "plots" / "d1-history.png").stat().st_size > 1000
+
+
+def test_report_without_storage_or_robustness_still_renders(tmp_path):
+    import dataclasses
+
+    recs = [dataclasses.replace(r, robustness=None) for r in _records()]
+    d = _run_dir(tmp_path, recs)
+    text = write_report(d).read_text()
+    assert "robustness" not in text.lower() and not (d / "optuna.journal").exists()
+    assert "Overall ranking" in text and text.count("data:image/png;base64,") == 1 + 3 * 2  # CD + pareto/families

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,14 +12,17 @@ from bench.cli import main
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+# Debian's packages by default; a runner with another Chrome build (GitHub's ubuntu images ship Google
+# Chrome + a matching chromedriver) points these at it.
+CHROMIUM = os.environ.get("FUSEBENCH_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("FUSEBENCH_CHROMEDRIVER", "/usr/bin/chromedriver")
 
 
 def _driver(profile: Path):
     if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
         pytest.fail(f"{CHROMIUM} / {CHROMEDRIVER} missing: install Debian's chromium and chromium-driver "
-                    "(`.ci/run` does: apt-get install -y chromium chromium-driver)")
+                    "(`.ci/run` installs them: apt-get install -y chromium chromium-driver; or set FUSEBENCH_CHROMIUM / "
+                    "FUSEBENCH_CHROMEDRIVER). This test must not be skipped.")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -53,9 +57,12 @@ def test_report_renders_in_chromium(tiny_run, tmp_path):
         headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
         for ds in ("avmnist", "esc50", "flickr8k-itm", "imdb"):
             assert any(h.startswith(ds) for h in headings), headings
+        assert driver.execute_script("return document.querySelectorAll('tr.failed').length") == 0
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(1280, min(int(height) + 100, 16000))  # the whole page in one screenshot
         shot = tmp_path / "report.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-        keep = Path(__import__("os").environ.get("FUSEBENCH_SCREENSHOT", ""))
+        keep = Path(os.environ.get("FUSEBENCH_SCREENSHOT", ""))
         if keep.name:
             shutil.copy(shot, keep)
     finally:
