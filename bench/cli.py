@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench.errors import UsageError
+from fusebench.core.errors import UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,10 +86,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from bench import catalog
-    from bench.encoders import ENCODERS
-    from bench.metrics import METRICS
-    from strategies import STRATEGIES
+    from fusebench.config import catalog
+    from fusebench.features.encoders import ENCODERS
+    from fusebench.core.metrics import METRICS
+    from fusebench.strategies import STRATEGIES
 
     if args.what == "strategies":
         items = [info.to_json() for _, info in STRATEGIES.items()]
@@ -126,8 +126,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from bench.datacheck import check, format_report
-    from bench.paths import resolve_data_root
+    from fusebench.data.datacheck import check, format_report
+    from fusebench.core.paths import resolve_data_root
 
     root = resolve_data_root(args.data_dir)
     checks = check(root)
@@ -140,9 +140,9 @@ def _split(value: str | None) -> tuple[str, ...]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from bench import catalog
-    from bench.config import SuiteConfig
-    from bench.runner import RunConfig, run
+    from fusebench.config import catalog
+    from fusebench.config.loader import SuiteConfig
+    from fusebench.run.runner import RunConfig, run
 
     if args.suite:
         suite = catalog.get_suite(args.suite)
@@ -177,7 +177,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from bench.worker import run_worker
+    from fusebench.run.worker import run_worker
 
     s = run_worker(args.study, args.storage, device=args.device, data_dir=args.data_dir)
     print(f"fusebench worker: study {s.study}: {s.trials_here} trial(s) finished here, "
@@ -188,10 +188,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_throughput(args: argparse.Namespace) -> int:
     import torch
 
-    from bench import throughput as tp
-    from bench.runner import resolve_device, train_threads
-    from bench.timing import device_name
-    from strategies import STRATEGIES
+    from fusebench.measure import throughput as tp
+    from fusebench.run.runner import resolve_device, train_threads
+    from fusebench.measure.timing import device_name
+    from fusebench.strategies import STRATEGIES
 
     device = resolve_device(args.device)
     if device.type == "cpu":
@@ -247,7 +247,7 @@ def _cmd_throughput(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from reports.compare import compare, load_board
+    from fusebench.reports.compare import compare, load_board
 
     result = compare(load_board(Path(args.baseline)), load_board(Path(args.current)), args.max_drop)
     print(result.report())
@@ -255,15 +255,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from bench.records import load_records
-    from reports.leaderboard import write_leaderboard
+    from fusebench.results.records import load_records
+    from fusebench.reports.leaderboard import write_leaderboard
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "results.jsonl").is_file():
         raise UsageError(f"{run_dir}/results.jsonl not found: pass the --out directory of a `fusebench run`")
     write_leaderboard(load_records(run_dir / "results.jsonl"), run_dir)
     if args.html:
-        from reports.html import write_report
+        from fusebench.reports.html import write_report
 
         write_report(run_dir)
     print(f"fusebench: wrote {run_dir}/leaderboard.md")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.errors import UsageError
+from fusebench.core.errors import UsageError
 
 
 def load_board(path: Path) -> pd.DataFrame:

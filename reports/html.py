@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.cache import atomic_write_bytes
-from bench.records import Record, load_records
-from reports import plots
-from reports.leaderboard import _stars, leaderboard
-from reports.ranking import rank
+from fusebench.core.io import atomic_write_bytes
+from fusebench.results.records import Record, load_records
+from fusebench.reports import plots
+from fusebench.reports.leaderboard import _stars, leaderboard
+from fusebench.reports.ranking import rank
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _storage_file(url: str) -> Path:
 def _histories(run_dir: Path, meta: dict, dataset: str) -> dict[str, list[float]]:
     import optuna
 
-    from bench.storage import default_url, open_storage
+    from fusebench.search.storage import default_url, open_storage
 
     url = (meta.get("config") or {}).get("storage") or default_url(run_dir)
     if "***" in url:  # a redacted PostgreSQL URL cannot be reopened from the run directory

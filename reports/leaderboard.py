@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.cache import atomic_write_bytes
-from bench.records import Record
+from fusebench.core.io import atomic_write_bytes
+from fusebench.results.records import Record
 
 FUSION_FAMILIES = ("early", "mid", "late")
 
@@ -157,12 +157,12 @@ def to_markdown(board: pd.DataFrame, title: str = "fusebench leaderboard") -> st
 
 
 def write_leaderboard(records: list[Record], run_dir: Path) -> pd.DataFrame:
-    from reports.ranking import rank
+    from fusebench.reports.ranking import rank
 
     board = leaderboard(records)
     text = to_markdown(board) + "\n" + rank(board).to_markdown()
     atomic_write_bytes(run_dir / "leaderboard.md", text.encode())
-    from reports.pareto import write_pareto
+    from fusebench.reports.pareto import write_pareto
 
     write_pareto(records, board, run_dir)
     atomic_write_bytes(run_dir / "leaderboard.csv", board.to_csv(index=False).encode())

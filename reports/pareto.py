@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.cache import atomic_write_bytes
-from bench.records import Record
-from reports.plots import pareto_front
+from fusebench.core.io import atomic_write_bytes
+from fusebench.results.records import Record
+from fusebench.reports.plots import pareto_front
 
 COLUMNS = ["dataset", "strategy", "family", "metric", "mean", "infer_samples_per_s", "infer_samples_per_s_bs1",
            "latency_ms_p50", "train_samples_per_s", "params_count", "flops_per_sample", "peak_mem_mb", "on_pareto_front"]

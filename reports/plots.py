@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports.ranking import Ranking  # noqa: E402
+from fusebench.reports.ranking import Ranking  # noqa: E402
 
 FAMILY_COLORS = {"early": "#1f77b4", "mid": "#2ca02c", "late": "#d62728", "unimodal": "#7f7f7f", "baseline": "#bcbd22"}
 

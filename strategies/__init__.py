@@ -1,7 +1,7 @@
 """Fusion strategies, one module per family; importing this package registers them all."""
 
-from strategies.base import STRATEGIES, FusionModel, FusionSpec, StrategyInfo, register_strategy
+from fusebench.strategies.base import STRATEGIES, FusionModel, FusionSpec, StrategyInfo, register_strategy
 
-from strategies import early, late, mid, unimodal  # noqa: E402,F401  (registration side effects)
+from fusebench.strategies import early, late, mid, unimodal  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["STRATEGIES", "FusionModel", "FusionSpec", "StrategyInfo", "register_strategy"]

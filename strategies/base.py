@@ -21,8 +21,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from bench import space
-from bench.registry import Registry
+from fusebench.core import space
+from fusebench.core.registry import Registry
 
 Family = Literal["early", "mid", "late", "unimodal", "baseline"]
 InputKind = Literal["pooled", "tokens"]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from strategies.base import FusionModel, FusionSpec, SharedParams, mlp_head, register_strategy
+from fusebench.strategies.base import FusionModel, FusionSpec, SharedParams, mlp_head, register_strategy
 
 
 class PerModalityHeads(FusionModel):

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from bench import space
-from strategies.base import (
+from fusebench.core import space
+from fusebench.strategies.base import (
     FusionModel,
     FusionSpec,
     ModalityAloneLogits,

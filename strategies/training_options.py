@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from strategies.base import FusionModel
+from fusebench.strategies.base import FusionModel
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from strategies.base import FusionModel, FusionSpec, SharedParams, mlp_head, register_strategy
+from fusebench.strategies.base import FusionModel, FusionSpec, SharedParams, mlp_head, register_strategy
 
 
 @register_strategy(

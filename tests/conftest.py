@@ -36,7 +36,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The real bundle. Integration tests need it; its absence is an error, not a skip."""
-    from bench.paths import resolve_data_root
+    from fusebench.core.paths import resolve_data_root
 
     return resolve_data_root()
 

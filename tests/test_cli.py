@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
+from fusebench.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def test_list_datasets_and_suites(capsys):
 
 def test_unknown_strategy_exits_2_with_suggestion_and_no_traceback():
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "run", "--datasets", "imdb", "--strategies", "conact", "--out", "/nonexistent"],
+        [sys.executable, "-m", "fusebench", "run", "--datasets", "imdb", "--strategies", "conact", "--out", "/nonexistent"],
         capture_output=True, text=True, cwd=REPO,
     )
     assert proc.returncode == 2
@@ -58,11 +58,11 @@ def test_missing_data_root_exits_2_and_says_where_it_looked(tmp_path, monkeypatc
 
 
 def test_no_data_root_anywhere_lists_candidates(monkeypatch):
-    from bench import paths
-    from bench.errors import DataError
+    from fusebench.core import paths
+    from fusebench.core.errors import DataError
 
     monkeypatch.delenv("FUSEBENCH_DATA", raising=False)
-    monkeypatch.setattr(paths, "REPO_ROOT", Path("/nonexistent/repo"))
+    monkeypatch.setattr(paths, "checkout_root", lambda: Path("/nonexistent/repo"))
     monkeypatch.setattr(paths.Path, "home", staticmethod(lambda: Path("/nonexistent/home")))
     with pytest.raises(DataError) as err:
         paths.resolve_data_root()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.cli import main
-from bench.errors import UsageError
-from reports.compare import RegressionCheck, compare, load_board
+from fusebench.cli import main
+from fusebench.core.errors import UsageError
+from fusebench.reports.compare import RegressionCheck, compare, load_board
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = REPO / "baselines" / "smoke" / "leaderboard.csv"

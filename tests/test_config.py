@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import catalog
-from bench.config import load_dataset_config, load_suite_config
-from bench.errors import ConfigError
+from fusebench.config import catalog
+from fusebench.config.loader import load_dataset_config, load_suite_config
+from fusebench.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", catalog.dataset_files().names())

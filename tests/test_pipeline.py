@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from bench import catalog
-from bench.builders import build_tables
-from bench.cache import FeatureCache
-from bench.cli import main
-from bench.features import encode_task
-from bench.records import load_records
-from strategies.base import STRATEGIES, FusionModel, register_strategy
+from fusebench.config import catalog
+from fusebench.data.builders import build_tables
+from fusebench.features.cache import FeatureCache
+from fusebench.cli import main
+from fusebench.features.extract import encode_task
+from fusebench.results.records import load_records
+from fusebench.strategies.base import STRATEGIES, FusionModel, register_strategy
 
 
 @pytest.fixture()

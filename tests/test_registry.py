@@ -1,7 +1,7 @@
 import pytest
 
-from bench.errors import UsageError
-from bench.registry import Registry
+from fusebench.core.errors import UsageError
+from fusebench.core.registry import Registry
 
 
 def test_unknown_name_suggests_closest_and_lists_all():

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench.cli import main
-from bench.records import Record, Throughput, write_records
-from reports.compare import compare, load_board
-from reports.html import write_report
-from reports.leaderboard import write_leaderboard
-from reports.plots import pareto_front
-from reports.ranking import rank
+from fusebench.cli import main
+from fusebench.results.records import Record, Throughput, write_records
+from fusebench.reports.compare import compare, load_board
+from fusebench.reports.html import write_report
+from fusebench.reports.leaderboard import write_leaderboard
+from fusebench.reports.plots import pareto_front
+from fusebench.reports.ranking import rank
 
 STRATS = {"concat": "early", "gmu": "mid", "logit_mean": "late", "unimodal:a": "unimodal", "unimodal:b": "unimodal"}
 
@@ -56,7 +56,7 @@ def test_pareto_front():
 
 
 def test_ranking_across_tasks_uses_best_unimodal_and_cd():
-    from reports.leaderboard import leaderboard
+    from fusebench.reports.leaderboard import leaderboard
 
     r = rank(leaderboard(_records()))
     assert "unimodal (best)" in r.average_rank.index and "unimodal:a" not in r.average_rank.index
@@ -137,7 +137,7 @@ def test_github_workflow_is_valid():
 
 
 def test_cliques_and_cd_line_in_markdown():
-    from reports.ranking import Ranking
+    from fusebench.reports.ranking import Ranking
 
     r = Ranking(pd.Series({"a": 1.2, "b": 1.8, "c": 3.5, "d": 3.9}), n_tasks=6, friedman_p=0.01, critical_difference=1.0)
     assert r.cliques() == [["a", "b"], ["c", "d"]]
@@ -149,11 +149,11 @@ def test_cliques_and_cd_line_in_markdown():
 def test_optimisation_history_reads_journal_and_sqlite_storage(tmp_path, kind):
     import optuna
 
-    from reports.html import _histories
+    from fusebench.reports.html import _histories
 
     d = _run_dir(tmp_path, _records())
     url = f"journal:///{d / 'optuna.journal'}" if kind == "journal" else f"sqlite:///{d / 'optuna.db'}"
-    from bench.storage import open_storage
+    from fusebench.search.storage import open_storage
 
     study = optuna.create_study(study_name="d1/gmu", storage=open_storage(url, heartbeat=False), direction="maximize")
     for v in (0.5, 0.7, 0.6):

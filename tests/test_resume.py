@@ -23,8 +23,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bench.records import load_records
-from bench.storage import open_storage
+from fusebench.results.records import load_records
+from fusebench.search.storage import open_storage
 
 REPO = Path(__file__).resolve().parent.parent
 TRIALS = 4
@@ -52,7 +52,7 @@ def _trials(storage: optuna.storages.BaseStorage, name: str) -> list[optuna.tria
 
 def _run_until(args: list[str], out: Path, condition, timeout: float = 120.0) -> dict:
     """Start the CLI; SIGKILL it as soon as condition(storage) holds; return what was seen at the kill."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=REPO, env=os.environ.copy(),
+    proc = subprocess.Popen([sys.executable, "-m", "fusebench", *args], cwd=REPO, env=os.environ.copy(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     journal = out / "optuna.journal"
     storage = None
@@ -105,7 +105,7 @@ def _results_written_and_later_search_running(out: Path):
 
 
 def test_kill_9_twice_then_resume_equals_an_uninterrupted_run(toy, tmp_path):
-    from bench.cli import main
+    from fusebench.cli import main
 
     data, _ = toy
     started = time.perf_counter()
@@ -120,7 +120,7 @@ def test_kill_9_twice_then_resume_equals_an_uninterrupted_run(toy, tmp_path):
     second = _run_until(_args(data, out), out, _results_written_and_later_search_running(out))
     print(f"kill 2 at +{time.perf_counter() - t0:.1f}s; lock left: {list(out.glob('*lock*'))}")
     assert second["records"] == 2  # concat's two seeds were written, then the kill hit a later search
-    proc = subprocess.run([sys.executable, "-m", "bench.cli", *_args(data, out)], cwd=REPO, env=os.environ.copy(),
+    proc = subprocess.run([sys.executable, "-m", "fusebench", *_args(data, out)], cwd=REPO, env=os.environ.copy(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     print(f"final run done at +{time.perf_counter() - t0:.1f}s")

@@ -1,4 +1,4 @@
-"""bench.stats: two-level bootstrap CIs, paired tests, the beats_best_unimodal rule, and that a run
+"""fusebench.results.stats: two-level bootstrap CIs, paired tests, the beats_best_unimodal rule, and that a run
 puts them into every record, run.json and the leaderboard."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import stats
-from bench.records import Record
+from fusebench.results import stats
+from fusebench.results.records import Record
 
 
 def _preds(labels: np.ndarray, acc_per_seed: list[float], seed: int, n_classes: int = 2) -> stats.Predictions:
@@ -118,8 +118,8 @@ def toy(synthetic_bundle, monkeypatch):
 
 
 def test_run_puts_stats_protocol_and_storage_into_records_run_json_and_leaderboard(toy, tmp_path):
-    from bench.cli import main
-    from bench.records import load_records
+    from fusebench.cli import main
+    from fusebench.results.records import load_records
 
     data, _ = toy
     out = tmp_path / "run"
@@ -151,15 +151,15 @@ def test_run_puts_stats_protocol_and_storage_into_records_run_json_and_leaderboa
 
 @pytest.mark.parametrize("url", ["mysql://x/y", "journal://relative.journal", "postgresql+psycopg://nohost", "nonsense"])
 def test_bad_storage_url_is_a_usage_error(url):
-    from bench.errors import UsageError
-    from bench.storage import open_storage
+    from fusebench.core.errors import UsageError
+    from fusebench.search.storage import open_storage
 
     with pytest.raises(UsageError, match="storage"):
         open_storage(url)
 
 
 def test_bad_storage_url_on_the_command_line_exits_2(toy, tmp_path, capsys):
-    from bench.cli import main
+    from fusebench.cli import main
 
     data, _ = toy
     code = main(["run", "--datasets", "toy", "--strategies", "concat", "--storage", "redis://x", "--out", str(tmp_path / "r"),

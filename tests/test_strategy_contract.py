@@ -11,10 +11,10 @@ import optuna
 import pytest
 import torch
 
-from bench import space
-from strategies import STRATEGIES, FusionSpec
-from strategies.base import SharedParams
-from strategies.training_options import drop_modalities
+from fusebench.core import space
+from fusebench.strategies import STRATEGIES, FusionSpec
+from fusebench.strategies.base import SharedParams
+from fusebench.strategies.training_options import drop_modalities
 
 SPECS = {
     "2mod": FusionSpec({"audio": 12, "text": 20}, {"audio": 5, "text": 7}, 3),

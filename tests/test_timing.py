@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.records import Record, Throughput
-from bench.throughput import (
+from fusebench.results.records import Record, Throughput
+from fusebench.measure.throughput import (
     DEFAULT_SHAPES,
     as_csv,
     expand_names,
@@ -23,10 +23,10 @@ from bench.throughput import (
     parse_dims,
     synthetic_batch,
 )
-from bench.timing import PeakMemory, TimingConfig, flops_per_sample, is_out_of_memory, measure
-from bench.train import TrainConfig, train_model
-from strategies import STRATEGIES, FusionSpec
-from strategies.base import FusionModel, SharedParams
+from fusebench.measure.timing import PeakMemory, TimingConfig, flops_per_sample, is_out_of_memory, measure
+from fusebench.training.loop import TrainConfig, train_model
+from fusebench.strategies import STRATEGIES, FusionSpec
+from fusebench.strategies.base import FusionModel, SharedParams
 
 SPEC = FusionSpec({"a": 8, "b": 4}, {"a": 1, "b": 1}, 3)
 CPU = torch.device("cpu")
@@ -171,14 +171,14 @@ def test_parse_dims_and_names():
     assert DEFAULT_SHAPES.tokens.tokens == {"audio": 16, "image": 9, "text": 32}
     assert expand_names(["unimodal:text", "concat"], ["audio", "text"]) == [
         ("unimodal:text", "unimodal", ["text"]), ("concat", "concat", ["audio", "text"])]
-    from bench.errors import UsageError
+    from fusebench.core.errors import UsageError
 
     with pytest.raises(UsageError):
         parse_dims("text=abc")
 
 
 def test_cli_throughput_writes_json_and_csv(tmp_path, capsys):
-    from bench.cli import main
+    from fusebench.cli import main
 
     out = tmp_path / "t.json"
     rc = main(["throughput", "--strategies", "concat,majority", "--batch-sizes", "1,4", "--dims", "a=8x2,b=4x2",
@@ -208,7 +208,7 @@ def test_train_flags_and_timed_validation():
 
 
 def test_pareto_table_from_records(tmp_path):
-    from reports.leaderboard import write_leaderboard
+    from fusebench.reports.leaderboard import write_leaderboard
 
     def rec(name, fam, score, speed, seed):
         return Record(dataset="d", task="t", strategy=name, family=fam, modalities=["a"], seed=seed, status="ok",
@@ -230,8 +230,8 @@ def test_pareto_table_from_records(tmp_path):
 
 
 def test_run_exposes_amp_and_compile_flags():
-    from bench.cli import _parser
-    from bench.runner import RunConfig
+    from fusebench.cli import _parser
+    from fusebench.run.runner import RunConfig
 
     args = _parser().parse_args(["run", "--datasets", "d", "--strategies", "concat", "--amp-bf16", "--compile"])
     assert args.amp_bf16 and args.compile

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from bench.train import Batch, TrainConfig, train_model
-from strategies import STRATEGIES, FusionSpec
-from strategies.training_options import GradientBlender, TrainingOptions, drop_modalities
+from fusebench.training.loop import Batch, TrainConfig, train_model
+from fusebench.strategies import STRATEGIES, FusionSpec
+from fusebench.strategies.training_options import GradientBlender, TrainingOptions, drop_modalities
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

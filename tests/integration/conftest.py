@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> tuple[Path, int]:
     """`fusebench run --suite tiny` on the real bundle: (run dir, exit code)."""
-    from bench.cli import main
+    from fusebench.cli import main
 
     out = tmp_path_factory.mktemp("tiny-run") / "run"
     code = main(["run", "--suite", "tiny", "--out", str(out), "--data-dir", str(data_root)])

@@ -86,9 +86,9 @@ def toy(synthetic_bundle, monkeypatch):
 
 
 def test_two_workers_share_one_study_on_postgres_and_the_owner_uses_its_best_params(toy, postgres_url, tmp_path):
-    from bench.cli import main
-    from bench.records import load_records
-    from bench.storage import has_heartbeat, open_storage
+    from fusebench.cli import main
+    from fusebench.results.records import load_records
+    from fusebench.search.storage import has_heartbeat, open_storage
 
     data, _ = toy
     started = time.perf_counter()
@@ -104,7 +104,7 @@ def test_two_workers_share_one_study_on_postgres_and_the_owner_uses_its_best_par
     assert attrs["dataset"] == "toy" and attrs["budget"]["trials"] == TRIALS and attrs["size"] == "small"
     assert attrs["data_fingerprint"] and attrs["train"]["epochs"] == 60 and study.trials == []
 
-    cmd = [sys.executable, "-m", "bench.cli", "worker", "--study", "toy/concat", "--storage", postgres_url]
+    cmd = [sys.executable, "-m", "fusebench", "worker", "--study", "toy/concat", "--storage", postgres_url]
     workers = [subprocess.Popen(cmd, cwd=REPO, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=300) for w in workers]

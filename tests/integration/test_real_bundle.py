@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from bench import catalog
-from bench.builders import build_tables
-from bench.cli import main
-from bench.records import load_records
+from fusebench.config import catalog
+from fusebench.data.builders import build_tables
+from fusebench.cli import main
+from fusebench.results.records import load_records
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.throughput import DEFAULT_SHAPES, expand_names, overhead_ratio, synthetic_batch
-from bench.train import TrainConfig, train_model
-from strategies import STRATEGIES
+from fusebench.measure.throughput import DEFAULT_SHAPES, expand_names, overhead_ratio, synthetic_batch
+from fusebench.training.loop import TrainConfig, train_model
+from fusebench.strategies import STRATEGIES
 
 pytestmark = pytest.mark.perf
 

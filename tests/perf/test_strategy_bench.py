@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from strategies import STRATEGIES, FusionSpec
+from fusebench.strategies import STRATEGIES, FusionSpec
 
 pytestmark = pytest.mark.perf
 

@@ -1,0 +1,1 @@
+"""YAML configs → frozen dataclasses: dataset and suite definitions, their catalog and include rules."""

@@ -1,0 +1,257 @@
+"""YAML configs → frozen dataclasses, strictly.
+
+Every config file is read with line numbers kept, so an unknown or malformed key is reported as
+`file:line: ...` with the closest valid key. `include: other.yaml` (a path relative to the file, or
+a list of them) merges shared defaults underneath the file's own keys (deep merge for mappings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from fusebench.core.errors import ConfigError
+
+
+
+def _builtin_config_root() -> Path:
+    """The built-in YAML configs: the `datasets_cfg/` folder, shipped as package data `fusebench.datasets_cfg`."""
+    spec = importlib.util.find_spec("fusebench.datasets_cfg")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the built-in configs (package fusebench.datasets_cfg) are missing: reinstall fusebench")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+CONFIG_ROOT = _builtin_config_root()
+
+
+@dataclass(frozen=True)
+class Located:
+    """A loaded YAML document with the line of every key path, for error messages."""
+
+    data: dict[str, Any]
+    lines: dict[tuple[str, ...], tuple[Path, int]]
+
+
+def _compose(node: yaml.Node, path: tuple[str, ...], file: Path, lines: dict) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in out:
+                raise ConfigError(f"{file}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
+            lines[path + (key,)] = (file, key_node.start_mark.line + 1)
+            out[key] = _compose(value_node, path + (key,), file, lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_compose(v, path + (str(i),), file, lines) for i, v in enumerate(node.value)]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_located(path: Path, _seen: tuple[Path, ...] = ()) -> Located:
+    """Read a YAML mapping with its key lines, resolving `include:` recursively."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: include cycle through {[str(p) for p in _seen]}")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    lines: dict[tuple[str, ...], tuple[Path, int]] = {}
+    data = _compose(node, (), path, lines) if node is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the top level must be a mapping of keys, got {type(data).__name__}")
+    includes = data.pop("include", [])
+    includes = [includes] if isinstance(includes, str) else includes
+    merged: dict[str, Any] = {}
+    merged_lines: dict[tuple[str, ...], tuple[Path, int]] = {}
+    for inc in includes:
+        sub = load_located(path.parent / inc, _seen + (path,))
+        merged = _merge(merged, sub.data)
+        merged_lines.update(sub.lines)
+    merged_lines.update(lines)
+    return Located(_merge(merged, data), merged_lines)
+
+
+def _where(loc: Located, path: tuple[str, ...]) -> str:
+    while path and path not in loc.lines:
+        path = path[:-1]
+    if path in loc.lines:
+        file, line = loc.lines[path]
+        return f"{file}:{line}"
+    return next(iter(loc.lines.values()), ("<config>", 0))[0].__str__()
+
+
+def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
+    origin = get_origin(hint)
+    dotted = ".".join(path)
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{_where(loc, path)}: {dotted} must be a mapping, got {value!r}")
+        return build_dataclass(hint, value, loc, path)
+    if origin in (Union, types.UnionType):
+        args = get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, loc, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{_where(loc, path)}: {dotted}={value!r} matches none of {hint}")
+    if origin is Literal:
+        if value not in get_args(hint):
+            close = difflib.get_close_matches(str(value), [str(a) for a in get_args(hint)], n=1)
+            hint_txt = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{_where(loc, path)}: {dotted}={value!r} is not one of {list(get_args(hint))}.{hint_txt}")
+        return value
+    if origin in (dict, typing.Mapping) or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{_where(loc, path)}: {dotted} must be a mapping, got {value!r}")
+        k_hint, v_hint = get_args(hint) or (str, Any)
+        return {k: _convert(v, v_hint, loc, path + (k,)) for k, v in value.items()}
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"{_where(loc, path)}: {dotted} must be a list, got {value!r}")
+        args = get_args(hint)
+        item_hint = args[0] if args else Any
+        return tuple(_convert(v, item_hint, loc, path + (str(i),)) for i, v in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{_where(loc, path)}: {dotted} must be {hint.__name__}, got {value!r} ({type(value).__name__})"
+            )
+        return value
+    return value
+
+
+def build_dataclass(cls: type, data: dict[str, Any], loc: Located, path: tuple[str, ...] = ()) -> Any:
+    """Construct `cls` from a mapping; unknown keys and wrong types raise ConfigError with file:line."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{_where(loc, path + (key,))}: unknown key {'.'.join(path + (key,))!r}.{hint} "
+                f"Valid keys here: {', '.join(sorted(fields))}"
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], loc, path + (name,))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise ConfigError(f"{_where(loc, path)}: missing required key {'.'.join(path + (name,))!r}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{_where(loc, path)}: invalid {'.'.join(path) or cls.__name__}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The schemas
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """One input view of a task: which column feeds which encoder."""
+
+    column: str
+    encoder: str
+    modality: Literal["text", "image", "audio"]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """Row limits per split (None = all rows); applied before pairing, with a pinned seed."""
+
+    train: int | None = None
+    val: int | None = None
+    test: int | None = None
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """A task: where its data is, how it is built, which views and metrics it has."""
+
+    name: str
+    task: Literal["classification", "itm"]
+    builder: str
+    description: str
+    citation: str
+    num_classes: int
+    main_metric: str
+    metrics: tuple[str, ...]
+    views: dict[str, ViewConfig]
+    data: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[str, SplitSizes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.main_metric not in self.metrics:
+            raise ValueError(f"main_metric {self.main_metric!r} must be listed in metrics {list(self.metrics)}")
+        if len(self.views) < 1:
+            raise ValueError("a dataset needs at least one view")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """A named benchmark: datasets × strategies under one budget."""
+
+    name: str
+    description: str
+    datasets: tuple[str, ...]
+    strategies: tuple[str, ...] = ("all",)
+    size: str = "full"  # key into DatasetConfig.sizes; "full" = every row
+    trials: int = 8
+    timeout_s: float = 600.0
+    seeds: int = 5
+    epochs: int = 30
+    patience: int = 5
+    batch_size: int = 128
+    search_seed: int = 0
+    jobs: int = 1  # parallel cell workers on CPU (an execution detail: results do not depend on it)
+    modality_dropout: float = 0.0  # training option applied to every strategy (strategies.training_options)
+    gradient_blending: bool = False  # G-Blend loss weighting; strategies without unimodal branches fail clearly
+
+    def __post_init__(self) -> None:
+        for name in ("trials", "seeds", "epochs", "batch_size", "jobs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
+
+
+def load_dataset_config(path: Path) -> DatasetConfig:
+    loc = load_located(path)
+    return build_dataclass(DatasetConfig, loc.data, loc)
+
+
+def load_suite_config(path: Path) -> SuiteConfig:
+    loc = load_located(path)
+    return build_dataclass(SuiteConfig, loc.data, loc)

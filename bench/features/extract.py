@@ -1,0 +1,171 @@
+"""From built tables to device-resident feature tensors, through the encoders and the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fusebench.data.builders import SPLITS, TaskTables
+from fusebench.features.cache import FeatureCache, cache_key
+from fusebench.config.loader import DatasetConfig
+from fusebench.features.encoders import Features, build_encoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One split of a task as tensors: per view pooled `[N, D]` and tokens `[N, T, D]`, labels `[N]`."""
+
+    pooled: dict[str, Tensor]
+    tokens: dict[str, Tensor]
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def inputs(self, kind: str, views: list[str]) -> dict[str, Tensor]:
+        source = self.pooled if kind == "pooled" else self.tokens
+        return {v: source[v] for v in sorted(views)}
+
+    def to(self, device: torch.device) -> SplitData:
+        return SplitData(
+            {k: v.to(device) for k, v in self.pooled.items()},
+            {k: v.to(device) for k, v in self.tokens.items()},
+            self.labels.to(device),
+        )
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Everything a cell needs: the splits, the config, and provenance for the record."""
+
+    config: DatasetConfig
+    splits: dict[str, SplitData]
+    fingerprint: str
+    encoders: dict[str, str]  # view → encoder id
+    encode_seconds: dict[str, float] = field(default_factory=dict)  # view → seconds spent (0 when cached)
+    sources: dict[str, str] = field(default_factory=dict)
+    # view → {"encoder", "items", "seconds", "items_per_s"} of the encoding done by this process (unique
+    # items, one batched inference_mode pass per split); None for a view read whole from the cache
+    encode_items_per_s: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+
+    @property
+    def views(self) -> list[str]:
+        return sorted(self.config.views)
+
+
+def _dedupe(values: list[Any]) -> tuple[list[Any], Tensor]:
+    """Unique values (bytes/str by content) and the index of each original value into them."""
+    if not values or not isinstance(values[0], (bytes, str)):
+        return values, torch.arange(len(values))
+    seen: dict[bytes, int] = {}
+    uniq: list[Any] = []
+    index = []
+    for v in values:
+        h = hashlib.blake2b(v.encode() if isinstance(v, str) else v, digest_size=16).digest()
+        if h not in seen:
+            seen[h] = len(uniq)
+            uniq.append(v)
+        index.append(seen[h])
+    return uniq, torch.tensor(index)
+
+
+def _expand(feat: Features, index: Tensor) -> Features:
+    return Features(feat.pooled[index], None if feat.tokens is None else feat.tokens[index])
+
+
+def _as_tokens(feat: Features) -> Tensor:
+    """Token tensor of a view; a view without tokens becomes a one-token sequence of its pooled vector."""
+    if feat.tokens is not None:
+        return feat.tokens.float()
+    return feat.pooled.unsqueeze(1)
+
+
+def _standardise(per_split: dict[str, dict[str, Features]]) -> None:
+    """z-score every view with train statistics (pooled per dimension; tokens over real rows only,
+    padding rows stay exactly zero). Cached features stay raw; this runs on load."""
+    for view, train in per_split["train"].items():
+        mean, std = train.pooled.mean(0), train.pooled.std(0).clamp_min(1e-6)
+        tok_stats = None
+        if train.tokens is not None:
+            real = train.tokens.float()[train.tokens.float().abs().amax(-1) > 0]
+            tok_stats = (real.mean(0), real.std(0).clamp_min(1e-6)) if len(real) > 1 else None
+        for split in SPLITS:
+            f = per_split[split][view]
+            tokens = f.tokens
+            if tokens is not None and tok_stats is not None:
+                t = tokens.float()
+                mask = (t.abs().amax(-1, keepdim=True) > 0).to(t.dtype)
+                z = (t - tok_stats[0]) / tok_stats[1]
+                z = torch.where(z == 0, torch.full_like(z, 1e-6), z)  # a real row must never read as padding
+                tokens = (z * mask).to(torch.float16)
+            per_split[split][view] = Features((f.pooled - mean) / std, tokens)
+
+
+def encode_task(
+    cfg: DatasetConfig, tables: TaskTables, cache: FeatureCache, device: torch.device
+) -> TaskData:
+    """Encode every view of every split, reading from and filling the cache."""
+    per_split: dict[str, dict[str, Features]] = {s: {} for s in SPLITS}
+    encoder_ids: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    rates: dict[str, dict[str, Any] | None] = {}
+    for view_name, view in sorted(cfg.views.items()):
+        encoder = None
+        keys = {}
+        for split in SPLITS:
+            parts = {"dataset": cfg.name, "revision": tables.fingerprint, "split": split, "view": view_name,
+                     "column": view.column, "encoder": view.encoder, "options": view.options}
+            keys[split] = cache_key(parts)
+        cached = {s: cache.get(cfg.name, k) for s, k in keys.items()}
+        missing = [s for s, f in cached.items() if f is None]
+        started = time.perf_counter()
+        rates[view_name] = None
+        if missing:
+            items, busy = 0, 0.0
+            encoder = build_encoder(view.encoder, view.options, device)
+            if encoder.fitted:
+                encoder.fit(list(tables.splits["train"][view.column]))
+            for split in missing:
+                values, index = _dedupe(list(tables.splits[split][view.column]))
+                t0 = time.perf_counter()
+                feat = encoder.encode(values)
+                took = time.perf_counter() - t0
+                rate = len(values) / max(took, 1e-9)
+                items, busy = items + len(values), busy + took
+                log.info("encoded %s/%s/%s: %d items with %s at %.1f items/s", cfg.name, split, view_name, len(values), view.encoder, rate)
+                cached[split] = _expand(feat, index)
+                cache.put(cfg.name, keys[split], cached[split], {"encoder": encoder.id, "items_per_s": rate})
+            rates[view_name] = {"encoder": view.encoder, "items": items, "seconds": round(busy, 3),
+                                "items_per_s": round(items / max(busy, 1e-9), 1)}
+        encoder_ids[view_name] = f"{view.encoder}:{json.dumps(view.options, sort_keys=True)}"
+        seconds[view_name] = time.perf_counter() - started
+        for split in SPLITS:
+            per_split[split][view_name] = cached[split]  # type: ignore[assignment]
+
+    _standardise(per_split)
+    splits = {}
+    for split in SPLITS:
+        labels = torch.as_tensor(np.asarray(list(tables.splits[split]["label"])), dtype=torch.long)
+        feats = per_split[split]
+        for v, f in feats.items():
+            if len(f) != len(labels):
+                raise RuntimeError(f"{cfg.name}/{split}/{v}: {len(f)} feature rows for {len(labels)} labels (stale cache?)")
+        splits[split] = SplitData(
+            {v: f.pooled.float() for v, f in feats.items()},
+            {v: _as_tokens(f) for v, f in feats.items()},
+            labels,
+        )
+    bad = int(((splits["train"].labels < 0) | (splits["train"].labels >= cfg.num_classes)).sum())
+    if bad:
+        raise RuntimeError(f"{cfg.name}: {bad} train labels outside [0, {cfg.num_classes}); fix num_classes in its YAML")
+    return TaskData(cfg, splits, tables.fingerprint, encoder_ids, seconds, tables.sources, rates)

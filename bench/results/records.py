@@ -1,0 +1,127 @@
+"""Result records: one JSON line per dataset × strategy × evaluation seed.
+
+`results.jsonl` is only ever replaced whole (write to a temp file, then rename), so a killed run
+leaves either the previous file or the new one, never a half-written record. Loading tolerates a
+truncated last line from older writers and reports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusebench import SCHEMA_VERSION
+from fusebench.core.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    train_samples_per_s: float
+    infer_samples_per_s: float
+    infer_samples_per_s_bs1: float
+    latency_ms_p50: float
+    latency_ms_p95: float
+    peak_mem_mb: float
+    # "cuda_max_allocated"; "cpu_peak_rss_region" (VmHWM reset before the measured region, Linux);
+    # "cpu_peak_rss_process" (ru_maxrss: the whole process's peak so far, an upper bound)
+    peak_mem_kind: str
+    batch_size: int  # the evaluation batch size actually measured (after any OOM back-off)
+    repetitions: int
+    oom_backoff: list[int] = field(default_factory=list)  # batch sizes that ran out of memory first
+    torch_version: str = ""
+    cuda_version: str | None = None
+    timer: str = ""  # "cuda_events" or "perf_counter"
+    device: str = ""  # "cuda:<GPU name>" / "cpu:<processor>"
+    warmup: int = 0
+    peak_mem_delta_mb: float | None = None  # growth of the peak over the memory in use when the region began
+    batch_ms_p50: float | None = None  # latency of one batch at `batch_size`
+    batch_ms_p95: float | None = None
+    error: str | None = None  # why figures are NaN (e.g. out of memory even at batch size 1)
+
+
+@dataclass(frozen=True)
+class Record:
+    dataset: str
+    task: str
+    strategy: str
+    family: str
+    modalities: list[str]
+    seed: int | None
+    status: str  # "ok" | "failed"
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    main_metric_name: str = ""
+    main_metric: float | None = None
+    val_main_metric: float | None = None
+    n_trials: int = 0
+    n_trials_budget: int = 0
+    search_timeout_s: float = 0.0
+    search_seconds: float = 0.0
+    train_seconds: float = 0.0
+    best_epoch: int | None = None
+    throughput: Throughput | None = None
+    params_count: int = 0
+    flops_per_sample: float | None = None
+    device: str = ""
+    encoders: dict[str, str] = field(default_factory=dict)
+    data_fingerprint: str = ""
+    error: str | None = None
+    robustness: dict[str, float | None] = field(default_factory=dict)  # "missing:<view>", "noise:<sigma>" → test metric
+    sampler: dict[str, Any] = field(default_factory=dict)  # optuna sampler of the search: name + settings
+    pruner: dict[str, Any] = field(default_factory=dict)  # optuna pruner of the search: name + settings
+    # Per-cell statistics over all its seeds and test examples (bench.stats.cell_stats): mean, std,
+    # ci95_low, ci95_high, p_vs_best_unimodal, p_vs_late_fusion, best_unimodal, beats_best_unimodal, ...
+    stats: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> tuple[str, str, int | None]:
+        return (self.dataset, self.strategy, self.seed)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        data = dict(data)
+        tp = data.get("throughput")
+        tp_known = {f.name for f in dataclasses.fields(Throughput)}
+        data["throughput"] = Throughput(**{k: v for k, v in tp.items() if k in tp_known}) if tp else None
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def load_records(path: Path) -> list[Record]:
+    if not path.is_file():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Record.from_json(json.loads(line)))
+        except json.JSONDecodeError:
+            log.warning("%s:%d: skipping a truncated record line", path, n)
+    return out
+
+
+def write_records(path: Path, records: Iterable[Record]) -> None:
+    text = "".join(json.dumps(r.to_json(), sort_keys=True, allow_nan=True) + "\n" for r in records)
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def merge_records(existing: list[Record], new: list[Record]) -> list[Record]:
+    """New records replace old ones with the same (dataset, strategy, seed); failed ones are superseded."""
+    by_key = {r.key: r for r in existing}
+    for r in new:
+        if r.status == "ok":
+            by_key = {k: v for k, v in by_key.items() if not (k[:2] == r.key[:2] and v.status == "failed")}
+        by_key[r.key] = r
+    return sorted(by_key.values(), key=lambda r: (r.dataset, r.strategy, -1 if r.seed is None else r.seed))

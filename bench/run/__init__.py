@@ -1,0 +1,1 @@
+"""Run orchestration: a suite → cells (dataset × strategy) → search, evaluation seeds, records."""

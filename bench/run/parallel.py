@@ -1,0 +1,83 @@
+"""Run the cells of one dataset sequentially or in a pool of worker processes.
+
+Workers are spawned (not forked: forking a process that already ran OpenMP/torch threads can
+hang) with one torch thread each, and load the dataset's prepared tensors from a file the parent
+wrote once, so no worker re-encodes or re-builds anything. Results come back as records; only the
+parent writes `results.jsonl`. Timings measured while neighbours run are noisier: use `--jobs 1`
+(or `fusebench throughput`) for publication-grade throughput.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from fusebench.run.cell import Cell, CellContext, run_cell
+from fusebench.features.extract import TaskData
+from fusebench.results.records import Record
+
+_LOADED: dict[str, TaskData] = {}
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _job(prepared: str, cell: Cell, ctx: CellContext) -> list[Record]:
+    if prepared not in _LOADED:
+        _LOADED.clear()
+        _LOADED[prepared] = torch.load(prepared, weights_only=False)
+    return run_cell(cell, _LOADED[prepared], ctx)
+
+
+class CellPool:
+    """Runs cells in `jobs` spawned worker processes (kept for the whole run), or inline when jobs <= 1."""
+
+    def __init__(self, jobs: int, threads: int) -> None:
+        self.jobs, self.threads = jobs, threads
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> CellPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def execute(self, cells: list[Cell], data: TaskData, ctx: CellContext) -> Iterator[tuple[Cell, list[Record] | BaseException]]:
+        """Yield (cell, records or the exception it raised) as cells finish."""
+        if self.jobs <= 1 or len(cells) <= 1:
+            for cell in cells:
+                try:
+                    yield cell, run_cell(cell, data, ctx)
+                except Exception as exc:  # noqa: BLE001 - reported to the caller, which records it
+                    yield cell, exc
+            return
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(
+                self.jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(self.threads,)
+            )
+        prepared = ctx.out_dir / ".prepared" / f"{data.config.name}.pt"
+        prepared.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(data, prepared)
+        try:
+            # longest first (token strategies), so that no worker idles at the end of a dataset
+            ordered = sorted(cells, key=lambda c: c.info.input_kind != "tokens")
+            futures = {self._pool.submit(_job, str(prepared), cell, ctx): cell for cell in ordered}
+            for fut in cf.as_completed(futures):
+                exc = fut.exception()
+                yield futures[fut], (exc if exc is not None else fut.result())
+        finally:
+            Path(prepared).unlink(missing_ok=True)

@@ -1,0 +1,225 @@
+"""Runs a suite: for each dataset build, encode (cached), then search and evaluate every cell.
+
+A cell that raises is recorded as failed and the run goes on; finished cells are skipped when
+the same command is re-run on the same output directory (records are never duplicated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fusebench.config import catalog
+from fusebench.data.builders import build_tables
+from fusebench.core.io import atomic_write_bytes
+from fusebench.features.cache import FeatureCache
+from fusebench.run.cell import Cell, CellContext, expand_cells
+from fusebench.config.loader import SuiteConfig
+from fusebench.core.errors import UsageError
+from fusebench.features.extract import encode_task
+from fusebench.run.parallel import CellPool
+from fusebench.core.paths import cache_root, resolve_data_root
+from fusebench.results.provenance import envelope, now, read_json
+from fusebench.results.records import Record, load_records, merge_records, write_records
+from fusebench.search.study import Budget, pruner_settings, sampler_settings
+from fusebench.results.stats import attach_stats
+from fusebench.search.storage import default_url, kind, redact
+from fusebench.measure.timing import TimingConfig
+from fusebench.training.loop import TrainConfig
+from fusebench.reports.leaderboard import write_leaderboard
+from fusebench.strategies import STRATEGIES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `fusebench run` was asked to do, after the suite and flags are merged."""
+
+    suite: SuiteConfig
+    out: Path
+    data_dir: str | None = None
+    device: str = "auto"
+    storage: str | None = None
+    jobs: int = 1  # cells run in parallel worker processes (CPU only)
+    prepare_only: bool = False  # build + encode, create the studies (with their user attrs) and stop: for workers
+    amp_bf16: bool = False  # bf16 autocast in training (TrainConfig.amp_bf16)
+    compile: bool = False  # torch.compile for training (TrainConfig.compile)
+
+    @property
+    def strategy_names(self) -> list[str]:
+        names = list(self.suite.strategies)
+        return STRATEGIES.names() if names == ["all"] else names
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    cells_ok: int
+    cells_failed: int
+    cells_skipped: int
+    seconds: float
+    run_dir: Path
+
+
+def train_threads() -> int:
+    """CPU threads used while training cells: $FUSEBENCH_TRAIN_THREADS, default 1."""
+    import os
+
+    return max(1, int(os.environ.get("FUSEBENCH_TRAIN_THREADS", "1")))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was requested but torch sees no CUDA device; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Fail fast (exit 2) on unknown names before any data is touched."""
+    for name in cfg.strategy_names:
+        STRATEGIES.get(name)
+    files = catalog.dataset_files()
+    for ds in cfg.suite.datasets:
+        files.get(ds)
+        catalog.get_dataset(ds)
+
+
+def _failed(cell: Cell, task: str, exc: BaseException) -> Record:
+    return Record(
+        dataset=cell.dataset, task=task, strategy=cell.strategy, family=cell.info.family, modalities=list(cell.views),
+        seed=None, status="failed", error=f"{type(exc).__name__}: {exc}",
+    )
+
+
+def _with_stats(records: list[Record], out: Path, dataset: str, results: Path) -> list[Record]:
+    """Once every cell of `dataset` is done: its statistics (bench.stats) into each of its records."""
+    try:
+        updated = attach_stats(records, out, dataset)
+    except Exception as exc:  # noqa: BLE001 - statistics never cost the run its records
+        log.error("statistics for %s failed: %s", dataset, exc)
+        return records
+    if updated != records:
+        write_records(results, updated)
+    return updated
+
+
+def run(cfg: RunConfig) -> RunSummary:
+    validate(cfg)
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    if cfg.amp_bf16 and device.type != "cuda":
+        log.info("--amp-bf16 on %s: bf16 autocast runs on CPU; its gain depends on the CPU's bf16 support", device)
+    root = resolve_data_root(cfg.data_dir)
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    storage = cfg.storage or default_url(out)
+    kind(storage)  # a bad URL is a usage error before any work
+    suite = cfg.suite
+    ctx = CellContext(
+        budget=Budget(suite.trials, suite.timeout_s, suite.seeds, suite.search_seed),
+        train=TrainConfig(suite.epochs, suite.patience, suite.batch_size, modality_dropout=suite.modality_dropout,
+                          gradient_blending=suite.gradient_blending, amp_bf16=cfg.amp_bf16, compile=cfg.compile),
+        timing=TimingConfig(batch_size=max(suite.batch_size, 256)),
+        device=device,
+        storage=storage,
+        out_dir=out,
+        size=suite.size,
+        data_root=str(root.resolve()),
+    )
+    run_json = out / "run.json"
+    meta = read_json(run_json) or envelope(
+        {"suite": dataclasses.asdict(suite), "strategies": cfg.strategy_names, "storage": redact(storage),
+         "data_root": str(root), "amp_bf16": cfg.amp_bf16, "compile": cfg.compile},
+        device,
+    )
+    meta["resumed_at"] = now() if run_json.is_file() else None
+    meta["protocol"] = {"sampler": sampler_settings(suite.search_seed), "pruner": pruner_settings(),
+                        "trials_per_study": suite.trials, "search_timeout_s": suite.timeout_s,
+                        "eval_seeds": ctx.budget.eval_seeds, "search_seed": suite.search_seed}
+
+    results = out / "results.jsonl"
+    records = load_records(results)
+    done = {(r.dataset, r.strategy) for r in records if r.status == "ok"}
+    cache = FeatureCache(cache_root())
+    ok = failed = skipped = 0
+    pool = CellPool(cfg.jobs if device.type == "cpu" else 1, train_threads())
+    with pool:
+        for ds_name in suite.datasets:
+            ds_cfg = catalog.get_dataset(ds_name)
+            cells = expand_cells(ds_name, sorted(ds_cfg.views), cfg.strategy_names)
+            todo = [c for c in cells if (c.dataset, c.strategy) not in done]
+            skipped += len(cells) - len(todo)
+            if not todo:
+                records = _with_stats(records, out, ds_name, results)  # recomputed on resume
+                continue
+            t0 = time.perf_counter()
+            try:
+                tables = build_tables(ds_cfg, root, suite.size)
+                data = encode_task(ds_cfg, tables, cache, device)
+            except UsageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the whole dataset fails, the run goes on
+                log.error("dataset %s failed to build/encode: %s", ds_name, exc)
+                records = merge_records(records, [_failed(c, ds_cfg.task, exc) for c in todo])
+                write_records(results, records)
+                failed += len(todo)
+                continue
+            meta["data"][ds_name] = {
+                "fingerprint": data.fingerprint,
+                "sources": data.sources,
+                "encoders": data.encoders,
+                "rows": {s: len(d) for s, d in data.splits.items()},
+                "prepare_seconds": round(time.perf_counter() - t0, 2),
+                "encode_items_per_s": data.encode_items_per_s,
+            }
+            atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
+            log.info("%s ready in %.1fs: %s", ds_name, time.perf_counter() - t0, meta["data"][ds_name]["rows"])
+            encode_threads = torch.get_num_threads()
+            if device.type == "cpu":
+                # Small fusion models train several times faster on one thread than on two (no
+                # inter-op sync per tiny matmul); encoders above used every core.
+                torch.set_num_threads(train_threads())
+            c0 = time.perf_counter()
+            if cfg.prepare_only:
+                from fusebench.run.cell import open_cell_study
+
+                for cell in todo:
+                    if cell.info.trainable:
+                        log.info("  study %s/%s ready in %s", cell.dataset, cell.strategy, redact(storage))
+                        open_cell_study(cell, data, ctx)
+                torch.set_num_threads(encode_threads)
+                continue
+            for cell, outcome in pool.execute(todo, data, ctx):
+                if isinstance(outcome, UsageError):
+                    raise outcome
+                if isinstance(outcome, BaseException):
+                    log.error("  %-28s FAILED: %s", cell.strategy, outcome)
+                    log.debug("%s", "".join(traceback.format_exception(outcome)))
+                    new = [_failed(cell, ds_cfg.task, outcome)]
+                    failed += 1
+                else:
+                    new = outcome
+                    ok += 1
+                    log.info("  %-28s %s=%.4f (done at +%.1fs)", cell.strategy, ds_cfg.main_metric,
+                             sum(r.main_metric for r in new) / len(new), time.perf_counter() - c0)
+                records = merge_records(records, new)
+                write_records(results, records)
+            records = _with_stats(records, out, ds_name, results)
+            torch.set_num_threads(encode_threads)
+    meta["finished_at"] = now()
+    meta["cache"] = {"hits": cache.hits, "misses": cache.misses, "root": str(cache.root)}
+    meta["seconds"] = round(time.perf_counter() - started, 2)
+    atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
+    write_leaderboard(records, out)
+    return RunSummary(ok, failed, skipped, time.perf_counter() - started, out)

@@ -1,0 +1,115 @@
+"""`fusebench worker`: join an existing study and run its trials until the budget is finished.
+
+The run that creates a study (`fusebench run`, or `fusebench run --prepare-only`) stores what the
+objective needs in the study's user attr `fusebench` (bench.cell.study_attrs): dataset, suite size,
+strategy, views, training config, budget, data fingerprint, encoder ids, data root. A worker reads
+it, builds the same tables from the same data root (`--data-dir` overrides), encodes through the
+same feature cache, refuses to run when the data fingerprint or an encoder id differs, and then
+runs `bench.search.run_search` — the same loop as the owner — so the number of finished
+(COMPLETE + PRUNED) trials across all processes is exactly the budget. It exits 0 when the study
+has its budget of finished trials, or when its own wall-clock cap is spent with nothing left
+running. The owner meanwhile waits for all trials, then evaluates the best params on its seeds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from fusebench.config import catalog
+from fusebench.data.builders import build_tables
+from fusebench.features.cache import FeatureCache
+from fusebench.run.cell import STUDY_ATTR, Cell, build_objective
+from fusebench.core.errors import UsageError
+from fusebench.features.extract import encode_task
+from fusebench.core.paths import cache_root, resolve_data_root
+from fusebench.search.study import Budget, n_done, open_study, run_search
+from fusebench.search.storage import open_storage, redact
+from fusebench.training.loop import TrainConfig
+from fusebench.strategies import STRATEGIES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSummary:
+    study: str
+    trials_here: int  # trials this process finished
+    finished: int  # finished trials of the study when the worker left
+    budget: int
+    seconds: float
+
+
+def _load(study_name: str, storage_url: str, search_seed: int = 0) -> optuna.Study:
+    storage = open_storage(storage_url)
+    names = optuna.get_all_study_names(storage)
+    if study_name not in names:
+        close = difflib.get_close_matches(study_name, names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UsageError(
+            f"no study {study_name!r} in {redact(storage_url)}.{hint} Studies there: {sorted(names) or 'none'}. "
+            "Create it first with `fusebench run ... --storage URL` (or `--prepare-only`)."
+        )
+    study = open_study(study_name, storage, search_seed, create=False)
+    if STUDY_ATTR not in study.user_attrs:
+        raise UsageError(f"study {study_name!r} was not created by fusebench run (no {STUDY_ATTR!r} user attr)")
+    # Reload with the study's own search seed, so this process samples exactly as the owner would.
+    return open_study(study_name, storage, int(study.user_attrs[STUDY_ATTR]["budget"]["search_seed"]), create=False)
+
+
+def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir: str | None = None) -> WorkerSummary:
+    from fusebench.run.runner import resolve_device
+
+    started = time.perf_counter()
+    study = _load(study_name, storage_url)
+    attrs = study.user_attrs[STUDY_ATTR]
+    budget = Budget(**attrs["budget"])
+    if n_done(study) >= budget.trials:
+        log.info("study %s already has its %d finished trials", study_name, budget.trials)
+        return WorkerSummary(study_name, 0, n_done(study), budget.trials, time.perf_counter() - started)
+    dev = resolve_device(device)
+    root = resolve_data_root(data_dir or (attrs["data_root"] if Path(attrs["data_root"]).is_dir() else None))
+    cfg = catalog.get_dataset(attrs["dataset"])
+    tables = build_tables(cfg, root, attrs["size"])
+    data = encode_task(cfg, tables, FeatureCache(cache_root()), dev)
+    if data.fingerprint != attrs["data_fingerprint"]:
+        raise UsageError(f"study {study_name!r}: data fingerprint here {data.fingerprint} differs from the study's "
+                         f"{attrs['data_fingerprint']} (data root {root}); use the same data bundle and code version")
+    encoders = {v: data.encoders[v] for v in attrs["views"]}
+    if encoders != attrs["encoders"]:
+        raise UsageError(f"study {study_name!r}: encoders here {encoders} differ from the study's {attrs['encoders']}")
+    info = STRATEGIES.get(attrs["registry_name"])
+    cell = Cell(attrs["dataset"], attrs["strategy"], info, tuple(attrs["views"]))
+    if dev.type == "cpu":
+        from fusebench.run.runner import train_threads
+
+        torch.set_num_threads(train_threads())
+    objective = build_objective(cell, data, TrainConfig(**attrs["train"]), budget, dev)
+    study, _ = run_search(study, objective, budget)
+    here = sum(1 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+               if t.user_attrs.get("pid") == os.getpid() and t.user_attrs.get("host") == socket.gethostname())
+    return WorkerSummary(study_name, here, n_done(study), budget.trials, time.perf_counter() - started)
+
+
+def prepare_studies(cfg: object) -> list[str]:
+    """Create the studies of a run config (a `bench.runner.RunConfig` with `storage`) with their user
+    attrs, by the run's own code path, without searching; returns the study names."""
+    import dataclasses
+
+    from fusebench.run.cell import expand_cells
+    from fusebench.run.runner import run
+
+    run(dataclasses.replace(cfg, prepare_only=True))  # type: ignore[type-var]
+    names = []
+    for ds in cfg.suite.datasets:  # type: ignore[attr-defined]
+        views = sorted(catalog.get_dataset(ds).views)
+        names += [f"{c.dataset}/{c.strategy}" for c in expand_cells(ds, views, cfg.strategy_names) if c.info.trainable]  # type: ignore[attr-defined]
+    return names

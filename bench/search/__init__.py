@@ -1,0 +1,1 @@
+"""Search: optuna studies under an equal trial budget, their storages, and distributed workers."""

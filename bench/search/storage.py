@@ -1,0 +1,112 @@
+"""Optuna storage URLs → storage objects.
+
+Accepted URLs:
+
+- `journal:///abs/path/optuna.journal` — optuna's append-only journal file (`JournalFileBackend`):
+  one machine, several processes; the default of `fusebench run` (`RUN_DIR/optuna.journal`).
+- `sqlite:///path/optuna.db` — one machine (what older run directories used).
+- `postgresql+psycopg://user:pass@host:port/db` (also `postgresql://`, `postgresql+psycopg2://`) —
+  many machines. Opened with optuna's heartbeat, so a worker that is killed loses at most its
+  running trial: after `grace_period` seconds without a heartbeat the trial is failed and
+  `RetryHeartbeatStaleTrialCallback` (`RetryFailedTrialCallback` before optuna 4.9) re-enqueues its
+  parameters for another worker.
+
+A malformed or unsupported URL is a `UsageError` (exit 2) that names the accepted forms.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import optuna
+
+from fusebench.core.errors import UsageError
+
+HEARTBEAT_INTERVAL_S = 10
+GRACE_PERIOD_S = 60
+MAX_RETRY = 3
+FORMS = "journal:///abs/path/optuna.journal, sqlite:///path/optuna.db, postgresql+psycopg://user:pass@host:port/db"
+_PG_SCHEMES = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2", "postgres")
+
+
+def default_url(run_dir: Path) -> str:
+    """The storage of a run directory: its journal file, or the SQLite file an older run left there."""
+    legacy = run_dir / "optuna.db"
+    if legacy.is_file() and not (run_dir / "optuna.journal").exists():
+        return f"sqlite:///{legacy.resolve()}"
+    return f"journal:///{(run_dir / 'optuna.journal').resolve()}"
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for run.json and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def kind(url: str) -> str:
+    """'journal', 'sqlite' or 'postgresql' (validates the URL)."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme == "journal":
+        return "journal"
+    if scheme == "sqlite":
+        return "sqlite"
+    if scheme in _PG_SCHEMES:
+        return "postgresql"
+    raise UsageError(f"--storage {redact(url)!r}: unsupported storage URL; use one of: {FORMS}")
+
+
+def _journal_path(url: str) -> Path:
+    rest = url[len("journal://"):]
+    if not rest.startswith("/") or rest == "/":
+        raise UsageError(f"--storage {url!r}: a journal URL needs an absolute file path, e.g. journal:///tmp/run/optuna.journal")
+    path = Path(rest)
+    if path.is_dir():
+        raise UsageError(f"--storage {url!r}: {path} is a directory; name the journal file inside it")
+    return path
+
+
+def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """Parse `url` and open the optuna storage it names (see the module docstring)."""
+    what = kind(url)
+    if what == "journal":
+        path = _journal_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    if what == "sqlite":
+        if url in ("sqlite://", "sqlite:///"):
+            raise UsageError(f"--storage {url!r}: name the database file, e.g. sqlite:///runs/x/optuna.db")
+        return optuna.storages.RDBStorage(url)
+    if what == "postgresql":
+        parts = urlsplit(url)
+        if not parts.hostname or not parts.path.strip("/"):
+            raise UsageError(f"--storage {redact(url)!r}: a PostgreSQL URL needs a host and a database name, "
+                             "e.g. postgresql+psycopg://user:pass@host:5432/fusebench")
+        if parts.scheme in ("postgresql", "postgres"):  # SQLAlchemy's default driver is psycopg2; we ship psycopg 3
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise UsageError("PostgreSQL storage needs psycopg: pip install 'fusebench[postgres]'") from None
+        kwargs: dict = {"engine_kwargs": {"pool_pre_ping": True}}
+        if heartbeat:
+            kwargs.update(heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=GRACE_PERIOD_S)
+            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+                kwargs["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+            else:
+                kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - connection errors are the user's to fix
+            raise UsageError(f"--storage {redact(url)!r}: cannot connect: {type(exc).__name__}: {exc}") from None
+    raise AssertionError(what)
+
+
+def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)

@@ -1,0 +1,241 @@
+"""One optuna study per (task, strategy): seeded TPE, median pruning, resumable, shareable.
+
+The study lives in the run's storage under the name `<dataset>/<strategy>`. Re-running continues
+it: completed and pruned trials count toward the budget, and a trial left RUNNING by a killed
+process is marked FAIL (and so retried) before the study goes on.
+
+Several processes (the owning `fusebench run` and any number of `fusebench worker`s) may work on
+one study at once. The budget stays exact across them:
+
+- a process only starts a trial while `finished + running < budget` (finished = COMPLETE or
+  PRUNED), and `MaxTrialsCallback(budget, states=(COMPLETE, PRUNED))` stops its loop once the
+  budget is finished;
+- the two processes that race for the last slot both get a trial number from the storage, which
+  numbers trials atomically; the one whose number has `budget` or more live (finished or running)
+  trials before it gives its trial up before sampling anything (state FAIL, user attr
+  `surplus=True`), so exactly `budget` trials finish;
+- a process that finds the budget claimed waits for the running trials of the others, and claims
+  again if one of them fails (a failed trial is retried by whoever is still there).
+
+Stale trials: on PostgreSQL, optuna's heartbeat fails a trial whose process stopped beating for
+the grace period and optuna's retry callback (bench.storage) re-enqueues its params. On a journal or SQLite
+file (one machine) a RUNNING trial is stale when the process that started it (user attrs `host`,
+`pid`) is gone; a trial without those attrs is treated as stale.
+
+Sampler: TPE reseeded per trial from `(search_seed, trial.number)`, so a resumed study or a second
+worker never replays the random start-up draws of trial 0 (a TPESampler seeded once per process
+would propose the same parameters again in every process and after every resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+log = logging.getLogger(__name__)
+
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+N_STARTUP_TRIALS = 10  # TPE's random start-up trials (optuna's default)
+PRUNER_STARTUP_TRIALS = 2
+PRUNER_WARMUP_STEPS = 2
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The equal budget every strategy gets, and the seeds that keep search and evaluation apart."""
+
+    trials: int
+    timeout_s: float
+    seeds: int
+    search_seed: int = 0
+    eval_seed_base: int = 1000  # evaluation seeds are eval_seed_base + k, disjoint from search seeds
+
+    @property
+    def eval_seeds(self) -> list[int]:
+        return [self.eval_seed_base + k for k in range(self.seeds)]
+
+
+class TrialSeededTPESampler(optuna.samplers.TPESampler):
+    """TPE whose random state is reset before every trial from `(seed, trial.number)`.
+
+    Deterministic for a single process, and safe for many: trial N draws from its own stream
+    whoever runs it, so no two trials (across workers, or before and after a resume) share draws.
+    """
+
+    def __init__(self, seed: int, **kwargs: Any) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        stream = (self._base_seed * 1_000_003 + trial.number * 7_919 + 17) % (2**32 - 1)
+        self._rng.rng.seed(stream)  # private attrs of optuna 4/5's TPESampler / RandomSampler
+        self._random_sampler._rng.rng.seed((stream + 1) % (2**32 - 1))  # noqa: SLF001
+        super().before_trial(study, trial)
+
+
+def sampler_settings(search_seed: int) -> dict[str, Any]:
+    return {"name": "TPESampler", "seed": search_seed, "reseeded_per_trial": True,
+            "n_startup_trials": N_STARTUP_TRIALS, "constant_liar": True, "multivariate": False}
+
+
+def pruner_settings() -> dict[str, Any]:
+    return {"name": "MedianPruner", "n_startup_trials": PRUNER_STARTUP_TRIALS, "n_warmup_steps": PRUNER_WARMUP_STEPS,
+            "step": "epoch", "value": "validation main metric"}
+
+
+def make_sampler(search_seed: int) -> optuna.samplers.BaseSampler:
+    return TrialSeededTPESampler(seed=search_seed, n_startup_trials=N_STARTUP_TRIALS, constant_liar=True)
+
+
+def make_pruner() -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_STEPS)
+
+
+def _storage(storage: str | optuna.storages.BaseStorage) -> optuna.storages.BaseStorage | str:
+    if isinstance(storage, str) and storage.startswith("journal://"):
+        from fusebench.search.storage import open_storage
+
+        return open_storage(storage)
+    return storage
+
+
+def open_study(name: str, storage: str | optuna.storages.BaseStorage, search_seed: int, *, create: bool = True) -> optuna.Study:
+    """Create or load the study `name`; with `create=False` it must already exist (KeyError otherwise)."""
+    storage = _storage(storage)
+    if not create:
+        return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(search_seed), pruner=make_pruner())
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=make_sampler(search_seed),
+        pruner=make_pruner(),
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_stale(t: optuna.trial.FrozenTrial) -> bool:
+    host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
+    if host is None or pid is None:
+        return True
+    if pid == os.getpid() and host == socket.gethostname():
+        return False
+    return host == socket.gethostname() and not _pid_alive(int(pid))
+
+
+def fail_stale_running(study: optuna.Study) -> int:
+    """Mark trials left RUNNING by a killed process as FAIL so that the budget re-runs them.
+
+    Heartbeat storage (PostgreSQL): optuna's own check (no heartbeat for the grace period), which
+    also re-enqueues the failed params. File storage: trials whose process is gone (see module doc).
+    """
+    from fusebench.search.storage import has_heartbeat
+
+    if has_heartbeat(study._storage):  # noqa: SLF001
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        optuna.storages.fail_stale_trials(study)
+        n = len({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
+    else:
+        stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _is_stale(t)]
+        n = 0
+        for t in stale:
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, "stale", True)  # noqa: SLF001
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)  # noqa: SLF001
+                n += 1
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another process failed it first
+    if n:
+        log.warning("study %s: %d trial(s) left running by a killed process marked failed", study.study_name, n)
+    return n
+
+
+class _Surplus(Exception):
+    """Raised inside a trial that lost the race for the last budget slot (it has sampled nothing)."""
+
+
+def _counts(study: optuna.Study) -> tuple[int, int]:
+    trials = study.get_trials(deepcopy=False, states=LIVE_STATES)
+    done = sum(t.state in DONE_STATES for t in trials)
+    return done, len(trials) - done
+
+
+def n_done(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=DONE_STATES))
+
+
+def _guarded(objective: Callable[[optuna.Trial], float], budget: Budget) -> Callable[[optuna.Trial], float]:
+    host, pid = socket.gethostname(), os.getpid()
+
+    def run(trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", host)
+        trial.set_user_attr("pid", pid)
+        ahead = sum(t.number < trial.number for t in trial.study.get_trials(deepcopy=False, states=LIVE_STATES))
+        if ahead >= budget.trials:
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise _Surplus(f"trial {trial.number}: the budget of {budget.trials} is already claimed")
+        return objective(trial)
+
+    return run
+
+
+def run_search(
+    study: optuna.Study, objective: Callable[[optuna.Trial], float], budget: Budget, *, poll_s: float = 0.5
+) -> tuple[optuna.Study, float]:
+    """Run trials until the study has `budget.trials` finished ones (counting those of other processes
+    and of earlier runs), or this process's `budget.timeout_s` is spent and nobody else is running one.
+    Returns the study and the seconds spent here."""
+    started = time.perf_counter()
+    deadline = started + budget.timeout_s
+    fail_stale_running(study)
+    stop_at_budget = MaxTrialsCallback(budget.trials, states=DONE_STATES)
+    guarded = _guarded(objective, budget)
+    failures: list[int] = []
+
+    def count_failures(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        if t.state == TrialState.FAIL and not t.user_attrs.get("surplus"):
+            failures.append(t.number)
+
+    while True:
+        done, running = _counts(study)
+        if done >= budget.trials:
+            break
+        left = deadline - time.perf_counter()
+        if len(failures) >= budget.trials:  # a strategy that fails every trial: give up, as one pass would
+            log.warning("study %s: %d trial(s) failed here; stopping the search", study.study_name, len(failures))
+            break
+        if done + running < budget.trials and left > 0:
+            study.optimize(guarded, n_trials=budget.trials - done - running, timeout=left,
+                           catch=(RuntimeError, ValueError, _Surplus), callbacks=[stop_at_budget, count_failures])
+            continue
+        if running == 0:
+            break  # out of time and nobody else is working on it
+        time.sleep(poll_s)  # the rest is claimed by other processes: wait, and take over what fails
+        fail_stale_running(study)
+    return study, time.perf_counter() - started
+
+
+def best_params_or_none(study: optuna.Study) -> dict | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return study.best_trial.params if complete else None

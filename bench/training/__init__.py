@@ -1,0 +1,1 @@
+"""Training: the fit/evaluate loop for one strategy on cached features, and robustness scoring."""
