@@ -88,6 +88,9 @@ def test_run_writes_records_leaderboard_and_resumes_without_duplicates(toy, tmp_
     assert set(uni.robustness) == {"noise:0.5", "noise:1.0", "noise:2.0"}
     meta = json.loads((out / "run.json").read_text())
     assert meta["data"]["toy"]["rows"]["test"] == 20 and meta["data"]["toy"]["rows"]["train"] <= 60
+    counts = meta["data"]["toy"]["class_counts"]
+    assert set(counts) == {"train", "val", "test"} and sum(counts["test"].values()) == 20
+    assert meta["data"]["toy"]["missing_classes"] == {}
     board = (out / "leaderboard.md").read_text()
     assert "## toy — accuracy" in board and "`concat`" in board
     assert (out / "leaderboard.csv").read_text().startswith("dataset,strategy,rank")

@@ -19,9 +19,9 @@ from typing import Any
 import datasets
 import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from fusebench.data.audio import decode_audio, fit_length
+from fusebench.data.splits import SplitFractions, stratified_group_split
 from fusebench.config.loader import DatasetConfig, SplitSizes
 from fusebench.core.errors import ConfigError, DataError
 from fusebench.core.paths import cache_root
@@ -131,6 +131,7 @@ class ParquetParams:
         columns: extra columns to keep (view inputs are kept automatically).
         val_fraction: share of train used for validation when no val files are given.
         test_fraction: share of `all` used for test when only `all` is given.
+            Derived splits are stratified by `label` and grouped by `group` (bench/data/splits.py).
         split_seed: seed of those derived splits (pinned in the config).
     """
 
@@ -144,14 +145,12 @@ class ParquetParams:
     split_seed: int = 0
 
 
-def _split_off(ds: datasets.Dataset, fraction: float, group: str | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.arange(len(ds))
-    if group:
-        gss = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-        keep, held = next(gss.split(idx, groups=np.asarray(list(ds[group]))))
-        return np.sort(keep), np.sort(held)
-    keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=None)
-    return np.sort(keep), np.sort(held)
+def _split_off(ds: datasets.Dataset, fraction: float, label: str, group: str | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) row indices: `fraction` of the rows held out, stratified by `label`, grouped by `group`."""
+    parts = stratified_group_split(
+        list(ds[label]), list(ds[group]) if group else None, SplitFractions.of(keep=1 - fraction, held=fraction), seed
+    )
+    return parts["keep"], parts["held"]
 
 
 @BUILDERS.register("parquet")
@@ -172,10 +171,12 @@ def build_parquet(cfg: DatasetConfig, root: Path, sizes: SplitSizes) -> TaskTabl
         if missing:
             raise DataError(f"datasets_cfg/{cfg.name}.yaml: columns {missing} not in {rels[split]}; has {ds.column_names}")
     if "all" in raw:
-        rest, test = _split_off(raw["all"], p.test_fraction, p.group, p.split_seed)
-        raw = {"train": raw["all"].select(rest), "test": raw["all"].select(test)}
+        ds = raw["all"]
+        parts = stratified_group_split(list(ds[p.label]), list(ds[p.group]) if p.group else None,
+                                       SplitFractions.nested(test=p.test_fraction, val=p.val_fraction), p.split_seed)
+        raw = {split: ds.select(parts[split]) for split in SPLITS}
     if "val" not in raw:
-        train, val = _split_off(raw["train"], p.val_fraction, p.group, p.split_seed)
+        train, val = _split_off(raw["train"], p.val_fraction, p.label, p.group, p.split_seed)
         raw = {"train": raw["train"].select(train), "val": raw["train"].select(val), "test": raw["test"]}
     out = {}
     for split in SPLITS:

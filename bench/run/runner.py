@@ -18,6 +18,7 @@ import torch
 
 from fusebench.config import catalog
 from fusebench.data.builders import build_tables
+from fusebench.data.splits import class_counts, missing_classes
 from fusebench.core.io import atomic_write_bytes
 from fusebench.features.cache import FeatureCache
 from fusebench.run.cell import Cell, CellContext, expand_cells
@@ -175,8 +176,14 @@ def run(cfg: RunConfig) -> RunSummary:
                 write_records(results, records)
                 failed += len(todo)
                 continue
+            counts = class_counts({s: tables.splits[s]["label"] for s in tables.splits})
+            missing = missing_classes(counts)
+            for split, absent in missing.items():
+                log.warning("%s: %d class(es) have no %s example: %s", ds_name, len(absent), split, ", ".join(absent))
             meta["data"][ds_name] = {
                 "fingerprint": data.fingerprint,
+                "class_counts": counts,
+                "missing_classes": missing,
                 "sources": data.sources,
                 "encoders": data.encoders,
                 "rows": {s: len(d) for s, d in data.splits.items()},

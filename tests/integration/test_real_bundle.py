@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from fusebench.config import catalog
@@ -39,6 +40,21 @@ def test_esc50_splits_never_share_a_source_recording(data_root):
     groups = {s: set(t.splits[s]["group"]) for s in ("train", "val", "test")}
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"] and not groups["val"] & groups["test"]
     assert sum(len(t.splits[s]) for s in groups) == 400
+
+
+def test_esc50_split_is_stratified_every_class_in_train(data_root):
+    """The fold-4 split used to leave a class out of train and the train-majority class out of test."""
+    t = build_tables(catalog.get_dataset("esc50"), data_root, "full")
+    labels = {s: np.asarray(t.splits[s]["label"]) for s in ("train", "val", "test")}
+    groups = {s: np.asarray(t.splits[s]["group"]) for s in labels}
+    all_labels, all_groups = np.concatenate(list(labels.values())), np.concatenate(list(groups.values()))
+    assert set(labels["train"]) == set(range(50))
+    for cls in range(50):
+        if len(set(all_groups[all_labels == cls])) >= 2:
+            assert cls in set(labels["test"]), f"class {cls} has >= 2 recordings but none in test"
+    # Fold 4's class 35 is one recording (8 takes): grouped, it cannot reach test; it is the only one.
+    assert np.flatnonzero(np.bincount(labels["test"], minlength=50) == 0).tolist() == [35]
+    assert abs(len(labels["test"]) - 80) <= 10 and abs(len(labels["val"]) - 48) <= 10
 
 
 def test_flickr_itm_pairs_are_balanced_and_negatives_are_other_images(data_root):
