@@ -91,6 +91,12 @@ def test_run_writes_records_leaderboard_and_resumes_without_duplicates(toy, tmp_
     counts = meta["data"]["toy"]["class_counts"]
     assert set(counts) == {"train", "val", "test"} and sum(counts["test"].values()) == 20
     assert meta["data"]["toy"]["missing_classes"] == {}
+    import pandas as pd
+
+    preds = pd.read_parquet(out / "predictions" / "toy" / "concat.parquet")
+    tables = build_tables(catalog.get_dataset("toy"), toy[0], "small")
+    first_seed = preds[preds["seed"] == preds["seed"].min()]
+    assert first_seed["cluster"].tolist() == [str(g) for g in tables.splits["test"]["group"]]  # default: group column
     board = (out / "leaderboard.md").read_text()
     assert "## toy — accuracy" in board and "`concat`" in board
     assert (out / "leaderboard.csv").read_text().startswith("dataset,strategy,rank")

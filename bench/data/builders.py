@@ -1,6 +1,8 @@
 """Builders turn a dataset config and the data root into train/val/test tables.
 
-Each table is a Hugging Face `datasets.Dataset` with one column per view input, `label` and
+Each table is a Hugging Face `datasets.Dataset` with one column per view input, `label`,
+`cluster` (string id of the unit test examples are not independent within: a Flickr8k image, an
+FSDD recording, an ESC-50 source file, an IMDB review; the statistics resample clusters) and
 (where the task has one) `group`. Builders are registered by name; the generic `parquet` builder
 covers any parquet dataset with a label column, so adding such a dataset needs only YAML.
 Row limits (smoke subsets) are applied to source rows with a pinned seed before any pairing.
@@ -128,6 +130,9 @@ class ParquetParams:
         files: split (train/val/test, or `all`) → glob patterns.
         label: integer label column.
         group: column whose equal values must stay in one split (e.g. `src_file`).
+        cluster: column naming each row's cluster for resampling, or a list of columns whose values
+            together name it (IMDB: `[label, review_id]`, ids restart per polarity); default: the
+            `group` column, else the row's position in its source table.
         columns: extra columns to keep (view inputs are kept automatically).
         val_fraction: share of train used for validation when no val files are given.
         test_fraction: share of `all` used for test when only `all` is given.
@@ -139,6 +144,7 @@ class ParquetParams:
     files: dict[str, Any]
     label: str
     group: str | None = None
+    cluster: str | list[str] | tuple[str, ...] | None = None
     columns: tuple[str, ...] = ()
     val_fraction: float = 0.1
     test_fraction: float = 0.2
@@ -162,7 +168,9 @@ def build_parquet(cfg: DatasetConfig, root: Path, sizes: SplitSizes) -> TaskTabl
         raise ConfigError(
             f"datasets_cfg/{cfg.name}.yaml: data.files needs train+test (optionally val) or all; got {sorted(files)}"
         )
-    keep = sorted({v.column for v in cfg.views.values()} | {p.label} | set(p.columns) | ({p.group} if p.group else set()))
+    cluster_cols = ((p.cluster,) if isinstance(p.cluster, str) else tuple(p.cluster or ())) or ((p.group,) if p.group else ())
+    keep = sorted({v.column for v in cfg.views.values()} | {p.label} | set(p.columns) | set(cluster_cols)
+                  | ({p.group} if p.group else set()))
     rels = {split: _resolve(root, p.path, pats, cfg) for split, pats in files.items()}
     sources = {r: file_sha256(root, r) for rs in rels.values() for r in rs}
     raw = {split: _read_parquet(root, rs, keep) for split, rs in rels.items()}
@@ -170,6 +178,12 @@ def build_parquet(cfg: DatasetConfig, root: Path, sizes: SplitSizes) -> TaskTabl
         missing = sorted(set(keep) - set(ds.column_names))
         if missing:
             raise DataError(f"datasets_cfg/{cfg.name}.yaml: columns {missing} not in {rels[split]}; has {ds.column_names}")
+    for split, ds in list(raw.items()):
+        if cluster_cols:
+            ids = [":".join(map(str, vals)) for vals in zip(*(ds[c] for c in cluster_cols))]
+        else:
+            ids = [f"{split}:{i}" for i in range(len(ds))]
+        raw[split] = ds.add_column("_cluster", ids)
     if "all" in raw:
         ds = raw["all"]
         parts = stratified_group_split(list(ds[p.label]), list(ds[p.group]) if p.group else None,
@@ -186,7 +200,9 @@ def build_parquet(cfg: DatasetConfig, root: Path, sizes: SplitSizes) -> TaskTabl
             ds = ds.rename_column(p.label, "label")
         if p.group and p.group != "group":
             ds = ds.add_column("group", list(ds[p.group]))
-        out[split] = ds
+        if "cluster" in ds.column_names:
+            ds = ds.remove_columns("cluster")
+        out[split] = ds.rename_column("_cluster", "cluster")
     return TaskTables(out, _fingerprint(cfg, sizes, sources), sources)
 
 
@@ -241,6 +257,7 @@ def build_itm(cfg: DatasetConfig, root: Path, sizes: SplitSizes) -> TaskTables:
                 + [captions[o][k] for o, k in zip(other, neg_pick)],
                 "label": [1] * n + [0] * n,
                 "group": list(range(n)) * 2,
+                "cluster": [str(i) for i in ds["image_id"]] * 2,  # both pairs of an image are one cluster
             }
         )
     return TaskTables(out, _fingerprint(cfg, sizes, sources), sources)
@@ -318,9 +335,11 @@ def build_avmnist(cfg: DatasetConfig, root: Path, sizes: SplitSizes) -> TaskTabl
         images = degrade(xs[rows])
         labels = ys[rows].astype(np.int64)
         audio = np.zeros((len(rows), p.audio_samples), dtype=np.float32)
+        clusters: list[str] = []  # the FSDD recording: reused by many rows (each MNIST digit is used once)
         for j, digit in enumerate(labels):
             candidates = np.flatnonzero(pools[split] & (digits == digit))
             clip_id = int(split_rng.choice(candidates))
+            clusters.append(f"fsdd:{clip_id}")
             if clip_id not in wav_cache:
                 wav_cache[clip_id] = fit_length(decode_audio(fsdd[clip_id]["wav_bytes"], 8000)[0], p.audio_samples)
             speech = wav_cache[clip_id]
@@ -334,7 +353,9 @@ def build_avmnist(cfg: DatasetConfig, root: Path, sizes: SplitSizes) -> TaskTabl
             p_speech = float(np.mean(speech**2)) + 1e-8
             p_noise = float(np.mean(noise**2)) + 1e-8
             audio[j] = speech + noise * np.sqrt(p_speech / (p_noise * 10 ** (snr / 10)))
-        out[split] = datasets.Dataset.from_dict({"image": list(images), "audio": list(audio), "label": labels})
+        out[split] = datasets.Dataset.from_dict(
+            {"image": list(images), "audio": list(audio), "label": labels, "cluster": clusters}
+        )
     return TaskTables(out, _fingerprint(cfg, sizes, sources), sources)
 
 

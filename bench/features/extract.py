@@ -28,6 +28,7 @@ class SplitData:
     pooled: dict[str, Tensor]
     tokens: dict[str, Tensor]
     labels: Tensor
+    clusters: tuple[str, ...] = ()  # per row, the cluster id (bench.data.builders); empty: unknown
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -41,6 +42,7 @@ class SplitData:
             {k: v.to(device) for k, v in self.pooled.items()},
             {k: v.to(device) for k, v in self.tokens.items()},
             self.labels.to(device),
+            self.clusters,
         )
 
 
@@ -164,6 +166,7 @@ def encode_task(
             {v: f.pooled.float() for v, f in feats.items()},
             {v: _as_tokens(f) for v, f in feats.items()},
             labels,
+            tuple(str(c) for c in tables.splits[split]["cluster"]) if "cluster" in tables.splits[split].column_names else (),
         )
     bad = int(((splits["train"].labels < 0) | (splits["train"].labels >= cfg.num_classes)).sum())
     if bad:

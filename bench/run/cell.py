@@ -186,8 +186,10 @@ def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
         if throughput is None:  # a property of the architecture, measured once per cell
             throughput = measure(model, test.inputs, ctx.device, ctx.timing, result.train_samples_per_s)
             flops = flops_per_sample(model, test.inputs)
+        clusters = list(data.splits["test"].clusters) or [str(i) for i in range(len(labels))]
         predictions.append(pd.DataFrame({"seed": seed, "index": np.arange(len(labels)), "label": labels,
-                                         "pred": probs.argmax(1), "prob": list(probs.astype(np.float32))}))
+                                         "cluster": clusters, "pred": probs.argmax(1),
+                                         "prob": list(probs.astype(np.float32))}))
         records.append(
             Record(
                 dataset=cell.dataset,

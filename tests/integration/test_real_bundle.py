@@ -57,6 +57,26 @@ def test_esc50_split_is_stratified_every_class_in_train(data_root):
     assert abs(len(labels["test"]) - 80) <= 10 and abs(len(labels["val"]) - 48) <= 10
 
 
+@pytest.mark.parametrize("name", ["imdb", "esc50", "flickr8k-itm", "avmnist"])
+def test_every_builder_gives_cluster_ids(data_root, name):
+    """Cluster = the unit rows are not independent within; resampling draws whole clusters."""
+    t = build_tables(catalog.get_dataset(name), data_root, "tiny")
+    for split, ds in t.splits.items():
+        clusters = list(ds["cluster"])
+        assert len(clusters) == len(ds) and all(isinstance(c, str) and c for c in clusters)
+    test = t.splits["test"]
+    if name == "flickr8k-itm":  # both pairs of an image share it
+        assert len(set(test["cluster"])) == len(test) // 2 and list(test["cluster"]) == [str(i) for i in test["image_id"]]
+    if name == "esc50":
+        assert list(test["cluster"]) == [str(g) for g in test["group"]]
+    if name == "imdb":  # review ids restart per polarity: (label, review_id) names one review
+        assert len(set(test["cluster"])) == len(test)
+    if name == "avmnist":  # FSDD recordings are reused across rows
+        assert all(c.startswith("fsdd:") for c in test["cluster"])
+        full = build_tables(catalog.get_dataset(name), data_root, "smoke").splits["test"]
+        assert len(set(full["cluster"])) < len(full)
+
+
 def test_flickr_itm_pairs_are_balanced_and_negatives_are_other_images(data_root):
     t = build_tables(catalog.get_dataset("flickr8k-itm"), data_root, "tiny")
     test = t.splits["test"]
