@@ -1,0 +1,93 @@
+"""The built wheel works outside the checkout (issue 9, item 3).
+
+Builds the wheel with uv, installs it into a fresh venv in a temporary folder (CPU torch constraint,
+`$PIP_FIND_LINKS` when set, the shared uv cache: nothing is downloaded twice and no CUDA build is
+pulled), and from another directory runs `fusebench list datasets` and a miniature `fusebench run
+--suite tiny`. The tests import the checkout; this one is the only one that sees what a user installs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BUILTIN_DATASETS = {"avmnist", "esc50", "flickr8k-itm", "imdb"}
+BUILTIN_SUITES = {"smoke", "standard", "tiny"}
+
+
+def _uv() -> list[str]:
+    """uv from PATH, else the one bootstrap installed into the interpreter running the tests."""
+    found = shutil.which("uv")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "uv"]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(bin folder of a fresh venv holding only the built wheel and its dependencies, a work dir outside the repo)."""
+    base = tmp_path_factory.mktemp("wheel")
+    dist, venv, work = base / "dist", base / "venv", base / "elsewhere"
+    work.mkdir()
+    _run([*_uv(), "build", "--wheel", "--out-dir", str(dist), str(REPO)], cwd=base)
+    wheels = sorted(dist.glob("fusebench-*.whl"))
+    assert len(wheels) == 1, f"expected one wheel, got {wheels}"
+    _run([*_uv(), "venv", "-q", "--python", sys.executable, str(venv)], cwd=base)
+    extra: list[str] = []
+    if os.environ.get("PIP_FIND_LINKS"):
+        extra += ["--find-links", os.environ["PIP_FIND_LINKS"]]
+    if not shutil.which("nvidia-smi"):
+        extra += ["-c", str(REPO / "constraints-cpu.txt")]
+    _run([*_uv(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), *extra, str(wheels[0])], cwd=base)
+    return venv / "bin", work
+
+
+def _env() -> dict[str, str]:
+    """The test's environment without anything that would point the wheel back at the checkout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FUSEBENCH_CONFIG_DIR", "VIRTUAL_ENV")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return env
+
+
+def test_wheel_installs_one_namespace(installed: tuple[Path, Path]) -> None:
+    bin_dir, work = installed
+    code = ("import importlib.util, json, fusebench, fusebench.datasets_cfg as d;"
+            "print(json.dumps([fusebench.__file__, d.__file__] + "
+            "[n for n in ('bench', 'strategies', 'reports', 'datasets_cfg') if importlib.util.find_spec(n)]))")
+    paths = json.loads(_run([str(bin_dir / "python"), "-c", code], cwd=work, env=_env()).stdout)
+    assert all(str(REPO) not in p for p in paths[:2]), f"imported from the checkout: {paths}"
+    assert paths[2:] == [], f"generic top-level packages installed: {paths[2:]}"
+
+
+def test_wheel_lists_builtin_configs(installed: tuple[Path, Path]) -> None:
+    bin_dir, work = installed
+    datasets = json.loads(_run([str(bin_dir / "fusebench"), "list", "datasets", "--json"], cwd=work, env=_env()).stdout)
+    assert {d["name"] for d in datasets} == BUILTIN_DATASETS
+    suites = json.loads(_run([str(bin_dir / "fusebench"), "list", "suites", "--json"], cwd=work, env=_env()).stdout)
+    assert {s["name"] for s in suites} == BUILTIN_SUITES
+
+
+def test_wheel_runs_tiny_suite(installed: tuple[Path, Path], data_root: Path) -> None:
+    bin_dir, work = installed
+    cmd = [str(bin_dir / "fusebench"), "run", "--suite", "tiny", "--data-dir", str(data_root), "--out", "run",
+           "--strategies", "concat,majority", "--trials", "1", "--seeds", "1", "--epochs", "1"]
+    _run(cmd, cwd=work, env=_env(), timeout=900)
+    records = [json.loads(line) for line in (work / "run" / "results.jsonl").read_text().splitlines() if line.strip()]
+    assert {(r["dataset"], r["strategy"]) for r in records} == {(d, s) for d in BUILTIN_DATASETS for s in ("concat", "majority")}
+    assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    assert (work / "run" / "leaderboard.md").is_file()
