@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from fusebench.core.errors import UsageError
@@ -16,6 +18,8 @@ from fusebench.core.errors import UsageError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fusebench", description="Compare multimodal fusion strategies under one fair protocol.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=_version_line())
+    p.add_argument("--config-dir", **_CONFIG_DIR_KW)
     sub = p.add_subparsers(dest="command", required=True)
 
     ls = sub.add_parser("list", help="list registered strategies, datasets or suites")
@@ -82,7 +86,41 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild the leaderboard of a run directory")
     rep.add_argument("run_dir")
     rep.add_argument("--html", action="store_true", help="also write report.html and plots/")
+    for sp in sub.choices.values():  # global option, accepted after the command too
+        sp.add_argument("--config-dir", **{**_CONFIG_DIR_KW, "dest": "config_dir_after"})
     return p
+
+
+_CONFIG_DIR_KW: dict = dict(
+    action="append", dest="config_dir", default=argparse.SUPPRESS, metavar="DIR",
+    help="a folder of your own dataset YAMLs (and suites/*.yaml), searched before the built-ins; repeatable "
+         "(also $FUSEBENCH_CONFIG_DIR, a list joined with the OS path separator)",
+)
+
+
+def _version_line() -> str:
+    from fusebench import __version__
+    from fusebench.results.provenance import source_revision
+
+    return f"fusebench {__version__} (source {source_revision() or 'unknown'})"
+
+
+@contextlib.contextmanager
+def _config_dirs(dirs: list[str]) -> Iterator[None]:
+    """Prepend `--config-dir` folders to $FUSEBENCH_CONFIG_DIR for this command (and the worker processes it
+    spawns, which inherit the environment), restoring the variable afterwards."""
+    from fusebench.config.catalog import ENV_VAR
+
+    before = os.environ.get(ENV_VAR)
+    if dirs:
+        os.environ[ENV_VAR] = os.pathsep.join([str(Path(d).expanduser().resolve()) for d in dirs] + ([before] if before else []))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -295,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         handler = {"list": _cmd_list, "data": _cmd_data, "run": _cmd_run, "worker": _cmd_worker, "report": _cmd_report, "compare": _cmd_compare, "throughput": _cmd_throughput}[args.command]
-        return handler(args)
+        with _config_dirs(getattr(args, "config_dir", []) + getattr(args, "config_dir_after", [])):
+            return handler(args)
     except UsageError as exc:
         print(f"fusebench: error: {exc}", file=sys.stderr)
         return 2

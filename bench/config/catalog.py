@@ -1,7 +1,13 @@
-"""Registries of datasets and suites, discovered from the YAML files in `datasets_cfg/`.
+"""Registries of datasets and suites, discovered from YAML files in the config search path.
 
-A dataset is `datasets_cfg/<name>.yaml` (files starting with `_` are shared includes); a suite is
-`datasets_cfg/suites/<name>.yaml`. Adding a parquet dataset needs a YAML file and no Python.
+A dataset is `<dir>/<name>.yaml` (files starting with `_` are shared includes); a suite is
+`<dir>/suites/<name>.yaml`. Adding a parquet dataset needs a YAML file and no Python.
+
+The search path is additive: the user's config directories (`--config-dir DIR`, repeatable, and
+`$FUSEBENCH_CONFIG_DIR`, a list joined with `os.pathsep`) come first, the built-in configs
+(package data `fusebench.datasets_cfg`) last. A name found in several directories resolves to the
+first one; a user file that shadows a name from a later directory (a built-in, typically) must say
+`override: true`, so that a built-in is never replaced by accident.
 """
 
 from __future__ import annotations
@@ -9,31 +15,67 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fusebench.config.loader import CONFIG_ROOT, DatasetConfig, SuiteConfig, load_dataset_config, load_suite_config
+from fusebench.config.loader import CONFIG_ROOT, DatasetConfig, SuiteConfig, load_dataset_config, load_located, load_suite_config
 from fusebench.core.errors import ConfigError
 from fusebench.core.registry import Registry
 
+ENV_VAR = "FUSEBENCH_CONFIG_DIR"
 
-def config_root() -> Path:
-    """`$FUSEBENCH_CONFIG_DIR` (your own datasets and suites) or the repo's `datasets_cfg/`."""
-    return Path(os.environ["FUSEBENCH_CONFIG_DIR"]) if os.environ.get("FUSEBENCH_CONFIG_DIR") else CONFIG_ROOT
+
+def user_config_dirs() -> list[Path]:
+    """The user's config directories from `$FUSEBENCH_CONFIG_DIR` (`--config-dir` prepends to it), in order.
+
+    Each must be an existing directory: a typo would otherwise silently hide the user's datasets.
+    """
+    out: list[Path] = []
+    for part in os.environ.get(ENV_VAR, "").split(os.pathsep):
+        if not part.strip():
+            continue
+        path = Path(part).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"config directory {path} (from --config-dir or ${ENV_VAR}) does not exist or is not a "
+                              f"directory; pass a folder holding <dataset>.yaml files and/or suites/<suite>.yaml")
+        out.append(path.resolve())
+    return out
+
+
+def config_dirs() -> list[Path]:
+    """The whole search path: user directories first, then the built-in configs."""
+    dirs = [d for d in user_config_dirs() if d != CONFIG_ROOT.resolve()]
+    return dirs + [CONFIG_ROOT]
+
+
+def _declares_override(path: Path) -> bool:
+    return load_located(path).data.get("override") is True
+
+
+def _collect(kind: str, sub: str, roots: list[Path] | None) -> Registry[Path]:
+    """Name → file over the search path; a shadowing file needs `override: true` (else ConfigError)."""
+    found: dict[str, list[Path]] = {}
+    for root in roots if roots is not None else config_dirs():
+        for path in sorted((root / sub).glob("*.yaml")):
+            if not path.name.startswith("_"):
+                found.setdefault(path.stem, []).append(path)
+    reg: Registry[Path] = Registry(kind)
+    for name, paths in sorted(found.items()):
+        winner, shadowed = paths[0], paths[1:]
+        if shadowed and not _declares_override(winner):
+            raise ConfigError(
+                f"{winner}: {kind} {name!r} is also defined in {shadowed[0]}; add `override: true` to {winner.name} "
+                f"to replace it on purpose, or rename the file (and its `name:`)"
+            )
+        reg.add(name, winner)
+    return reg
 
 
 def dataset_files(root: Path | None = None) -> Registry[Path]:
-    root = root or config_root()
-    reg: Registry[Path] = Registry("dataset")
-    for path in sorted(root.glob("*.yaml")):
-        if not path.name.startswith("_"):
-            reg.add(path.stem, path)
-    return reg
+    """Every dataset YAML on the search path (or only under `root`)."""
+    return _collect("dataset", ".", [root] if root else None)
 
 
 def suite_files(root: Path | None = None) -> Registry[Path]:
-    root = root or config_root()
-    reg: Registry[Path] = Registry("suite")
-    for path in sorted((root / "suites").glob("*.yaml")):
-        reg.add(path.stem, path)
-    return reg
+    """Every suite YAML on the search path (or only under `root`)."""
+    return _collect("suite", "suites", [root] if root else None)
 
 
 def get_dataset(name: str, root: Path | None = None) -> DatasetConfig:

@@ -2,7 +2,9 @@
 
 Every config file is read with line numbers kept, so an unknown or malformed key is reported as
 `file:line: ...` with the closest valid key. `include: other.yaml` (a path relative to the file, or
-a list of them) merges shared defaults underneath the file's own keys (deep merge for mappings).
+a list of them) merges shared defaults underneath the file's own keys (deep merge for mappings); a
+name not found next to the file is looked up among the built-in configs, so a user's dataset can
+`include: _defaults.yaml`.
 """
 
 from __future__ import annotations
@@ -63,6 +65,16 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _include_path(path: Path, inc: str) -> Path:
+    """`inc` next to the including file, else among the built-in configs (their root, then `suites/`)."""
+    for candidate in (path.parent / inc, CONFIG_ROOT / inc, CONFIG_ROOT / "suites" / inc):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{path}: include {inc!r} not found next to the file ({path.parent}) nor among the built-in "
+                      f"configs ({CONFIG_ROOT}); built-in includes: "
+                      f"{', '.join(sorted(p.name for p in CONFIG_ROOT.glob('_*.yaml'))) or '(none)'}")
+
+
 def load_located(path: Path, _seen: tuple[Path, ...] = ()) -> Located:
     """Read a YAML mapping with its key lines, resolving `include:` recursively."""
     path = path.resolve()
@@ -83,7 +95,7 @@ def load_located(path: Path, _seen: tuple[Path, ...] = ()) -> Located:
     merged: dict[str, Any] = {}
     merged_lines: dict[tuple[str, ...], tuple[Path, int]] = {}
     for inc in includes:
-        sub = load_located(path.parent / inc, _seen + (path,))
+        sub = load_located(_include_path(path, inc), _seen + (path,))
         merged = _merge(merged, sub.data)
         merged_lines.update(sub.lines)
     merged_lines.update(lines)
@@ -211,6 +223,7 @@ class DatasetConfig:
     views: dict[str, ViewConfig]
     data: dict[str, Any] = field(default_factory=dict)
     sizes: dict[str, SplitSizes] = field(default_factory=dict)
+    override: bool = False  # a user file that replaces a built-in of the same name must say so (config.catalog)
 
     def __post_init__(self) -> None:
         if self.main_metric not in self.metrics:
@@ -238,6 +251,7 @@ class SuiteConfig:
     jobs: int = 1  # parallel cell workers on CPU (an execution detail: results do not depend on it)
     modality_dropout: float = 0.0  # training option applied to every strategy (strategies.training_options)
     gradient_blending: bool = False  # G-Blend loss weighting; strategies without unimodal branches fail clearly
+    override: bool = False  # a user file that replaces a built-in of the same name must say so (config.catalog)
 
     def __post_init__(self) -> None:
         for name in ("trials", "seeds", "epochs", "batch_size", "jobs"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata as md
+import json
 import os
 import platform
 import subprocess
@@ -33,6 +34,28 @@ def git_sha() -> str | None:
         return sha + ("-dirty" if dirty.stdout.strip() else "") if sha else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def installed_revision() -> str | None:
+    """The VCS commit an installed fusebench was built from, when pip/uv recorded it (PEP 610 `direct_url.json`,
+    written for `pip install git+https://...@REV`); None for a plain wheel or a checkout."""
+    try:
+        raw = md.distribution("fusebench").read_text("direct_url.json")
+    except md.PackageNotFoundError:
+        return None
+    if not raw:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return None
+    commit = info.get("vcs_info", {}).get("commit_id")
+    return str(commit) if commit else None
+
+
+def source_revision() -> str | None:
+    """Which source fusebench runs from: its checkout's git revision, else the commit recorded at install time."""
+    return git_sha() or installed_revision()
 
 
 def versions() -> dict[str, str | None]:
@@ -69,6 +92,7 @@ def envelope(config: dict[str, Any], device: torch.device) -> dict[str, Any]:
         "versions": versions(),
         "machine": machine(device),
         "git_sha": git_sha(),
+        "source_revision": source_revision(),
         "data": {},
     }
 
@@ -78,6 +102,4 @@ def now() -> str:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    import json
-
     return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,128 @@
+"""Additive config directories (issue 9, item 5): user folders are searched before the built-ins."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fusebench.cli import main
+from fusebench.config import catalog
+from fusebench.core.errors import ConfigError
+
+BUILTIN_DATASETS = {"avmnist", "esc50", "flickr8k-itm", "imdb"}
+
+MY_DATASET = """\
+include: _defaults.yaml
+name: {name}
+description: a user's dataset
+citation: none
+builder: parquet
+num_classes: 2
+data: {{path: mine, files: {{all: mine.parquet}}, label: y}}
+views:
+  text: {{column: text, encoder: tfidf, modality: text}}
+{extra}"""
+
+
+def _dataset(folder: Path, name: str, extra: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(MY_DATASET.format(name=name, extra=extra))
+    return path
+
+
+def _suite(folder: Path, name: str, datasets: str, extra: str = "") -> Path:
+    (folder / "suites").mkdir(parents=True, exist_ok=True)
+    path = folder / "suites" / f"{name}.yaml"
+    path.write_text(f"name: {name}\ndescription: mine\ndatasets: [{datasets}]\n{extra}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_user_dirs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(catalog.ENV_VAR, raising=False)
+
+
+def test_user_dirs_add_to_builtins_and_include_finds_builtin_defaults(tmp_path, monkeypatch):
+    _dataset(tmp_path / "a", "mine")
+    _suite(tmp_path / "b", "mysuite", "mine, imdb")
+    monkeypatch.setenv(catalog.ENV_VAR, os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]))
+    assert set(catalog.dataset_files().names()) == BUILTIN_DATASETS | {"mine"}
+    assert {"smoke", "standard", "tiny", "mysuite"} <= set(catalog.suite_files().names())
+    cfg = catalog.get_dataset("mine")
+    assert cfg.metrics == ("accuracy", "macro_f1") and cfg.main_metric == "accuracy"  # from the built-in _defaults.yaml
+    assert catalog.get_suite("mysuite").datasets == ("mine", "imdb")
+
+
+def test_shadowing_a_builtin_needs_override(tmp_path, monkeypatch):
+    path = _dataset(tmp_path, "imdb")
+    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"imdb\.yaml: dataset 'imdb' is also defined in .*override: true"):
+        catalog.dataset_files()
+    path.write_text(path.read_text() + "override: true\n")
+    assert catalog.dataset_files().get("imdb") == path.resolve()
+    assert catalog.get_dataset("imdb").views.keys() == {"text"}
+
+
+def test_shadowing_a_builtin_suite_exits_2(tmp_path, capsys):
+    _suite(tmp_path, "smoke", "imdb")
+    assert main(["--config-dir", str(tmp_path), "list", "suites"]) == 2
+    assert "suite 'smoke' is also defined" in capsys.readouterr().err
+    _suite(tmp_path, "smoke", "imdb", "override: true\n")
+    assert main(["list", "suites", "--json", "--config-dir", str(tmp_path)]) == 0
+    smoke = next(s for s in json.loads(capsys.readouterr().out) if s["name"] == "smoke")
+    assert smoke["datasets"] == ["imdb"] and smoke["description"] == "mine"
+
+
+def test_earlier_dir_wins_only_with_override(tmp_path, monkeypatch):
+    first, second = _dataset(tmp_path / "1", "mine"), _dataset(tmp_path / "2", "mine")
+    monkeypatch.setenv(catalog.ENV_VAR, os.pathsep.join([str(first.parent), str(second.parent)]))
+    with pytest.raises(ConfigError, match="also defined in"):
+        catalog.dataset_files()
+    first.write_text(first.read_text() + "override: true\n")
+    assert catalog.dataset_files().get("mine") == first.resolve()
+
+
+def test_repeated_config_dir_flags_and_env_are_searched_in_order(tmp_path, monkeypatch, capsys):
+    _dataset(tmp_path / "a", "one")
+    _dataset(tmp_path / "b", "two")
+    _dataset(tmp_path / "c", "three")
+    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path / "c"))
+    assert main(["--config-dir", str(tmp_path / "a"), "list", "datasets", "--json", "--config-dir", str(tmp_path / "b")]) == 0
+    names = {d["name"] for d in json.loads(capsys.readouterr().out)}
+    assert names == BUILTIN_DATASETS | {"one", "two", "three"}
+    assert os.environ[catalog.ENV_VAR] == str(tmp_path / "c")  # restored after the command
+
+
+def test_both_flag_positions_are_kept(tmp_path, capsys):
+    _dataset(tmp_path / "a", "one")
+    _dataset(tmp_path / "b", "two")
+    assert main(["--config-dir", str(tmp_path / "a"), "--config-dir", str(tmp_path / "b"), "list", "datasets", "--json"]) == 0
+    assert {d["name"] for d in json.loads(capsys.readouterr().out)} == BUILTIN_DATASETS | {"one", "two"}
+
+
+def test_missing_config_dir_exits_2_naming_it(tmp_path, capsys):
+    assert main(["--config-dir", str(tmp_path / "nope"), "list", "datasets"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nope") in err and "does not exist" in err
+
+
+def test_missing_include_names_file_and_builtin_includes(tmp_path, monkeypatch):
+    _dataset(tmp_path, "mine")
+    (tmp_path / "mine.yaml").write_text((tmp_path / "mine.yaml").read_text().replace("_defaults.yaml", "_defualts.yaml"))
+    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"mine\.yaml: include '_defualts\.yaml' not found.*_defaults\.yaml"):
+        catalog.get_dataset("mine")
+
+
+def test_version_names_version_and_revision(capsys):
+    from fusebench import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"fusebench {__version__} (source ") and "unknown" not in out  # tests run from the checkout
