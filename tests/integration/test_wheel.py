@@ -44,7 +44,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("wheel")
     dist, venv, work = base / "dist", base / "venv", base / "elsewhere"
     work.mkdir()
-    _run([*_uv(), "build", "--wheel", "--out-dir", str(dist), str(REPO)], cwd=base)
+    # sdist first, wheel from the unpacked sdist: a stale build/ folder in the checkout cannot leak into it,
+    # and the sdist is checked to carry the package data too
+    _run([*_uv(), "build", "--out-dir", str(dist), str(REPO)], cwd=base)
     wheels = sorted(dist.glob("fusebench-*.whl"))
     assert len(wheels) == 1, f"expected one wheel, got {wheels}"
     _run([*_uv(), "venv", "-q", "--python", sys.executable, str(venv)], cwd=base)
