@@ -1,7 +1,16 @@
-"""Fusion strategies, one module per family; importing this package registers them all."""
+"""Fusion strategies, one module per kind; importing this package registers them all."""
 
 from fusebench.strategies.base import STRATEGIES, FusionModel, FusionSpec, StrategyInfo, register_strategy
 
-from fusebench.strategies import early, late, mid, unimodal  # noqa: E402,F401  (registration side effects)
+from fusebench.strategies import (  # noqa: E402,F401  (registration side effects)
+    bilinear,
+    bottleneck,
+    crossmodal,
+    early,
+    late,
+    mid,
+    separate,
+    unimodal,
+)
 
 __all__ = ["STRATEGIES", "FusionModel", "FusionSpec", "StrategyInfo", "register_strategy"]

@@ -16,9 +16,9 @@ from fusebench.strategies.base import (
     SharedParams,
     mlp_head,
     padding_mask,
-    pick_heads,
     register_strategy,
 )
+from fusebench.strategies.token_layers import TokenProjection, encoder_layer
 
 
 @register_strategy(
@@ -89,25 +89,21 @@ class TransformerParams(SharedParams):
     min_modalities=2,
     citation="Li et al. (2019), VisualBERT: A Simple and Performant Baseline for Vision and Language, arXiv:1908.03557",
 )
-class SingleStreamTransformer(ModalityAloneLogits, FusionModel):
-    """Single-stream transformer: the token sequences of all modalities are projected, tagged with a
-    learned modality embedding, concatenated behind a CLS token and encoded jointly.
+class SingleStreamTransformer(ModalityAloneLogits, TokenProjection):
+    """Single-stream transformer: the token sequences of all modalities are projected, given learned
+    positional and modality-type embeddings (as VisualBERT's position and segment embeddings),
+    concatenated behind a CLS token and encoded jointly; the CLS output is classified.
 
     Missing modality: its tokens are simply not in the sequence; padding rows (and so a modality
     zeroed by modality dropout) are masked out of attention. The CLS token is never masked, so a
     sequence is never empty. `unimodal_logits` runs the network on each modality alone.
     """
 
-    input_kind = "tokens"
-
     def __init__(self, spec: FusionSpec, params: TransformerParams) -> None:
         super().__init__(spec, params)
         h = params.hidden_dim
-        self.proj = nn.ModuleDict({m: nn.Linear(d, h) for m, d in spec.dims.items()})
-        self.modality_emb = nn.ParameterDict({m: nn.Parameter(torch.randn(h) * 0.02) for m in spec.dims})
         self.cls = nn.Parameter(torch.randn(1, 1, h) * 0.02)
-        layer = nn.TransformerEncoderLayer(h, pick_heads(h), 2 * h, params.dropout, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, params.layers, enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(encoder_layer(h, params.dropout), params.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(h)
         self.head = nn.Linear(h, spec.num_classes)
 
@@ -118,7 +114,7 @@ class SingleStreamTransformer(ModalityAloneLogits, FusionModel):
         pads = [torch.zeros(b, 1, dtype=torch.bool, device=self.cls.device)]
         for m in present:
             x = inputs[m]
-            seqs.append(self.proj[m](x) + self.modality_emb[m])
+            seqs.append(self.embed(m, x))
             pads.append(~padding_mask(x))
         out = self.encoder(torch.cat(seqs, 1), src_key_padding_mask=torch.cat(pads, 1))
         return self.head(self.norm(out[:, 0]))

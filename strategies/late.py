@@ -1,14 +1,18 @@
-"""Late fusion: one classifier per modality, combined at the decision (logit) level."""
+"""Late fusion trained jointly: one classifier per modality, combined at the decision level and
+trained end to end through the combination. Classic late fusion (separately trained classifiers)
+is in `separate.py`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusebench.strategies.base import FusionModel, FusionSpec, SharedParams, mlp_head, register_strategy
+from fusebench.strategies.base import FusionModel, FusionSpec, SharedParams, mlp_head, presence, register_strategy
 
 
 class PerModalityHeads(FusionModel):
@@ -34,7 +38,7 @@ class PerModalityHeads(FusionModel):
     citation="Kittler, Hatef, Duin & Matas (1998), On Combining Classifiers, TPAMI 20(3)",
 )
 class LogitMean(PerModalityHeads):
-    """Late fusion by averaging the logits of per-modality classifiers, trained jointly.
+    """Late fusion (jointly trained): the mean of the per-modality classifiers' logits.
 
     Missing modality: the mean runs over the modalities that are present.
     """
@@ -50,7 +54,7 @@ class LogitMean(PerModalityHeads):
     citation="Atrey, Hossain, El Saddik & Kankanhalli (2010), Multimodal Fusion for Multimedia Analysis: a Survey, Multimedia Systems 16(6) (linear weighted decision-level fusion)",
 )
 class LearnedWeights(PerModalityHeads):
-    """Late fusion with learned modality weights: logits = Σ_m softmax(w)_m · logits_m, one global
+    """Late fusion (jointly trained) with learned modality weights: logits = Σ_m softmax(w)_m · logits_m, one global
     weight per modality learned jointly with the heads.
 
     Missing modality: the weights are renormalised over the present modalities.
@@ -70,59 +74,29 @@ class LearnedWeights(PerModalityHeads):
     "product_of_experts",
     family="late",
     min_modalities=2,
-    citation="Hinton (2002), Training Products of Experts by Minimizing Contrastive Divergence, Neural Computation 14(8)",
+    citation="Cao & Fleet (2014), Generalized Product of Experts for Automatic and Principled Fusion of Gaussian Process Predictions, arXiv:1410.7827; Hinton (2002), Training Products of Experts by Minimizing Contrastive Divergence, Neural Computation 14(8)",
 )
 class ProductOfExperts(PerModalityHeads):
-    """Product of experts: the fused distribution is ∝ Π_m p_m(y|x_m), i.e. log-probabilities add.
+    """Generalised product of experts, trained jointly: p(y|x) ∝ Π_m p_m(y|x_m)^{α_m(x_m)} with a
+    learned, per-expert and per-example precision α_m(x_m) = softplus(a_m · LN(x_m) + b_m) ≥ 0, so
+    an expert's vote is sharpened or flattened by how reliable its input looks (with every α_m = 1
+    it is Hinton's product of experts; it is not the logit mean, whose weights are fixed at 1/M).
 
-    Missing modality: its expert is left out of the product (the remaining experts decide).
-    """
-
-    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        return sum(F.log_softmax(x, dim=-1) for x in self.unimodal_logits(inputs).values())
-
-
-@register_strategy(
-    "stacking",
-    family="late",
-    min_modalities=2,
-    citation="Wolpert (1992), Stacked Generalization, Neural Networks 5(2)",
-)
-class Stacking(PerModalityHeads):
-    """Stacking: a linear meta-learner over the per-modality class probabilities.
-
-    Training (see `training_loss`): each per-modality head learns from its own cross-entropy; the
-    meta-learner learns from the heads' *detached* probabilities, so it fits on the base models'
-    predictions without changing them — a single-pass stand-in for fitting on out-of-fold
-    predictions, with early stopping on the validation split guarding against the optimism of
-    in-sample predictions.
-
-    With gradient blending the blender's fused term is this `training_loss` (so the meta-learner
-    still sees detached probabilities) and the per-modality terms add weight to the heads.
-
-    Missing modality: its probability block is replaced by the uniform distribution 1/C.
+    Missing modality: its expert is left out of the product (α = 0); per example, a modality that is
+    all zero (e.g. zeroed by modality dropout) is treated the same way.
     """
 
     def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
         super().__init__(spec, params)
-        self.meta = nn.Linear(len(spec.dims) * spec.num_classes, spec.num_classes)
+        self.precision = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d, elementwise_affine=False), nn.Linear(d, 1)) for m, d in spec.dims.items()})
+        for net in self.precision.values():  # start at α = 1: the plain product of experts
+            nn.init.zeros_(net[1].weight)
+            nn.init.constant_(net[1].bias, math.log(math.e - 1.0))
 
-    def _meta(self, logits: Mapping[str, Tensor], detach: bool) -> Tensor:
-        ref = next(iter(logits.values()))
-        c = self.spec.num_classes
-        blocks = []
-        for m in self.spec.modalities:
-            if m in logits:
-                p = logits[m].softmax(-1)
-                blocks.append(p.detach() if detach else p)
-            else:
-                blocks.append(ref.new_full((ref.shape[0], c), 1.0 / c))
-        return self.meta(torch.cat(blocks, -1))
+    def alphas(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """modality → precision α_m `[B, 1]` (0 where the modality is all zero)."""
+        return {m: F.softplus(self.precision[m](inputs[m])) * presence(inputs[m]).unsqueeze(-1) for m in self.present(inputs)}
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        return self._meta(self.unimodal_logits(inputs), detach=False)
-
-    def training_loss(self, inputs: Mapping[str, Tensor], labels: Tensor) -> Tensor:
-        logits = self.unimodal_logits(inputs)
-        base = sum(F.cross_entropy(x, labels) for x in logits.values())
-        return base + F.cross_entropy(self._meta(logits, detach=True), labels)
+        alphas = self.alphas(inputs)
+        return sum(alphas[m] * F.log_softmax(x, dim=-1) for m, x in self.unimodal_logits(inputs).items())

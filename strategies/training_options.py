@@ -96,8 +96,8 @@ class GradientBlender:
         if not callable(getattr(model, "unimodal_logits", None)):
             raise ValueError(
                 f"gradient blending needs per-modality branches; {type(model).__name__} has no unimodal_logits(). "
-                "Use it with late strategies, early_sum, gmu, film, attention_weights, tensor_fusion, lmf, "
-                "early_transformer, mult, mbt or unimodal."
+                "Use it with late strategies, early_sum, gmu, film, attention_weights, tensor_fusion, lmf, mfb, "
+                "early_transformer, mult, mbt, coattention or unimodal."
             )
 
     def _unimodal_losses(self, model: FusionModel, inputs: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
