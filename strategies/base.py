@@ -100,6 +100,9 @@ class FusionModel(nn.Module):
     """
 
     input_kind: ClassVar[InputKind] = "pooled"
+    # True when an example whose modality is all zero (modality dropout) gets exactly the output the
+    # model gives with that modality absent; the property tests hold every such strategy to it.
+    zeroed_is_absent: ClassVar[bool] = False
 
     def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
         super().__init__()

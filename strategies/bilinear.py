@@ -81,6 +81,8 @@ class TensorFusion(ModalityAloneLogits, ProjectedModalities):
     network on each modality alone.
     """
 
+    zeroed_is_absent = True
+
     def __init__(self, spec: FusionSpec, params: TensorParams) -> None:
         super().__init__(spec, params, out_dim=params.factor_dim)
         size = (params.factor_dim + 1) ** len(spec.dims)
@@ -112,6 +114,8 @@ class LowRankFusion(ModalityAloneLogits, ProjectedModalities):
     per example, a modality that is all zero is treated the same way. `unimodal_logits` runs the
     network on each modality alone.
     """
+
+    zeroed_is_absent = True
 
     def __init__(self, spec: FusionSpec, params: LowRankParams) -> None:
         super().__init__(spec, params, out_dim=params.factor_dim)
@@ -148,6 +152,8 @@ class FactorizedBilinear(ModalityAloneLogits, ProjectedModalities):
     (e.g. zeroed by modality dropout) is treated the same way. `unimodal_logits` runs the network on
     each modality alone.
     """
+
+    zeroed_is_absent = True
 
     def __init__(self, spec: FusionSpec, params: MFBParams) -> None:
         super().__init__(spec, params, out_dim=params.factor_k * params.hidden_dim, act=False)

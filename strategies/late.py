@@ -86,6 +86,8 @@ class ProductOfExperts(PerModalityHeads):
     all zero (e.g. zeroed by modality dropout) is treated the same way.
     """
 
+    zeroed_is_absent = True
+
     def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
         super().__init__(spec, params)
         self.precision = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d, elementwise_affine=False), nn.Linear(d, 1)) for m, d in spec.dims.items()})

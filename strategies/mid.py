@@ -71,6 +71,8 @@ class GatedMultimodalUnit(ProjectedModalities):
     treated the same way.
     """
 
+    zeroed_is_absent = True
+
     def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
         super().__init__(spec, params, act=False)
         h, n = params.hidden_dim, len(spec.dims)

@@ -60,6 +60,8 @@ class SeparateMean(PerModalityHeads):
     Missing modality: the mean runs over the modalities present in each example.
     """
 
+    zeroed_is_absent = True
+
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         parts = log_probs_or_uniform(self.unimodal_logits(inputs), inputs, self.spec.modalities, detach=False)
         lp = torch.stack([p for p, _ in parts], 0)
@@ -84,6 +86,8 @@ class SeparateWeights(PerModalityHeads):
 
     Missing modality: the weights are renormalised over the modalities present in each example.
     """
+
+    zeroed_is_absent = True
 
     def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
         super().__init__(spec, params)
@@ -152,6 +156,8 @@ class Stacking(PerModalityHeads):
     Missing modality: its block of meta-features is the uniform log(1/C) (also per example, for a
     modality that is all zero).
     """
+
+    zeroed_is_absent = True
 
     folds = 5  # level-0 folds (Wolpert's leave-one-out taken to K-fold, as usual)
 

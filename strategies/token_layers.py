@@ -23,6 +23,7 @@ class TokenProjection(FusionModel):
     position the strategy was built for)."""
 
     input_kind = "tokens"
+    zeroed_is_absent = True  # an all-padding sequence is masked out, as if absent
 
     def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
         super().__init__(spec, params)
