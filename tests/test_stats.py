@@ -1,5 +1,5 @@
-"""fusebench.results.stats: two-level bootstrap CIs, paired tests, the beats_best_unimodal rule, and that a run
-puts them into every record, run.json and the leaderboard."""
+"""fusebench.results.stats: intervals from the variance decomposition, paired tests, Holm, the beats_best_unimodal
+rule, and that a run puts them into every record, run.json and the leaderboard."""
 
 from __future__ import annotations
 
@@ -13,18 +13,26 @@ from fusebench.results import stats
 from fusebench.results.records import Record
 
 
-def _preds(labels: np.ndarray, acc_per_seed: list[float], seed: int, n_classes: int = 2) -> stats.Predictions:
-    """Predictions whose correctness per seed is ~acc (independent per example), with soft probabilities."""
+def _preds(labels: np.ndarray, acc_per_unit: list[float], seed: int, n_classes: int = 2,
+           replicates: list[int] | None = None) -> stats.Predictions:
+    """Predictions whose correctness per unit is ~acc (independent per example), with soft probabilities.
+    Units are seeds 1000.. of replicate 0 unless `replicates` names each unit's replicate."""
     rng = np.random.default_rng(seed)
-    k, n = len(acc_per_seed), len(labels)
+    k, n = len(acc_per_unit), len(labels)
     probs = np.zeros((k, n, n_classes))
-    for j, acc in enumerate(acc_per_seed):
+    for j, acc in enumerate(acc_per_unit):
         right = rng.random(n) < acc
         pred = np.where(right, labels, (labels + 1) % n_classes)
         conf = 0.5 + 0.5 * rng.random(n)
         probs[j, np.arange(n), pred] = conf
         probs[j, np.arange(n), (pred + 1) % n_classes] = 1 - conf
-    return stats.Predictions(np.arange(1000, 1000 + k), np.arange(n), labels, probs)
+    reps = np.zeros(k, int) if replicates is None else np.asarray(replicates)
+    return stats.Predictions.unclustered(reps, np.arange(1000, 1000 + k), labels, probs)
+
+
+def _r3(accs: list[float], seed: int) -> tuple[list[float], int, int, list[int]]:
+    """_preds arguments for three search replicates × len(accs) seeds (replicate shifts accuracy by -0.01/0/+0.01)."""
+    return [a + d for d in (-0.01, 0.0, 0.01) for a in accs], seed, 2, [r for r in range(3) for _ in accs]
 
 
 LABELS = np.random.default_rng(0).integers(0, 2, 400)
@@ -36,78 +44,109 @@ def test_ci_covers_the_mean_shrinks_with_examples_and_is_reproducible():
     mean = np.mean([(p.probs[k].argmax(1) == LABELS).mean() for k in range(3)])
     assert lo < mean < hi and hi - lo < 0.15
     assert stats.bootstrap_ci(p, "accuracy") == (lo, hi)  # seeded
-    small = p.subset(p.seeds, p.index[:50])
+    small = stats.Predictions.unclustered(p.replicates, p.seeds, LABELS[:50], p.probs[:, :50])
     lo_s, hi_s = stats.bootstrap_ci(small, "accuracy")
     assert hi_s - lo_s > hi - lo  # fewer test examples → wider interval
 
 
-def test_fast_binary_auroc_matches_sklearn_on_resamples():
+def test_fast_binary_auroc_with_weights_matches_sklearn_on_resamples():
     from sklearn.metrics import roc_auc_score
+
+    from fusebench.results.resample import scorer
 
     p = _preds(LABELS, [0.7, 0.75], 2)
     p.probs[:, :, 1] = np.round(p.probs[:, :, 1], 1)  # ties
     p.probs[:, :, 0] = 1 - p.probs[:, :, 1]
     idx = np.random.default_rng(3).integers(0, len(LABELS), (5, len(LABELS)))
-    fast = stats._binary_auroc_scorer(p)(idx)
+    w = np.stack([np.bincount(row, minlength=len(LABELS)) for row in idx]).astype(float)
+    fast = scorer(p, "auroc")(w)
     for b in range(5):
         for k in range(2):
             assert fast[b, k] == pytest.approx(roc_auc_score(LABELS[idx[b]], p.probs[k, idx[b], 1]))
 
 
-def test_paired_test_detects_a_real_gap_and_not_a_null_one():
-    good = _preds(LABELS, [0.85, 0.86, 0.84], 4)
-    bad = _preds(LABELS, [0.70, 0.71, 0.69], 5)
-    same = _preds(LABELS, [0.85, 0.86, 0.84], 6)  # same quality, different errors
+def test_paired_test_detects_a_real_gap_and_not_a_null_one_and_refuses_r1():
+    good = _preds(LABELS, *_r3([0.85, 0.86, 0.84], 4))
+    bad = _preds(LABELS, *_r3([0.70, 0.71, 0.69], 5))
+    same = _preds(LABELS, *_r3([0.85, 0.86, 0.84], 6))  # same quality, different errors
     p_gap = stats.paired_p_value(good, bad, "accuracy")
     p_null = stats.paired_p_value(good, same, "accuracy")
     p_self = stats.paired_p_value(good, good, "accuracy")
-    assert p_gap < 0.01 and p_null > 0.05 and p_self == 1.0
+    assert p_gap < 0.001 and p_null > 0.05 and p_self == 1.0  # an analytic tail: far below 1/1001
     assert stats.paired_p_value(good, bad, "auroc") < 0.05  # any metric works
-    print(f"\npaired bootstrap p: gap={p_gap:.4f} null={p_null:.3f}")
+    one_search = _preds(LABELS, [0.85, 0.86, 0.84], 7)
+    r1 = stats.paired_test(one_search, bad, "accuracy")
+    assert r1.p is None and "R=1" in r1.note and r1.ci95[0] < r1.delta < r1.ci95[1]
+
+
+def test_holm_known_answer():
+    adj = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5})
+    assert adj == pytest.approx({"a": 0.04, "c": 0.09, "b": 0.09, "d": 0.5})
+    assert stats.holm({}) == {}
 
 
 def _write(run_dir, dataset, strategy, p: stats.Predictions) -> None:
     path = stats.prediction_path(run_dir, dataset, strategy)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"seed": int(s), "index": int(i), "label": int(p.labels[j]), "pred": int(p.probs[k, j].argmax()),
-             "prob": p.probs[k, j].astype(np.float32)} for k, s in enumerate(p.seeds) for j, i in enumerate(p.index)]
+    rows = [{"replicate": int(r), "seed": int(s), "index": int(i), "label": int(p.labels[j]),
+             "pred": int(p.probs[k, j].argmax()), "prob": p.probs[k, j].astype(np.float32), "cluster": str(p.clusters[j])}
+            for k, (r, s) in enumerate(zip(p.replicates, p.seeds)) for j, i in enumerate(p.index)]
     pd.DataFrame(rows).to_parquet(path)
 
 
-def _records(strategy, family, p: stats.Predictions) -> list[Record]:
+def _records(strategy, family, p: stats.Predictions, val: float | None = None) -> list[Record]:
     return [Record(dataset="d", task="classification", strategy=strategy, family=family, modalities=["a"], seed=int(s),
-                   status="ok", main_metric_name="accuracy", main_metric=float((p.probs[k].argmax(1) == p.labels).mean()))
+                   status="ok", main_metric_name="accuracy", main_metric=float((p.probs[k].argmax(1) == p.labels).mean()),
+                   val_main_metric=val, best_epoch=3)
             for k, s in enumerate(p.seeds)]
 
 
-def test_beats_best_unimodal_needs_a_higher_mean_and_significance(tmp_path):
-    cells = {
-        "unimodal:a": ("unimodal", _preds(LABELS, [0.75, 0.76, 0.74], 10)),
-        "unimodal:b": ("unimodal", _preds(LABELS, [0.60, 0.61, 0.62], 11)),
-        "strong": ("mid", _preds(LABELS, [0.90, 0.91, 0.89], 12)),
-        "tied": ("early", _preds(LABELS, [0.755, 0.765, 0.745], 13)),
-        "logit_mean": ("late", _preds(LABELS, [0.77, 0.78, 0.76], 14)),
-        "majority": ("baseline", _preds(LABELS, [0.5, 0.5, 0.5], 15)),
+def test_beats_best_unimodal_needs_a_higher_mean_and_holm_significance_best_chosen_on_validation(tmp_path):
+    cells = {  # name: family, predictions, validation score
+        "unimodal:a": ("unimodal", _preds(LABELS, *_r3([0.75, 0.76, 0.74], 10)), 0.80),
+        "unimodal:b": ("unimodal", _preds(LABELS, *_r3([0.78, 0.79, 0.77], 11)), 0.70),  # best on test, not val
+        "strong": ("mid", _preds(LABELS, *_r3([0.90, 0.91, 0.89], 12)), 0.9),
+        "tied": ("early", _preds(LABELS, *_r3([0.755, 0.765, 0.745], 13)), 0.8),
+        "logit_mean": ("late", _preds(LABELS, *_r3([0.77, 0.78, 0.76], 14)), 0.8),
+        "majority": ("baseline", _preds(LABELS, *_r3([0.5, 0.5, 0.5], 15)), 0.5),
+        "random": ("baseline", _preds(LABELS, *_r3([0.5, 0.5, 0.5], 16)), 0.5),
+        "dead": ("early", _preds(LABELS, *_r3([0.5, 0.5, 0.5], 17)), 0.5),
     }
     records = []
-    for name, (family, p) in cells.items():
+    for name, (family, p, val) in cells.items():
         _write(tmp_path, "d", name, p)
-        records += _records(name, family, p)
+        records += _records(name, family, p, val)
     out = stats.dataset_stats(records, tmp_path)
-    assert {s["best_unimodal"] for s in out.values()} == {"unimodal:a"}
-    assert out["strong"]["beats_best_unimodal"] is True and out["strong"]["p_vs_best_unimodal"] < 0.05
+    assert {s["best_unimodal"] for s in out.values()} == {"unimodal:a"}  # validation, not test
+    assert {s["best_unimodal_chosen_on"] for s in out.values()} == {"validation"}
+    strong = out["strong"]
+    assert strong["beats_best_unimodal"] is True and strong["p_adj_vs_best_unimodal"] < 0.05
+    assert strong["delta_ci95_low"] > 0 and strong["n_replicates"] == 3 and strong["includes_search_variance"]
     tied = out["tied"]
     assert tied["beats_best_unimodal"] is False  # whatever its mean, not significantly better
-    assert tied["p_vs_best_unimodal"] > 0.05
+    assert tied["p_adj_vs_best_unimodal"] >= tied["p_vs_best_unimodal"] > 0.05
     assert out["unimodal:a"]["beats_best_unimodal"] is None and out["unimodal:a"]["p_vs_best_unimodal"] is None
-    assert out["majority"]["beats_best_unimodal"] is None
+    assert out["majority"]["beats_best_unimodal"] is None and out["majority"]["degenerate"] is None
     assert out["logit_mean"]["p_vs_late_fusion"] is None and out["strong"]["p_vs_late_fusion"] < 0.05
+    assert out["dead"]["degenerate"] is True and out["dead"]["best_epochs"] == [3] * 9
+    assert out["strong"]["degenerate"] is False and out["unimodal:a"]["degenerate"] is False
     for s in out.values():
         assert s["ci95_low"] <= s["mean"] <= s["ci95_high"] or s["std"] == 0
         assert set(s) >= {"mean", "std", "ci95_low", "ci95_high", "p_vs_best_unimodal", "p_vs_late_fusion",
                           "best_unimodal", "beats_best_unimodal"}
     again = stats.attach_stats(records, tmp_path, "d")
     assert [r.stats for r in again] == [out[r.strategy] for r in records]
+
+
+def test_r1_cells_are_not_testable_and_say_so(tmp_path):
+    records = []
+    for name, family, accs, seed in [("unimodal:a", "unimodal", [0.75, 0.76], 20), ("strong", "mid", [0.95, 0.96], 21)]:
+        p = _preds(LABELS, accs, seed)
+        _write(tmp_path, "d", name, p)
+        records += _records(name, family, p, 0.5)
+    out = stats.dataset_stats(records, tmp_path)["strong"]
+    assert out["p_vs_best_unimodal"] is None and out["beats_best_unimodal"] is None and "R=1" in out["test_note"]
+    assert out["delta_vs_best_unimodal"] > 0.15 and not out["includes_search_variance"]
 
 
 @pytest.fixture()
@@ -132,7 +171,9 @@ def test_run_puts_stats_protocol_and_storage_into_records_run_json_and_leaderboa
     assert concat.pruner == {"name": "MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 2, "step": "epoch",
                              "value": "validation main metric"}
     assert concat.stats["best_unimodal"] in ("unimodal:lexical", "unimodal:neural")
-    assert isinstance(concat.stats["beats_best_unimodal"], bool) and concat.stats["p_vs_late_fusion"] is not None
+    # one search per cell (R=1): no paired test, and the record says why
+    assert concat.stats["beats_best_unimodal"] is None and "R=1" in concat.stats["test_note"]
+    assert concat.stats["delta_vs_best_unimodal"] is not None and concat.stats["n_clusters"] > 0
     assert concat.stats["mean"] == pytest.approx(np.mean([r.main_metric for r in records if r.strategy == "concat"]))
     assert (out / "optuna.journal").is_file() and not (out / "optuna.db").exists()
     meta = json.loads((out / "run.json").read_text())
@@ -142,7 +183,7 @@ def test_run_puts_stats_protocol_and_storage_into_records_run_json_and_leaderboa
     assert {"ci95_low", "ci95_high", "p_vs_best_unimodal", "p_vs_late_fusion"} <= set(board.columns)
     assert board.ci95_low.notna().all()
     md = (out / "leaderboard.md").read_text()
-    assert "p vs best unimodal" in md and "two-level bootstrap" in md
+    assert "p vs best unimodal" in md and "test-cluster bootstrap" in md
     before = (out / "results.jsonl").read_text()
     assert main(["run", "--datasets", "toy", "--strategies", "concat,logit_mean,unimodal", "--size", "small",
                  "--trials", "2", "--seeds", "2", "--epochs", "2", "--data-dir", str(data), "--out", str(out)]) == 0

@@ -1,198 +1,197 @@
 """Honest statistics for a dataset's cells, from the saved per-example test predictions.
 
-Inputs: `RUN_DIR/predictions/<dataset>/<strategy>.parquet` (columns seed, index, label, pred, prob),
-one row per evaluation seed × test example. Every cell of a dataset is scored on the same test
-examples and the same evaluation seeds, so seeds × examples is a *crossed* design.
+Sources of variance (Bouthillier et al., MLSys 2021, "Accounting for variance in machine learning
+benchmarks"): the hyperparameter search (R search replicates per cell), training randomness (K
+evaluation seeds per replicate) and the finite test set (examples, grouped in clusters — an image, a
+recording, a source file; `results.resample`). A cell's estimate is the mean over its R × K units.
 
-Confidence interval — two-level (hierarchical) bootstrap, percentile 95% interval:
-  each of `N_RESAMPLES` (1000) replicates resamples the K evaluation seeds with replacement, then
-  the N test examples with replacement (one example resample shared by all seeds of the replicate,
-  as the examples are shared), computes the task's main metric for every drawn seed on the
-  resampled examples and averages over the drawn seeds. This covers both sources of variance:
-  training randomness (seeds) and the finite test set (examples). Resamples are seeded
-  (`STATS_SEED`), so the numbers are reproducible and identical on resume.
+Variance of that mean = V_between + V_test:
+  V_between — the nested replicate → seed design: the sample variance of the R replicate means
+    (each the mean of its K seeds, so it carries the seed variance too) divided by R, with R − 1
+    degrees of freedom. This is the top two levels of the hierarchical bootstrap in closed form:
+    bootstrapping 2–5 replicates underestimates their variance by (R − 1)/R and has no tail, the
+    t quantile on R − 1 degrees of freedom does not.
+  V_test — the test-cluster bootstrap (`N_RESAMPLES` cluster resamples, units held fixed).
+Interval: mean ± t(0.975, df) · sqrt(V), df by Welch–Satterthwaite (V_test counts as infinite df).
 
-Paired test — two-level paired bootstrap, two-sided:
-  strategy A vs baseline B on their common seeds and examples, with *the same* seed and example
-  draws for both in every replicate; d_b = metric_A(b) − metric_B(b), d = observed mean difference;
-  p = (1 + #{|d_b − d| ≥ |d|}) / (1 + N_RESAMPLES) (the bootstrap distribution shifted to the null
-  of no difference). It keeps the per-example pairing (both models see the same hard examples),
-  works for any metric (accuracy, AUROC, F1), and is far more powerful than a Wilcoxon test over
-  3–5 seeds, whose smallest attainable p-value is 0.25 (3 seeds) or 0.0625 (5 seeds). The smallest
-  p it can report is 1/1001. No multiple-comparison correction is applied; p-values are reported raw.
+With R = 1 the search variance cannot be estimated: V_between falls back to the variance over the
+K seeds / K (df K − 1) and the interval is marked `includes_search_variance = False` — it is too
+narrow by the unknown search effect. The paired test is then *not run* (p = None, "not testable,
+R = 1"): a search effect alone made an A/A test reject 42–47 % of the time at α = 0.05.
 
-`beats_best_unimodal` (fusion families early/mid/late only; None for unimodal and baselines):
-  True iff the strategy's mean main metric is higher than the best unimodal cell's mean (the
-  unimodal cell with the highest mean over seeds) AND p_vs_best_unimodal < ALPHA (0.05).
-  A fusion strategy that is higher but not significantly so is False: it has not shown that fusing
-  helps. The late-fusion baseline is `logit_mean` (p_vs_late_fusion).
+Paired test (R ≥ 2 in both cells), A vs B on their common test examples:
+  Δ = mean_A − mean_B; V = V_between(A) + V_between(B) + V_test(Δ), where V_test(Δ) resamples the
+  *same* clusters for both (the pairing: both see the same hard examples); replicates and seeds of
+  two cells are independent searches and trainings, so they are not paired. t = Δ / sqrt(V),
+  two-sided p from Student's t with Welch–Satterthwaite df. An analytic tail, so p can be as small
+  as a real effect makes it and survive a multiple-comparison correction.
+
+Multiple comparisons: per task, the family of fusion-vs-best-unimodal tests (fusion families only,
+those with a p) is corrected with Holm's step-down method (controls the family-wise error rate;
+chosen over Benjamini–Hochberg because "beats the best unimodal baseline" is a per-strategy claim
+a reader takes at face value). `p_vs_best_unimodal` is raw, `p_adj_vs_best_unimodal` adjusted.
+The best unimodal cell is chosen on *validation* (highest mean `val_main_metric`; test mean only
+when no validation score was recorded), so the choice does not peek at the test set.
+
+`beats_best_unimodal` (fusion families only; None for unimodal and baseline rows, and when not
+testable): True iff Δ > 0 and the Holm-adjusted p < ALPHA (0.05).
+
+`degenerate` (trainable rows): the mean lies inside the `random` floor's interval — a model that
+learned nothing (e.g. early stopping restored epoch 0); `best_epochs` lists where each unit stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+from scipy import stats as sps
 
-from fusebench.core import metrics as metric_lib
 from fusebench.results.records import Record
+from fusebench.results.resample import (
+    N_RESAMPLES,
+    Predictions,
+    bootstrap_unit_means,
+    cluster_weights,
+    prediction_path,
+    unit_scores,
+)
 
 log = logging.getLogger(__name__)
 
-N_RESAMPLES = 1000
-STATS_SEED = 20240531
+__all__ = ["Predictions", "prediction_path", "N_RESAMPLES", "bootstrap_ci", "paired_test", "paired_p_value",
+           "holm", "dataset_stats", "attach_stats", "cell_estimate"]
+
 ALPHA = 0.05
 LATE_FUSION_BASELINE = "logit_mean"
 FUSION_FAMILIES = ("early", "mid", "late")
-_CHUNK = 50
-CI_METHOD = f"two-level bootstrap (seeds, then examples), {N_RESAMPLES} resamples, percentile"
-TEST_METHOD = f"paired two-level bootstrap (same seed and example draws), two-sided, {N_RESAMPLES} resamples"
-
-
-def prediction_path(run_dir: Path, dataset: str, strategy: str) -> Path:
-    return run_dir / "predictions" / dataset / f"{strategy.replace(':', '__')}.parquet"
+RANDOM_FLOOR = "random"
+CI_METHOD = (f"variance decomposition: search replicates → seeds (t on R−1 df) + test-cluster bootstrap "
+             f"({N_RESAMPLES} resamples), Welch–Satterthwaite df")
+TEST_METHOD = "paired test: Δ / sqrt(V_between(A) + V_between(B) + paired cluster-bootstrap V_test), Student t, two-sided"
+CORRECTION = "holm"
+NOT_TESTABLE_R1 = "not testable, R=1: one search per cell, the search variance cannot be estimated"
 
 
 @dataclass(frozen=True)
-class Predictions:
-    """Test predictions of one cell: `probs[k, i]` for seed `seeds[k]` and example `index[i]`."""
+class Estimate:
+    """A cell's (or a difference's) mean with its variance components."""
 
-    seeds: np.ndarray  # [K]
-    index: np.ndarray  # [N] example ids (sorted)
-    labels: np.ndarray  # [N]
-    probs: np.ndarray  # [K, N, C]
+    mean: float
+    var_between: float  # replicate/seed level, variance of the mean
+    df_between: float  # its degrees of freedom (inf when it is 0)
+    var_test: float  # test-cluster level, variance of the mean
+    n_replicates: int
 
-    @classmethod
-    def read(cls, path: Path) -> Predictions:
-        df = pd.read_parquet(path).sort_values(["seed", "index"])
-        seeds = np.sort(df.seed.unique())
-        index = np.sort(df["index"].unique())
-        probs, labels = [], None
-        for s in seeds:
-            g = df[df.seed == s]
-            if not np.array_equal(g["index"].to_numpy(), index):
-                raise ValueError(f"{path}: seed {s} does not cover the same test examples as the others")
-            probs.append(np.stack(g.prob.to_numpy()).astype(np.float64))
-            labels = g.label.to_numpy() if labels is None else labels
-        return cls(seeds, index, np.asarray(labels), np.stack(probs))
+    @property
+    def se(self) -> float:
+        return float(np.sqrt(self.var_between + self.var_test))
 
-    def subset(self, seeds: np.ndarray, index: np.ndarray) -> Predictions:
-        ks = np.searchsorted(self.seeds, seeds)
-        ix = np.searchsorted(self.index, index)
-        return Predictions(seeds, index, self.labels[ix], self.probs[ks][:, ix])
+    @property
+    def df(self) -> float:
+        return _satterthwaite([(self.var_between, self.df_between)], self.var_between + self.var_test)
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        half = float(sps.t.ppf(0.5 + level / 2, self.df)) * self.se if np.isfinite(self.df) else \
+            float(sps.norm.ppf(0.5 + level / 2)) * self.se
+        return self.mean - half, self.mean + half
 
 
-def _example_draws(n: int) -> list[np.ndarray]:
-    """The example resamples, in chunks [b, n]; identical for every cell of a dataset (same n)."""
-    out = []
-    for c, start in enumerate(range(0, N_RESAMPLES, _CHUNK)):
-        rng = np.random.default_rng([STATS_SEED, n, c])
-        out.append(rng.integers(0, n, size=(min(_CHUNK, N_RESAMPLES - start), n)))
-    return out
+def _satterthwaite(parts: list[tuple[float, float]], total: float) -> float:
+    denom = sum(v * v / d for v, d in parts if v > 0 and np.isfinite(d) and d > 0)
+    return float(total * total / denom) if denom > 0 else float("inf")
 
 
-def _seed_draws(k: int) -> np.ndarray:
-    return np.random.default_rng([STATS_SEED, k, 7]).integers(0, k, size=(N_RESAMPLES, k))
+def _between(p: Predictions, scores: np.ndarray) -> tuple[float, float, float]:
+    """(grand mean, variance of the grand mean from replicates — or seeds when R = 1 —, its df)."""
+    reps = np.unique(p.replicates)
+    rep_means = np.array([scores[p.replicates == r].mean() for r in reps])
+    if len(reps) >= 2:
+        return float(rep_means.mean()), float(rep_means.var(ddof=1) / len(reps)), float(len(reps) - 1)
+    if len(scores) >= 2:
+        return float(scores.mean()), float(scores.var(ddof=1) / len(scores)), float(len(scores) - 1)
+    return float(scores.mean()), 0.0, float("inf")
 
 
-def _accuracy_scorer(p: Predictions) -> Callable[[np.ndarray], np.ndarray]:
-    correct = (p.probs.argmax(-1) == p.labels[None, :]).astype(np.float64)  # [K, N]
-
-    def score(idx: np.ndarray) -> np.ndarray:  # idx [b, N] → [b, K]
-        return correct[:, idx].mean(-1).T
-
-    return score
-
-
-def _binary_auroc_scorer(p: Predictions) -> Callable[[np.ndarray], np.ndarray]:
-    """Tie-aware AUROC of P(class 1) with bootstrap multiplicities as weights, vectorised over resamples."""
-    n = len(p.labels)
-    prepared = []
-    for k in range(len(p.seeds)):
-        s = p.probs[k, :, 1]
-        order = np.argsort(s, kind="stable")
-        ss = s[order]
-        starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
-        prepared.append((order, starts))
-    y = (p.labels == 1).astype(np.float64)
-
-    def score(idx: np.ndarray) -> np.ndarray:
-        b = idx.shape[0]
-        counts = np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
-        out = np.empty((b, len(prepared)))
-        for k, (order, starts) in enumerate(prepared):
-            cw, yo = counts[:, order], y[order]
-            pos = np.add.reduceat(cw * yo, starts, axis=1)
-            neg = np.add.reduceat(cw * (1 - yo), starts, axis=1)
-            below = np.cumsum(neg, axis=1) - neg
-            denom = pos.sum(1) * neg.sum(1)
-            num = (pos * (below + 0.5 * neg)).sum(1)
-            out[:, k] = np.where(denom > 0, num / np.where(denom > 0, denom, 1), 0.5)
-        return out
-
-    return score
-
-
-def _generic_scorer(p: Predictions, metric: str) -> Callable[[np.ndarray], np.ndarray]:
-    fn = metric_lib.METRICS.get(metric)
-
-    def score(idx: np.ndarray) -> np.ndarray:
-        return np.array([[fn(p.labels[row], p.probs[k, row]) for k in range(len(p.seeds))] for row in idx])
-
-    return score
-
-
-def _scorer(p: Predictions, metric: str) -> Callable[[np.ndarray], np.ndarray]:
-    if metric == "accuracy":
-        return _accuracy_scorer(p)
-    if metric == "auroc" and p.probs.shape[-1] == 2:
-        return _binary_auroc_scorer(p)
-    return _generic_scorer(p, metric)
-
-
-def replicate_matrix(p: Predictions, metric: str) -> np.ndarray:
-    """[N_RESAMPLES, K]: the metric of every seed on every example resample."""
-    score = _scorer(p, metric)
-    return np.concatenate([score(idx) for idx in _example_draws(len(p.index))])
-
-
-def _over_seeds(m: np.ndarray) -> np.ndarray:
-    """Second level: resample seeds in every replicate and average them → [N_RESAMPLES]."""
-    draws = _seed_draws(m.shape[1])
-    return np.take_along_axis(m, draws, axis=1).mean(1)
+def cell_estimate(p: Predictions, metric: str) -> Estimate:
+    mean, vb, dfb = _between(p, unit_scores(p, metric))
+    vt = float(bootstrap_unit_means(p, metric, cluster_weights(p.clusters)).var(ddof=1))
+    return Estimate(mean, vb, dfb, vt, p.n_replicates)
 
 
 def bootstrap_ci(p: Predictions, metric: str) -> tuple[float, float]:
-    reps = _over_seeds(replicate_matrix(p, metric))
-    lo, hi = np.percentile(reps, [2.5, 97.5])
-    return float(lo), float(hi)
+    """95 % interval of a cell's mean main metric (module doc)."""
+    return cell_estimate(p, metric).interval()
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    delta: float
+    ci95: tuple[float, float]
+    p: float | None  # None when not testable (R = 1 in either cell)
+    df: float
+    note: str = ""
+
+
+def paired_test(a: Predictions, b: Predictions, metric: str) -> PairedResult | None:
+    """A vs B on their common test examples (module doc); None when they share fewer than 2 examples."""
+    a, b = a.common(b)
+    if len(a.index) < 2:
+        return None
+    if not np.array_equal(a.labels, b.labels):
+        raise ValueError("paired test: the two cells disagree on the test labels")
+    ma, vba, dfa = _between(a, unit_scores(a, metric))
+    mb, vbb, dfb = _between(b, unit_scores(b, metric))
+    weights = cluster_weights(a.clusters)
+    vt = float((bootstrap_unit_means(a, metric, weights) - bootstrap_unit_means(b, metric, weights)).var(ddof=1))
+    delta, var = ma - mb, vba + vbb + vt
+    df = _satterthwaite([(vba, dfa), (vbb, dfb)], var)
+    q = float(sps.t.ppf(0.975, df)) if np.isfinite(df) else float(sps.norm.ppf(0.975))
+    ci = (delta - q * np.sqrt(var), delta + q * np.sqrt(var))
+    if a.n_replicates < 2 or b.n_replicates < 2:
+        return PairedResult(delta, ci, None, df, NOT_TESTABLE_R1)
+    if var <= 0:
+        p = 1.0 if delta == 0 else 0.0
+    else:
+        t = abs(delta) / np.sqrt(var)
+        p = float(2 * (sps.t.sf(t, df) if np.isfinite(df) else sps.norm.sf(t)))
+    return PairedResult(delta, ci, p, df)
 
 
 def paired_p_value(a: Predictions, b: Predictions, metric: str) -> float | None:
-    """Two-sided paired two-level bootstrap p-value for mean metric(a) − mean metric(b) (module doc)."""
-    seeds = np.intersect1d(a.seeds, b.seeds)
-    index = np.intersect1d(a.index, b.index)
-    if len(seeds) == 0 or len(index) < 2:
-        return None
-    a, b = a.subset(seeds, index), b.subset(seeds, index)
-    if not np.array_equal(a.labels, b.labels):
-        raise ValueError("paired test: the two cells disagree on the test labels")
-    fn = metric_lib.METRICS.get(metric)
-    observed = float(np.mean([fn(a.labels, a.probs[k]) - fn(b.labels, b.probs[k]) for k in range(len(seeds))]))
-    d = _over_seeds(replicate_matrix(a, metric) - replicate_matrix(b, metric))
-    if observed == 0.0:
-        return 1.0
-    return float((1 + np.sum(np.abs(d - observed) >= abs(observed))) / (1 + len(d)))
+    r = paired_test(a, b, metric)
+    return None if r is None else r.p
 
 
-def _mean_std(records: list[Record]) -> tuple[float, float]:
-    v = np.array([r.main_metric for r in records], dtype=float)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment of a family of p-values (monotone, capped at 1)."""
+    names = sorted(pvalues, key=lambda k: pvalues[k])
+    m, running, out = len(names), 0.0, {}
+    for i, name in enumerate(names):
+        running = max(running, min(1.0, (m - i) * pvalues[name]))
+        out[name] = running
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    return float(np.mean(v)) if v else None
+
+
+def _read(run_dir: Path, dataset: str, strategies: list[str]) -> dict[str, Predictions]:
+    preds = {}
+    for s in strategies:
+        path = prediction_path(run_dir, dataset, s)
+        if path.is_file():
+            try:
+                preds[s] = Predictions.read(path)
+            except Exception as exc:  # noqa: BLE001 - a bad file costs that cell its CI, not the run
+                log.warning("%s: unreadable predictions (%s); no CI for %s", path, exc, s)
+    return preds
 
 
 def dataset_stats(records: list[Record], run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -203,69 +202,87 @@ def dataset_stats(records: list[Record], run_dir: Path) -> dict[str, dict[str, A
             ok.setdefault(r.strategy, []).append(r)
     if not ok:
         return {}
-    dataset = next(iter(ok.values()))[0].dataset
-    metric = next(iter(ok.values()))[0].main_metric_name
+    first = next(iter(ok.values()))[0]
+    dataset, metric = first.dataset, first.main_metric_name
     family = {s: rs[0].family for s, rs in ok.items()}
-    means = {s: _mean_std(rs)[0] for s, rs in ok.items()}
-    preds: dict[str, Predictions] = {}
-    for s in ok:
-        path = prediction_path(run_dir, dataset, s)
-        if path.is_file():
-            try:
-                preds[s] = Predictions.read(path)
-            except Exception as exc:  # noqa: BLE001 - a bad file costs that cell its CI, not the run
-                log.warning("%s: unreadable predictions (%s); no CI for %s", path, exc, s)
+    means = {s: float(np.mean([r.main_metric for r in rs])) for s, rs in ok.items()}
+    val_means = {s: _mean([r.val_main_metric for r in rs]) for s, rs in ok.items()}
+    preds = _read(run_dir, dataset, list(ok))
     unimodal = [s for s in ok if family[s] == "unimodal"]
-    best_uni = max(unimodal, key=lambda s: means[s]) if unimodal else None
+    chosen_on = "validation" if unimodal and all(val_means[s] is not None for s in unimodal) else "test"
+    key = (lambda s: val_means[s]) if chosen_on == "validation" else (lambda s: means[s])
+    best_uni = max(unimodal, key=key) if unimodal else None  # type: ignore[arg-type]
     late = LATE_FUSION_BASELINE if LATE_FUSION_BASELINE in ok else None
 
-    def p_vs(s: str, base: str | None) -> float | None:
+    def vs(s: str, base: str | None) -> PairedResult | None:
         if base is None or s == base or s not in preds or base not in preds:
             return None
         try:
-            return paired_p_value(preds[s], preds[base], metric)
+            return paired_test(preds[s], preds[base], metric)
         except Exception as exc:  # noqa: BLE001
             log.warning("%s: paired test %s vs %s failed: %s", dataset, s, base, exc)
             return None
 
+    est: dict[str, Estimate] = {}
+    for s in preds:
+        try:
+            est[s] = cell_estimate(preds[s], metric)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: interval of %s failed: %s", dataset, s, exc)
+    uni_res = {s: vs(s, best_uni) for s in ok}
+    family_p = {s: r.p for s, r in uni_res.items() if family[s] in FUSION_FAMILIES and r is not None and r.p is not None}
+    adjusted = holm(family_p)
+    floor = est.get(RANDOM_FLOOR)
     out = {}
     for s, rs in ok.items():
-        mean, std = _mean_std(rs)
-        lo = hi = None
-        if s in preds:
-            try:
-                lo, hi = bootstrap_ci(preds[s], metric)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("%s: bootstrap CI of %s failed: %s", dataset, s, exc)
-        p_uni = p_vs(s, best_uni)
+        scores = np.array([r.main_metric for r in rs], dtype=float)
+        e, u, late_res = est.get(s), uni_res[s], vs(s, late)
+        lo, hi = e.interval() if e else (None, None)
         beats = None
-        if family[s] in FUSION_FAMILIES and best_uni is not None:
-            beats = bool(mean > means[best_uni] and p_uni is not None and p_uni < ALPHA)
+        if family[s] in FUSION_FAMILIES and s in adjusted and u is not None:
+            beats = bool(u.delta > 0 and adjusted[s] < ALPHA)
+        degenerate = None
+        if family[s] != "baseline" and floor is not None:
+            flo, fhi = floor.interval()
+            degenerate = bool(flo <= means[s] <= fhi)
         out[s] = {
             "metric": metric,
-            "mean": mean,
-            "std": std,
-            "n_seeds": len(rs),
+            "mean": means[s],
+            "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
+            "n_seeds": len({r.seed for r in rs}),
+            "n_replicates": e.n_replicates if e else 1,
+            "n_units": len(rs),
             "n_examples": int(len(preds[s].index)) if s in preds else None,
+            "n_clusters": int(len(np.unique(preds[s].clusters))) if s in preds else None,
             "ci95_low": lo,
             "ci95_high": hi,
+            "se_between": float(np.sqrt(e.var_between)) if e else None,
+            "se_test": float(np.sqrt(e.var_test)) if e else None,
+            "includes_search_variance": bool(e and e.n_replicates >= 2),
             "ci_method": CI_METHOD,
             "best_unimodal": best_uni,
             "best_unimodal_mean": means[best_uni] if best_uni else None,
-            "p_vs_best_unimodal": p_uni,
+            "best_unimodal_chosen_on": chosen_on,
+            "delta_vs_best_unimodal": u.delta if u else None,
+            "delta_ci95_low": u.ci95[0] if u else None,
+            "delta_ci95_high": u.ci95[1] if u else None,
+            "p_vs_best_unimodal": u.p if u else None,
+            "p_adj_vs_best_unimodal": adjusted.get(s),
+            "correction": CORRECTION,
+            "test_note": u.note if u else "",
             "late_fusion_baseline": late,
-            "p_vs_late_fusion": p_vs(s, late),
+            "p_vs_late_fusion": late_res.p if late_res else None,
             "test": TEST_METHOD,
             "alpha": ALPHA,
             "beats_best_unimodal": beats,
+            "degenerate": degenerate,
+            "best_epochs": [r.best_epoch for r in rs if r.best_epoch is not None],
         }
     return out
 
 
 def attach_stats(records: list[Record], run_dir: Path, dataset: str) -> list[Record]:
     """All records, with the `stats` of `dataset`'s ok records (re)computed from its predictions."""
-    import dataclasses
-
     stats = dataset_stats([r for r in records if r.dataset == dataset], run_dir)
     return [
         dataclasses.replace(r, stats=stats[r.strategy]) if r.dataset == dataset and r.status == "ok" and r.strategy in stats
