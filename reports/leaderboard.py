@@ -1,11 +1,13 @@
-"""Per-task leaderboards from result records: mean ± std over seeds, 95% CI, and whether each
-fusion strategy beats the best unimodal baseline.
+"""Per-task leaderboards from result records: a verdict in words at the top of every task, then one row
+per strategy with mean ± std, its 95 % interval, the difference from the best unimodal baseline with
+raw and Holm-adjusted p, the honest-budget columns and flags (degenerate, cap bound).
 
-Statistics come from each record's `stats` (bench.stats, computed by the runner from the saved
-per-example predictions): `ci95_low`/`ci95_high` (two-level bootstrap over seeds and test
-examples), `p_vs_best_unimodal` / `p_vs_late_fusion` (paired two-level bootstrap, two-sided) and
-`beats_best_unimodal` (higher mean AND p < 0.05). Records without stats (older runs) fall back to
-a t-interval over seeds (`ci95`, half-width) and a plain comparison of means."""
+Statistics come from each record's `stats` (`fusebench.results.stats`, computed by the runner from the
+saved per-example predictions): intervals from the search replicate → seed → test-cluster variance
+decomposition, the paired test, Holm over each task's fusion-vs-best-unimodal family, the best
+unimodal chosen on validation. Records without stats (older runs) fall back to a t-interval over
+seeds (`ci95`, half-width) and a plain comparison of means. The per-task verdict and the overall
+ranking sentence are plain functions (`task_verdict`, `ranking_sentence`, in `reports.verdicts`)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from scipy import stats
 
 from fusebench.core.io import atomic_write_bytes
 from fusebench.results.records import Record
+from fusebench.reports.verdicts import fmt_p, ranking_sentence, task_verdict
+
+__all__ = ["leaderboard", "to_markdown", "write_leaderboard", "task_verdict", "ranking_sentence", "fmt_p"]
 
 FUSION_FAMILIES = ("early", "mid", "late")
 
@@ -36,6 +41,14 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
             "params_count": r.params_count,
             "error": r.error,
             "stats": r.stats or None,
+            "replicate": getattr(r, "replicate", 0) or 0,
+            "trials_complete": getattr(r, "n_trials_complete", r.n_trials),
+            "trials_budget": r.n_trials_budget,
+            "trials_pruned": getattr(r, "n_trials_pruned", np.nan),
+            "trials_failed": getattr(r, "n_trials_failed", np.nan),
+            "cap_bound": getattr(r, "cap_bound", None),
+            "search_seconds": r.search_seconds,
+            "best_epoch": r.best_epoch if r.best_epoch is not None else np.nan,
         }
         for r in records
     ]
@@ -46,8 +59,14 @@ def _num(x: object) -> float:
     return float("nan") if x is None else float(x)  # type: ignore[arg-type]
 
 
+def _per_search_sum(ok: pd.DataFrame, col: str) -> float:
+    """A per-search quantity (repeated on every seed's record) summed over the cell's search replicates."""
+    v = ok.groupby("replicate")[col].first()
+    return float(v.sum()) if v.notna().any() else np.nan
+
+
 def _stars(p: float) -> str:
-    """Significance marker of a p-value (two-sided, no multiple-comparison correction)."""
+    """Significance marker of a p-value (two-sided)."""
     if p is None or np.isnan(p):
         return ""
     return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "n.s."
@@ -89,6 +108,22 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
                 "p_vs_best_unimodal": _num(st.get("p_vs_best_unimodal")),
                 "p_vs_late_fusion": _num(st.get("p_vs_late_fusion")),
                 "best_unimodal": st.get("best_unimodal"),
+                "p_adj_vs_best_unimodal": _num(st.get("p_adj_vs_best_unimodal")),
+                "delta_vs_best_unimodal": _num(st.get("delta_vs_best_unimodal")),
+                "delta_ci95_low": _num(st.get("delta_ci95_low")),
+                "delta_ci95_high": _num(st.get("delta_ci95_high")),
+                "test_note": st.get("test_note", ""),
+                "n_replicates": int(ok.replicate.nunique()) if len(ok) else 0,
+                "includes_search_variance": st.get("includes_search_variance"),
+                "degenerate": st.get("degenerate"),
+                "best_epoch": float(ok.best_epoch.median()) if ok.best_epoch.notna().any() else np.nan,
+                # honest budget: trials per search replicate (summed over replicates), search seconds summed too
+                "trials_complete": _per_search_sum(ok, "trials_complete"),
+                "trials_budget": _per_search_sum(ok, "trials_budget"),
+                "trials_pruned": _per_search_sum(ok, "trials_pruned"),
+                "trials_failed": _per_search_sum(ok, "trials_failed"),
+                "search_seconds": _per_search_sum(ok, "search_seconds"),
+                "cap_bound": bool(ok.cap_bound.eq(True).any()) if ok.cap_bound.notna().any() else None,
                 "_beats": st.get("beats_best_unimodal") if st else "no-stats",
             }
         )
@@ -114,53 +149,99 @@ def _fmt(x: float, digits: int = 4) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _count(x: float) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{int(x)}"
+
+
+def _budget(r: pd.Series) -> str:
+    if not np.isfinite(r.trials_budget) or r.trials_budget == 0:
+        return "–"  # not searched (a fixed baseline)
+    extra = [f"{_count(r.trials_pruned)} pruned" if np.isfinite(r.trials_pruned) else "",
+             f"{_count(r.trials_failed)} failed" if np.isfinite(r.trials_failed) else ""]
+    extra = [e for e in extra if e]
+    return f"{_count(r.trials_complete)}/{_count(r.trials_budget)}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _flags(r: pd.Series) -> str:
+    flags = []
+    if r.get("degenerate") is True:
+        epoch = f", best epoch {int(r.best_epoch)}" if np.isfinite(r.best_epoch) else ""
+        flags.append(f"⚠ degenerate{epoch}")
+    if r.get("cap_bound") is True:
+        flags.append("⏱ cap bound")
+    return "; ".join(flags)
+
+
+def _delta_cell(r: pd.Series) -> str:
+    if not np.isfinite(r.delta_vs_best_unimodal):
+        return ""
+    ci = f" [{r.delta_ci95_low:+.4f}, {r.delta_ci95_high:+.4f}]" if np.isfinite(r.delta_ci95_low) else ""
+    return f"{r.delta_vs_best_unimodal:+.4f}{ci}"
+
+
+def _p_cell(p: float, note: str = "") -> str:
+    if np.isfinite(p):
+        return f"{fmt_p(p)} {_stars(p)}"
+    return "n/t (R=1)" if "R=1" in (note or "") else ""
+
+
+LEGEND = [
+    "**Columns.** *mean ± std*: main test metric over all runs of the cell (search replicates × evaluation seeds), std over",
+    "those runs. *95% CI*: interval of the mean from the variance decomposition — search replicates (t on R−1 df, carrying",
+    "the seed variance) plus a test-**cluster** bootstrap (1000 resamples of images/recordings/source files, not rows);",
+    "with R = 1 the replicate level is degenerate, so the interval holds seed and test variance only (too narrow by the",
+    "unknown search effect); `± x` is a t-interval over seeds for runs without saved predictions. *Δ vs best unimodal*:",
+    "difference from the best unimodal baseline, chosen on **validation**, with its 95% interval. *p raw*: paired test",
+    "(same test clusters, independent searches), two-sided, Student t with Welch–Satterthwaite df; `n/t (R=1)` = not",
+    "testable with one search per cell. *p Holm*: Holm-adjusted over the task's fusion-vs-best-unimodal family (* < 0.05,",
+    "** < 0.01, *** < 0.001). *beats best unimodal*: Δ > 0 AND Holm-adjusted p < 0.05. *p vs logit_mean*: the same",
+    "paired test against the late-fusion baseline, raw. *R×K*: search replicates × evaluation seeds. *trials*:",
+    "completed/budgeted optuna trials summed over replicates (pruned, failed when recorded). *search s*: search wall time.",
+    "*flags*: ⚠ degenerate = a trainable row whose mean lies inside the `random` floor's 95% interval (with its median",
+    "best epoch); ⏱ cap bound = the wall-clock cap stopped the search before the trial budget (an unequal comparison).",
+    "",
+]
+
+
 def to_markdown(board: pd.DataFrame, title: str = "fusebench leaderboard") -> str:
     lines = [f"# {title}", ""]
     if board.empty:
         return "\n".join(lines + ["No records."]) + "\n"
     for dataset, g in board.groupby("dataset", sort=True):
         metric = next((m for m in g.metric if m), "")
-        uni = g[g.family == "unimodal"]
-        best_uni = uni.loc[uni["mean"].idxmax()] if uni["mean"].notna().any() else None
-        lines += [f"## {dataset} — {metric}", ""]
-        if best_uni is not None:
-            lines += [f"Best unimodal baseline: `{best_uni.strategy}` ({_fmt(best_uni['mean'])}).", ""]
+        lines += [f"## {dataset} — {metric}", "", f"**Verdict.** {task_verdict(g)}", ""]
+        if g.n_replicates.max() <= 1:
+            lines += ["R = 1 (one search per cell): the search-replicate level is degenerate — intervals leave out "
+                      "the search variance and no paired test is run.", ""]
         lines += [
-            "| rank | strategy | family | mean ± std | 95% CI | p vs best unimodal | p vs logit_mean | seeds "
-            "| beats best unimodal | train samples/s | infer samples/s | params |",
-            "|---:|---|---|---|---|---|---|---:|:---:|---:|---:|---:|",
+            "| rank | strategy | family | mean ± std | 95% CI | Δ vs best unimodal [95% CI] | p raw | p Holm "
+            "| beats best unimodal | p vs logit_mean | R×K | trials | search s | train samples/s | infer samples/s "
+            "| params | flags |",
+            "|---:|---|---|---|---|---|---|---|:---:|---|---:|---|---:|---:|---:|---:|---|",
         ]
         for _, r in g.iterrows():
             beats = {True: "✅ yes", False: "❌ no"}.get(r.beats_best_unimodal, "")
             if r.status != "ok":
                 beats = "failed"
             rank = "–" if np.isnan(r["rank"]) else int(r["rank"])
-            if np.isnan(r.ci95_low):
-                ci = f"± {_fmt(r.ci95)}"
-            else:
-                ci = f"[{_fmt(r.ci95_low)}, {_fmt(r.ci95_high)}]"
-            p_uni = "" if np.isnan(r.p_vs_best_unimodal) else f"{r.p_vs_best_unimodal:.3g} {_stars(r.p_vs_best_unimodal)}"
-            p_late = "" if np.isnan(r.p_vs_late_fusion) else f"{r.p_vs_late_fusion:.3g} {_stars(r.p_vs_late_fusion)}"
+            ci = f"± {_fmt(r.ci95)}" if np.isnan(r.ci95_low) else f"[{_fmt(r.ci95_low)}, {_fmt(r.ci95_high)}]"
+            k = max(1, r.n_seeds // max(1, r.n_replicates))
             lines.append(
-                f"| {rank} | `{r.strategy}` | {r.family} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {ci} | {p_uni} | {p_late} | "
-                f"{r.n_seeds} | {beats} | {_fmt(r.train_samples_per_s, 0)} | {_fmt(r.infer_samples_per_s, 0)} | {r.params_count:,} |"
+                f"| {rank} | `{r.strategy}` | {r.family} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {ci} | {_delta_cell(r)} | "
+                f"{_p_cell(r.p_vs_best_unimodal, r.test_note)} | {_p_cell(r.p_adj_vs_best_unimodal)} | {beats} | "
+                f"{_p_cell(r.p_vs_late_fusion)} | {max(1, r.n_replicates)}×{k} | {_budget(r)} | "
+                f"{_fmt(r.search_seconds, 1)} | {_fmt(r.train_samples_per_s, 0)} | {_fmt(r.infer_samples_per_s, 0)} | "
+                f"{r.params_count:,} | {_flags(r)} |"
             )
         lines.append("")
-    lines += [
-        "95% CI: two-level bootstrap over evaluation seeds and test examples (1000 resamples) where the run saved",
-        "per-example predictions, else a t-interval over seeds (±). p: paired two-level bootstrap on the same seeds and",
-        "examples, two-sided, uncorrected (* < 0.05, ** < 0.01, *** < 0.001, n.s. otherwise). A fusion strategy beats",
-        "the best unimodal baseline when its mean is higher AND p vs best unimodal < 0.05.",
-        "",
-    ]
-    return "\n".join(lines)
+    return "\n".join(lines + LEGEND)
 
 
 def write_leaderboard(records: list[Record], run_dir: Path) -> pd.DataFrame:
     from fusebench.reports.ranking import rank
 
     board = leaderboard(records)
-    text = to_markdown(board) + "\n" + rank(board).to_markdown()
+    text = to_markdown(board) + "\n" + rank(board).to_markdown()  # the ranking section carries ranking_sentence()
     atomic_write_bytes(run_dir / "leaderboard.md", text.encode())
     from fusebench.reports.pareto import write_pareto
 

@@ -1,9 +1,15 @@
-"""Ranking across tasks: average rank per strategy, Friedman test and the Nemenyi critical difference.
+"""Ranking across tasks: average rank per strategy, Friedman test and — only when it rejects — the
+Nemenyi critical difference (Demšar 2006, "Statistical Comparisons of Classifiers over Multiple Data
+Sets", JMLR 7).
 
 Per task, strategies are ranked by mean main metric (1 = best, ties share the mean rank). Unimodal
 cells (`unimodal:<view>`) differ across tasks, so the best of them on each task stands in as
-`unimodal (best)`. Only strategies present on every task enter the comparison (Demšar 2006,
-"Statistical Comparisons of Classifiers over Multiple Data Sets", JMLR 7).
+`unimodal (best)`. The trivial floors (family `baseline`: `majority`, `random`) are left out: they
+lose everywhere, and ranking them drove the Friedman p-value while saying nothing about fusion. Only
+strategies present on every task enter the comparison. When Friedman does not reject at α = 0.05,
+no post-hoc comparison is made and no critical difference is given (`critical_difference` is None),
+so neither the leaderboard nor the CD diagram can suggest a difference the omnibus test did not find.
+The CD is Nemenyi's, q_α(k, ∞)/√2 · √(k(k+1)/(6N)), as in Demšar's diagrams.
 """
 
 from __future__ import annotations
@@ -14,13 +20,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+ALPHA = 0.05
+TRIVIAL_FAMILIES = ("baseline",)
+
 
 @dataclass(frozen=True)
 class Ranking:
     average_rank: pd.Series  # strategy → mean rank over tasks, best first
     n_tasks: int
     friedman_p: float | None
-    critical_difference: float | None  # Nemenyi CD at alpha = 0.05
+    critical_difference: float | None  # Nemenyi CD at alpha = 0.05; None unless Friedman rejects
+
+    @property
+    def rejected(self) -> bool:
+        return self.friedman_p is not None and self.friedman_p < ALPHA
 
     def cliques(self) -> list[list[str]]:
         """Maximal runs of strategies (in rank order) whose average ranks all lie within the critical
@@ -38,16 +51,35 @@ class Ranking:
                 groups.append(group)
         return groups
 
+    def sentence(self) -> str:
+        """What the ranking analysis allows one to say, in words (also rendered in the HTML report)."""
+        k = len(self.average_rank)
+        if k == 0:
+            return "No strategy ran on every task: no overall ranking."
+        best = f"`{self.average_rank.index[0]}` ({self.average_rank.iloc[0]:.2f})"
+        if self.friedman_p is None:
+            return (f"Too few tasks ({self.n_tasks}) or non-trivial strategies ({k}) for a Friedman test: the average "
+                    f"ranks (best {best}) are descriptive only.")
+        if not self.rejected:
+            return (f"Friedman test over {k} non-trivial strategies on {self.n_tasks} tasks: p = {_p(self.friedman_p)} "
+                    f"≥ {ALPHA} — the ranking does not distinguish them (best average rank {best}, not significantly "
+                    "so); no post-hoc comparison or critical difference is given.")
+        best_rank = self.average_rank.iloc[0]
+        cd = self.critical_difference or 0.0
+        close = [f"`{n}`" for n, r in self.average_rank.iloc[1:].items() if r - best_rank < cd]
+        worse = [f"`{n}`" for n, r in self.average_rank.iloc[1:].items() if r - best_rank >= cd]
+        return (f"Friedman test over {k} non-trivial strategies on {self.n_tasks} tasks: p = {_p(self.friedman_p)} < "
+                f"{ALPHA}; Nemenyi critical difference {cd:.2f} ranks. {best} is significantly better than "
+                + (", ".join(worse) or "none of the others") + "; not distinguishable from "
+                + (", ".join(close) or "none") + ".")
+
     def to_markdown(self) -> str:
         if self.average_rank.empty:
             return ""
         lines = ["## Overall ranking across tasks", "",
-                 f"Average rank over {self.n_tasks} task(s) (1 = best; `unimodal (best)` is the best unimodal view per task).", ""]
-        if self.friedman_p is not None and self.critical_difference is not None:
-            lines += [f"Friedman test p = {self.friedman_p:.3g}; Nemenyi critical difference (α = 0.05) = "
-                      f"{self.critical_difference:.2f} ranks — strategies whose average ranks differ by less are "
-                      "not significantly different.", ""]
-        if self.critical_difference is not None and len(self.average_rank) > 1:
+                 f"Average rank over {self.n_tasks} task(s) (1 = best; `unimodal (best)` is the best unimodal view per "
+                 "task; the `majority`/`random` floors are left out).", "", self.sentence(), ""]
+        if self.rejected and self.critical_difference is not None and len(self.average_rank) > 1:
             best, best_rank = self.average_rank.index[0], self.average_rank.iloc[0]
             close = [n for n, r in self.average_rank.iloc[1:].items() if r - best_rank < self.critical_difference]
             worse = [n for n, r in self.average_rank.iloc[1:].items() if r - best_rank >= self.critical_difference]
@@ -60,8 +92,12 @@ class Ranking:
         return "\n".join(lines) + "\n"
 
 
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3g}"
+
+
 def _per_task_scores(board: pd.DataFrame) -> pd.DataFrame:
-    ok = board[board["status"] == "ok"].copy()
+    ok = board[(board["status"] == "ok") & ~board["family"].isin(TRIVIAL_FAMILIES)].copy()
     ok["entry"] = np.where(ok["family"] == "unimodal", "unimodal (best)", ok["strategy"])
     scores = ok.groupby(["dataset", "entry"])["mean"].max().unstack("entry")
     return scores.dropna(axis=1)  # strategies present on every task
@@ -79,6 +115,9 @@ def rank(board: pd.DataFrame) -> Ranking:
     friedman_p = cd = None
     if n_tasks >= 2 and k >= 3:
         friedman_p = float(stats.friedmanchisquare(*[scores[c].to_numpy() for c in scores.columns]).pvalue)
-        q_alpha = stats.studentized_range.ppf(0.95, k, np.inf) / np.sqrt(2)
-        cd = float(q_alpha * np.sqrt(k * (k + 1) / (6.0 * n_tasks)))
+        if np.isnan(friedman_p):  # every task ranks identically tied
+            friedman_p = 1.0
+        if friedman_p < ALPHA:
+            q_alpha = stats.studentized_range.ppf(1 - ALPHA, k, np.inf) / np.sqrt(2)
+            cd = float(q_alpha * np.sqrt(k * (k + 1) / (6.0 * n_tasks)))
     return Ranking(avg, n_tasks, friedman_p, cd)

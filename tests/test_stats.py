@@ -183,7 +183,7 @@ def test_run_puts_stats_protocol_and_storage_into_records_run_json_and_leaderboa
     assert {"ci95_low", "ci95_high", "p_vs_best_unimodal", "p_vs_late_fusion"} <= set(board.columns)
     assert board.ci95_low.notna().all()
     md = (out / "leaderboard.md").read_text()
-    assert "p vs best unimodal" in md and "test-cluster bootstrap" in md
+    assert "Δ vs best unimodal" in md and "p Holm" in md and "test-**cluster** bootstrap" in md and "**Verdict.**" in md
     before = (out / "results.jsonl").read_text()
     assert main(["run", "--datasets", "toy", "--strategies", "concat,logit_mean,unimodal", "--size", "small",
                  "--trials", "2", "--seeds", "2", "--epochs", "2", "--data-dir", str(data), "--out", str(out)]) == 0

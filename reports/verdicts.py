@@ -1,0 +1,76 @@
+"""The leaderboard's words: one verdict per task and the overall-ranking sentence, as plain functions
+returning strings so the Markdown leaderboard and the HTML report say exactly the same thing.
+
+`task_verdict(rows)` takes one task's rows of `reports.leaderboard.leaderboard()` (columns `strategy`,
+`family`, `mean`, `beats_best_unimodal`, `delta_vs_best_unimodal`, `delta_ci95_low/high`,
+`p_adj_vs_best_unimodal`, `best_unimodal`, `n_replicates`, `degenerate`, `best_epoch`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fusebench.reports.ranking import Ranking
+
+FUSION_FAMILIES = ("early", "mid", "late")
+
+
+def fmt_p(p: object) -> str:
+    """A p-value as printed everywhere: `<0.001`, else three significant digits; '' when absent."""
+    if p is None or (isinstance(p, float) and np.isnan(p)):
+        return ""
+    return "<0.001" if float(p) < 0.001 else f"{float(p):.3g}"
+
+
+def _delta(r: pd.Series) -> str:
+    d, lo, hi = r.get("delta_vs_best_unimodal"), r.get("delta_ci95_low"), r.get("delta_ci95_high")
+    if d is None or not np.isfinite(d):
+        return "–"
+    ci = f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None and np.isfinite(lo) else ""
+    return f"{d:+.4f}{ci}"
+
+
+def task_verdict(rows: pd.DataFrame) -> str:
+    """The verdict of one task, in words: the best strategy, whether (and by how much) fusion beats the best
+    unimodal baseline with the Holm-adjusted p, or plainly that none does; degenerate rows named."""
+    ok = rows[rows.status == "ok"].sort_values("mean", ascending=False)
+    if ok.empty:
+        return "No strategy finished on this task."
+    top = ok.iloc[0]
+    out = [f"Best strategy: `{top.strategy}` ({top.family}, mean {top['mean']:.4f})."]
+    uni = ok[ok.family == "unimodal"]
+    fusion = ok[ok.family.isin(FUSION_FAMILIES)]
+    best_uni = next((b for b in ok.get("best_unimodal", pd.Series(dtype=object)) if isinstance(b, str) and b), None)
+    chosen = "chosen on validation"
+    if best_uni is None and not uni.empty:  # a run without statistics: highest test mean, said so
+        best_uni, chosen = uni.iloc[0].strategy, "highest test mean; this run has no statistics"
+    if uni.empty or fusion.empty or best_uni is None:
+        out.append("No fusion-vs-unimodal comparison on this task (it needs both a unimodal and a fusion row).")
+    else:
+        winners = fusion[fusion.beats_best_unimodal.eq(True)]
+        if not winners.empty:
+            w = winners.iloc[0]
+            out.append(f"`{w.strategy}` beats the best unimodal baseline `{best_uni}` ({chosen}): "
+                       f"Δ = {_delta(w)}, Holm-adjusted p = {fmt_p(w.p_adj_vs_best_unimodal)}"
+                       + (f"; {len(winners) - 1} other fusion strateg{'y' if len(winners) == 2 else 'ies'} also do."
+                          if len(winners) > 1 else "."))
+        elif fusion.beats_best_unimodal.isna().all() and "R=1" in " ".join(map(str, fusion.get("test_note", []))):
+            f = fusion.iloc[0]
+            out.append(f"Not testable with R=1 (one search per cell; the search variance cannot be estimated): the best "
+                       f"fusion strategy `{f.strategy}` differs from the best unimodal baseline `{best_uni}` by "
+                       f"Δ = {_delta(f)} (interval without the search variance). A claim needs ≥ 2 search replicates.")
+        else:
+            f = fusion.iloc[0]
+            out.append(f"No fusion strategy beats the best unimodal baseline `{best_uni}` ({chosen}) on this task (best fusion "
+                       f"`{f.strategy}`: Δ = {_delta(f)}, Holm-adjusted p = {fmt_p(f.p_adj_vs_best_unimodal) or '–'}).")
+    degenerate = ok[ok.get("degenerate", pd.Series(False, index=ok.index)).eq(True)]
+    if not degenerate.empty:
+        names = ", ".join(f"`{r.strategy}`" + (f" (best epoch {int(r.best_epoch)})" if np.isfinite(r.best_epoch) else "")
+                          for _, r in degenerate.iterrows())
+        out.append(f"Degenerate (mean inside the `random` floor's interval, learned nothing): {names}.")
+    return " ".join(out)
+
+
+def ranking_sentence(ranking: Ranking) -> str:
+    """What the cross-task ranking analysis allows one to say (Friedman, then Nemenyi only if it rejects)."""
+    return ranking.sentence()
