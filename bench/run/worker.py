@@ -50,7 +50,12 @@ class WorkerSummary:
 
 def _load(study_name: str, storage_url: str, search_seed: int = 0) -> optuna.Study:
     storage = open_storage(storage_url)
-    names = optuna.get_all_study_names(storage)
+    try:
+        names = optuna.get_all_study_names(storage)
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an unreadable storage is the user's to fix, not a traceback
+        raise UsageError(f"--storage {redact(storage_url)}: cannot list its studies: {type(exc).__name__}: {exc}") from None
     if study_name not in names:
         close = difflib.get_close_matches(study_name, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""

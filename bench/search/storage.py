@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 
 from fusebench.core.errors import UsageError
+from fusebench.search.journal import RepairingJournalFileBackend
 
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 60
@@ -75,12 +76,23 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
     what = kind(url)
     if what == "journal":
         path = _journal_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(RepairingJournalFileBackend(str(path)))
+        except OSError as exc:
+            raise UsageError(f"--storage {url!r}: cannot open the journal file {path}: {exc.strerror or exc}") from None
     if what == "sqlite":
         if url in ("sqlite://", "sqlite:///"):
             raise UsageError(f"--storage {url!r}: name the database file, e.g. sqlite:///runs/x/optuna.db")
-        return optuna.storages.RDBStorage(url)
+        db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+        if db is not None and db.is_dir():
+            raise UsageError(f"--storage {url!r}: {db} is a directory; name the database file inside it")
+        if db is not None and not db.parent.is_dir():
+            raise UsageError(f"--storage {url!r}: the folder {db.parent} does not exist; create it or use another path")
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as exc:  # noqa: BLE001 - an unopenable database file is the user's to fix
+            raise UsageError(f"--storage {url!r}: cannot open the SQLite database: {type(exc).__name__}: {exc}") from None
     if what == "postgresql":
         parts = urlsplit(url)
         if not parts.hostname or not parts.path.strip("/"):

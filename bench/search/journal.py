@@ -1,0 +1,140 @@
+"""optuna's journal file, made to survive torn writes.
+
+optuna appends one JSON line per storage operation to the journal. A crash or a full disk in the
+middle of an append leaves a partial last line. optuna itself skips such a line while it is the
+last one, but the next append lands right after it, and from then on that line is a JSON error
+and every read of the file fails: every study in the run directory (finished ones too) becomes
+unreadable.
+
+`RepairingJournalFileBackend` prevents both halves:
+
+- on open, `repair()` moves every line that is not a whole JSON operation (a torn tail, or the
+  torn prefix glued in front of a later record by an older writer) aside into
+  `<journal>.torn-<timestamp>` (kept, never erased) and rewrites the journal atomically without it;
+- before each append, under optuna's own journal lock, a tail without its newline is cut off (and
+  kept aside) so a record is never appended onto a partial one.
+
+Any other unreadable journal becomes a `UsageError` that names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import get_lock_file
+
+from fusebench.core.errors import UsageError
+from fusebench.core.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+def _as_operation(line: bytes) -> bytes | None:
+    """The JSON operation in `line` (without its newline), salvaging a record glued after a torn prefix."""
+    body = line.rstrip(b"\r\n")
+    for start in [0] + [i for i in range(1, len(body)) if body[i:i + 2] == b'{"']:
+        try:
+            value = json.loads(body[start:])
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(value, dict) and "op_code" in value:
+            return body[start:]
+    return None
+
+
+def _set_aside(path: Path, torn: list[bytes]) -> Path:
+    aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    with open(aside, "ab") as fh:
+        fh.write(b"\n".join(torn) + b"\n")
+    return aside
+
+
+def repair(path: Path) -> int:
+    """Drop the torn lines of the journal at `path` (kept in a `.torn-*` file beside it); returns how many.
+
+    Must be called with the journal's lock held (or before any writer exists).
+    """
+    if not path.is_file():
+        return 0
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"optuna journal {path}: cannot be read: {exc}") from None
+    if not data:
+        return 0
+    lines = data.splitlines(keepends=True)
+    good: list[bytes] = []
+    torn: list[bytes] = []
+    for line in lines:
+        op = _as_operation(line) if line.endswith(b"\n") else None
+        if op is None:
+            torn.append(line.rstrip(b"\r\n"))
+            continue
+        if len(op) != len(line.rstrip(b"\r\n")):
+            torn.append(line.rstrip(b"\r\n")[: len(line.rstrip(b"\r\n")) - len(op)])
+        good.append(op + b"\n")
+    if not torn:
+        return 0
+    aside = _set_aside(path, torn)
+    atomic_write_bytes(path, b"".join(good))
+    log.warning("optuna journal %s: %d torn record(s) set aside in %s; the studies continue from the whole records",
+                path, len(torn), aside.name)
+    return len(torn)
+
+
+def _cut_partial_tail(path: Path) -> None:
+    """Cut a last line that lacks its newline (kept aside), so the next append starts on a fresh line."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb+") as fh:
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        fh.seek(0)
+        data = fh.read()
+        keep = data.rfind(b"\n") + 1
+        _set_aside(path, [data[keep:]])
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("optuna journal %s: a partial last record was cut off before appending", path)
+
+
+class RepairingJournalFileBackend(JournalFileBackend):
+    """`JournalFileBackend` that repairs torn records on open and never appends onto a partial line."""
+
+    def __init__(self, file_path: str) -> None:
+        super().__init__(file_path)
+        self._path = Path(file_path)
+        with get_lock_file(self._lock):
+            repair(self._path)
+
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
+        try:
+            yield from super().read_logs(log_number_from)
+        except ValueError as exc:  # JSONDecodeError too: a torn record written after we opened
+            with get_lock_file(self._lock):
+                dropped = repair(self._path)
+            if not dropped:
+                raise UsageError(f"optuna journal {self._path}: unreadable ({exc}); "
+                                 "move it aside to start the searches afresh") from None
+            self._log_number_offset = {0: 0}
+            raise UsageError(f"optuna journal {self._path}: a torn record appeared while reading ({exc}); it was set "
+                             "aside, re-run the same command to continue") from None
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        with get_lock_file(self._lock):
+            _cut_partial_tail(self._path)
+            what = "\n".join(json.dumps(entry, separators=(",", ":")) for entry in logs) + "\n"
+            with open(self._path, "ab") as fh:
+                fh.write(what.encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
