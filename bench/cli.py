@@ -299,7 +299,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "results.jsonl").is_file():
         raise UsageError(f"{run_dir}/results.jsonl not found: pass the --out directory of a `fusebench run`")
-    write_leaderboard(load_records(run_dir / "results.jsonl"), run_dir)
+    write_leaderboard(load_records(run_dir / "results.jsonl", strict=True), run_dir)
     if args.html:
         from fusebench.reports.html import write_report
 

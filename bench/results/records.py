@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fusebench import SCHEMA_VERSION
+from fusebench.core.errors import DataError
 from fusebench.core.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -98,18 +99,76 @@ class Record:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def load_records(path: Path) -> list[Record]:
+class RecordLineError(ValueError):
+    """A line of results.jsonl that is not a whole record (torn JSON, or JSON that is not a record)."""
+
+
+def _parse_line(line: str) -> Record:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RecordLineError(f"not whole JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise RecordLineError(f"a JSON {type(data).__name__}, not a record object")
+    missing = sorted(f.name for f in dataclasses.fields(Record)
+                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data)
+    if missing:
+        raise RecordLineError(f"not a record: missing key(s) {missing}")
+    if data.get("status") not in ("ok", "failed"):
+        raise RecordLineError(f"not a record: status {data.get('status')!r} is not 'ok' or 'failed'")
+    try:
+        return Record.from_json(data)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise RecordLineError(f"not a record: {exc}") from None
+
+
+def load_records(path: Path, *, strict: bool = False, set_aside: bool = False) -> list[Record]:
+    """The records of a `results.jsonl`.
+
+    A line that is not a whole record (a torn write by an older writer, a full disk, a hand edit) is
+    skipped with a warning; with `set_aside` it is first appended to `results.jsonl.torn` so that the
+    next whole-file write does not erase it (the cell it belonged to is then recomputed, because a
+    cell is done only when all its seeds are ok, see `done_cells`). With `strict` such a line is a
+    `DataError` naming file, line and why (for `report`, which must not publish a partial board).
+    """
     if not path.is_file():
         return []
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 results file ({exc.reason} at byte {exc.start})") from None
+    out, torn = [], []
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            out.append(Record.from_json(json.loads(line)))
-        except json.JSONDecodeError:
-            log.warning("%s:%d: skipping a truncated record line", path, n)
+            out.append(_parse_line(line))
+        except RecordLineError as exc:
+            if strict:
+                raise DataError(f"{path}:{n}: {exc}; remove or repair the line, or re-run `fusebench run` with this "
+                                "--out (it sets bad lines aside in results.jsonl.torn and recomputes their cells)") from None
+            log.warning("%s:%d: skipping a line that is not a whole record (%s)", path, n, exc)
+            torn.append(line)
+    if torn and set_aside:
+        aside = path.with_name(path.name + ".torn")
+        with open(aside, "a", encoding="utf-8") as fh:
+            fh.write("".join(t + "\n" for t in torn))
+        log.warning("%s: %d bad line(s) kept in %s; their cells will be recomputed", path, len(torn), aside)
     return out
+
+
+def done_cells(records: Iterable[Record], eval_seeds: Iterable[int], replicates: int = 1) -> set[tuple[str, str]]:
+    """(dataset, strategy) cells whose every search replicate × evaluation seed has an ok record.
+
+    One ok seed is not enough: a cell missing any seed (a torn record, a crash between seeds) is
+    recomputed, otherwise its statistics would rest on fewer seeds than the others'.
+    """
+    want = {(rep, seed) for rep in range(max(1, replicates)) for seed in eval_seeds}
+    have: dict[tuple[str, str], set[tuple[int, int | None]]] = {}
+    for r in records:
+        if r.status == "ok":
+            have.setdefault((r.dataset, r.strategy), set()).add((int(getattr(r, "replicate", 0) or 0), r.seed))
+    return {cell for cell, got in have.items() if want <= got}
 
 
 def write_records(path: Path, records: Iterable[Record]) -> None:

@@ -28,7 +28,7 @@ from fusebench.features.extract import encode_task
 from fusebench.run.parallel import CellPool
 from fusebench.core.paths import cache_root, resolve_data_root
 from fusebench.results.provenance import envelope, now, read_json
-from fusebench.results.records import Record, load_records, merge_records, write_records
+from fusebench.results.records import Record, done_cells, load_records, merge_records, write_records
 from fusebench.search.study import Budget, pruner_settings, sampler_settings
 from fusebench.results.stats import attach_stats
 from fusebench.search.storage import default_url, kind, redact
@@ -150,8 +150,8 @@ def run(cfg: RunConfig) -> RunSummary:
                         "eval_seeds": ctx.budget.eval_seeds, "search_seed": suite.search_seed}
 
     results = out / "results.jsonl"
-    records = load_records(results)
-    done = {(r.dataset, r.strategy) for r in records if r.status == "ok"}
+    records = load_records(results, set_aside=True)
+    done = done_cells(records, ctx.budget.eval_seeds, getattr(suite, "replicates", 1))
     cache = FeatureCache(cache_root())
     ok = failed = skipped = 0
     pool = CellPool(cfg.jobs if device.type == "cpu" else 1, train_threads())
