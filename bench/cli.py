@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--prepare-only", action="store_true",
                      help="build, encode and create the studies in --storage, then exit (start workers next)")
     run.add_argument("--out", default="runs/latest", help="run directory (default runs/latest); re-running resumes")
+    run.add_argument("--new-run", action="store_true",
+                     help="when --out holds another run, write to the first free OUT.N beside it instead of resuming")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--amp-bf16", action="store_true", help="bf16 autocast in training (meant for CUDA; runs on CPU too)")
     run.add_argument("--compile", action="store_true", help="torch.compile each model for training (compile time not timed)")
@@ -203,7 +205,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     summary = run(RunConfig(suite=suite, out=Path(args.out), data_dir=args.data_dir, device=args.device,
                             storage=args.storage, jobs=suite.jobs, prepare_only=args.prepare_only,
-                            amp_bf16=args.amp_bf16, compile=args.compile))
+                            amp_bf16=args.amp_bf16, compile=args.compile, new_run=args.new_run))
     if args.prepare_only:
         print(f"fusebench: studies ready in {args.storage or 'the run directory'}; start `fusebench worker` processes")
         return 0

@@ -23,7 +23,11 @@ def load_board(path: Path) -> pd.DataFrame:
     csv = path / "leaderboard.csv" if path.is_dir() else path
     if not csv.is_file():
         raise UsageError(f"{csv} not found: pass a run directory (holding leaderboard.csv) or a leaderboard.csv file")
-    board = pd.read_csv(csv)
+    try:
+        board = pd.read_csv(csv)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{csv}: not a readable leaderboard CSV ({type(exc).__name__}: {exc}); "
+                         "pass the leaderboard.csv a `fusebench run` or `report` wrote") from None
     missing = {"dataset", "strategy", "mean"} - set(board.columns)
     if missing:
         raise UsageError(f"{csv}: not a fusebench leaderboard (missing columns {sorted(missing)})")
@@ -80,9 +84,25 @@ class Comparison:
         return "\n".join(lines)
 
 
+def _check_identity(baseline: pd.DataFrame, current: pd.DataFrame) -> None:
+    """Runs on different data cannot gate each other (reliability: run identity). Boards from before
+    identity columns existed carry none and are compared as before."""
+    if "data_fingerprint" not in baseline.columns or "data_fingerprint" not in current.columns:
+        return
+    def prints(b: pd.DataFrame) -> dict[str, str]:
+        return {str(d): str(f) for d, f in zip(b["dataset"], b["data_fingerprint"].fillna("")) if f}
+    before, after = prints(baseline), prints(current)
+    differ = sorted(d for d in set(before) & set(after) if before[d] != after[d])
+    if differ:
+        detail = "; ".join(f"{d}: {before[d]} vs {after[d]}" for d in differ)
+        raise UsageError(f"the runs were made on different data ({detail}); a regression gate compares only runs "
+                         "with matching data fingerprints: rerun the baseline on this data")
+
+
 def compare(baseline: pd.DataFrame, current: pd.DataFrame, max_drop: float) -> Comparison:
     if max_drop < 0:
         raise UsageError(f"--max-drop must be >= 0, got {max_drop}")
+    _check_identity(baseline, current)
     base = baseline.set_index(["dataset", "strategy"])
     cur = current.set_index(["dataset", "strategy"])
     checks = []
@@ -97,6 +117,9 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, max_drop: float) -> C
             ci_high=float(hi) if isinstance(hi, (int, float)) and np.isfinite(hi) else float(b["mean"]),
             max_drop=max_drop,
         ))
+    if not checks:
+        raise UsageError("the two leaderboards share no (dataset, strategy) pair with a score: nothing to compare; "
+                         "compare runs of the same suite")
     regressions = [m for m in (c.fails() for c in checks) if m]
     new = sorted(set(cur.index) - set(base.index))
     removed = sorted(set(base.index) - set(cur.index))

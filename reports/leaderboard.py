@@ -246,5 +246,7 @@ def write_leaderboard(records: list[Record], run_dir: Path) -> pd.DataFrame:
     from fusebench.reports.pareto import write_pareto
 
     write_pareto(records, board, run_dir)
-    atomic_write_bytes(run_dir / "leaderboard.csv", board.to_csv(index=False).encode())
+    from fusebench.results.identity import with_identity  # run identity columns, checked by `compare`
+
+    atomic_write_bytes(run_dir / "leaderboard.csv", with_identity(board, records, run_dir).to_csv(index=False).encode())
     return board

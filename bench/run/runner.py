@@ -25,9 +25,10 @@ from fusebench.run.cell import Cell, CellContext, expand_cells
 from fusebench.config.loader import SuiteConfig
 from fusebench.core.errors import UsageError
 from fusebench.features.extract import encode_task
+from fusebench.run import rundir
 from fusebench.run.parallel import CellPool
 from fusebench.core.paths import cache_root, resolve_data_root
-from fusebench.results.provenance import envelope, now, read_json
+from fusebench.results.provenance import envelope, now
 from fusebench.results.records import Record, done_cells, load_records, merge_records, write_records
 from fusebench.search.study import Budget, pruner_settings, sampler_settings
 from fusebench.results.stats import attach_stats
@@ -53,6 +54,7 @@ class RunConfig:
     prepare_only: bool = False  # build + encode, create the studies (with their user attrs) and stop: for workers
     amp_bf16: bool = False  # bf16 autocast in training (TrainConfig.amp_bf16)
     compile: bool = False  # torch.compile for training (TrainConfig.compile)
+    new_run: bool = False  # --new-run: when `out` holds a run, write to the first free OUT.N beside it
 
     @property
     def strategy_names(self) -> list[str]:
@@ -116,7 +118,17 @@ def _with_stats(records: list[Record], out: Path, dataset: str, results: Path) -
 
 
 def run(cfg: RunConfig) -> RunSummary:
+    """Run `cfg` holding the run directory's lock (bench.run.rundir): one writer per directory."""
     validate(cfg)
+    out = rundir.new_run_dir(cfg.out) if cfg.new_run else cfg.out
+    if out != cfg.out:
+        log.info("--new-run: %s holds a run; writing to %s", cfg.out, out)
+    rundir.check_out_dir(out)
+    with rundir.RunDirLock(out):
+        return _run(dataclasses.replace(cfg, out=out))
+
+
+def _run(cfg: RunConfig) -> RunSummary:
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     if cfg.amp_bf16 and device.type != "cuda":
@@ -139,12 +151,15 @@ def run(cfg: RunConfig) -> RunSummary:
         data_root=str(root.resolve()),
     )
     run_json = out / "run.json"
-    meta = read_json(run_json) or envelope(
+    previous = rundir.read_run_json(run_json)
+    rundir.check_resume(out, previous, suite)
+    meta = previous or envelope(
         {"suite": dataclasses.asdict(suite), "strategies": cfg.strategy_names, "storage": redact(storage),
          "data_root": str(root), "amp_bf16": cfg.amp_bf16, "compile": cfg.compile},
         device,
     )
     meta["resumed_at"] = now() if run_json.is_file() else None
+    meta["identity"] = {**rundir.identity(suite), "data_fingerprints": (meta.get("identity") or {}).get("data_fingerprints", {})}
     meta["protocol"] = {"sampler": sampler_settings(suite.search_seed), "pruner": pruner_settings(),
                         "trials_per_study": suite.trials, "search_timeout_s": suite.timeout_s,
                         "eval_seeds": ctx.budget.eval_seeds, "search_seed": suite.search_seed}
@@ -180,6 +195,8 @@ def run(cfg: RunConfig) -> RunSummary:
             missing = missing_classes(counts)
             for split, absent in missing.items():
                 log.warning("%s: %d class(es) have no %s example: %s", ds_name, len(absent), split, ", ".join(absent))
+            rundir.check_data(out, meta, ds_name, data.fingerprint)
+            meta["identity"]["data_fingerprints"][ds_name] = data.fingerprint
             meta["data"][ds_name] = {
                 "fingerprint": data.fingerprint,
                 "class_counts": counts,
