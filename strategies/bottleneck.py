@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusebench.core import space
@@ -42,7 +43,8 @@ class AttentionBottleneck(ModalityAloneLogits, TokenProjection):
     """Multimodal Bottleneck Transformer: each modality's sequence, led by its own CLS token, runs
     `fusion_layer` unimodal transformer layers; then, per fusion layer, each modality runs its layer
     over [its tokens; bottlenecks] and the new bottlenecks are the average of the modalities' updated
-    copies. Each modality's CLS is classified by one shared head and the logits are averaged.
+    copies. Each modality's CLS is classified by one shared head; training minimises the mean of the
+    per-modality cross-entropies and evaluation averages the logits, as in the reference.
 
     Missing modality: it does not update the bottlenecks and its logits are left out of the average.
     Per example, a modality that is all padding (e.g. zeroed by modality dropout) is treated the same
@@ -62,7 +64,8 @@ class AttentionBottleneck(ModalityAloneLogits, TokenProjection):
         )
         self.head = nn.Sequential(nn.LayerNorm(h), nn.Dropout(params.dropout), nn.Linear(h, spec.num_classes))
 
-    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+    def modality_logits(self, inputs: Mapping[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """(each present modality's CLS logits `[B, C]`, its per-example presence `[B]`)."""
         toks = self.tokens(inputs)
         b = self.batch_size(inputs)
         nb = self.params.bottlenecks
@@ -82,5 +85,16 @@ class AttentionBottleneck(ModalityAloneLogits, TokenProjection):
                 states[m], zm = out[:, :-nb], out[:, -nb:]
                 updates.append(zm.flatten(1))
             z = presence_weighted_mean(updates, list(here.values())).view(b, nb, -1)
-        logits = [self.head(x[:, 0]) for x in states.values()]
-        return presence_weighted_mean(logits, list(here.values()))
+        return [self.head(x[:, 0]) for x in states.values()], list(here.values())
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        return presence_weighted_mean(*self.modality_logits(inputs))
+
+    def training_loss(self, inputs: Mapping[str, Tensor], labels: Tensor) -> Tensor:
+        """As the reference trains MBT: the mean over modalities of each CLS head's cross-entropy
+        (over the examples where the modality is present); the averaged logits are for evaluation."""
+        total = 0.0
+        for lg, w in zip(*self.modality_logits(inputs)):
+            ce = F.cross_entropy(lg, labels, reduction="none")
+            total = total + (ce * w).sum() / w.sum().clamp_min(1.0)
+        return total / len(self.present(inputs))  # type: ignore[return-value]
