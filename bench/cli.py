@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -15,19 +14,45 @@ from pathlib import Path
 from fusebench.core.errors import UsageError
 
 
+def _common(top: bool) -> argparse.ArgumentParser:
+    """-q/-v/--log-file, accepted before and after the subcommand (a subcommand's copy must not reset
+    what was given before it, hence SUPPRESS as its default)."""
+    c = argparse.ArgumentParser(add_help=False)
+    dflt = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+    c.add_argument("-q", "--quiet", action="store_true", default=dflt(False),
+                   help="no progress display; warnings, errors and the result only")
+    c.add_argument("-v", "--verbose", action="store_true", default=dflt(False), help="debug logging")
+    c.add_argument("--log-file", default=dflt(None), help="also write a DEBUG log with progress lines to this file")
+    return c
+
+
+class _Sub:
+    """add_parser with the common options on every subcommand."""
+
+    def __init__(self, sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+        self.sub, self.common = sub, _common(top=False)
+
+    def add_parser(self, *a, **kw) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+        return self.sub.add_parser(*a, parents=[self.common], **kw)
+
+    @property
+    def choices(self) -> dict[str, argparse.ArgumentParser]:
+        return self.sub.choices
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fusebench", description="Compare multimodal fusion strategies under one fair protocol.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p = argparse.ArgumentParser(prog="fusebench", description="Compare multimodal fusion strategies under one fair protocol.",
+                                parents=[_common(top=True)])
     p.add_argument("--version", action="version", version=_version_line())
     p.add_argument("--config-dir", **_CONFIG_DIR_KW)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = _Sub(p.add_subparsers(dest="command", required=True))
 
     ls = sub.add_parser("list", help="list registered strategies, datasets or suites")
     ls.add_argument("what", choices=["strategies", "datasets", "suites", "encoders", "metrics"])
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
     data = sub.add_parser("data", help="inspect the data bundle")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
+    data_sub = _Sub(data.add_subparsers(dest="data_command", required=True))
     chk = data_sub.add_parser("check", help="verify files against MANIFEST.json and print row counts")
     chk.add_argument("--data-dir", help="data root (default: $FUSEBENCH_DATA, ../shared/data, ~/.cache/fusebench/data)")
 
@@ -35,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     what = run.add_mutually_exclusive_group(required=True)
     what.add_argument("--suite", help="a suite from datasets_cfg/suites (smoke, standard, tiny)")
     what.add_argument("--datasets", help="comma-separated dataset names (with --strategies)")
-    run.add_argument("--strategies", help="comma-separated strategy names, or 'all'")
+    run.add_argument("--strategies", help="comma-separated strategy names, or 'all'; unimodal:VIEW[+VIEW] picks views, "
+                     "FUSION:A+B fuses only views A and B")
     run.add_argument("--size", help="dataset size to use with --datasets (smoke, tiny, full); default full")
     run.add_argument("--trials", type=int, help="optuna trials per strategy (equal for all)")
     run.add_argument("--seeds", type=int, help="evaluation seeds per strategy")
@@ -88,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild the leaderboard of a run directory")
     rep.add_argument("run_dir")
     rep.add_argument("--html", action="store_true", help="also write report.html and plots/")
+
+    dash = sub.add_parser("dashboard", help="serve optuna-dashboard on a run's studies (pip install 'fusebench[dashboard]')")
+    dash.add_argument("run_dir")
+    dash.add_argument("--storage", help="storage URL (default: the run's, from run.json, else RUN_DIR/optuna.journal)")
+    dash.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    dash.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     for sp in sub.choices.values():  # global option, accepted after the command too
         sp.add_argument("--config-dir", **{**_CONFIG_DIR_KW, "dest": "config_dir_after"})
     return p
@@ -307,6 +339,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         write_report(run_dir)
     print(f"fusebench: wrote {run_dir}/leaderboard.md")
+    if args.html:
+        print(f"fusebench: wrote {(run_dir / 'report.html').resolve()}")
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from fusebench.search import dashboard
+
+    url = dashboard.run_storage_url(Path(args.run_dir), args.storage)
+    print(dashboard.describe(url, args.host, args.port), flush=True)
+    dashboard.serve(url, args.host, args.port)
     return 0
 
 
@@ -321,20 +364,20 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fusebench.run import console
+
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S", stream=sys.stderr,
-    )
-    for noisy in ("optuna", "datasets", "httpx", "urllib3", "filelock", "fsspec", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet_libraries()
+    display = None
     try:
+        display = console.setup(console.ConsoleOptions(
+            quiet=args.quiet, verbose=args.verbose, log_file=Path(args.log_file) if args.log_file else None))
+        _quiet_libraries()
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        handler = {"list": _cmd_list, "data": _cmd_data, "run": _cmd_run, "worker": _cmd_worker, "report": _cmd_report, "compare": _cmd_compare, "throughput": _cmd_throughput}[args.command]
+        handler = {"list": _cmd_list, "data": _cmd_data, "run": _cmd_run, "worker": _cmd_worker, "report": _cmd_report,
+                   "compare": _cmd_compare, "throughput": _cmd_throughput, "dashboard": _cmd_dashboard}[args.command]
         with _config_dirs(getattr(args, "config_dir", []) + getattr(args, "config_dir_after", [])):
             return handler(args)
     except UsageError as exc:
@@ -343,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fusebench: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        console.teardown(display)
 
 
 if __name__ == "__main__":

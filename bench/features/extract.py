@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fusebench.core import progress
 from fusebench.data.builders import SPLITS, TaskTables
 from fusebench.features.cache import FeatureCache, cache_key
 from fusebench.config.loader import DatasetConfig
@@ -62,7 +63,8 @@ class TaskData:
 
     @property
     def views(self) -> list[str]:
-        return sorted(self.config.views)
+        """The views encoded for this run (a subset of the task's when the cells need fewer)."""
+        return sorted(self.encoders)
 
 
 def _dedupe(values: list[Any]) -> tuple[list[Any], Tensor]:
@@ -79,6 +81,27 @@ def _dedupe(values: list[Any]) -> tuple[list[Any], Tensor]:
             uniq.append(v)
         index.append(seen[h])
     return uniq, torch.tensor(index)
+
+
+ENCODE_CHUNK = 256  # items per encoder call: the progress view advances this often
+
+
+def _encode_with_progress(encoder: Any, values: list[Any], key: str, label: str) -> Features:
+    """encoder.encode over chunks of the split, reporting items/s and ETA as it goes (encoders are
+    row-wise, token widths are fixed, so chunking does not change the features)."""
+    progress.start(key, label, len(values), "items")
+    try:
+        parts = []
+        for i in range(0, len(values), ENCODE_CHUNK):
+            chunk = values[i:i + ENCODE_CHUNK]
+            parts.append(encoder.encode(chunk))
+            progress.advance(key, len(chunk))
+    finally:
+        progress.finish(key)
+    if len(parts) == 1:
+        return parts[0]
+    tokens = None if parts[0].tokens is None else torch.cat([p.tokens for p in parts])
+    return Features(torch.cat([p.pooled for p in parts]), tokens)
 
 
 def _expand(feat: Features, index: Tensor) -> Features:
@@ -114,14 +137,23 @@ def _standardise(per_split: dict[str, dict[str, Features]]) -> None:
 
 
 def encode_task(
-    cfg: DatasetConfig, tables: TaskTables, cache: FeatureCache, device: torch.device
+    cfg: DatasetConfig, tables: TaskTables, cache: FeatureCache, device: torch.device,
+    views: set[str] | None = None,
 ) -> TaskData:
-    """Encode every view of every split, reading from and filling the cache."""
+    """Encode the views a run needs (`views`; default every view of the task) of every split,
+    reading from and filling the cache. Views no cell uses are never encoded."""
     per_split: dict[str, dict[str, Features]] = {s: {} for s in SPLITS}
     encoder_ids: dict[str, str] = {}
     seconds: dict[str, float] = {}
     rates: dict[str, dict[str, Any] | None] = {}
-    for view_name, view in sorted(cfg.views.items()):
+    wanted = sorted(cfg.views) if views is None else sorted(views)
+    unknown = [v for v in wanted if v not in cfg.views]
+    if unknown:
+        from fusebench.core.errors import UsageError
+
+        raise UsageError(f"{cfg.name} has no view(s) {unknown}; its views: {sorted(cfg.views)}")
+    for view_name in wanted:
+        view = cfg.views[view_name]
         encoder = None
         keys = {}
         for split in SPLITS:
@@ -140,7 +172,8 @@ def encode_task(
             for split in missing:
                 values, index = _dedupe(list(tables.splits[split][view.column]))
                 t0 = time.perf_counter()
-                feat = encoder.encode(values)
+                feat = _encode_with_progress(encoder, values, f"encode:{cfg.name}/{split}/{view_name}",
+                                             f"encode {cfg.name}/{split}/{view_name} ({view.encoder})")
                 took = time.perf_counter() - t0
                 rate = len(values) / max(took, 1e-9)
                 items, busy = items + len(values), busy + took

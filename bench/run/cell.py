@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from fusebench.core import metrics as metric_lib
+from fusebench.core import progress
 from fusebench.core import space
 from fusebench.features.extract import TaskData
 from fusebench.results.records import Record
@@ -41,17 +42,41 @@ class Cell:
     views: tuple[str, ...]
 
 
+def parse_selection(name: str) -> tuple[str, tuple[str, ...] | None]:
+    """`unimodal:text_lexical` → ("unimodal", ("text_lexical",)); `concat:image+text` → ("concat", ("image",
+    "text")); a bare name → (name, None), meaning every view of the task."""
+    base, sep, rest = name.partition(":")
+    if not sep:
+        return name, None
+    views = tuple(v.strip() for v in rest.replace(",", "+").split("+") if v.strip())
+    if not views:
+        raise UsageError(f"strategy {name!r}: name the views after ':' (e.g. unimodal:text or concat:image+text)")
+    return base, views
+
+
 def expand_cells(dataset: str, views: list[str], names: list[str]) -> list[Cell]:
-    """Registry names → cells for a task: per-modality strategies get one cell per view;
-    fusion strategies need at least `min_modalities` views and are skipped otherwise."""
+    """Strategy selections → cells for a task. Per-modality strategies get one cell per view (or per
+    selected view: `unimodal:VIEW`, `unimodal:A+B`); fusion strategies fuse every view, or the selected
+    ones (`concat:A+B`, recorded under that name), and are skipped when the task has fewer than
+    `min_modalities` of them. Selected views the task lacks are skipped for this task."""
     cells = []
     for name in names:
-        info = STRATEGIES.get(name)
+        base, chosen = parse_selection(name)
+        info = STRATEGIES.get(base)
+        use = list(views) if chosen is None else [v for v in chosen if v in views]
+        if chosen is not None and len(use) < len(chosen) and not info.per_modality:
+            continue  # the fusion asked for a view this task does not have
         if info.per_modality:
-            cells += [Cell(dataset, f"{name}:{v}", info, (v,)) for v in views]
-        elif len(views) >= info.min_modalities:
-            cells.append(Cell(dataset, name, info, tuple(views)))
+            cells += [Cell(dataset, f"{base}:{v}", info, (v,)) for v in use]
+        elif len(use) >= info.min_modalities:
+            record = base if sorted(use) == sorted(views) else f"{base}:{'+'.join(sorted(use))}"
+            cells.append(Cell(dataset, record, info, tuple(sorted(use))))
     return cells
+
+
+def needed_views(cells: list[Cell]) -> set[str]:
+    """The views the cells read: only these are encoded."""
+    return {v for c in cells for v in c.views}
 
 
 @dataclass(frozen=True)
@@ -150,7 +175,10 @@ def build_objective(cell: Cell, data: TaskData, train_cfg: TrainConfig, budget: 
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        result = train_model(model, train, val, train_cfg, cfg.main_metric, seed, on_epoch=report)
+        try:
+            result = train_model(model, train, val, train_cfg, cfg.main_metric, seed, on_epoch=report)
+        finally:
+            progress.advance(progress_key(cell), 1, status=f"trial {trial.number + 1}/{budget.trials}")
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("seed", seed)
         return result.val_metric
@@ -158,7 +186,21 @@ def build_objective(cell: Cell, data: TaskData, train_cfg: TrainConfig, budget: 
     return objective
 
 
+def progress_key(cell: Cell) -> str:
+    return f"cell:{study_name(cell)}"
+
+
 def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
+    """Search (trainable strategies) then evaluate on every seed; progress shows trials then seeds."""
+    steps = (ctx.budget.trials if cell.info.trainable else 0) + len(ctx.budget.eval_seeds)
+    progress.start(progress_key(cell), f"{study_name(cell)}", steps, "steps")
+    try:
+        return _run_cell(cell, data, ctx)
+    finally:
+        progress.finish(progress_key(cell))
+
+
+def _run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
     cfg = data.config
     spec = _spec(data, cell)
     train, val, test = (_batch(data, s, cell, ctx.device) for s in ("train", "val", "test"))
@@ -175,7 +217,8 @@ def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
 
     records, predictions = [], []
     throughput = flops = None
-    for seed in ctx.budget.eval_seeds:
+    for i, seed in enumerate(ctx.budget.eval_seeds):
+        progress.advance(progress_key(cell), 0, status=f"seed {i + 1}/{len(ctx.budget.eval_seeds)}")
         torch.manual_seed(seed)
         model = cell.info.build(spec, params).to(ctx.device)
         result = train_model(model, train, val, ctx.train, cfg.main_metric, seed)
@@ -190,6 +233,7 @@ def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
         predictions.append(pd.DataFrame({"seed": seed, "index": np.arange(len(labels)), "label": labels,
                                          "cluster": clusters, "pred": probs.argmax(1),
                                          "prob": list(probs.astype(np.float32))}))
+        progress.advance(progress_key(cell), 1)
         records.append(
             Record(
                 dataset=cell.dataset,

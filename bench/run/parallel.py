@@ -12,11 +12,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from fusebench.core import progress
 from fusebench.run.cell import Cell, CellContext, run_cell
 from fusebench.features.extract import TaskData
 from fusebench.results.records import Record
@@ -24,8 +26,10 @@ from fusebench.results.records import Record
 _LOADED: dict[str, TaskData] = {}
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, events: object = None) -> None:
     torch.set_num_threads(threads)
+    if events is not None:  # progress of this worker's cells and trials goes to the parent's view
+        progress.set_backend(progress.QueueBackend(events))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
 
@@ -48,6 +52,9 @@ class CellPool:
     def __init__(self, jobs: int, threads: int) -> None:
         self.jobs, self.threads = jobs, threads
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._events: object = None
+        self._stop = threading.Event()
+        self._drain: threading.Thread | None = None
 
     def __enter__(self) -> CellPool:
         return self
@@ -55,6 +62,9 @@ class CellPool:
     def __exit__(self, *exc: object) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._drain is not None:
+            self._stop.set()
+            self._drain.join(timeout=5)
 
     def execute(self, cells: list[Cell], data: TaskData, ctx: CellContext) -> Iterator[tuple[Cell, list[Record] | BaseException]]:
         """Yield (cell, records or the exception it raised) as cells finish."""
@@ -66,8 +76,11 @@ class CellPool:
                     yield cell, exc
             return
         if self._pool is None:
+            spawn = mp.get_context("spawn")
+            self._events = spawn.Queue()
+            self._drain = progress.drain(self._events, self._stop)
             self._pool = cf.ProcessPoolExecutor(
-                self.jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(self.threads,)
+                self.jobs, mp_context=spawn, initializer=_init_worker, initargs=(self.threads, self._events)
             )
         prepared = ctx.out_dir / ".prepared" / f"{data.config.name}.pt"
         prepared.parent.mkdir(parents=True, exist_ok=True)

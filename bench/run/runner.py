@@ -21,7 +21,8 @@ from fusebench.data.builders import build_tables
 from fusebench.data.splits import class_counts, missing_classes
 from fusebench.core.io import atomic_write_bytes
 from fusebench.features.cache import FeatureCache
-from fusebench.run.cell import Cell, CellContext, expand_cells
+from fusebench.core import progress
+from fusebench.run.cell import Cell, CellContext, expand_cells, needed_views, parse_selection
 from fusebench.config.loader import SuiteConfig
 from fusebench.core.errors import UsageError
 from fusebench.features.extract import encode_task
@@ -89,13 +90,29 @@ def resolve_device(name: str) -> torch.device:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Fail fast (exit 2) on unknown names before any data is touched."""
-    for name in cfg.strategy_names:
-        STRATEGIES.get(name)
+    """Fail fast (exit 2) on unknown names and views before any data is touched."""
     files = catalog.dataset_files()
+    all_views: set[str] = set()
     for ds in cfg.suite.datasets:
         files.get(ds)
-        catalog.get_dataset(ds)
+        all_views |= set(catalog.get_dataset(ds).views)
+    for name in cfg.strategy_names:
+        base, views = parse_selection(name)
+        STRATEGIES.get(base)
+        missing = sorted(set(views or ()) - all_views)
+        if missing:
+            raise UsageError(f"--strategies {name}: no dataset of this run has view(s) {missing}; "
+                             f"views here: {sorted(all_views)}")
+
+
+def plan(cfg: RunConfig) -> tuple[dict[str, list[Cell]], str]:
+    """The cells of every dataset, and the plan line printed before any work."""
+    cells = {ds: expand_cells(ds, sorted(catalog.get_dataset(ds).views), cfg.strategy_names) for ds in cfg.suite.datasets}
+    n = sum(len(c) for c in cells.values())
+    s = cfg.suite
+    line = (f"plan: {len(cells)} task(s) ({', '.join(cells)}), {n} cell(s), {s.trials} trial(s) × {s.seeds} seed(s) "
+            f"per cell, size {s.size}, jobs {cfg.jobs}; results → {cfg.out / 'results.jsonl'}")
+    return cells, line
 
 
 def _failed(cell: Cell, task: str, exc: BaseException) -> Record:
@@ -170,10 +187,17 @@ def _run(cfg: RunConfig) -> RunSummary:
     cache = FeatureCache(cache_root())
     ok = failed = skipped = 0
     pool = CellPool(cfg.jobs if device.type == "cpu" else 1, train_threads())
+    by_dataset, plan_line = plan(cfg)
+    total = sum(len(c) for c in by_dataset.values())
+    already = sum(1 for cs in by_dataset.values() for c in cs if (c.dataset, c.strategy) in done)
+    log.info("%s%s", plan_line, f" ({already} already done)" if already else "")
+    progress.start("sweep", "sweep", total, "cells")
+    if already:
+        progress.advance("sweep", already, status="resumed")
     with pool:
         for ds_name in suite.datasets:
             ds_cfg = catalog.get_dataset(ds_name)
-            cells = expand_cells(ds_name, sorted(ds_cfg.views), cfg.strategy_names)
+            cells = by_dataset[ds_name]
             todo = [c for c in cells if (c.dataset, c.strategy) not in done]
             skipped += len(cells) - len(todo)
             if not todo:
@@ -182,7 +206,7 @@ def _run(cfg: RunConfig) -> RunSummary:
             t0 = time.perf_counter()
             try:
                 tables = build_tables(ds_cfg, root, suite.size)
-                data = encode_task(ds_cfg, tables, cache, device)
+                data = encode_task(ds_cfg, tables, cache, device, views=needed_views(todo))
             except UsageError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the whole dataset fails, the run goes on
@@ -190,6 +214,7 @@ def _run(cfg: RunConfig) -> RunSummary:
                 records = merge_records(records, [_failed(c, ds_cfg.task, exc) for c in todo])
                 write_records(results, records)
                 failed += len(todo)
+                progress.advance("sweep", len(todo), status=f"{ds_name} failed to build/encode")
                 continue
             counts = class_counts({s: tables.splits[s]["label"] for s in tables.splits})
             missing = missing_classes(counts)
@@ -239,8 +264,10 @@ def _run(cfg: RunConfig) -> RunSummary:
                              sum(r.main_metric for r in new) / len(new), time.perf_counter() - c0)
                 records = merge_records(records, new)
                 write_records(results, records)
+                progress.advance("sweep", 1, status=f"last: {cell.dataset}/{cell.strategy}")
             records = _with_stats(records, out, ds_name, results)
             torch.set_num_threads(encode_threads)
+    progress.finish("sweep")
     meta["finished_at"] = now()
     meta["cache"] = {"hits": cache.hits, "misses": cache.misses, "root": str(cache.root)}
     meta["seconds"] = round(time.perf_counter() - started, 2)

@@ -84,7 +84,7 @@ def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir
     root = resolve_data_root(data_dir or (attrs["data_root"] if Path(attrs["data_root"]).is_dir() else None))
     cfg = catalog.get_dataset(attrs["dataset"])
     tables = build_tables(cfg, root, attrs["size"])
-    data = encode_task(cfg, tables, FeatureCache(cache_root()), dev)
+    data = encode_task(cfg, tables, FeatureCache(cache_root()), dev, views=set(attrs["views"]))
     if data.fingerprint != attrs["data_fingerprint"]:
         raise UsageError(f"study {study_name!r}: data fingerprint here {data.fingerprint} differs from the study's "
                          f"{attrs['data_fingerprint']} (data root {root}); use the same data bundle and code version")

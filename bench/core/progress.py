@@ -1,0 +1,274 @@
+"""Progress of long steps (encoding, the sweep, a cell's trials) for a person at a terminal or a CI log.
+
+Code that does the work reports *events* through the module functions (`start`, `advance`,
+`finish`); the command line picks where they go once per process with `configure`:
+
+* ``rich``  — live bars on stderr (items/s, done/total, ETA), for a terminal;
+* ``plain`` — one log line when a step starts and ends, and at most every `interval_s` seconds in
+  between, for logs that are not a terminal (CI), so a long encode is never silent;
+* ``off``   — nothing (``-q``).
+
+Worker processes (``--jobs N``) install a `QueueBackend`; the parent replays their events into its
+own backend with `drain`, so their cells and trials show up in the parent's view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("fusebench.progress")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One progress event. kind: start | advance | finish."""
+
+    kind: str
+    key: str
+    label: str = ""
+    total: int | None = None
+    n: int = 0
+    status: str = ""
+    unit: str = "items"
+
+
+class Backend(Protocol):
+    def handle(self, ev: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullBackend:
+    """Drops every event (quiet mode, and library use without a command line)."""
+
+    def handle(self, ev: Event) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass
+class _State:
+    label: str
+    total: int | None
+    unit: str
+    started: float
+    done: int = 0
+    status: str = ""
+    last: float = 0.0
+
+
+def format_eta(seconds: float | None) -> str:
+    """`1h02m`, `3m05s`, `42s`, or `?` when unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def describe(st: _State, now: float) -> str:
+    """One plain line: label, done/total (percent), rate, ETA from the measured rate, status."""
+    took = max(now - st.started, 1e-9)
+    rate = st.done / took
+    parts = [st.label]
+    if st.total:
+        pct = 100.0 * st.done / st.total
+        eta = (st.total - st.done) / rate if st.done else None
+        parts.append(f"{st.done}/{st.total} {st.unit} ({pct:.0f}%)")
+        if st.done:
+            parts.append(f"{rate:.1f} {st.unit}/s" if rate >= 1 else f"{took / st.done:.1f} s/{st.unit.rstrip('s')}")
+        parts.append(f"elapsed {format_eta(took)}, ETA {format_eta(eta)}")
+    else:
+        parts.append(f"{st.done} {st.unit}, elapsed {format_eta(took)}")
+    if st.status:
+        parts.append(st.status)
+    return " | ".join(parts)
+
+
+class PlainBackend:
+    """Log lines (logger `fusebench.progress`): at start, at finish, and every `interval_s` in between."""
+
+    def __init__(self, interval_s: float = 30.0, clock: Any = time.monotonic, logger: logging.Logger | None = None) -> None:
+        self.interval_s, self.clock, self.log = interval_s, clock, logger or log
+        self.tasks: dict[str, _State] = {}
+
+    def handle(self, ev: Event) -> None:
+        now = self.clock()
+        if ev.kind == "start":
+            st = self.tasks[ev.key] = _State(ev.label or ev.key, ev.total, ev.unit, now, status=ev.status, last=now)
+            self.log.info("started %s", describe(st, now))
+            return
+        st = self.tasks.get(ev.key)
+        if st is None:
+            return
+        st.done += ev.n
+        if ev.status:
+            st.status = ev.status
+        if ev.kind == "finish":
+            self.tasks.pop(ev.key)
+            self.log.info("finished %s", describe(st, now))
+        elif now - st.last >= self.interval_s:
+            st.last = now
+            self.log.info("%s", describe(st, now))
+
+    def close(self) -> None:
+        self.tasks.clear()
+
+
+class RichBackend:
+    """Live bars on stderr with rich; log records go through the same console (see `console`)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"), console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.ids: dict[str, Any] = {}
+        self.states: dict[str, _State] = {}
+
+    def handle(self, ev: Event) -> None:
+        now = time.monotonic()
+        if ev.kind == "start":
+            self.states[ev.key] = _State(ev.label or ev.key, ev.total, ev.unit, now, status=ev.status)
+            self.ids[ev.key] = self.progress.add_task(ev.label or ev.key, total=ev.total, rate="", status=ev.status)
+            return
+        if ev.key not in self.ids:
+            return
+        st = self.states[ev.key]
+        st.done += ev.n
+        rate = st.done / max(now - st.started, 1e-9)
+        rate_txt = f"{rate:.1f} {st.unit}/s" if rate >= 1 else f"{1 / rate:.1f} s/{st.unit.rstrip('s')}" if rate else ""
+        fields: dict[str, Any] = {"rate": rate_txt}
+        if ev.status:
+            fields["status"] = ev.status
+        self.progress.update(self.ids[ev.key], advance=ev.n, **fields)
+        if ev.kind == "finish":
+            task_id = self.ids.pop(ev.key)
+            self.states.pop(ev.key)
+            if ev.key.startswith(("encode:", "cell:")):  # keep the sweep bar; transient rows go away
+                self.progress.remove_task(task_id)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class QueueBackend:
+    """Puts events on a multiprocessing queue; the parent `drain`s them (worker processes)."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def handle(self, ev: Event) -> None:
+        with contextlib.suppress(Exception):  # progress must never fail a cell
+            self.queue.put_nowait(ev)
+
+    def close(self) -> None:
+        return None
+
+
+_backend: Backend = NullBackend()
+_lock = threading.Lock()
+
+
+def set_backend(backend: Backend) -> Backend:
+    """Install `backend` for this process; returns the previous one."""
+    global _backend
+    with _lock:
+        old, _backend = _backend, backend
+    return old
+
+
+def backend() -> Backend:
+    return _backend
+
+
+def emit(ev: Event) -> None:
+    with _lock:
+        b = _backend
+    try:
+        b.handle(ev)
+    except Exception as exc:  # noqa: BLE001 - a broken display never stops the work
+        log.debug("progress event dropped: %s", exc)
+
+
+def start(key: str, label: str, total: int | None, unit: str = "items", status: str = "") -> None:
+    emit(Event("start", key, label, total, 0, status, unit))
+
+
+def advance(key: str, n: int = 1, status: str = "") -> None:
+    emit(Event("advance", key, n=n, status=status))
+
+
+def finish(key: str, n: int = 0, status: str = "") -> None:
+    emit(Event("finish", key, n=n, status=status))
+
+
+@contextlib.contextmanager
+def task(key: str, label: str, total: int | None, unit: str = "items") -> Iterator[None]:
+    """`start` … `finish` around a block (finished also when the block raises)."""
+    start(key, label, total, unit)
+    try:
+        yield
+    finally:
+        finish(key)
+
+
+def choose_mode(quiet: bool, requested: str | None = None, stream: Any = None) -> str:
+    """off when quiet; else `requested` ($FUSEBENCH_PROGRESS) if given; else rich on a terminal, plain otherwise."""
+    if quiet:
+        return "off"
+    if requested:
+        if requested not in ("rich", "plain", "off"):
+            from fusebench.core.errors import UsageError
+
+            raise UsageError(f"FUSEBENCH_PROGRESS must be rich, plain or off, got {requested!r}")
+        return requested
+    stream = stream or sys.stderr
+    return "rich" if getattr(stream, "isatty", lambda: False)() else "plain"
+
+
+def make_backend(mode: str, interval_s: float = 30.0) -> Backend:
+    if mode == "rich":
+        return RichBackend()
+    if mode == "plain":
+        return PlainBackend(interval_s)
+    return NullBackend()
+
+
+def drain(queue: Any, stop: threading.Event) -> threading.Thread:
+    """Start a thread that replays events from worker processes into this process's backend until `stop`."""
+
+    def loop() -> None:
+        import queue as q
+
+        while not stop.is_set() or not queue.empty():
+            try:
+                ev = queue.get(timeout=0.2)
+            except (q.Empty, EOFError, OSError):
+                continue
+            if isinstance(ev, Event):
+                emit(ev)
+
+    thread = threading.Thread(target=loop, name="fusebench-progress", daemon=True)
+    thread.start()
+    return thread
+

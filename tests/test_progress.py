@@ -1,0 +1,124 @@
+"""Progress display: plain lines for logs (start, every interval, finish, ETA), -q/-v/--log-file anywhere
+on the command line, and progress from `--jobs N` worker processes reaching the parent."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from fusebench.cli import main
+from fusebench.core import progress
+from fusebench.core.errors import UsageError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_plain_backend_prints_start_each_interval_and_finish_with_eta(caplog):
+    clock = Clock()
+    b = progress.PlainBackend(interval_s=10, clock=clock)
+    caplog.set_level(logging.INFO, logger="fusebench.progress")
+    b.handle(progress.Event("start", "encode:x", "encode x", 100, unit="items"))
+    clock.t += 4
+    b.handle(progress.Event("advance", "encode:x", n=20))  # 4 s < interval: no line
+    clock.t += 6
+    b.handle(progress.Event("advance", "encode:x", n=30))  # 10 s since the last line: one line
+    clock.t += 1
+    b.handle(progress.Event("advance", "encode:x", n=10))  # 1 s later: quiet again
+    clock.t += 2
+    b.handle(progress.Event("finish", "encode:x", n=40))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("started encode x | 0/100 items (0%)")
+    # 50 items in 10 s: 5 items/s, 50 left → ETA 10 s
+    assert "50/100 items (50%)" in lines[1] and "5.0 items/s" in lines[1] and "ETA 10s" in lines[1]
+    assert lines[2].startswith("finished encode x | 100/100 items (100%)")
+    assert not b.tasks
+
+
+def test_eta_format_and_slow_rates():
+    assert progress.format_eta(None) == "?"
+    assert progress.format_eta(42) == "42s" and progress.format_eta(185) == "3m05s"
+    assert progress.format_eta(3720) == "1h02m"
+    st = progress._State("sweep", 10, "cells", started=0.0, done=2)
+    line = progress.describe(st, now=60.0)  # 30 s per cell, 8 left → 4 min
+    assert "30.0 s/cell" in line and "ETA 4m00s" in line
+
+
+def test_mode_follows_the_terminal_and_quiet():
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    class Pipe:
+        def isatty(self) -> bool:
+            return False
+
+    assert progress.choose_mode(False, stream=Tty()) == "rich"
+    assert progress.choose_mode(False, stream=Pipe()) == "plain"
+    assert progress.choose_mode(True, stream=Tty()) == "off"
+    assert progress.choose_mode(False, "plain", Tty()) == "plain"
+    with pytest.raises(UsageError, match="rich, plain or off"):
+        progress.choose_mode(False, "loud")
+
+
+def test_a_broken_display_never_fails_the_work():
+    class Broken:
+        def handle(self, ev):
+            raise RuntimeError("terminal gone")
+
+        def close(self):
+            pass
+
+    old = progress.set_backend(Broken())
+    try:
+        progress.start("k", "k", 1)
+        progress.advance("k")
+    finally:
+        progress.set_backend(old)
+
+
+@pytest.mark.parametrize("argv", [["-q", "list", "suites"], ["list", "suites", "-q"], ["list", "-v", "suites"]])
+def test_quiet_and_verbose_anywhere_on_the_line(argv, capsys):
+    assert main(argv) == 0
+    assert "smoke" in capsys.readouterr().out
+
+
+def test_quiet_and_verbose_together_is_a_usage_error(capsys):
+    assert main(["list", "suites", "-q", "-v"]) == 2
+    assert "contradict" in capsys.readouterr().err
+
+
+def test_log_file_that_cannot_be_written_exits_2(tmp_path, capsys):
+    (tmp_path / "dir").mkdir()
+    assert main(["list", "suites", "--log-file", str(tmp_path / "dir")]) == 2
+    assert "--log-file" in capsys.readouterr().err
+
+
+def test_jobs_2_progress_from_workers_reaches_the_parent_log(synthetic_bundle, monkeypatch, tmp_path, capsys):
+    """The cells run in two spawned worker processes; their trial/seed progress must reach the parent's
+    log file, together with the plan line and the sweep's lines."""
+    data, cfg = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    monkeypatch.setenv("FUSEBENCH_PROGRESS", "plain")
+    log_file = tmp_path / "run.log"
+    out = tmp_path / "run"
+    argv = ["run", "--suite", "toy", "--data-dir", str(data), "--out", str(out), "--jobs", "2",
+            "--strategies", "majority,unimodal:lexical", "--log-file", str(log_file)]
+    assert main(argv) == 0
+    text = log_file.read_text()
+    assert "plan: 1 task(s) (toy), 2 cell(s), 2 trial(s) × 2 seed(s) per cell" in text
+    assert str(out / "results.jsonl") in text
+    # emitted in the worker processes: 2 trials + 2 seeds for unimodal, 2 seeds for majority
+    assert "finished toy/majority | 2/2 steps (100%)" in text
+    assert "finished toy/unimodal:lexical | 4/4 steps (100%)" in text
+    assert "finished sweep | 2/2 cells (100%)" in text
+    # encoding progress of the views the cells need
+    assert "finished encode toy/train/lexical (tfidf)" in text
+    assert "fusebench: 2 cell(s) ok" in capsys.readouterr().out
