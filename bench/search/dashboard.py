@@ -53,7 +53,8 @@ def run_storage_url(run_dir: Path, storage: str | None = None) -> str:
 def target(url: str) -> DashboardTarget:
     """The URL and the form the stand-alone optuna-dashboard command accepts (a journal's bare file path)."""
     if kind(url) == "journal":
-        return DashboardTarget(url, str(_journal_path(url)))
+        path = str(_journal_path(url))
+        return DashboardTarget(url, "/" + path.lstrip("/"))  # journal:///abs parses to "//abs"
     return DashboardTarget(url, url)
 
 
