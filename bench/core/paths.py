@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fusebench.core.errors import DataError
+from fusebench.core.errors import DataError, UsageError
 
 
 
@@ -50,6 +50,30 @@ def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:
 
 def cache_root() -> Path:
     """Feature and dataset cache: $FUSEBENCH_CACHE, else ~/.cache/fusebench."""
-    root = Path(os.environ.get("FUSEBENCH_CACHE") or Path.home() / ".cache" / "fusebench").expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    env = os.environ.get("FUSEBENCH_CACHE")
+    root = Path(env or Path.home() / ".cache" / "fusebench").expanduser()
+    origin = "$FUSEBENCH_CACHE" if env else "the default cache"
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{origin} {root} is a file, not a directory; point FUSEBENCH_CACHE at a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{origin} {root} cannot be created ({exc.strerror or exc}); "
+                         "point FUSEBENCH_CACHE at a writable folder") from None
     return root
+
+
+def scratch_dir(name: str) -> Path:
+    """`cache_root()/name` when it is writable, else a private temporary folder (a read-only cache
+    still serves its entries; libraries that want lock files get a writable place)."""
+    import tempfile
+
+    path = cache_root() / name
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+        return path
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix=f"fusebench-{name}-"))

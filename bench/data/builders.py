@@ -26,7 +26,8 @@ from fusebench.data.audio import decode_audio, fit_length
 from fusebench.data.splits import SplitFractions, stratified_group_split
 from fusebench.config.loader import DatasetConfig, SplitSizes
 from fusebench.core.errors import ConfigError, DataError
-from fusebench.core.paths import cache_root
+from fusebench.core.paths import scratch_dir
+from fusebench.data.manifest import file_sha256
 from fusebench.core.registry import Registry
 
 SPLITS = ("train", "val", "test")
@@ -58,26 +59,6 @@ def _params(cls: type, cfg: DatasetConfig) -> Any:
         raise ConfigError(f"datasets_cfg/{cfg.name}.yaml: data section invalid for builder {cfg.builder!r}: {exc}") from None
 
 
-def _manifest(root: Path) -> dict[str, str]:
-    path = root / "MANIFEST.json"
-    if not path.is_file():
-        return {}
-    files = json.loads(path.read_text())["files"]
-    return {f["path"].removeprefix("data/"): f["sha256"] for f in files}
-
-
-def file_sha256(root: Path, rel: str) -> str:
-    """sha256 of a data file, from MANIFEST.json when listed there (checked by `data check`)."""
-    known = _manifest(root).get(rel)
-    if known:
-        return known
-    h = hashlib.sha256()
-    with open(root / rel, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _resolve(root: Path, folder: str, patterns: tuple[str, ...], cfg: DatasetConfig) -> list[str]:
     rels: list[str] = []
     for pat in patterns:
@@ -91,9 +72,19 @@ def _resolve(root: Path, folder: str, patterns: tuple[str, ...], cfg: DatasetCon
     return rels
 
 
+def code_version() -> str:
+    """sha256 (12 hex) of the data package's source: a builder change (pairing, splits, decoding)
+    changes every fingerprint and so every feature-cache key built on it."""
+    h = hashlib.sha256()
+    for src in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(src.name.encode() + src.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _fingerprint(cfg: DatasetConfig, sizes: SplitSizes, sources: dict[str, str]) -> str:
     blob = json.dumps(
-        {"builder": cfg.builder, "data": cfg.data, "sizes": dataclasses.asdict(sizes), "sources": sources},
+        {"builder": cfg.builder, "data": cfg.data, "sizes": dataclasses.asdict(sizes), "sources": sources,
+         "code": code_version()},
         sort_keys=True,
         default=str,
     )
@@ -106,7 +97,7 @@ def _read_parquet(root: Path, rels: list[str], columns: list[str] | None = None)
         data_files=[str(root / r) for r in rels],
         split="train",
         columns=columns,
-        cache_dir=str(cache_root() / "hf-datasets"),
+        cache_dir=str(scratch_dir("hf-datasets")),
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fusebench.core.errors import DataError
+from fusebench.data.manifest import manifest as read_manifest
 
 
 @dataclass
@@ -46,7 +46,7 @@ def check(root: Path) -> list[FileCheck]:
     manifest = root / "MANIFEST.json"
     if not manifest.is_file():
         raise DataError(f"{manifest} not found: the data root must hold the bundle's MANIFEST.json")
-    entries = json.loads(manifest.read_text())["files"]
+    entries = list(read_manifest(root).values())
     out = []
     for e in entries:
         rel = e["path"].removeprefix("data/")
@@ -54,7 +54,7 @@ def check(root: Path) -> list[FileCheck]:
         if not path.is_file():
             out.append(FileCheck(rel, False, "missing"))
             continue
-        if path.stat().st_size != e["bytes"]:
+        if "bytes" in e and path.stat().st_size != e["bytes"]:
             out.append(FileCheck(rel, False, f"size {path.stat().st_size} != manifest {e['bytes']}"))
             continue
         digest = _sha256(path)

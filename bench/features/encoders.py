@@ -116,11 +116,11 @@ class HFTextEncoder(Encoder):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
             self.model = AutoModel.from_pretrained(model_path).to(device).eval()
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - OSError, ValueError (not a model folder), ...: the user's to fix
             raise UsageError(
-                f"encoder hf:{model_path}: weights are not available locally and the hub is unreachable "
-                f"or offline ({exc.__class__.__name__}). Download the model into the Hugging Face cache first, "
-                f"or use the bundled 'minilm' encoder."
+                f"encoder hf:{model_path}: not a loadable model ({type(exc).__name__}: {str(exc)[:200]}). Point hf: at "
+                "a local model folder, or download the model into the Hugging Face cache first (the hub may be "
+                "offline), or use the bundled 'minilm' encoder."
             ) from None
 
     @property

@@ -18,6 +18,7 @@ from fusebench.data.builders import SPLITS, TaskTables
 from fusebench.features.cache import FeatureCache, cache_key
 from fusebench.config.loader import DatasetConfig
 from fusebench.features.encoders import Features, build_encoder
+from fusebench.features.identity import encoder_identity
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,10 @@ def encode_task(
     encoder_ids: dict[str, str] = {}
     seconds: dict[str, float] = {}
     rates: dict[str, dict[str, Any] | None] = {}
+    # Every view's identity enters the fingerprint, whichever views this run encodes, so that the
+    # fingerprint names the task's data and encoders, not the subset a command needed.
+    identities = {v: encoder_identity(view.encoder, view.options, f"datasets_cfg/{cfg.name}.yaml: views.{v}.options")
+                  for v, view in sorted(cfg.views.items())}
     wanted = sorted(cfg.views) if views is None else sorted(views)
     unknown = [v for v in wanted if v not in cfg.views]
     if unknown:
@@ -156,10 +161,12 @@ def encode_task(
         view = cfg.views[view_name]
         encoder = None
         keys = {}
+        ident = identities[view_name]
         for split in SPLITS:
             parts = {"dataset": cfg.name, "revision": tables.fingerprint, "split": split, "view": view_name,
-                     "column": view.column, "encoder": view.encoder, "options": view.options}
+                     "column": view.column, "encoder": ident}
             keys[split] = cache_key(parts)
+            cache.explain(cfg.name, f"{split}/{view_name}", keys[split], parts)
         cached = {s: cache.get(cfg.name, k) for s, k in keys.items()}
         missing = [s for s, f in cached.items() if f is None]
         started = time.perf_counter()
@@ -204,4 +211,5 @@ def encode_task(
     bad = int(((splits["train"].labels < 0) | (splits["train"].labels >= cfg.num_classes)).sum())
     if bad:
         raise RuntimeError(f"{cfg.name}: {bad} train labels outside [0, {cfg.num_classes}); fix num_classes in its YAML")
-    return TaskData(cfg, splits, tables.fingerprint, encoder_ids, seconds, tables.sources, rates)
+    fingerprint = cache_key({"tables": tables.fingerprint, "encoders": identities})[:16]
+    return TaskData(cfg, splits, fingerprint, encoder_ids, seconds, tables.sources, rates)
