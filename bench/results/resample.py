@@ -91,6 +91,23 @@ class Predictions:
         ix = np.searchsorted(self.index, index)
         return Predictions(self.replicates, self.seeds, index, self.labels[ix], self.probs[:, ix], self.clusters[ix])
 
+    def replicate(self, rep: int) -> Predictions:
+        """The units of one search replicate only (what a one-search protocol would have seen)."""
+        keep = self.replicates == rep
+        return Predictions(self.replicates[keep], self.seeds[keep], self.index, self.labels, self.probs[keep],
+                           self.clusters)
+
+    @classmethod
+    def stack(cls, parts: list[Predictions]) -> Predictions:
+        """Search replicates read from separate files → one cell (replicate i = parts[i])."""
+        first = parts[0]
+        for p in parts[1:]:
+            if not np.array_equal(p.index, first.index):
+                raise ValueError("stacked replicates do not cover the same test examples")
+        reps = np.concatenate([np.full(len(p.seeds), i) for i, p in enumerate(parts)])
+        return cls(reps, np.concatenate([p.seeds for p in parts]), first.index, first.labels,
+                   np.concatenate([p.probs for p in parts]), first.clusters)
+
     def without_clusters(self) -> Predictions:
         """The same predictions with every example its own cluster (the naive, row-level bootstrap)."""
         return Predictions(self.replicates, self.seeds, self.index, self.labels, self.probs, self.index.astype(str))

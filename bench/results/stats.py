@@ -137,8 +137,11 @@ class PairedResult:
     note: str = ""
 
 
-def paired_test(a: Predictions, b: Predictions, metric: str) -> PairedResult | None:
-    """A vs B on their common test examples (module doc); None when they share fewer than 2 examples."""
+def paired_test(a: Predictions, b: Predictions, metric: str, allow_r1: bool = False) -> PairedResult | None:
+    """A vs B on their common test examples (module doc); None when they share fewer than 2 examples.
+
+    `allow_r1` tests R = 1 cells anyway, with the seed variance standing in for the search variance —
+    the pre-issue-10 protocol, kept only so `fusebench calibrate` can show what it gets wrong."""
     a, b = a.common(b)
     if len(a.index) < 2:
         return None
@@ -152,7 +155,7 @@ def paired_test(a: Predictions, b: Predictions, metric: str) -> PairedResult | N
     df = _satterthwaite([(vba, dfa), (vbb, dfb)], var)
     q = float(sps.t.ppf(0.975, df)) if np.isfinite(df) else float(sps.norm.ppf(0.975))
     ci = (delta - q * np.sqrt(var), delta + q * np.sqrt(var))
-    if a.n_replicates < 2 or b.n_replicates < 2:
+    if (a.n_replicates < 2 or b.n_replicates < 2) and not allow_r1:
         return PairedResult(delta, ci, None, df, NOT_TESTABLE_R1)
     if var <= 0:
         p = 1.0 if delta == 0 else 0.0
