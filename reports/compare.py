@@ -1,8 +1,12 @@
 """`fusebench compare BASELINE CURRENT`: the regression gate.
 
-A (task, strategy) regresses when its mean main metric dropped by more than `max_drop` AND the new
-mean lies outside the baseline's seed noise — below the lower end of its 95% CI (bootstrap
-interval when the leaderboard has one, else mean − t-interval half-width). Checks are small
+A (task, strategy) regresses when its mean main metric dropped by more than `max_drop` AND the drop
+exceeds the seed-level noise: baseline mean − t(0.975, Welch df) · √(s_b²/n_b + s_c²/n_c), from the
+std over each run's units (search replicates × evaluation seeds) and their counts (`std`, `n_seeds`).
+Both runs score the same test set, so test-example sampling is not noise between them: the
+leaderboard's 95% CI (which includes it) would hide real regressions. Boards without a usable std
+fall back to the baseline's CI lower end, else mean − t-interval half-width. Runs with different
+data fingerprints are refused (reliability: run identity). Checks are small
 objects whose `fails()` returns a readable line or None (the pytest-benchmark style).
 """
 
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from fusebench.core.errors import UsageError
 
@@ -32,6 +37,24 @@ def load_board(path: Path) -> pd.DataFrame:
     if missing:
         raise UsageError(f"{csv}: not a fusebench leaderboard (missing columns {sorted(missing)})")
     return board
+
+
+def _finite(row: pd.Series, col: str) -> float | None:
+    v = row.get(col, np.nan)
+    return float(v) if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) else None
+
+
+def _seed_noise_band(b: pd.Series, c: pd.Series) -> tuple[float, float] | None:
+    """(low, high) of the baseline mean ± the Welch seed-level half-width of the difference, or None."""
+    sb, sc, nb, nc = _finite(b, "std"), _finite(c, "std"), _finite(b, "n_seeds"), _finite(c, "n_seeds")
+    if None in (sb, sc, nb, nc) or nb < 2 or nc < 2:  # type: ignore[operator]
+        return None
+    vb, vc = sb * sb / nb, sc * sc / nc  # type: ignore[operator]
+    if vb + vc == 0:
+        return float(b["mean"]), float(b["mean"])
+    df = (vb + vc) ** 2 / ((vb * vb / (nb - 1) if vb else 0) + (vc * vc / (nc - 1) if vc else 0))  # type: ignore[operator]
+    half = float(stats.t.ppf(0.975, df)) * float(np.sqrt(vb + vc))
+    return float(b["mean"]) - half, float(b["mean"]) + half
 
 
 def _noise_floor(row: pd.Series) -> float:
@@ -62,7 +85,7 @@ class RegressionCheck:
         drop = self.before - self.after
         if drop > self.max_drop and self.after < self.noise_floor:
             return (f"REGRESSION {self.dataset} {self.strategy} {self.metric}: {self.before:.4f} → {self.after:.4f} "
-                    f"(drop {drop:.4f} > max-drop {self.max_drop}, outside baseline CI "
+                    f"(drop {drop:.4f} > max-drop {self.max_drop}, outside the seed-level noise band "
                     f"[{self.noise_floor:.4f}, {self.ci_high:.4f}])")
         return None
 
@@ -110,12 +133,13 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, max_drop: float) -> C
         b, c = base.loc[key], cur.loc[key]
         if not np.isfinite(b["mean"]):
             continue  # nothing to regress from
-        hi = b.get("ci95_high", np.nan)
+        band = _seed_noise_band(b, c)
+        if band is None:
+            hi = b.get("ci95_high", np.nan)
+            band = (_noise_floor(b), float(hi) if isinstance(hi, (int, float)) and np.isfinite(hi) else float(b["mean"]))
         checks.append(RegressionCheck(
             dataset=key[0], strategy=key[1], metric=str(b.get("metric", "")), before=float(b["mean"]),
-            after=float(c["mean"]), noise_floor=_noise_floor(b),
-            ci_high=float(hi) if isinstance(hi, (int, float)) and np.isfinite(hi) else float(b["mean"]),
-            max_drop=max_drop,
+            after=float(c["mean"]), noise_floor=band[0], ci_high=band[1], max_drop=max_drop,
         ))
     if not checks:
         raise UsageError("the two leaderboards share no (dataset, strategy) pair with a score: nothing to compare; "
