@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fusebench.core.errors import UsageError
+from fusebench.run import calibrate_cli
 
 
 def _common(top: bool) -> argparse.ArgumentParser:
@@ -106,19 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     thr.add_argument("--warmup", type=int, default=5, help="untimed warm-up passes (default 5)")
     thr.add_argument("--out", help="write the figures: FILE.json (with a device/versions envelope) or FILE.csv")
 
-    cal = sub.add_parser("calibrate", help="A/A check: the same strategy searched twice, N times; rejection rate and CI coverage")
-    cal.add_argument("--dataset", required=True, help="dataset name")
-    cal.add_argument("--strategy", required=True, help="a searched strategy (unimodal:VIEW for a unimodal one)")
-    cal.add_argument("--size", default="tiny", help="dataset size (default tiny)")
-    cal.add_argument("--repeats", type=int, required=True, help="A/A repeats N")
-    cal.add_argument("--replicates", type=int, default=3, help="search replicates R per arm (>= 2; default 3)")
-    cal.add_argument("--trials", type=int, default=2, help="optuna trials per search (default 2)")
-    cal.add_argument("--seeds", type=int, default=2, help="evaluation seeds K per replicate (default 2)")
-    cal.add_argument("--epochs", type=int, default=3, help="max epochs per training run (default 3)")
-    cal.add_argument("--out", default="runs/calibrate", help="where the arms' journals and predictions go")
-    cal.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
-    cal.add_argument("--data-dir", help="data root")
-    cal.add_argument("--json", action="store_true", help="print the summary and every repeat as JSON")
+    calibrate_cli.add_arguments(sub.add_parser("calibrate", help="A/A check: the same strategy searched as two cells, "
+                                               "N times; rejection rate and CI coverage"))
 
     cmp_ = sub.add_parser("compare", help="regression gate: compare two leaderboards (run dirs or leaderboard.csv)")
     cmp_.add_argument("baseline")
@@ -332,16 +322,6 @@ def _cmd_throughput(args: argparse.Namespace) -> int:
     return 1 if any(r.error and r.throughput is None for r in rows) else 0
 
 
-def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from fusebench.run.calibrate import CalibrateConfig, calibrate
-
-    result = calibrate(CalibrateConfig(dataset=args.dataset, strategy=args.strategy, out=Path(args.out), size=args.size,
-                                       repeats=args.repeats, replicates=args.replicates, trials=args.trials,
-                                       seeds=args.seeds, epochs=args.epochs, data_dir=args.data_dir, device=args.device))
-    print(json.dumps(result.summary(), indent=2) if args.json else result.text())
-    return 0
-
-
 def _cmd_compare(args: argparse.Namespace) -> int:
     from fusebench.reports.compare import compare, load_board
 
@@ -401,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         handler = {"list": _cmd_list, "data": _cmd_data, "run": _cmd_run, "worker": _cmd_worker, "report": _cmd_report,
-                   "compare": _cmd_compare, "calibrate": _cmd_calibrate, "throughput": _cmd_throughput,
+                   "compare": _cmd_compare, "calibrate": calibrate_cli.command, "throughput": _cmd_throughput,
                    "dashboard": _cmd_dashboard}[args.command]
         with _config_dirs(getattr(args, "config_dir", []) + getattr(args, "config_dir_after", [])):
             return handler(args)
