@@ -12,7 +12,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import shutil
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +29,22 @@ from fusebench.results.records import Record
 _LOADED: dict[str, TaskData] = {}
 
 
-def _init_worker(threads: int, events: object = None) -> None:
+def _watch_parent(parent: int, interval_s: float = 1.0) -> None:
+    """Exit this worker as soon as its parent is gone (kill -9 of `fusebench run` leaves no orphans
+    training on): a daemon thread polls the parent pid, which changes to a reaper's when it dies."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(interval_s)
+
+    threading.Thread(target=watch, name="fusebench-parent-watch", daemon=True).start()
+
+
+def _init_worker(threads: int, events: object = None, parent: int | None = None) -> None:
+    if parent is not None:
+        _watch_parent(parent)
     torch.set_num_threads(threads)
     if events is not None:  # progress of this worker's cells and trials goes to the parent's view
         progress.set_backend(progress.QueueBackend(events))
@@ -55,6 +73,7 @@ class CellPool:
         self._events: object = None
         self._stop = threading.Event()
         self._drain: threading.Thread | None = None
+        self._scratch: Path | None = None
 
     def __enter__(self) -> CellPool:
         return self
@@ -65,6 +84,8 @@ class CellPool:
         if self._drain is not None:
             self._stop.set()
             self._drain.join(timeout=5)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def execute(self, cells: list[Cell], data: TaskData, ctx: CellContext) -> Iterator[tuple[Cell, list[Record] | BaseException]]:
         """Yield (cell, records or the exception it raised) as cells finish."""
@@ -80,10 +101,14 @@ class CellPool:
             self._events = spawn.Queue()
             self._drain = progress.drain(self._events, self._stop)
             self._pool = cf.ProcessPoolExecutor(
-                self.jobs, mp_context=spawn, initializer=_init_worker, initargs=(self.threads, self._events)
+                self.jobs, mp_context=spawn, initializer=_init_worker,
+                initargs=(self.threads, self._events, os.getpid()),
             )
-        prepared = ctx.out_dir / ".prepared" / f"{data.config.name}.pt"
-        prepared.parent.mkdir(parents=True, exist_ok=True)
+        # The prepared tensors are a full pickle: kept in a private temporary folder, never in the run
+        # directory (a killed run must not leave a file there that loading would execute).
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="fusebench-prepared-"))
+        prepared = self._scratch / f"{data.config.name}.pt"
         torch.save(data, prepared)
         try:
             # longest first (token strategies), so that no worker idles at the end of a dataset
