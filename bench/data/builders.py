@@ -28,6 +28,7 @@ from fusebench.config.loader import DatasetConfig, SplitSizes
 from fusebench.core.errors import ConfigError, DataError
 from fusebench.core.paths import scratch_dir
 from fusebench.data.manifest import file_sha256
+from fusebench.data.validate import check_tables
 from fusebench.core.registry import Registry
 
 SPLITS = ("train", "val", "test")
@@ -92,13 +93,34 @@ def _fingerprint(cfg: DatasetConfig, sizes: SplitSizes, sources: dict[str, str])
 
 
 def _read_parquet(root: Path, rels: list[str], columns: list[str] | None = None) -> datasets.Dataset:
-    return datasets.load_dataset(
-        "parquet",
-        data_files=[str(root / r) for r in rels],
-        split="train",
-        columns=columns,
-        cache_dir=str(scratch_dir("hf-datasets")),
-    )
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for rel in rels:
+        try:
+            meta = pq.ParquetFile(root / rel).metadata
+            names, rows = meta.schema.to_arrow_schema().names, rows + meta.num_rows
+        except Exception as exc:  # noqa: BLE001 - a damaged file is the user's to fix, named
+            raise DataError(f"data file {root / rel}: not a readable parquet file ({type(exc).__name__}: {exc}); "
+                            "restore it from the bundle (`fusebench data check`)") from None
+        missing = sorted(set(columns or []) - set(names))
+        if missing:
+            raise DataError(f"data file {root / rel}: no column(s) {missing} (it has {names}); fix the column names "
+                            "(data.label, views.*.column) in the dataset YAML")
+    if rels and rows == 0:
+        raise DataError(f"data file(s) {[str(root / r) for r in rels]}: the split has no rows; check data.files in the "
+                        "dataset YAML")
+    try:
+        return datasets.load_dataset(
+            "parquet",
+            data_files=[str(root / r) for r in rels],
+            split="train",
+            columns=columns,
+            cache_dir=str(scratch_dir("hf-datasets")),
+        )
+    except Exception as exc:  # noqa: BLE001 - damaged bytes past the schema: name the files
+        raise DataError(f"data file(s) {[str(root / r) for r in rels]}: cannot be read ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}); restore them from the bundle (`fusebench data check`)") from None
 
 
 def limit_rows(n_rows: int, limit: int | None) -> np.ndarray:
@@ -358,4 +380,6 @@ def build_tables(cfg: DatasetConfig, root: Path, size: str) -> TaskTables:
         sizes = cfg.sizes[size]
     else:
         raise ConfigError(f"datasets_cfg/{cfg.name}.yaml: no sizes.{size} entry; has {sorted(cfg.sizes) + ['full']}")
-    return BUILDERS.get(cfg.builder)(cfg, root, sizes)
+    tables = BUILDERS.get(cfg.builder)(cfg, root, sizes)
+    check_tables(cfg, tables.splits)  # content errors are exit 2 naming file, column and row
+    return tables
