@@ -242,6 +242,9 @@ def write_leaderboard(records: list[Record], run_dir: Path) -> pd.DataFrame:
 
     board = leaderboard(records)
     text = to_markdown(board) + "\n" + rank(board).to_markdown()  # the ranking section carries ranking_sentence()
+    from fusebench.reports.retrieval import retrieval_markdown
+
+    text += "\n" + retrieval_markdown(records)
     atomic_write_bytes(run_dir / "leaderboard.md", text.encode())
     from fusebench.reports.pareto import write_pareto
 

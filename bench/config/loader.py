@@ -213,7 +213,7 @@ class DatasetConfig:
     """A task: where its data is, how it is built, which views and metrics it has."""
 
     name: str
-    task: Literal["classification", "itm"]
+    task: Literal["classification", "itm", "retrieval"]
     builder: str
     description: str
     citation: str
@@ -252,9 +252,10 @@ class SuiteConfig:
     modality_dropout: float = 0.0  # training option applied to every strategy (strategies.training_options)
     gradient_blending: bool = False  # G-Blend loss weighting; strategies without unimodal branches fail clearly
     override: bool = False  # a user file that replaces a built-in of the same name must say so (config.catalog)
+    rerank_k: int = 10  # retrieval tasks: how many dual-encoder candidates per query a fusion re-ranker re-scores
 
     def __post_init__(self) -> None:
-        for name in ("trials", "seeds", "epochs", "batch_size", "jobs"):
+        for name in ("trials", "seeds", "epochs", "batch_size", "jobs", "rerank_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.modality_dropout < 1.0:

@@ -91,6 +91,7 @@ class CellContext:
     out_dir: Path
     size: str = "full"  # the suite's dataset size, stored with the study for workers
     data_root: str = ""
+    rerank_k: int = 10  # retrieval tasks: dual-encoder candidates per query that a re-ranker re-scores
 
 
 STUDY_ATTR = "fusebench"  # the study user attr holding what a worker needs to rebuild the objective

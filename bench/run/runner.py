@@ -28,6 +28,8 @@ from fusebench.core.errors import UsageError
 from fusebench.features.extract import encode_task
 from fusebench.run import rundir
 from fusebench.run.parallel import CellPool
+from fusebench.run.retrieval_cell import RetrievalRun, expand_retrieval_cells
+from fusebench.results.retrieval_stats import attach_retrieval_stats
 from fusebench.core.paths import cache_root, resolve_data_root
 from fusebench.results.provenance import envelope, now
 from fusebench.results.records import Record, done_cells, load_records, merge_records, write_records
@@ -105,9 +107,16 @@ def validate(cfg: RunConfig) -> None:
                              f"views here: {sorted(all_views)}")
 
 
+def _expand(dataset: str, names: list[str]) -> list:
+    ds_cfg = catalog.get_dataset(dataset)
+    if ds_cfg.task == "retrieval":  # the dual encoder, then fusion strategies as its re-rankers
+        return expand_retrieval_cells(dataset, names)
+    return expand_cells(dataset, sorted(ds_cfg.views), names)
+
+
 def plan(cfg: RunConfig) -> tuple[dict[str, list[Cell]], str]:
     """The cells of every dataset, and the plan line printed before any work."""
-    cells = {ds: expand_cells(ds, sorted(catalog.get_dataset(ds).views), cfg.strategy_names) for ds in cfg.suite.datasets}
+    cells = {ds: _expand(ds, cfg.strategy_names) for ds in cfg.suite.datasets}
     n = sum(len(c) for c in cells.values())
     s = cfg.suite
     line = (f"plan: {len(cells)} task(s) ({', '.join(cells)}), {n} cell(s), {s.trials} trial(s) × {s.seeds} seed(s) "
@@ -117,15 +126,17 @@ def plan(cfg: RunConfig) -> tuple[dict[str, list[Cell]], str]:
 
 def _failed(cell: Cell, task: str, exc: BaseException) -> Record:
     return Record(
-        dataset=cell.dataset, task=task, strategy=cell.strategy, family=cell.info.family, modalities=list(cell.views),
+        dataset=cell.dataset, task=task, strategy=cell.strategy, family=cell.info.family if cell.info else "baseline",
+        modalities=list(cell.views),
         seed=None, status="failed", error=f"{type(exc).__name__}: {exc}",
     )
 
 
-def _with_stats(records: list[Record], out: Path, dataset: str, results: Path) -> list[Record]:
+def _with_stats(records: list[Record], out: Path, dataset: str, results: Path, task: str = "") -> list[Record]:
     """Once every cell of `dataset` is done: its statistics (bench.stats) into each of its records."""
     try:
-        updated = attach_stats(records, out, dataset)
+        attach = attach_retrieval_stats if task == "retrieval" else attach_stats
+        updated = attach(records, out, dataset)
     except Exception as exc:  # noqa: BLE001 - statistics never cost the run its records
         log.error("statistics for %s failed: %s", dataset, exc)
         return records
@@ -166,6 +177,7 @@ def _run(cfg: RunConfig) -> RunSummary:
         out_dir=out,
         size=suite.size,
         data_root=str(root.resolve()),
+        rerank_k=suite.rerank_k,
     )
     run_json = out / "run.json"
     previous = rundir.read_run_json(run_json)
@@ -198,10 +210,11 @@ def _run(cfg: RunConfig) -> RunSummary:
         for ds_name in suite.datasets:
             ds_cfg = catalog.get_dataset(ds_name)
             cells = by_dataset[ds_name]
+            retrieval = ds_cfg.task == "retrieval"
             todo = [c for c in cells if (c.dataset, c.strategy) not in done]
             skipped += len(cells) - len(todo)
             if not todo:
-                records = _with_stats(records, out, ds_name, results)  # recomputed on resume
+                records = _with_stats(records, out, ds_name, results, ds_cfg.task)  # recomputed on resume
                 continue
             t0 = time.perf_counter()
             try:
@@ -217,7 +230,7 @@ def _run(cfg: RunConfig) -> RunSummary:
                 progress.advance("sweep", len(todo), status=f"{ds_name} failed to build/encode")
                 continue
             counts = class_counts({s: tables.splits[s]["label"] for s in tables.splits})
-            missing = missing_classes(counts)
+            missing = {} if retrieval else missing_classes(counts)  # retrieval rows are all matching pairs
             for split, absent in missing.items():
                 log.warning("%s: %d class(es) have no %s example: %s", ds_name, len(absent), split, ", ".join(absent))
             rundir.check_data(out, meta, ds_name, data.fingerprint)
@@ -244,12 +257,13 @@ def _run(cfg: RunConfig) -> RunSummary:
                 from fusebench.run.cell import open_cell_study
 
                 for cell in todo:
-                    if cell.info.trainable:
+                    if not retrieval and cell.info.trainable:
                         log.info("  study %s/%s ready in %s", cell.dataset, cell.strategy, redact(storage))
                         open_cell_study(cell, data, ctx)
                 torch.set_num_threads(encode_threads)
                 continue
-            for cell, outcome in pool.execute(todo, data, ctx):
+            outcomes = RetrievalRun(data, tables, ctx).execute(todo) if retrieval else pool.execute(todo, data, ctx)
+            for cell, outcome in outcomes:
                 if isinstance(outcome, UsageError):
                     raise outcome
                 if isinstance(outcome, BaseException):
@@ -265,7 +279,7 @@ def _run(cfg: RunConfig) -> RunSummary:
                 records = merge_records(records, new)
                 write_records(results, records)
                 progress.advance("sweep", 1, status=f"last: {cell.dataset}/{cell.strategy}")
-            records = _with_stats(records, out, ds_name, results)
+            records = _with_stats(records, out, ds_name, results, ds_cfg.task)
             torch.set_num_threads(encode_threads)
     progress.finish("sweep")
     meta["finished_at"] = now()

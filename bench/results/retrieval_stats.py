@@ -1,0 +1,101 @@
+"""Statistics of retrieval cells from their per-query ranks (the retrieval task's per-example predictions).
+
+Predictions file: `RUN_DIR/predictions/<dataset>/<strategy>.parquet` with one row per seed ×
+query: `seed`, `direction` ("i2t" | "t2i"), `query` (index), `rank` (1-based rank of the first
+correct key), `cluster` (the query's image: an image query is its own cluster, a caption query
+belongs to its image's cluster).
+
+Intervals come from a two-level bootstrap, seeds then image clusters (one draw resamples the
+evaluation seeds and the images; a drawn image brings its own image→text query and all its
+caption→image queries). The paired test against the dual encoder alone uses the same draws for
+both cells: p = 2 × min(P(Δ ≤ 0), P(Δ ≥ 0)) over draws, capped at 1. A re-ranker *beats the dual
+encoder* when its mean rsum is higher and p < ALPHA.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fusebench.core.retrieval_math import RECALL_KS
+from fusebench.results.records import Record
+
+log = logging.getLogger(__name__)
+
+N_BOOT = 1000
+ALPHA = 0.05
+BASE = "dual_encoder"
+
+
+def prediction_path(run_dir: Path, dataset: str, strategy: str) -> Path:
+    return run_dir / "predictions" / dataset / f"{strategy.replace(':', '__')}.parquet"
+
+
+def _hits(frame: pd.DataFrame, direction: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(sum of R@k indicators `[K, Q]` over k in RECALL_KS, the query's cluster codes `[Q]`, seeds)."""
+    part = frame[frame.direction == direction].sort_values(["seed", "query"])
+    seeds = sorted(part.seed.unique().tolist())
+    ranks = part["rank"].to_numpy().reshape(len(seeds), -1)
+    hits = sum((ranks <= k).astype(np.float32) for k in RECALL_KS) * 100.0
+    clusters = part[part.seed == seeds[0]]["cluster"].to_numpy()
+    return hits, clusters, seeds
+
+
+def draws(frame: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """rsum of each bootstrap draw `[n_boot]` (seeds, then image clusters, resampled)."""
+    h_i, c_i, seeds = _hits(frame, "i2t")
+    h_t, c_t, _ = _hits(frame, "t2i")
+    codes, inv_i = np.unique(c_i, return_inverse=True)
+    inv_t = np.searchsorted(codes, c_t)
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(codes), np.full(len(codes), 1 / len(codes)), size=n_boot).astype(np.float32)
+    w_i, w_t = weights[:, inv_i], weights[:, inv_t]  # [B, Q]
+    per_seed = (h_i @ w_i.T) / w_i.sum(1) + (h_t @ w_t.T) / w_t.sum(1)  # [K, B]
+    pick = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
+    return per_seed[pick, np.arange(n_boot)[:, None]].mean(1)
+
+
+def retrieval_stats(records: list[Record], run_dir: Path, dataset: str) -> dict[str, dict[str, Any]]:
+    """strategy → stats (mean, std, ci95, delta and p against the dual encoder, beats_dual_encoder)."""
+    ok: dict[str, list[Record]] = {}
+    for r in records:
+        if r.dataset == dataset and r.status == "ok":
+            ok.setdefault(r.strategy, []).append(r)
+    boot: dict[str, np.ndarray] = {}
+    for s in ok:
+        path = prediction_path(run_dir, dataset, s)
+        try:
+            boot[s] = draws(pd.read_parquet(path))
+        except Exception as exc:  # noqa: BLE001 - a missing file costs the interval, not the run
+            log.warning("%s: unreadable retrieval predictions (%s); no interval for %s", path, exc, s)
+    out: dict[str, dict[str, Any]] = {}
+    for s, rs in ok.items():
+        values = np.array([r.main_metric for r in rs], dtype=float)
+        mean = float(values.mean())
+        st: dict[str, Any] = {"mean": mean, "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                              "n_seeds": len(values), "baseline": BASE}
+        if s in boot:
+            st["ci95_low"], st["ci95_high"] = (float(x) for x in np.percentile(boot[s], [2.5, 97.5]))
+        if s != BASE and BASE in ok:
+            base_mean = float(np.mean([r.main_metric for r in ok[BASE]]))
+            st["delta_vs_dual_encoder"] = mean - base_mean
+            p = None
+            if s in boot and BASE in boot:
+                d = boot[s] - boot[BASE]
+                p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
+            st["p_vs_dual_encoder"] = p
+            st["beats_dual_encoder"] = bool(p is not None and mean > base_mean and p < ALPHA)
+        out[s] = st
+    return out
+
+
+def attach_retrieval_stats(records: list[Record], run_dir: Path, dataset: str) -> list[Record]:
+    """All records, with the `stats` of `dataset`'s ok records (re)computed from their ranks."""
+    import dataclasses
+
+    stats = retrieval_stats(records, run_dir, dataset)
+    return [dataclasses.replace(r, stats=stats[r.strategy]) if r.dataset == dataset and r.strategy in stats
+            and r.status == "ok" else r for r in records]

@@ -1,0 +1,237 @@
+"""Cells of a retrieval task: the dual encoder alone, and each fusion strategy re-ranking its top-k.
+
+Cell `dual_encoder`: an optuna study (same sampler, pruner and trial budget as every cell) over
+`DualEncoderParams` maximising validation rsum, then the best params retrained on the K evaluation
+seeds and ranked on the test split. Cell `rerank:<strategy>`: the strategy's own study on
+validation AUROC of matching pairs (as `flickr8k-itm`), then per evaluation seed: the dual encoder
+of that seed (best params of its study) proposes the top `rerank_k` candidates of every query and
+the strategy, trained with that seed, re-scores them. Cells run in this process, dual encoder
+first, so the re-rankers reuse its models. Per-query ranks are the per-example predictions
+(bench/results/retrieval_stats.py reads them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+from fusebench.core import space
+from fusebench.core.errors import UsageError
+from fusebench.data.builders import SPLITS, TaskTables
+from fusebench.features.extract import TaskData
+from fusebench.measure.timing import device_name
+from fusebench.results.records import Record
+from fusebench.results.retrieval_stats import BASE, prediction_path
+from fusebench.run.cell import CellContext, parse_selection
+from fusebench.search.storage import open_storage, redact
+from fusebench.search.study import (
+    best_params_or_none,
+    n_done,
+    open_study,
+    pruner_settings,
+    run_search,
+    sampler_settings,
+)
+from fusebench.strategies.base import STRATEGIES, FusionSpec, StrategyInfo
+from fusebench.training.loop import train_model
+from fusebench.training.rerank import matching_pairs, rerank
+from fusebench.training.retrieval import (
+    IMAGE,
+    TEXT,
+    DualEncoderParams,
+    DualResult,
+    Ranked,
+    RetrievalSplit,
+    rank_split,
+    train_dual_encoder,
+)
+
+RERANK_FAMILIES = ("early", "mid", "late")
+PAIR_METRIC = "auroc"
+
+
+@dataclass(frozen=True)
+class RetrievalCell:
+    dataset: str
+    strategy: str  # "dual_encoder" or "rerank:<registry name>"
+    info: StrategyInfo | None  # the re-ranking strategy; None for the dual encoder
+    views: tuple[str, ...] = (IMAGE, TEXT)
+
+
+def expand_retrieval_cells(dataset: str, names: list[str]) -> list[RetrievalCell]:
+    """The dual encoder, then one re-rank cell per trainable pair-scoring fusion strategy among `names`."""
+    cells = [RetrievalCell(dataset, BASE, None)]
+    for name in names:
+        base, chosen = parse_selection(name)
+        info = STRATEGIES.get(base)
+        if chosen is not None and sorted(chosen) != [IMAGE, TEXT]:
+            continue  # a selection of other views (unimodal:text, concat:a+b) scores no image–caption pair
+        if info.family in RERANK_FAMILIES and info.trainable and not info.per_modality and info.min_modalities <= 2:
+            cells.append(RetrievalCell(dataset, f"rerank:{base}", info))
+    return cells
+
+
+def retrieval_splits(data: TaskData, tables: TaskTables, device: torch.device) -> dict[str, RetrievalSplit]:
+    return {s: RetrievalSplit.from_split(data.splits[s].to(device), np.asarray(tables.splits[s]["group"]),
+                                         list(tables.splits[s]["image_id"])) for s in SPLITS}
+
+
+def _study(name: str, data: TaskData, ctx: CellContext) -> optuna.Study:
+    study = open_study(name, open_storage(ctx.storage), ctx.budget.search_seed)
+    attrs = {"dataset": data.config.name, "strategy": name.split("/", 1)[1], "data_fingerprint": data.fingerprint,
+             "encoders": data.encoders, "train": dataclasses.asdict(ctx.train), "size": ctx.size,
+             "budget": dataclasses.asdict(ctx.budget), "task": "retrieval"}
+    old = study.user_attrs.get("fusebench")
+    for key in ("data_fingerprint", "encoders", "train", "size"):
+        if old and old.get(key) != attrs[key]:
+            raise UsageError(f"study {name!r} in {redact(ctx.storage)} was created with {key}={old.get(key)!r}, "
+                             f"this run has {attrs[key]!r}; use another --out/--storage or the original config")
+    if old != attrs:
+        study.set_user_attr("fusebench", attrs)
+    return study
+
+
+def _reporter(trial: optuna.Trial):
+    def report(epoch: int, value: float) -> None:
+        trial.report(value, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    return report
+
+
+def _search_dual(splits: dict[str, RetrievalSplit], data: TaskData, ctx: CellContext):
+    study = _study(f"{data.config.name}/{BASE}", data, ctx)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = space.sample_params(trial, DualEncoderParams)
+        seed = ctx.budget.search_seed * 100_000 + trial.number
+        res = train_dual_encoder(splits["train"], splits["val"], params, ctx.train, seed, _reporter(trial))
+        trial.set_user_attr("best_epoch", res.best_epoch)
+        return res.val_rsum
+
+    study, seconds = run_search(study, objective, ctx.budget)
+    best = best_params_or_none(study)
+    return (space.params_from_dict(DualEncoderParams, best) if best else DualEncoderParams()), n_done(study), seconds
+
+
+def _search_reranker(cell: RetrievalCell, splits: dict[str, RetrievalSplit], spec: FusionSpec, data: TaskData,
+                     ctx: CellContext):
+    assert cell.info is not None
+    info = cell.info
+    train = matching_pairs(splits["train"], info.input_kind, seed=0)
+    val = matching_pairs(splits["val"], info.input_kind, seed=1)
+    study = _study(f"{data.config.name}/{cell.strategy}", data, ctx)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = space.sample_params(trial, info.params)
+        seed = ctx.budget.search_seed * 100_000 + trial.number
+        torch.manual_seed(seed)
+        model = info.build(spec, params).to(ctx.device)
+        res = train_model(model, train, val, ctx.train, PAIR_METRIC, seed, on_epoch=_reporter(trial))
+        trial.set_user_attr("best_epoch", res.best_epoch)
+        return res.val_metric
+
+    study, seconds = run_search(study, objective, ctx.budget)
+    best = best_params_or_none(study)
+    return (space.params_from_dict(info.params, best) if best else info.params()), n_done(study), seconds
+
+
+def _spec(split: RetrievalSplit, kind: str) -> FusionSpec:
+    source = split.data.pooled if kind == "pooled" else split.data.tokens
+    return FusionSpec({m: source[m].shape[-1] for m in (IMAGE, TEXT)},
+                      {m: split.data.tokens[m].shape[1] for m in (IMAGE, TEXT)}, 2)
+
+
+def _predictions(seed: int, ranked: Ranked, split: RetrievalSplit) -> pd.DataFrame:
+    clusters = np.asarray(split.cluster)
+    return pd.concat([
+        pd.DataFrame({"seed": seed, "direction": "i2t", "query": np.arange(len(ranked.i2t)), "rank": ranked.i2t,
+                      "cluster": clusters}),
+        pd.DataFrame({"seed": seed, "direction": "t2i", "query": np.arange(len(ranked.t2i)), "rank": ranked.t2i,
+                      "cluster": clusters[split.caption_group.cpu().numpy()]}),
+    ])
+
+
+class RetrievalRun:
+    """The cells of one retrieval dataset, sharing the dual encoders trained per evaluation seed."""
+
+    def __init__(self, data: TaskData, tables: TaskTables, ctx: CellContext) -> None:
+        self.data, self.ctx = data, ctx
+        self.splits = retrieval_splits(data, tables, ctx.device)
+        self._dual: dict[int, tuple[DualResult, Ranked, Ranked]] = {}
+        self._dual_params: DualEncoderParams | None = None
+
+    def dual_params(self) -> DualEncoderParams:
+        if self._dual_params is None:  # the dual encoder cell ran in an earlier process: read its study
+            study = _study(f"{self.data.config.name}/{BASE}", self.data, self.ctx)
+            best = best_params_or_none(study)
+            self._dual_params = space.params_from_dict(DualEncoderParams, best) if best else DualEncoderParams()
+        return self._dual_params
+
+    def dual(self, seed: int) -> tuple[DualResult, Ranked, Ranked]:
+        """The dual encoder of an evaluation seed and its (test, val) ranks, trained once per run."""
+        if seed not in self._dual:
+            res = train_dual_encoder(self.splits["train"], self.splits["val"], self.dual_params(), self.ctx.train, seed)
+            self._dual[seed] = (res, rank_split(res.model, self.splits["test"]), rank_split(res.model, self.splits["val"]))
+        return self._dual[seed]
+
+    def execute(self, cells: list[RetrievalCell]) -> Iterator[tuple[RetrievalCell, list[Record] | BaseException]]:
+        """Yield (cell, records or the exception it raised), the dual encoder first."""
+        for cell in sorted(cells, key=lambda c: c.strategy != BASE):
+            try:
+                yield cell, self.run_cell(cell)
+            except UsageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the caller records the failed cell and goes on
+                yield cell, exc
+
+    def run_cell(self, cell: RetrievalCell) -> list[Record]:
+        ctx, test = self.ctx, self.splits["test"]
+        if cell.info is None:
+            self._dual_params, n_trials, search_s = _search_dual(self.splits, self.data, ctx)
+            params: dict = dataclasses.asdict(self._dual_params)
+            family = "baseline"
+        else:
+            spec = _spec(test, cell.info.input_kind)
+            r_params, n_trials, search_s = _search_reranker(cell, self.splits, spec, self.data, ctx)
+            params = {"reranker": dataclasses.asdict(r_params), "dual_encoder": dataclasses.asdict(self.dual_params()),
+                      "rerank_k": ctx.rerank_k}
+            family = cell.info.family
+        records, frames = [], []
+        for seed in ctx.budget.eval_seeds:
+            dual, test_ranks, val_ranks = self.dual(seed)
+            train_s, n_params, best_epoch = dual.train_seconds, sum(p.numel() for p in dual.model.parameters()), dual.best_epoch
+            val_score = dual.val_rsum
+            if cell.info is not None:
+                torch.manual_seed(seed)
+                model = cell.info.build(spec, r_params).to(ctx.device)
+                kind = cell.info.input_kind
+                res = train_model(model, matching_pairs(self.splits["train"], kind, seed),
+                                  matching_pairs(self.splits["val"], kind, seed + 1), ctx.train, PAIR_METRIC, seed)
+                test_ranks = rerank(dual.model, model, test, test_ranks, ctx.rerank_k)
+                val_score = rerank(dual.model, model, self.splits["val"], val_ranks, ctx.rerank_k).scores.rsum
+                train_s, best_epoch = res.train_seconds, res.best_epoch
+                n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            scores = test_ranks.scores.as_metrics()
+            frames.append(_predictions(seed, test_ranks, test))
+            records.append(Record(
+                dataset=cell.dataset, task="retrieval", strategy=cell.strategy, family=family,
+                modalities=[IMAGE, TEXT], seed=seed, status="ok", params=params, metrics=scores,
+                main_metric_name="rsum", main_metric=scores["rsum"], val_main_metric=val_score,
+                n_trials=n_trials, n_trials_budget=ctx.budget.trials, search_timeout_s=ctx.budget.timeout_s,
+                search_seconds=search_s, sampler=sampler_settings(ctx.budget.search_seed), pruner=pruner_settings(),
+                train_seconds=train_s, best_epoch=best_epoch, params_count=n_params, device=device_name(ctx.device),
+                encoders=dict(self.data.encoders), data_fingerprint=self.data.fingerprint,
+            ))
+        path = prediction_path(ctx.out_dir, cell.dataset, cell.strategy)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        pd.concat(frames).to_parquet(tmp)
+        tmp.replace(path)
+        return records

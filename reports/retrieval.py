@@ -1,0 +1,62 @@
+"""The retrieval section of the leaderboard: R@1/5/10 of both directions, median ranks, rsum with its
+interval, and whether each fusion re-ranker beats the dual encoder alone (from the records' stats,
+computed by bench/results/retrieval_stats.py). Reads records only."""
+
+from __future__ import annotations
+
+import numpy as np
+from fusebench.results.records import Record
+
+COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
+BASE = "dual_encoder"
+
+
+def _by_strategy(records: list[Record], dataset: str) -> dict[str, list[Record]]:
+    out: dict[str, list[Record]] = {}
+    for r in records:
+        if r.dataset == dataset and r.status == "ok":
+            out.setdefault(r.strategy, []).append(r)
+    return out
+
+
+def retrieval_verdict(records: list[Record], dataset: str) -> str:
+    """One sentence: which re-rankers beat the dual encoder alone (mean higher and p < 0.05)."""
+    cells = _by_strategy(records, dataset)
+    rerankers = sorted(s for s in cells if s != BASE)
+    if BASE not in cells or not rerankers:
+        return f"{dataset}: no dual encoder and re-ranker pair to compare."
+    winners = [s for s in rerankers if cells[s][0].stats.get("beats_dual_encoder")]
+    if not winners:
+        return (f"{dataset}: no fusion re-ranker beats the dual encoder alone "
+                f"({len(rerankers)} tried; paired bootstrap over seeds and images, p < 0.05).")
+    return (f"{dataset}: {len(winners)} of {len(rerankers)} fusion re-rankers beat the dual encoder alone "
+            f"(p < 0.05): {', '.join(f'`{s}`' for s in winners)}.")
+
+
+def retrieval_markdown(records: list[Record]) -> str:
+    """Markdown tables of every retrieval dataset in `records` ('' when there is none)."""
+    datasets = sorted({r.dataset for r in records if r.task == "retrieval"})
+    parts = []
+    for ds in datasets:
+        cells = _by_strategy(records, ds)
+        order = sorted(cells, key=lambda s: -float(np.mean([r.main_metric for r in cells[s]])))
+        lines = [f"## {ds} — retrieval detail", "",
+                 ("| strategy | rsum (mean ± std) | 95% CI | Δ vs dual encoder | p | beats dual encoder | "
+                  + " | ".join(COLUMNS) + " | seeds |"),
+                 "|---|---|---|---:|---:|:---:|" + "---:|" * len(COLUMNS) + "---:|"]
+        for s in order:
+            rs, st = cells[s], cells[s][0].stats
+            ci = f"[{st['ci95_low']:.1f}, {st['ci95_high']:.1f}]" if "ci95_low" in st else "–"
+            delta = f"{st['delta_vs_dual_encoder']:+.1f}" if st.get("delta_vs_dual_encoder") is not None else "–"
+            p = f"{st['p_vs_dual_encoder']:.3f}" if st.get("p_vs_dual_encoder") is not None else "–"
+            beats = "–" if s == BASE else ("yes" if st.get("beats_dual_encoder") else "no")
+            vals = " | ".join(f"{np.mean([r.metrics.get(c, np.nan) for r in rs]):.1f}" for c in COLUMNS)
+            main = [r.main_metric for r in rs]
+            std = np.std(main, ddof=1) if len(main) > 1 else 0.0
+            lines.append(f"| `{s}` | {np.mean(main):.1f} ± {std:.1f} | {ci} | {delta} | {p} | {beats} | {vals} | {len(rs)} |")
+        lines += ["", retrieval_verdict(records, ds), "",
+                  ("R@k in percent; medr = median rank of the first correct item; rsum = R@1+R@5+R@10 of both "
+                   "directions. Re-rankers re-score the dual encoder's top-k (params.rerank_k); p: paired two-level "
+                   "bootstrap (seeds, then images) against the dual encoder alone. Bands: docs/retrieval.md."), ""]
+        parts.append("\n".join(lines))
+    return "\n".join(parts)
