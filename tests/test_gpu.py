@@ -1,0 +1,53 @@
+"""GPU-only checks (marker `gpu`): training, timing and blocked retrieval on a CUDA device.
+
+Skipped, with the reason, where `torch.cuda.is_available()` is false; `scripts/gpu.sh` runs them on
+a GPU machine before the standard suite."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusebench.core.retrieval_math import blocked_ranks, blocked_topk
+from fusebench.measure.timing import TimingConfig, measure
+from fusebench.strategies import STRATEGIES, FusionSpec
+from fusebench.training.loop import Batch, TrainConfig, train_model
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is false)"),
+]
+CUDA = torch.device("cuda")
+
+
+def _batch(n: int, device: torch.device) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = {"image": torch.randn(n, 16, generator=g) + y[:, None], "text": torch.randn(n, 8, generator=g)}
+    return Batch({k: v.to(device) for k, v in x.items()}, y.to(device))
+
+
+def test_training_stays_on_the_gpu_and_learns():
+    spec = FusionSpec({"image": 16, "text": 8}, {"image": 1, "text": 1}, 2)
+    model = STRATEGIES.get("concat").build(spec).to(CUDA)
+    res = train_model(model, _batch(512, CUDA), _batch(256, CUDA), TrainConfig(epochs=5, patience=5), "accuracy", 0)
+    assert next(model.parameters()).device.type == "cuda" and res.val_metric > 0.8
+
+
+def test_timing_uses_cuda_events_and_reports_gpu_memory():
+    spec = FusionSpec({"image": 16, "text": 8}, {"image": 1, "text": 1}, 2)
+    model = STRATEGIES.get("concat").build(spec).to(CUDA)
+    tp = measure(model, _batch(512, CUDA).inputs, CUDA, TimingConfig(warmup=2, repetitions=5, batch_size=64), 1.0)
+    assert tp.timer == "cuda_events" and tp.peak_mem_kind == "cuda_max_allocated" and tp.device.startswith("cuda:")
+
+
+def test_blocked_retrieval_on_gpu_equals_cpu():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(3000, 32, generator=g), torch.randn(1500, 32, generator=g)
+    qg, kg = torch.arange(3000) % 1500, torch.arange(1500)
+    cpu = blocked_ranks(q, k, qg, kg, block=256)
+    gpu = blocked_ranks(q.to(CUDA), k.to(CUDA), qg.to(CUDA), kg.to(CUDA), block=256).cpu()
+    assert (cpu - gpu).abs().max() <= 1  # float reductions may order one near-tie differently
+    s_cpu, _ = blocked_topk(q, k, 10, block=256)
+    s_gpu, _ = blocked_topk(q.to(CUDA), k.to(CUDA), 10, block=256)
+    torch.testing.assert_close(s_gpu.cpu(), s_cpu, atol=1e-4, rtol=1e-4)
