@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from fusebench.core.errors import UsageError
 from fusebench.run import calibrate_cli
+from fusebench.run import extensions
 
 
 def _common(top: bool) -> argparse.ArgumentParser:
@@ -45,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fusebench", description="Compare multimodal fusion strategies under one fair protocol.",
                                 parents=[_common(top=True)])
     p.add_argument("--version", action="version", version=_version_line())
-    p.add_argument("--config-dir", **_CONFIG_DIR_KW)
+    extensions.add_options(p)
     sub = _Sub(p.add_subparsers(dest="command", required=True))
 
     ls = sub.add_parser("list", help="list registered strategies, datasets or suites")
@@ -124,16 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     dash.add_argument("--storage", help="storage URL (default: the run's, from run.json, else RUN_DIR/optuna.journal)")
     dash.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     dash.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    for sp in sub.choices.values():  # global option, accepted after the command too
-        sp.add_argument("--config-dir", **{**_CONFIG_DIR_KW, "dest": "config_dir_after"})
+    chk = sub.add_parser("check-strategy", help="run the generated strategy contract tests on a plugin's strategies")
+    chk.add_argument("module", help="the plugin: an importable module name or a .py file")
+    chk.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    for sp in sub.choices.values():  # global options, accepted after the command too
+        extensions.add_options(sp, after_command=True)
     return p
-
-
-_CONFIG_DIR_KW: dict = dict(
-    action="append", dest="config_dir", default=argparse.SUPPRESS, metavar="DIR",
-    help="a folder of your own dataset YAMLs (and suites/*.yaml), searched before the built-ins; repeatable "
-         "(also $FUSEBENCH_CONFIG_DIR, a list joined with the OS path separator)",
-)
 
 
 def _version_line() -> str:
@@ -143,22 +138,10 @@ def _version_line() -> str:
     return f"fusebench {__version__} (source {source_revision() or 'unknown'})"
 
 
-@contextlib.contextmanager
-def _config_dirs(dirs: list[str]) -> Iterator[None]:
-    """Prepend `--config-dir` folders to $FUSEBENCH_CONFIG_DIR for this command (and the worker processes it
-    spawns, which inherit the environment), restoring the variable afterwards."""
-    from fusebench.config.catalog import ENV_VAR
+def _cmd_check_strategy(args: argparse.Namespace) -> int:
+    from fusebench.strategies.plugin_check import check_strategy
 
-    before = os.environ.get(ENV_VAR)
-    if dirs:
-        os.environ[ENV_VAR] = os.pathsep.join([str(Path(d).expanduser().resolve()) for d in dirs] + ([before] if before else []))
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = before
+    return check_strategy(extensions.plugin_path(args.module), args.pytest_args)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -382,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         handler = {"list": _cmd_list, "data": _cmd_data, "run": _cmd_run, "worker": _cmd_worker, "report": _cmd_report,
                    "compare": _cmd_compare, "calibrate": calibrate_cli.command, "throughput": _cmd_throughput,
-                   "dashboard": _cmd_dashboard}[args.command]
-        with _config_dirs(getattr(args, "config_dir", []) + getattr(args, "config_dir_after", [])):
+                   "dashboard": _cmd_dashboard, "check-strategy": _cmd_check_strategy}[args.command]
+        with extensions.applied(args):
             return handler(args)
     except UsageError as exc:
         print(f"fusebench: error: {exc}", file=sys.stderr)

@@ -14,3 +14,7 @@ from fusebench.strategies import (  # noqa: E402,F401  (registration side effect
 )
 
 __all__ = ["STRATEGIES", "FusionModel", "FusionSpec", "StrategyInfo", "register_strategy"]
+
+from fusebench.core.plugins import load_plugins  # noqa: E402
+
+load_plugins("fusebench.strategies")  # installed entry points and $FUSEBENCH_PLUGINS / --plugin files

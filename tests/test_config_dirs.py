@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from fusebench.cli import main
 from fusebench.config import catalog
 from fusebench.core.errors import ConfigError

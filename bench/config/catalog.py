@@ -15,7 +15,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fusebench.config.loader import CONFIG_ROOT, DatasetConfig, SuiteConfig, load_dataset_config, load_located, load_suite_config
+from fusebench.config.loader import (
+    CONFIG_ROOT,
+    DatasetConfig,
+    SuiteConfig,
+    load_dataset_config,
+    load_located,
+    load_suite_config,
+)
 from fusebench.core.errors import ConfigError
 from fusebench.core.registry import Registry
 

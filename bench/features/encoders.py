@@ -352,3 +352,8 @@ class LogMelEncoder(Encoder):
             tok = F.adaptive_avg_pool1d(mel.transpose(1, 2), o.tokens).transpose(1, 2)
             tokens.append(torch.where(tok == 0, torch.full_like(tok, 1e-6), tok).to(torch.float16))
         return Features(torch.cat(pooled), torch.cat(tokens))
+
+
+from fusebench.core.plugins import load_entry_points  # noqa: E402
+
+load_entry_points("fusebench.encoders")  # encoders of installed packages (files: --plugin, loaded with the strategies)

@@ -48,6 +48,9 @@ def _init_worker(threads: int, events: object = None, parent: int | None = None)
     torch.set_num_threads(threads)
     if events is not None:  # progress of this worker's cells and trials goes to the parent's view
         progress.set_backend(progress.QueueBackend(events))
+    # plugins (entry points, $FUSEBENCH_PLUGINS, which `--plugin` extends and this process inherited) register
+    # here too, before any cell holding a plugin strategy is unpickled
+    import fusebench.strategies  # noqa: F401
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
 
