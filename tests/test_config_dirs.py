@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from fusebench.cli import main
 from fusebench.config import catalog
+from fusebench.config.loader import CONFIG_ROOT
 from fusebench.core.errors import ConfigError
 
-BUILTIN_DATASETS = {"avmnist", "esc50", "flickr8k-itm", "imdb"}
+BUILTIN_DATASETS = {p.stem for p in CONFIG_ROOT.glob("*.yaml") if not p.name.startswith("_")}
 
 MY_DATASET = """\
 include: _defaults.yaml

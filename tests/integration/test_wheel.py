@@ -16,12 +16,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-BUILTIN_DATASETS = {"avmnist", "esc50", "flickr8k-itm", "imdb"}
-BUILTIN_SUITES = {"smoke", "standard", "tiny"}
+CONFIGS = REPO / "datasets_cfg"
+BUILTIN_DATASETS = {p.stem for p in CONFIGS.glob("*.yaml") if not p.name.startswith("_")}
+BUILTIN_SUITES = {p.stem for p in (CONFIGS / "suites").glob("*.yaml")}
 
 
 def _uv() -> list[str]:
@@ -90,6 +92,7 @@ def test_wheel_runs_tiny_suite(installed: tuple[Path, Path], data_root: Path) ->
            "--strategies", "concat,majority", "--trials", "1", "--seeds", "1", "--epochs", "1"]
     _run(cmd, cwd=work, env=_env(), timeout=900)
     records = [json.loads(line) for line in (work / "run" / "results.jsonl").read_text().splitlines() if line.strip()]
-    assert {(r["dataset"], r["strategy"]) for r in records} == {(d, s) for d in BUILTIN_DATASETS for s in ("concat", "majority")}
+    tiny = set(yaml.safe_load((CONFIGS / "suites" / "tiny.yaml").read_text())["datasets"])
+    assert {(r["dataset"], r["strategy"]) for r in records} == {(d, s) for d in tiny for s in ("concat", "majority")}
     assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
     assert (work / "run" / "leaderboard.md").is_file()
