@@ -38,6 +38,9 @@ testable): True iff Δ > 0 and the Holm-adjusted p < ALPHA (0.05).
 
 `degenerate` (trainable rows): the mean lies inside the `random` floor's interval — a model that
 learned nothing (e.g. early stopping restored epoch 0); `best_epochs` lists where each unit stopped.
+The floor's interval uses the normal quantile, not t on K − 1 df: `random`'s seed-to-seed spread is
+sampling noise of a chance-level scorer, and with K = 2 the t(1) quantile (12.7) would stretch the
+floor over every model of a small task.
 """
 
 from __future__ import annotations
@@ -246,7 +249,7 @@ def dataset_stats(records: list[Record], run_dir: Path) -> dict[str, dict[str, A
             beats = bool(u.delta > 0 and adjusted[s] < ALPHA)
         degenerate = None
         if family[s] != "baseline" and floor is not None:
-            flo, fhi = floor.interval()
+            flo, fhi = dataclasses.replace(floor, df_between=float("inf")).interval()  # normal quantile: see module doc
             degenerate = bool(flo <= means[s] <= fhi)
         out[s] = {
             "metric": metric,
