@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/baseline-smoke}
 rm -rf "$out"
-bash scripts/smoke.sh "$out"
+FUSEBENCH_LOCKED=1 bash scripts/smoke.sh "$out"   # requirements.lock: the versions CI compares against
 mkdir -p baselines/smoke
 cp "$out/leaderboard.csv" "$out/leaderboard.md" baselines/smoke/
 echo "baselines/smoke updated from $out; review and commit it"
