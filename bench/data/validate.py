@@ -39,7 +39,8 @@ def check_labels(cfg: DatasetConfig, split: str, labels: Sequence[Any], column: 
         if why:
             raise DataError(f"{where}, column {column!r}, row {row}: label {value!r} is {why}; "
                             "fix the data or num_classes in the YAML")
-    if split == "test" and cfg.num_classes >= 2 and len({int(v) for v in labels}) < 2:
+    # retrieval rows are all matching pairs (label 1) by construction; ranks, not classes, are scored
+    if split == "test" and cfg.task != "retrieval" and cfg.num_classes >= 2 and len({int(v) for v in labels}) < 2:
         raise DataError(f"{where}, column {column!r}: every test example has class {int(labels[0])}; a one-class test "
                         "split cannot be scored (AUROC, CIs); use a larger or stratified test split")
 
