@@ -19,6 +19,13 @@ PY=.venv/bin/python
 
 bash scripts/bootstrap.sh  # .venv + fusebench[test]; pins CPU torch only where nvidia-smi is absent
 
+# the uv that bootstrap.sh used: on PATH, else its private .venv-bootstrap, else `python3 -m uv`
+uv_cmd() {
+  if command -v uv >/dev/null 2>&1; then uv "$@"
+  elif [ -x .venv-bootstrap/bin/uv ]; then .venv-bootstrap/bin/uv "$@"
+  else python3 -m uv "$@"; fi
+}
+
 has_cuda() { "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; }
 
 if command -v nvidia-smi >/dev/null 2>&1 && ! has_cuda; then
@@ -27,7 +34,7 @@ if command -v nvidia-smi >/dev/null 2>&1 && ! has_cuda; then
   if [ -n "${GPU_SH_TORCH_INDEX:-}" ]; then
     index=(--index-url "$GPU_SH_TORCH_INDEX")
   fi
-  uv pip install --python "$PY" --reinstall-package torch "${index[@]}" torch
+  uv_cmd pip install --python "$PY" --reinstall-package torch "${index[@]}" torch
 fi
 
 device=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")')
