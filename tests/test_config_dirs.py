@@ -126,3 +126,10 @@ def test_version_names_version_and_revision(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"fusebench {__version__} (source ") and "unknown" not in out  # tests run from the checkout
+
+
+def test_a_folder_named_twice_is_searched_once(tmp_path, monkeypatch, capsys):
+    _dataset(tmp_path, "mine")
+    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
+    assert main(["--config-dir", str(tmp_path), "list", "datasets", "--json"]) == 0
+    assert "mine" in {d["name"] for d in json.loads(capsys.readouterr().out)}

@@ -48,7 +48,10 @@ def user_config_dirs() -> list[Path]:
 
 def config_dirs() -> list[Path]:
     """The whole search path: user directories first, then the built-in configs."""
-    dirs = [d for d in user_config_dirs() if d != CONFIG_ROOT.resolve()]
+    dirs: list[Path] = []
+    for d in user_config_dirs():  # a folder named twice (flag and variable) is searched once
+        if d not in dirs and d != CONFIG_ROOT.resolve():
+            dirs.append(d)
     return dirs + [CONFIG_ROOT]
 
 
