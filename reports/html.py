@@ -1,5 +1,6 @@
 """`fusebench report RUN_DIR --html`: one self-contained report.html (PNGs embedded as data URIs)
-plus plots/*.png. It reads only the run directory: records, run.json and the optuna storage."""
+plus plots/*.png. It reads only the run directory: records, run.json, and the trial histories the run
+exported to history/ (never the optuna storage)."""
 
 from __future__ import annotations
 
@@ -17,25 +18,33 @@ from fusebench.results.records import Record, load_records
 from fusebench.reports import plots
 from fusebench.reports.leaderboard import _stars, leaderboard
 from fusebench.reports.ranking import rank
+from fusebench.reports.verdicts import fmt_p, ranking_sentence, task_verdict
+from fusebench.search.history import read_histories
 
 log = logging.getLogger(__name__)
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1300px;color:#222;padding:0 1rem}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1400px;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem} h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2.2rem}
 table{border-collapse:collapse;font-size:13px;margin:.6rem 0 1rem} th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#f3f3f3} td.l,th.l{text-align:left} tr.unimodal td{background:#f7f7f7} tr.failed td{color:#a00}
+.verdict{background:#f4f8ff;border-left:4px solid #2a6fdb;padding:.5rem .8rem;margin:.6rem 0;line-height:1.45;max-width:75rem}
 .yes{color:#137333;font-weight:600} .no{color:#a50e0e} .meta td{text-align:left;white-space:normal} .meta th{white-space:nowrap;vertical-align:top} img{max-width:100%;height:auto;border:1px solid #eee;margin:.3rem 0}
 .grid{display:flex;flex-wrap:wrap;gap:.8rem;align-items:flex-start} .grid>div{flex:0 1 auto;max-width:100%} code{font-size:12px}
 nav a{margin-right:.8rem} .tw{overflow-x:auto;max-width:100%} .note{color:#555;font-size:13px}
+@media (max-width:600px){body{margin:1rem auto;padding:0 .6rem} h1{font-size:1.5rem} h2{font-size:1.2rem} .verdict{font-size:14px}}
 """
 
 
 def _img(path: Path | None) -> str:
     if path is None or not path.is_file():
         return ""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        width = im.width * 110 // plots.DPI  # drawn at 2×: shown at the layout's size, sharp on dense screens
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{html.escape(path.stem)}" width="{width}" src="data:image/png;base64,{data}">'
 
 
 def _fmt(x: object, digits: int = 4) -> str:
@@ -46,10 +55,36 @@ def _fmt(x: object, digits: int = 4) -> str:
     return html.escape(str(x))
 
 
+def _words(text: str) -> str:
+    """A verdict sentence (Markdown backticks) as HTML."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _delta(r: pd.Series) -> str:
+    d, lo, hi = (r.get(k, np.nan) for k in ("delta_vs_best_unimodal", "delta_ci95_low", "delta_ci95_high"))
+    if d is None or not np.isfinite(d):
+        return ""
+    ci = f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None and np.isfinite(lo) else ""
+    return f"{d:+.4f}{ci}"
+
+
+def _p(p: object) -> str:
+    return f"{fmt_p(p)} {_stars(float(p))}" if p is not None and np.isfinite(float(p)) else ""  # type: ignore[arg-type]
+
+
+COLUMN_NOTE = ("<b>mean ± std</b>: main test metric over evaluation seeds (and search replicates); <b>95% CI</b>: "
+               "interval of the mean; <b>Δ vs best unimodal</b>: difference from the best unimodal baseline (chosen on "
+               "validation) with its 95% interval; <b>p</b>: paired test against it, <b>p Holm</b>: Holm-adjusted over "
+               "the task's fusion strategies (* &lt; 0.05, ** &lt; 0.01, *** &lt; 0.001); <b>beats</b>: Δ &gt; 0 and "
+               "p Holm &lt; 0.05; <b>runs</b>: replicates × seeds; samples/s measured on the run's device; grey rows: "
+               "unimodal baselines and floors. Details: leaderboard.md and docs/statistics.md.")
+
+
 def _table(g: pd.DataFrame) -> str:
     head = ("<tr><th>rank</th><th class=l>strategy</th><th class=l>family</th><th>mean ± std</th><th>95% CI</th>"
-            "<th>p vs best unimodal</th><th>beats best unimodal</th><th>seeds</th><th>train samples/s</th>"
-            "<th>infer samples/s</th><th>params</th></tr>")
+            "<th>Δ vs best unimodal [95% CI]</th><th>p</th><th>p Holm</th><th>beats best unimodal</th><th>runs</th>"
+            "<th>train samples/s</th><th>infer samples/s</th><th>params</th></tr>")
     rows = []
     for _, r in g.iterrows():
         beats = {True: '<span class=yes>yes</span>', False: '<span class=no>no</span>'}.get(r.get("beats_best_unimodal"), "")
@@ -61,43 +96,21 @@ def _table(g: pd.DataFrame) -> str:
         rows.append(
             f"<tr class='{cls}'><td>{rank_txt}</td><td class=l><code>{html.escape(r.strategy)}</code></td>"
             f"<td class=l>{html.escape(r.family)}</td><td>{_fmt(r['mean'])} ± {_fmt(r['std'])}</td><td>{ci}</td>"
-            f"<td>{(_fmt(p, 3) + ' ' + _stars(p)) if np.isfinite(p) else ''}</td><td>{beats if r.status == 'ok' else 'failed'}</td>"
+            f"<td>{_delta(r)}</td><td>{_p(p)}</td><td>{_p(r.get('p_adj_vs_best_unimodal', np.nan))}</td>"
+            f"<td>{beats if r.status == 'ok' else 'failed'}</td>"
             f"<td>{int(r.n_seeds)}</td><td>{_fmt(r.train_samples_per_s, 0)}</td><td>{_fmt(r.infer_samples_per_s, 0)}</td>"
             f"<td>{int(r.params_count):,}</td></tr>"
         )
-    return f"<div class=tw><table>{head}{''.join(rows)}</table></div>"
+    return f"<div class=tw><table>{head}{''.join(rows)}</table></div><p class=note>{COLUMN_NOTE}</p>"
 
 
-def _storage_file(url: str) -> Path:
-    """The file behind a journal:/// or sqlite:/// URL."""
-    return Path(url.split("://", 1)[1][1:] if url.startswith("journal://") else url[len("sqlite:///"):])
-
-
-def _histories(run_dir: Path, meta: dict, dataset: str) -> dict[str, list[float]]:
-    import optuna
-
-    from fusebench.search.storage import default_url, open_storage
-
-    url = (meta.get("config") or {}).get("storage") or default_url(run_dir)
-    if "***" in url:  # a redacted PostgreSQL URL cannot be reopened from the run directory
-        return {}
-    if url.startswith(("journal://", "sqlite://")) and not _storage_file(url).is_file():
-        url = default_url(run_dir)  # the run directory was moved or copied: use the file inside it
-        if not _storage_file(url).is_file():
-            log.warning("no optuna storage in %s: the report has no optimisation history", run_dir)
-            return {}
-    try:
-        storage = open_storage(url, heartbeat=False)
-        names = [s for s in optuna.study.get_all_study_names(storage) if s.startswith(f"{dataset}/")]
-        out = {}
-        for name in names:
-            study = optuna.load_study(study_name=name, storage=storage)
-            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-            out[name.split("/", 1)[1]] = [t.value for t in sorted(done, key=lambda t: t.number)]
-        return out
-    except Exception as exc:  # noqa: BLE001 - a report without history is still a report
-        log.warning("optimisation history unavailable (%s): %s", url, exc)
-        return {}
+def _histories(run_dir: Path, dataset: str) -> dict[str, list[float]]:
+    """Trial histories exported at run time (bench.search.history); a report never opens a storage."""
+    hist = read_histories(run_dir, dataset)
+    if not hist:
+        log.warning("no trial history in %s/history/%s: the report has no optimisation history "
+                    "(runs before the export existed: re-run the same command to export it)", run_dir, dataset)
+    return hist
 
 
 def _robustness(records: list[Record], dataset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -130,25 +143,41 @@ def _missing_table(miss: pd.DataFrame, clean: pd.Series) -> str:
     return f"<h3>Missing modality at test time</h3><table>{head}{body}</table>"
 
 
-def _metadata(meta: dict) -> str:
+def _kv(d: dict) -> str:
+    """A nested dict as `key: value` lines (readable, unlike raw JSON)."""
+    return "<br>".join(f"{html.escape(str(k))}: " + (
+        ", ".join(f"{html.escape(str(a))}={html.escape(str(b))}" for a, b in v.items()) if isinstance(v, dict)
+        else html.escape(", ".join(map(str, v)) if isinstance(v, list) else str(v))) for k, v in d.items())
+
+
+def device_names(records: list[Record]) -> str:
+    """The real devices the cells ran on, from the records (`cpu:<CPU model>` / `cuda:<GPU name>`)."""
+    names = sorted({r.device for r in records if r.device})
+    return ", ".join(n.replace("cpu:", "CPU: ").replace("cuda:", "GPU: ") for n in names)
+
+
+def _metadata(meta: dict, records: list[Record]) -> str:
     suite = (meta.get("config") or {}).get("suite", {})
     machine = meta.get("machine") or {}
     items = {
-        "git sha": meta.get("git_sha"),
-        "started / finished": f"{meta.get('started_at')} / {meta.get('finished_at')}",
-        "device": machine.get("gpu") or " ".join(str(machine[k]) for k in ("device", "processor") if machine.get(k)),
-        "machine": ", ".join(f"{k}: {v}" for k, v in machine.items() if v not in (None, "")),
-        "versions": ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items() if v),
-        "budget": None if not suite else f"{suite.get('trials')} trials per strategy, timeout {suite.get('timeout_s')} s, {suite.get('seeds')} "
-                  f"evaluation seeds, {suite.get('epochs')} epochs max, patience {suite.get('patience')}",
-        "protocol": json.dumps(meta["protocol"], default=str) if meta.get("protocol") else None,
-        "data fingerprints": ", ".join(f"{k}: {v.get('fingerprint')}" for k, v in (meta.get("data") or {}).items()),
-        "encoders": "; ".join(f"{k}: {v.get('encoders')}" for k, v in (meta.get("data") or {}).items()),
-        "storage": (meta.get("config") or {}).get("storage"),
+        "device": device_names(records) or machine.get("gpu") or machine.get("processor"),
+        "git sha": html.escape(str(meta.get("git_sha") or "")),
+        "started / finished": html.escape(f"{meta.get('started_at')} / {meta.get('finished_at')}"),
+        "machine": _kv({k: v for k, v in machine.items() if v not in (None, "")}),
+        "versions": html.escape(", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items() if v)),
+        "suite": None if not suite else html.escape(
+            f"{suite.get('name')}: {', '.join(suite.get('datasets') or [])}; size {suite.get('size')}"),
+        "budget": None if not suite else html.escape(
+            f"{suite.get('trials')} trials per strategy, timeout {suite.get('timeout_s')} s, {suite.get('seeds')} "
+            f"evaluation seeds, {suite.get('epochs')} epochs max, patience {suite.get('patience')}"),
+        "protocol": _kv(meta["protocol"]) if meta.get("protocol") else None,
+        "data fingerprints": _kv({k: v.get("fingerprint") for k, v in (meta.get("data") or {}).items()}),
+        "encoders": _kv({k: v.get("encoders") for k, v in (meta.get("data") or {}).items()}),
+        "storage": html.escape(str((meta.get("config") or {}).get("storage") or "")),
     }
-    rows = "".join(f"<tr><th class=l>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+    rows = "".join(f"<tr><th class=l>{html.escape(k)}</th><td>{v if k != 'device' else html.escape(str(v))}</td></tr>"
                    for k, v in items.items() if v not in (None, "", "None / None"))
-    return f"<table class=meta>{rows}</table>"
+    return f"<div class=tw><table class=meta>{rows}</table></div>"
 
 
 def _grid(*imgs: str) -> str:
@@ -164,16 +193,16 @@ def write_report(run_dir: Path) -> Path:
     ranking = rank(board)
     plot_dir = run_dir / "plots"
     parts = [f"<h1>fusebench report</h1><p class=note>{html.escape(str(run_dir))} — {len(records)} records, "
-             f"{board.dataset.nunique() if not board.empty else 0} task(s). Means over evaluation seeds; CIs from a "
-             "two-level bootstrap (seeds × test examples); p-values from a paired bootstrap against the best "
-             "unimodal baseline.</p>"]
+             f"{board.dataset.nunique() if not board.empty else 0} task(s) on {html.escape(device_names(records) or 'an unrecorded device')}. "
+             "Each task opens with its verdict; the notes under each table explain every column.</p>"]
     if not board.empty:
         links = "".join(f"<a href='#{html.escape(d)}'>{html.escape(d)}</a>" for d in sorted(board.dataset.unique()))
         parts.append(f"<nav class=note>Tasks: {links}<a href='#metadata'>run metadata</a></nav>")
     cd = plots.critical_difference(ranking, plot_dir)
     if not ranking.average_rank.empty:
         parts.append("<h2>Overall ranking</h2>")
-        cd_md = [ln for ln in ranking.to_markdown().splitlines() if ln.startswith(("Average rank", "Friedman", "CD comparison"))]
+        parts.append(f"<p class=verdict><b>Verdict.</b> {_words(ranking_sentence(ranking))}</p>")
+        cd_md = [ln for ln in ranking.to_markdown().splitlines() if ln.startswith(("Average rank", "CD comparison"))]
         parts.append("".join(f"<p class=note>{html.escape(ln).replace('`', '')}</p>" for ln in cd_md))
         rows = "".join(f"<tr><td>{i}</td><td class=l><code>{html.escape(n)}</code></td><td>{r:.2f}</td></tr>"
                        for i, (n, r) in enumerate(ranking.average_rank.items(), 1))
@@ -181,17 +210,18 @@ def write_report(run_dir: Path) -> Path:
     for dataset, g in (board.groupby("dataset", sort=True) if not board.empty else []):
         metric = next((m for m in g.metric if m), "")
         parts.append(f"<h2 id='{html.escape(dataset)}'>{html.escape(dataset)} — {html.escape(metric)}</h2>")
+        parts.append(f"<p class=verdict><b>Verdict.</b> {_words(task_verdict(g))}</p>")
         parts.append(_table(g))
         pareto = plots.quality_vs_throughput(board, dataset, plot_dir)
         fam = plots.family_bars(board, dataset, plot_dir)
         parts.append(_grid(_img(pareto), _img(fam)))
         families = dict(zip(g.strategy, g.family))
-        hist = plots.optimisation_history(_histories(run_dir, meta, dataset), dataset, metric, plot_dir, families)
+        hist = plots.optimisation_history(_histories(run_dir, dataset), dataset, metric, plot_dir, families)
         curves, miss = _robustness(records, dataset)
         rob = plots.robustness_curves(curves, dataset, metric, plot_dir, families)
         parts.append(_grid(_img(hist), _img(rob)))
         parts.append(_missing_table(miss, g.set_index("strategy")["mean"]))
-    parts.append("<h2 id=metadata>Run metadata</h2>" + _metadata(meta))
+    parts.append("<h2 id=metadata>Run metadata</h2>" + _metadata(meta, records))
     doc = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>fusebench report</title>"
            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     path = run_dir / "report.html"

@@ -15,7 +15,11 @@ import pandas as pd  # noqa: E402
 
 from fusebench.reports.ranking import Ranking  # noqa: E402
 
-FAMILY_COLORS = {"early": "#1f77b4", "mid": "#2ca02c", "late": "#d62728", "unimodal": "#7f7f7f", "baseline": "#bcbd22"}
+# Okabe–Ito colours (distinguishable with the common colour-vision deficiencies) plus a marker per family,
+# so that a family reads by shape as well as by colour.
+FAMILY_COLORS = {"early": "#0072B2", "mid": "#009E73", "late": "#D55E00", "unimodal": "#555555", "baseline": "#E69F00"}
+FAMILY_MARKERS = {"early": "o", "mid": "s", "late": "^", "unimodal": "D", "baseline": "X"}
+DPI = 220  # 2× a 110-dpi layout: sharp on high-density screens; the HTML shows each PNG at half its pixel size
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -60,11 +64,53 @@ def _place_numbers(ax: plt.Axes, labels: list[str], x: np.ndarray, y: np.ndarray
                     arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "#777"} if dist > 13 else None)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def label_boxes(fig: plt.Figure) -> list[dict]:
+    """Every text the renderer actually draws (titles, axis and tick labels, annotations, legend and key
+    entries; not the tick labels matplotlib keeps for ticks outside the view) with its box in display
+    pixels, recorded while the figure is drawn."""
+    drawn: list[matplotlib.text.Text] = []
+    original = matplotlib.text.Text.draw
+
+    def record(self: matplotlib.text.Text, renderer: object) -> None:
+        original(self, renderer)
+        if self.get_visible() and self.get_text().strip():
+            drawn.append(self)
+
+    matplotlib.text.Text.draw = record  # type: ignore[method-assign]
+    try:
+        fig.canvas.draw()
+    finally:
+        matplotlib.text.Text.draw = original  # type: ignore[method-assign]
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for t in drawn:
+        b = t.get_window_extent(renderer)
+        if b.width > 0 and b.height > 0:
+            boxes.append({"text": t.get_text(), "x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1})
+    return boxes
+
+
+def overlapping(boxes: list[dict], tol: float = 0.5) -> list[tuple[str, str]]:
+    """Pairs of labels whose boxes intersect by more than `tol` pixels in both directions."""
+    out = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if min(a["x1"], b["x1"]) - max(a["x0"], b["x0"]) > tol and min(a["y1"], b["y1"]) - max(a["y0"], b["y0"]) > tol:
+                out.append((a["text"], b["text"]))
+    return out
+
+
+def _save(fig: plt.Figure, path: Path, tight: bool = True) -> Path:
+    """PNG at DPI, plus `<name>.labels.json`: the label boxes as drawn (the browser test asserts none overlap)."""
+    import json
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if tight:
+        fig.tight_layout()
+    boxes = label_boxes(fig)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.08)
     plt.close(fig)
+    path.with_suffix(".labels.json").write_text(json.dumps(boxes))
     return path
 
 
@@ -92,33 +138,31 @@ def quality_vs_throughput(board: pd.DataFrame, dataset: str, out: Path) -> Path 
     front = pareto_front(x, y)
     ranks = [str(int(r)) if "rank" in g and np.isfinite(r) else str(i + 1)
              for i, r in enumerate(g["rank"] if "rank" in g else range(len(g)))]
-    fig = plt.figure(figsize=(9.5, 5.4))
-    ax = fig.add_axes((0.09, 0.11, 0.62, 0.8))
+    fig = plt.figure(figsize=(9.5, 5.4 + 0.1 * max(0, len(g) - 18)))
+    ax = fig.add_axes((0.09, 0.2, 0.62, 0.72))
     for fam, sub in g.groupby("family"):
-        ax.errorbar(sub.infer_samples_per_s, sub["mean"], yerr=_ci_err(sub), fmt="o", ms=5,
+        ax.errorbar(sub.infer_samples_per_s, sub["mean"], yerr=_ci_err(sub), fmt=FAMILY_MARKERS.get(fam, "o"), ms=5,
                     color=FAMILY_COLORS.get(fam, "k"), label=fam, capsize=2, alpha=0.85, elinewidth=0.8)
     order = np.argsort(x[front])
     ax.plot(x[front][order], y[front][order], "--", color="black", lw=1, label="Pareto front")
     ax.scatter(x[front], y[front], s=90, facecolors="none", edgecolors="black", lw=1, zorder=3)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collided with the y tick labels
+    ax.tick_params(axis="x", pad=7)
     ax.margins(x=0.12, y=0.1)
     _place_numbers(ax, ranks, x, y)
     ax.set_xlabel("inference throughput (samples/s, log scale)")
     ax.set_ylabel(f"test {g.metric.iloc[0]} (mean over seeds, 95% CI)")
     ax.set_title(f"{dataset}: quality vs throughput", fontsize=11)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=6, frameon=False)  # outside the data
     fs = 8 if len(g) <= 22 else 6.5
     step = min(0.045, 0.88 / max(len(g), 1))
     fig.text(0.735, 0.93, "# = leaderboard rank, ★ = Pareto front", fontsize=7.5, color="#444")
     for j, (rk, name, fam, on) in enumerate(zip(ranks, g.strategy, g.family, front)):
         fig.text(0.735, 0.89 - j * step, f"{rk:>3}  {name}{'  ★' if on else ''}", fontsize=fs,
                  color=FAMILY_COLORS.get(fam, "k"), fontweight="bold" if on else "normal", family="DejaVu Sans")
-    path = out / f"{dataset}-pareto.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"{dataset}-pareto.png", tight=False)
 
 
 FAMILY_ORDER = ("early", "mid", "late", "unimodal", "baseline")
@@ -155,7 +199,8 @@ def family_bars(board: pd.DataFrame, dataset: str, out: Path) -> Path | None:
     present = [f for f in FAMILY_ORDER if f in set(g.family)]
     handles = [plt.Rectangle((0, 0), 1, 1, color=FAMILY_COLORS[f]) for f in present]
     extra = ax.get_legend_handles_labels()
-    ax.legend(handles + extra[0], present + extra[1], fontsize=8, loc="lower right")
+    ax.legend(handles + extra[0], present + extra[1], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out / f"{dataset}-families.png")
 
@@ -175,9 +220,8 @@ def _family_panels(series: dict[str, pd.Series], families: dict[str, str] | None
     if not groups:
         return None
     fams = sorted(groups, key=lambda f: FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER))
-    ncols = 1 if len(fams) == 1 else 2
-    nrows = int(np.ceil(len(fams) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(8, 2.9 * nrows + 0.7), sharey=True, squeeze=False)
+    ncols, nrows = 1, len(fams)  # one column: each panel's legend sits outside it, on the right
+    fig, axes = plt.subplots(nrows, ncols, figsize=(8, 2.3 * nrows + 0.7), sharey=True, squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, fam in zip(axes.flat, fams):
         for i, name in enumerate(groups[fam]):
@@ -190,8 +234,9 @@ def _family_panels(series: dict[str, pd.Series], families: dict[str, str] | None
             else:
                 ax.plot(xs, vals, color=color, marker=marker, ms=4, lw=1.4, label=name)
         ax.set_title(fam, fontsize=9, color=FAMILY_COLORS.get(fam, "k"), fontweight="bold")
+        ax.tick_params(axis="x", pad=7)  # the first x label cleared of the lowest y label in the corner
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         if best_so_far:
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for ax in axes.flat[len(fams):]:

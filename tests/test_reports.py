@@ -146,23 +146,46 @@ def test_cliques_and_cd_line_in_markdown():
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
-def test_optimisation_history_reads_journal_and_sqlite_storage(tmp_path, kind):
+def test_history_is_exported_at_run_time_and_the_report_never_opens_the_storage(tmp_path, kind):
     import optuna
 
     from fusebench.reports.html import _histories
-
-    d = _run_dir(tmp_path, _records())
-    url = f"journal:///{d / 'optuna.journal'}" if kind == "journal" else f"sqlite:///{d / 'optuna.db'}"
+    from fusebench.search.history import export_history
     from fusebench.search.storage import open_storage
 
-    study = optuna.create_study(study_name="d1/gmu", storage=open_storage(url, heartbeat=False), direction="maximize")
+    d = _run_dir(tmp_path, _records())
+    db = tmp_path / ("s.journal" if kind == "journal" else "s.db")
+    url = f"journal:///{db}" if kind == "journal" else f"sqlite:///{db}"
+    study = optuna.create_study(study_name="d1/unimodal:a", storage=open_storage(url, heartbeat=False), direction="maximize")
     for v in (0.5, 0.7, 0.6):
-        study.add_trial(optuna.trial.create_trial(value=v, params={}, distributions={}))
-    assert _histories(d, {}, "d1") == {"gmu": [0.5, 0.7, 0.6]}  # found in the run dir without run.json's URL
-    moved = {"config": {"storage": url.replace(str(tmp_path), "/elsewhere")}}  # a copied run directory
-    assert _histories(d, moved, "d1") == {"gmu": [0.5, 0.7, 0.6]}
+        study.add_trial(optuna.trial.create_trial(value=v, params={"lr": v / 10}, distributions={
+            "lr": optuna.distributions.FloatDistribution(0, 1)}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={}))
+    path = export_history(study, d)
+    assert path == d / "history" / "d1" / "unimodal__a.csv"
+    db.unlink()  # the storage is gone (or unreachable): the report must not need it
+    assert _histories(d, "d1") == {"unimodal:a": [0.5, 0.7, 0.6]}
     write_report(d)
     assert (d / "plots" / "d1-history.png").stat().st_size > 1000
+
+
+def test_quality_plot_labels_do_not_overlap_with_20_strategies(tmp_path):
+    """20 strategies crowded into a narrow band: every label box measured on the drawn figure is disjoint."""
+    from fusebench.reports.plots import overlapping, quality_vs_throughput
+
+    rng = np.random.default_rng(1)
+    fams = ["early", "mid", "late", "unimodal"]
+    board = pd.DataFrame({
+        "dataset": "d", "status": "ok", "strategy": [f"strategy_{i:02d}" for i in range(20)],
+        "family": [fams[i % 4] for i in range(20)], "mean": 0.8 + rng.normal(0, 0.004, 20),
+        "ci95": 0.01, "ci95_low": np.nan, "ci95_high": np.nan, "infer_samples_per_s": 1e4 * (1 + rng.random(20)),
+        "metric": "accuracy", "rank": np.arange(1, 21, dtype=float)})
+    path = quality_vs_throughput(board, "d", tmp_path)
+    boxes = json.loads(path.with_suffix(".labels.json").read_text())
+    assert len(boxes) >= 40  # 20 point labels + 20 key entries + axes text
+    assert overlapping(boxes) == []
+    # the check itself can fail: two boxes drawn on top of each other are reported
+    assert overlapping([{"text": "a", "x0": 0, "y0": 0, "x1": 10, "y1": 5}, {"text": "b", "x0": 5, "y0": 2, "x1": 12, "y1": 8}])
 
 
 def test_report_without_storage_or_robustness_still_renders(tmp_path):
@@ -171,5 +194,6 @@ def test_report_without_storage_or_robustness_still_renders(tmp_path):
     recs = [dataclasses.replace(r, robustness=None) for r in _records()]
     d = _run_dir(tmp_path, recs)
     text = write_report(d).read_text()
+    assert "Verdict." in text and "Δ vs best unimodal" in text
     assert "robustness" not in text.lower() and not (d / "optuna.journal").exists()
     assert "Overall ranking" in text and text.count("data:image/png;base64,") == 1 + 3 * 2  # CD + pareto/families

@@ -26,6 +26,7 @@ from fusebench.results.records import Record
 from fusebench.training.robustness import evaluate_robustness
 from fusebench.core.errors import UsageError
 from fusebench.search.study import Budget, best_params_or_none, n_done, open_study, pruner_settings, run_search, sampler_settings
+from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
 from fusebench.measure.timing import TimingConfig, flops_per_sample, measure
 from fusebench.training.loop import Batch, TrainConfig, predict_proba, train_model
@@ -212,6 +213,7 @@ def _run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
         study = open_cell_study(cell, data, ctx)
         objective = build_objective(cell, data, ctx.train, ctx.budget, ctx.device)
         study, search_seconds = run_search(study, objective, ctx.budget)  # waits for other workers' trials too
+        export_history(study, ctx.out_dir)  # reports read this file, never the storage
         n_trials = n_done(study)
         best = best_params_or_none(study)
     params = space.params_from_dict(cell.info.params, best) if best else cell.info.params()
