@@ -222,7 +222,7 @@ def write_report(run_dir: Path) -> Path:
         parts.append(_grid(_img(hist), _img(rob)))
         parts.append(_missing_table(miss, g.set_index("strategy")["mean"]))
     parts.append("<h2 id=metadata>Run metadata</h2>" + _metadata(meta, records))
-    doc = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>fusebench report</title>"
+    doc = (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width, initial-scale=1'><title>fusebench report</title>"
            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     path = run_dir / "report.html"
     atomic_write_bytes(path, doc.encode("utf-8"))

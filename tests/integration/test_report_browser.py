@@ -36,11 +36,24 @@ def _driver(profile: Path):
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
 
 
-def test_report_renders_in_chromium(tiny_run, tmp_path):
+def test_report_renders_in_chromium(tiny_run, tmp_path, capsys):
+    import json
+
+    from fusebench.reports.plots import overlapping
+
     run_dir, code = tiny_run
     assert code == 0
+    capsys.readouterr()
     assert main(["report", str(run_dir), "--html"]) == 0
     report = run_dir / "report.html"
+    assert f"wrote {report.resolve()}" in capsys.readouterr().out  # the user is told where the HTML is
+    # no two labels of any plot overlap (boxes measured when each plot was drawn)
+    label_files = sorted((run_dir / "plots").glob("*.labels.json"))
+    assert len(label_files) >= 8
+    clashes = {f.name: overlapping(json.loads(f.read_text())) for f in label_files}
+    assert not any(clashes.values()), {k: v for k, v in clashes.items() if v}
+    # the history plot comes from the trial history exported at run time, not from the storage
+    assert any((run_dir / "history").glob("*/*.csv"))
     driver = _driver(tmp_path / "profile")
     try:
         driver.get(report.as_uri())
@@ -54,6 +67,10 @@ def test_report_renders_in_chromium(tiny_run, tmp_path):
         assert len(images) >= 8, images
         broken = [alt for alt, complete, width in images if not complete or width == 0]
         assert not broken, f"images that did not render: {broken}"
+        verdicts = driver.execute_script("return Array.from(document.querySelectorAll('p.verdict')).map(p => p.textContent)")
+        assert len(verdicts) == 1 + 4 and all(v.startswith("Verdict.") for v in verdicts), verdicts
+        device = driver.execute_script("return document.querySelector('table.meta tr td').textContent")
+        assert device.startswith(("CPU: ", "GPU: ")) and device not in ("CPU: x86_64", "CPU: "), device
         headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
         for ds in ("avmnist", "esc50", "flickr8k-itm", "imdb"):
             assert any(h.startswith(ds) for h in headings), headings
