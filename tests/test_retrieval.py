@@ -207,3 +207,16 @@ def test_builder_rows_and_bad_captions(tmp_path: Path):
     write("flickr8k_test", 3, bad=True)
     with pytest.raises(DataError, match=r"flickr8k_test0?1?\.jpg|row 1"):
         build_tables(cfg, tmp_path, "full")
+
+
+def test_calibrate_and_worker_refuse_retrieval_with_exit_2(tmp_path: Path, capsys):
+    import optuna
+    from fusebench.cli import main
+
+    assert main(["calibrate", "--dataset", "flickr8k-retrieval", "--strategy", "concat", "--repeats", "2"]) == 2
+    assert "flickr8k-retrieval is a retrieval task" in capsys.readouterr().err
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study = optuna.create_study(study_name="flickr8k-retrieval/dual_encoder", storage=url)
+    study.set_user_attr("fusebench", {"task": "retrieval", "budget": {"trials": 2, "timeout_s": 1, "seeds": 1, "search_seed": 0}})
+    assert main(["worker", "--study", "flickr8k-retrieval/dual_encoder", "--storage", url]) == 2
+    assert "belongs to a retrieval task" in capsys.readouterr().err

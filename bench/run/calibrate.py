@@ -123,6 +123,9 @@ def _device(name: str) -> torch.device:
 
 def calibrate(cfg: CalibrateConfig) -> Calibration:
     ds_cfg = catalog.get_dataset(cfg.dataset)
+    if ds_cfg.task == "retrieval":
+        raise UsageError(f"calibrate: {cfg.dataset} is a retrieval task; calibrate A/A-tests classification and "
+                         "matching tasks (e.g. --dataset flickr8k-itm)")
     cells = [c for c in expand_cells(cfg.dataset, sorted(ds_cfg.views), [cfg.strategy.split(":")[0]])
              if c.strategy == cfg.strategy]
     if not cells:

@@ -76,6 +76,9 @@ def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir
     started = time.perf_counter()
     study = _load(study_name, storage_url)
     attrs = study.user_attrs[STUDY_ATTR]
+    if attrs.get("task") == "retrieval":
+        raise UsageError(f"study {study_name!r} belongs to a retrieval task, whose cells run in the owning "
+                         "`fusebench run` process (docs/retrieval.md); run that command instead of a worker")
     budget = Budget(**attrs["budget"])
     if n_done(study) >= budget.trials:
         log.info("study %s already has its %d finished trials", study_name, budget.trials)
