@@ -121,3 +121,23 @@ def test_jobs_2_progress_from_workers_reaches_the_parent_log(synthetic_bundle, m
     # encoding progress of the views the cells need
     assert "finished encode toy/train/lexical (tfidf)" in text
     assert "fusebench: 2 cell(s) ok" in capsys.readouterr().out
+
+
+def test_rich_backend_draws_bars_with_rate_and_eta_and_stops_when_idle():
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    b = progress.RichBackend(Console(file=buf, force_terminal=True, width=160))
+    b.handle(progress.Event("start", "sweep", "sweep", 4, unit="cells"))
+    b.handle(progress.Event("start", "cell:d/concat", "d/concat", 5, unit="steps"))
+    b.handle(progress.Event("advance", "cell:d/concat", n=2, status="trial 2/3"))
+    b.handle(progress.Event("finish", "cell:d/concat", n=3))
+    b.handle(progress.Event("advance", "sweep", n=1))
+    assert b.live
+    b.handle(progress.Event("finish", "sweep", n=3))
+    assert not b.live  # idle: the display stopped, the result line prints below it
+    text = buf.getvalue()
+    assert "sweep" in text and "d/concat" in text and "ETA" in text and "4/4" in text
+    b.close()

@@ -131,7 +131,7 @@ class PlainBackend:
 class RichBackend:
     """Live bars on stderr with rich; log records go through the same console (see `console`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -142,19 +142,22 @@ class RichBackend:
             TimeRemainingColumn,
         )
 
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"), console=self.console, transient=False,
         )
-        self.progress.start()
+        self.live = False
         self.ids: dict[str, Any] = {}
         self.states: dict[str, _State] = {}
 
     def handle(self, ev: Event) -> None:
         now = time.monotonic()
         if ev.kind == "start":
+            if not self.live:  # the live display runs only while a step is under way
+                self.progress.start()
+                self.live = True
             self.states[ev.key] = _State(ev.label or ev.key, ev.total, ev.unit, now, status=ev.status)
             self.ids[ev.key] = self.progress.add_task(ev.label or ev.key, total=ev.total, rate="", status=ev.status)
             return
@@ -173,9 +176,15 @@ class RichBackend:
             self.states.pop(ev.key)
             if ev.key.startswith(("encode:", "cell:")):  # keep the sweep bar; transient rows go away
                 self.progress.remove_task(task_id)
+            if not self.ids:  # nothing under way: stop, so the command's result prints below the bars
+                self.close()
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
+            for task_id in list(self.progress.task_ids):
+                self.progress.remove_task(task_id)
+            self.live = False
 
 
 class QueueBackend:
