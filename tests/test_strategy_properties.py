@@ -297,3 +297,22 @@ def test_unimodal_logits_is_the_model_with_one_modality(name):
     x = _inputs(info.input_kind, SPEC2)
     for m, logits in model.unimodal_logits(x).items():
         assert torch.allclose(logits, model({m: x[m]}), atol=1e-5)
+
+
+# --- FiLM: the conditioner is searched uniformly -----------------------------------------------
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_film_conditioner_is_uniform_over_modalities(m):
+    """Uniform u over the search range picks each of M modalities equally often (the old index
+    modulo M picked modality 0 two times in three for M = 2)."""
+    from fusebench.core import space
+    from fusebench.strategies.mid import FiLMFusion, FiLMParams
+
+    desc = space.search_space(FiLMParams)["conditioner"]
+    low, high = desc["low"], desc["high"]
+    names = [f"m{i}" for i in range(m)]
+    grid = [low + (high - low) * (i + 0.5) / 6000 for i in range(6000)]
+    counts = {n: 0 for n in names}
+    for u in grid:
+        counts[FiLMFusion.pick_conditioner(names, u)] += 1
+    assert max(counts.values()) - min(counts.values()) <= 6000 * 0.01, counts
