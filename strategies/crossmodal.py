@@ -154,14 +154,14 @@ class CoAttention(ModalityAloneLogits, TokenProjection):
         x = {m: torch.cat([self.cls[m].expand(b, -1, -1), t], 1) for m, (t, _) in toks.items()}
         for co, own in zip(self.co, self.own):
             new = {}
-            for m in x:
+            for m, xm in x.items():
                 others = [s for s in x if s != m]
                 if others:
                     y_pad, has = partner_keys([real[s] for s in others])
-                    new[m] = co[m](x[m], torch.cat([x[s] for s in others], 1), y_pad, has)
+                    new[m] = co[m](xm, torch.cat([x[s] for s in others], 1), y_pad, has)
                 else:
-                    new[m] = co[m](x[m], x[m][:, :1], torch.zeros(b, 1, dtype=torch.bool, device=x[m].device),
-                                   torch.zeros(b, dtype=torch.bool, device=x[m].device))
+                    new[m] = co[m](xm, xm[:, :1], torch.zeros(b, 1, dtype=torch.bool, device=xm.device),
+                                   torch.zeros(b, dtype=torch.bool, device=xm.device))
             x = {m: own[m](new[m], src_key_padding_mask=own_pad[m]) for m in new}
         fused = None
         for m, xm in x.items():
