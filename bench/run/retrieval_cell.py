@@ -28,6 +28,7 @@ from fusebench.measure.timing import device_name
 from fusebench.results.records import Record
 from fusebench.results.retrieval_stats import BASE, prediction_path
 from fusebench.run.cell import CellContext, parse_selection
+from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
 from fusebench.search.study import (
     best_params_or_none,
@@ -116,6 +117,7 @@ def _search_dual(splits: dict[str, RetrievalSplit], data: TaskData, ctx: CellCon
         return res.val_rsum
 
     study, seconds = run_search(study, objective, ctx.budget)
+    export_history(study, ctx.out_dir)  # reports read this file, never the storage
     best = best_params_or_none(study)
     return (space.params_from_dict(DualEncoderParams, best) if best else DualEncoderParams()), n_done(study), seconds
 
@@ -138,6 +140,7 @@ def _search_reranker(cell: RetrievalCell, splits: dict[str, RetrievalSplit], spe
         return res.val_metric
 
     study, seconds = run_search(study, objective, ctx.budget)
+    export_history(study, ctx.out_dir)
     best = best_params_or_none(study)
     return (space.params_from_dict(info.params, best) if best else info.params()), n_done(study), seconds
 

@@ -39,6 +39,8 @@ def test_tiny_retrieval_run_and_resume(tmp_path, data_root, capsys):
     assert rerank.params["rerank_k"] == 10 and "p_vs_dual_encoder" in rerank.stats
     preds = pd.read_parquet(out / "predictions" / "flickr8k-retrieval" / "rerank__concat.parquet")
     assert len(preds) == 2 * (12 + 60) and preds["cluster"].str.endswith(".jpg").all()
+    assert sorted(p.name for p in (out / "history" / "flickr8k-retrieval").glob("*.csv")) == [
+        "dual_encoder.csv", "rerank__concat.csv"]  # trial history exported at run time for the report
     board = (out / "leaderboard.md").read_text()
     assert "flickr8k-retrieval — retrieval detail" in board and "the dual encoder alone" in board
     capsys.readouterr()
