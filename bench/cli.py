@@ -64,9 +64,10 @@ def _parser() -> argparse.ArgumentParser:
                      "FUSION:A+B fuses only views A and B")
     run.add_argument("--size", help="dataset size to use with --datasets (smoke, tiny, full); default full")
     run.add_argument("--trials", type=int, help="optuna trials per strategy (equal for all)")
-    run.add_argument("--seeds", type=int, help="evaluation seeds per strategy")
+    run.add_argument("--seeds", type=int, help="evaluation seeds per strategy (K, per search replicate)")
+    run.add_argument("--replicates", type=int, help="independent searches per cell (R), each with its own sampler seed")
     run.add_argument("--epochs", type=int, help="max epochs per training run")
-    run.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    run.add_argument("--patience", type=int, help="early-stopping patience in evaluations (one per epoch); see also the suite's patience_steps/min_steps")
     run.add_argument("--modality-dropout", type=float, help="zero each modality of a training example with this probability")
     run.add_argument("--gradient-blending", action="store_true", default=None,
                      help="Gradient-Blending loss weights (Wang et al. 2020); needs strategies with per-modality branches")
@@ -214,7 +215,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("--datasets needs --strategies (comma-separated names, or 'all')")
         suite = SuiteConfig(name="custom", description="from the command line", datasets=_split(args.datasets),
                             strategies=_split(args.strategies), size=args.size or "full")
-    overrides = {k: v for k, v in (("trials", args.trials), ("seeds", args.seeds), ("epochs", args.epochs),
+    overrides = {k: v for k, v in (("trials", args.trials), ("seeds", args.seeds), ("replicates", args.replicates), ("epochs", args.epochs),
                                     ("patience", args.patience), ("jobs", args.jobs),
                                     ("modality_dropout", args.modality_dropout),
                                     ("gradient_blending", args.gradient_blending)) if v is not None}

@@ -111,6 +111,8 @@ trials: 2
 seeds: 2
 epochs: 3
 patience: 2
+patience_steps: 0
+min_steps: 12
 batch_size: 16
 """
     )

@@ -4,7 +4,7 @@
 mid-search (once the journal storage shows a finished trial and one RUNNING), then, on the re-run,
 after the first cell's records are written while a later cell is searching. A third run of the
 same command finishes. The result must equal an uninterrupted run of the same config: the same
-(dataset, strategy, seed) records, no duplicates, every line parseable, the same n_trials; every
+(dataset, strategy, replicate, seed) records, no duplicates, every line parseable, the same n_trials; every
 study has exactly its budget of COMPLETE/PRUNED trials, trials finished before a kill are kept
 (not re-run), and the trials RUNNING at a kill end up FAIL (and were retried).
 """
@@ -128,7 +128,7 @@ def test_kill_9_twice_then_resume_equals_an_uninterrupted_run(toy, tmp_path):
     # results.jsonl: parses fully, no duplicates, exactly the records of the uninterrupted run
     lines = (out / "results.jsonl").read_text().splitlines()
     parsed = [json.loads(line) for line in lines]
-    keys = [(r["dataset"], r["strategy"], r["seed"]) for r in parsed]
+    keys = [(r["dataset"], r["strategy"], r.get("replicate", 0), r["seed"]) for r in parsed]
     assert len(keys) == len(set(keys)) == len(ref_records) == 3 * 2
     assert set(keys) == {r.key for r in ref_records}
     assert all(r["status"] == "ok" and r["stats"] for r in parsed)

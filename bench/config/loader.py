@@ -243,9 +243,14 @@ class SuiteConfig:
     size: str = "full"  # key into DatasetConfig.sizes; "full" = every row
     trials: int = 8
     timeout_s: float = 600.0
-    seeds: int = 5
-    epochs: int = 30
-    patience: int = 5
+    seeds: int = 5  # K evaluation seeds per search replicate
+    replicates: int = 1  # R independent searches per cell (distinct sampler seeds and study names)
+    epochs: int = 30  # raised per task when fewer epochs than min_steps optimiser steps would allow
+    patience: int = 5  # early stopping: evaluations (epochs) without improvement, and ...
+    patience_steps: int = 100  # ... at least this many optimiser steps without improvement
+    min_steps: int = 200  # never stop before this many optimiser steps (bench/training/stopping.py)
+    min_delta: float = 1e-3  # an improvement of the validation loss must exceed this
+    monitor: str = "val_loss"  # early-stopping quantity: val_loss (smooth) or val_metric
     batch_size: int = 128
     search_seed: int = 0
     jobs: int = 1  # parallel cell workers on CPU (an execution detail: results do not depend on it)
@@ -255,11 +260,16 @@ class SuiteConfig:
     rerank_k: int = 10  # retrieval tasks: how many dual-encoder candidates per query a fusion re-ranker re-scores
 
     def __post_init__(self) -> None:
-        for name in ("trials", "seeds", "epochs", "batch_size", "jobs", "rerank_k"):
+        for name in ("trials", "seeds", "replicates", "epochs", "batch_size", "jobs", "rerank_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
+        if self.patience < 1 or self.patience_steps < 0 or self.min_steps < 0 or self.min_delta < 0:
+            raise ValueError(f"patience >= 1 and patience_steps, min_steps, min_delta >= 0 required, got "
+                             f"{self.patience}, {self.patience_steps}, {self.min_steps}, {self.min_delta}")
+        if self.monitor not in ("val_loss", "val_metric"):
+            raise ValueError(f"monitor must be 'val_loss' or 'val_metric', got {self.monitor!r}")
 
 
 def load_dataset_config(path: Path) -> DatasetConfig:

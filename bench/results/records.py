@@ -54,19 +54,26 @@ class Record:
     strategy: str
     family: str
     modalities: list[str]
-    seed: int | None
+    seed: int | None  # the evaluation seed
     status: str  # "ok" | "failed"
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     main_metric_name: str = ""
     main_metric: float | None = None
     val_main_metric: float | None = None
-    n_trials: int = 0
+    n_trials: int = 0  # trials that used the budget: complete + pruned + failed
     n_trials_budget: int = 0
+    n_trials_complete: int = 0
+    n_trials_pruned: int = 0
+    n_trials_failed: int = 0  # the objective raised (counted in the budget)
+    n_trials_retried: int = 0  # failed because their process died (not counted, run again)
+    cap_bound: bool = False  # the wall-clock cap stopped the search before the budget was spent
+    replicate: int = 0  # search replicate 0..R-1 (records written before replicates existed: 0)
     search_timeout_s: float = 0.0
     search_seconds: float = 0.0
     train_seconds: float = 0.0
-    best_epoch: int | None = None
+    best_epoch: int | None = None  # epoch whose weights early stopping restored (0-based)
+    best_step: int | None = None  # optimiser steps taken by then
     throughput: Throughput | None = None
     params_count: int = 0
     flops_per_sample: float | None = None
@@ -83,8 +90,8 @@ class Record:
     schema_version: int = SCHEMA_VERSION
 
     @property
-    def key(self) -> tuple[str, str, int | None]:
-        return (self.dataset, self.strategy, self.seed)
+    def key(self) -> tuple[str, str, int, int | None]:
+        return (self.dataset, self.strategy, self.replicate, self.seed)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,4 +190,4 @@ def merge_records(existing: list[Record], new: list[Record]) -> list[Record]:
         if r.status == "ok":
             by_key = {k: v for k, v in by_key.items() if not (k[:2] == r.key[:2] and v.status == "failed")}
         by_key[r.key] = r
-    return sorted(by_key.values(), key=lambda r: (r.dataset, r.strategy, -1 if r.seed is None else r.seed))
+    return sorted(by_key.values(), key=lambda r: (r.dataset, r.strategy, r.replicate, -1 if r.seed is None else r.seed))

@@ -25,7 +25,8 @@ from fusebench.features.extract import TaskData
 from fusebench.results.records import Record
 from fusebench.training.robustness import evaluate_robustness
 from fusebench.core.errors import UsageError
-from fusebench.search.study import Budget, best_params_or_none, n_done, open_study, pruner_settings, run_search, sampler_settings
+from fusebench.search.study import (Budget, TrialCounts, best_params_or_none, open_study, pruner_settings,
+                                    replicate_study_name, run_search, sampler_settings, trial_counts)
 from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
 from fusebench.measure.timing import TimingConfig, flops_per_sample, measure
@@ -115,12 +116,13 @@ def _batch(data: TaskData, split: str, cell: Cell, device: torch.device) -> Batc
     return Batch({k: v.to(device) for k, v in s.inputs(cell.info.input_kind, list(cell.views)).items()}, s.labels.to(device))
 
 
-def study_name(cell: Cell) -> str:
-    return f"{cell.dataset}/{cell.strategy}"
+def study_name(cell: Cell, replicate: int = 0) -> str:
+    return replicate_study_name(f"{cell.dataset}/{cell.strategy}", replicate)
 
 
-def study_attrs(cell: Cell, data: TaskData, ctx: CellContext) -> dict:
+def study_attrs(cell: Cell, data: TaskData, ctx: CellContext, replicate: int = 0) -> dict:
     """Everything a worker needs to rebuild this cell's objective, stored with the study."""
+    budget = ctx.budget.for_replicate(replicate)
     return {
         "dataset": cell.dataset,
         "strategy": cell.strategy,
@@ -131,20 +133,22 @@ def study_attrs(cell: Cell, data: TaskData, ctx: CellContext) -> dict:
         "data_fingerprint": data.fingerprint,
         "encoders": {v: data.encoders[v] for v in cell.views},
         "train": dataclasses.asdict(ctx.train),
-        "budget": dataclasses.asdict(ctx.budget),
-        "sampler": sampler_settings(ctx.budget.search_seed),
+        "budget": dataclasses.asdict(budget),
+        "replicate": replicate,
+        "sampler": sampler_settings(budget.search_seed),
         "pruner": pruner_settings(),
         "main_metric": data.config.main_metric,
     }
 
 
-def open_cell_study(cell: Cell, data: TaskData, ctx: CellContext) -> optuna.Study:
-    """Create (or, resuming, load) the cell's study and store/check its user attrs.
+def open_cell_study(cell: Cell, data: TaskData, ctx: CellContext, replicate: int = 0) -> optuna.Study:
+    """Create (or, resuming, load) the study of the cell's search replicate and store/check its user attrs.
 
     A study created by a different data revision, encoder set, views or training config is an
     error: its trials would not be comparable. A changed trial budget is taken as an extension."""
-    study = open_study(study_name(cell), open_storage(ctx.storage), ctx.budget.search_seed)
-    attrs = study_attrs(cell, data, ctx)
+    budget = ctx.budget.for_replicate(replicate)
+    study = open_study(study_name(cell, replicate), open_storage(ctx.storage), budget.search_seed)
+    attrs = study_attrs(cell, data, ctx, replicate)
     old = study.user_attrs.get(STUDY_ATTR)
     if old:
         # a study written before a TrainConfig field existed used that field's default
@@ -182,6 +186,7 @@ def build_objective(cell: Cell, data: TaskData, train_cfg: TrainConfig, budget: 
         finally:
             progress.advance(progress_key(cell), 1, status=f"trial {trial.number + 1}/{budget.trials}")
         trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("best_step", result.best_step)
         trial.set_user_attr("seed", seed)
         return result.val_metric
 
@@ -194,7 +199,8 @@ def progress_key(cell: Cell) -> str:
 
 def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
     """Search (trainable strategies) then evaluate on every seed; progress shows trials then seeds."""
-    steps = (ctx.budget.trials if cell.info.trainable else 0) + len(ctx.budget.eval_seeds)
+    reps = ctx.budget.replicates if cell.info.trainable else 1
+    steps = reps * ((ctx.budget.trials if cell.info.trainable else 0) + len(ctx.budget.eval_seeds))
     progress.start(progress_key(cell), f"{study_name(cell)}", steps, "steps")
     try:
         return _run_cell(cell, data, ctx)
@@ -202,23 +208,60 @@ def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
         progress.finish(progress_key(cell))
 
 
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What one search replicate of a cell produced (a trivial baseline has no search)."""
+
+    replicate: int
+    best: dict | None
+    counts: TrialCounts
+    seconds: float
+    cap_bound: bool  # the wall-clock cap stopped the search before its budget was spent
+
+
+def search_replicate(cell: Cell, data: TaskData, ctx: CellContext, replicate: int) -> SearchOutcome:
+    """Run (or resume, or wait for workers on) the study of one search replicate."""
+    budget = ctx.budget.for_replicate(replicate)
+    study = open_cell_study(cell, data, ctx, replicate)
+    objective = build_objective(cell, data, ctx.train, budget, ctx.device)
+    study, seconds = run_search(study, objective, budget)  # waits for other workers' trials too
+    export_history(study, ctx.out_dir)  # reports read this file, never the storage
+    counts = trial_counts(study, budget.trials)
+    if counts.spent < budget.trials:
+        log.warning("  %s replicate %d: the %.0fs cap stopped the search at %d/%d trials", cell.strategy, replicate,
+                    budget.timeout_s, counts.spent, budget.trials)
+    return SearchOutcome(replicate, best_params_or_none(study), counts, seconds, counts.spent < budget.trials)
+
+
 def _run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
+    """R search replicates (trainable strategies; a trivial baseline has one, without search), the
+    best params of each retrained and scored on the K evaluation seeds."""
+    if cell.info.trainable:
+        searches = [search_replicate(cell, data, ctx, r) for r in range(ctx.budget.replicates)]
+    else:
+        searches = [SearchOutcome(0, None, TrialCounts(0, 0, 0, 0, 0), 0.0, False)]
+    records: list[Record] = []
+    predictions: list[pd.DataFrame] = []
+    for search in searches:
+        records += _evaluate(cell, data, ctx, search, predictions)
+    pred_path = ctx.out_dir / "predictions" / cell.dataset / f"{cell.strategy.replace(':', '__')}.parquet"
+    pred_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pred_path.with_suffix(".tmp")
+    pd.concat(predictions).to_parquet(tmp)
+    tmp.replace(pred_path)
+    return records
+
+
+def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcome,
+              predictions: list[pd.DataFrame]) -> list[Record]:
+    """Retrain the best params of one search replicate on every evaluation seed and score on test."""
     cfg = data.config
     spec = _spec(data, cell)
     train, val, test = (_batch(data, s, cell, ctx.device) for s in ("train", "val", "test"))
-
-    search_seconds, n_trials = 0.0, 0
-    best = None
-    if cell.info.trainable:
-        study = open_cell_study(cell, data, ctx)
-        objective = build_objective(cell, data, ctx.train, ctx.budget, ctx.device)
-        study, search_seconds = run_search(study, objective, ctx.budget)  # waits for other workers' trials too
-        export_history(study, ctx.out_dir)  # reports read this file, never the storage
-        n_trials = n_done(study)
-        best = best_params_or_none(study)
+    best = search.best
     params = space.params_from_dict(cell.info.params, best) if best else cell.info.params()
-
-    records, predictions = [], []
+    budget = ctx.budget.for_replicate(search.replicate)
+    records = []
     throughput = flops = None
     for i, seed in enumerate(ctx.budget.eval_seeds):
         progress.advance(progress_key(cell), 0, status=f"seed {i + 1}/{len(ctx.budget.eval_seeds)}")
@@ -233,7 +276,8 @@ def _run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
             throughput = measure(model, test.inputs, ctx.device, ctx.timing, result.train_samples_per_s)
             flops = flops_per_sample(model, test.inputs)
         clusters = list(data.splits["test"].clusters) or [str(i) for i in range(len(labels))]
-        predictions.append(pd.DataFrame({"seed": seed, "index": np.arange(len(labels)), "label": labels,
+        predictions.append(pd.DataFrame({"replicate": search.replicate, "seed": seed,
+                                         "index": np.arange(len(labels)), "label": labels,
                                          "cluster": clusters, "pred": probs.argmax(1),
                                          "prob": list(probs.astype(np.float32))}))
         progress.advance(progress_key(cell), 1)
@@ -245,20 +289,27 @@ def _run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
                 family=cell.info.family,
                 modalities=list(cell.views),
                 seed=seed,
+                replicate=search.replicate,
                 status="ok",
                 params=_as_dict(params),
                 metrics=scores,
                 main_metric_name=cfg.main_metric,
                 main_metric=scores[cfg.main_metric],
                 val_main_metric=result.val_metric,
-                n_trials=n_trials,
-                n_trials_budget=ctx.budget.trials if cell.info.trainable else 0,
+                n_trials=search.counts.spent,
+                n_trials_budget=search.counts.budget,
+                n_trials_complete=search.counts.complete,
+                n_trials_pruned=search.counts.pruned,
+                n_trials_failed=search.counts.failed,
+                n_trials_retried=search.counts.retried,
+                cap_bound=search.cap_bound,
                 search_timeout_s=ctx.budget.timeout_s,
-                search_seconds=search_seconds,
-                sampler=sampler_settings(ctx.budget.search_seed) if cell.info.trainable else {},
+                search_seconds=search.seconds,
+                sampler=sampler_settings(budget.search_seed) if cell.info.trainable else {},
                 pruner=pruner_settings() if cell.info.trainable else {},
                 train_seconds=result.train_seconds,
                 best_epoch=result.best_epoch,
+                best_step=result.best_step,
                 throughput=throughput,
                 params_count=sum(p.numel() for p in model.parameters() if p.requires_grad),
                 flops_per_sample=flops,
@@ -268,11 +319,6 @@ def _run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
                 robustness=robustness,
             )
         )
-    pred_path = ctx.out_dir / "predictions" / cell.dataset / f"{cell.strategy.replace(':', '__')}.parquet"
-    pred_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pred_path.with_suffix(".tmp")
-    pd.concat(predictions).to_parquet(tmp)
-    tmp.replace(pred_path)
     return records
 
 

@@ -168,9 +168,11 @@ def _run(cfg: RunConfig) -> RunSummary:
     kind(storage)  # a bad URL is a usage error before any work
     suite = cfg.suite
     ctx = CellContext(
-        budget=Budget(suite.trials, suite.timeout_s, suite.seeds, suite.search_seed),
+        budget=Budget(suite.trials, suite.timeout_s, suite.seeds, suite.search_seed, replicates=suite.replicates),
         train=TrainConfig(suite.epochs, suite.patience, suite.batch_size, modality_dropout=suite.modality_dropout,
-                          gradient_blending=suite.gradient_blending, amp_bf16=cfg.amp_bf16, compile=cfg.compile),
+                          gradient_blending=suite.gradient_blending, amp_bf16=cfg.amp_bf16, compile=cfg.compile,
+                          patience_steps=suite.patience_steps, min_steps=suite.min_steps, min_delta=suite.min_delta,
+                          monitor=suite.monitor),  # type: ignore[arg-type]
         timing=TimingConfig(batch_size=max(suite.batch_size, 256)),
         device=device,
         storage=storage,
@@ -191,7 +193,13 @@ def _run(cfg: RunConfig) -> RunSummary:
     meta["identity"] = {**rundir.identity(suite), "data_fingerprints": (meta.get("identity") or {}).get("data_fingerprints", {})}
     meta["protocol"] = {"sampler": sampler_settings(suite.search_seed), "pruner": pruner_settings(),
                         "trials_per_study": suite.trials, "search_timeout_s": suite.timeout_s,
-                        "eval_seeds": ctx.budget.eval_seeds, "search_seed": suite.search_seed}
+                        "eval_seeds": ctx.budget.eval_seeds, "search_seed": suite.search_seed,
+                        "replicates": suite.replicates,
+                        "replicate_search_seeds": [ctx.budget.for_replicate(r).search_seed for r in range(suite.replicates)],
+                        "trials_counted": "complete + pruned + failed (a dead process's trial is retried, not counted)",
+                        "early_stopping": {"monitor": suite.monitor, "patience": suite.patience,
+                                           "patience_steps": suite.patience_steps, "min_steps": suite.min_steps,
+                                           "min_delta": suite.min_delta}}
 
     results = out / "results.jsonl"
     records = load_records(results, set_aside=True)
@@ -259,7 +267,8 @@ def _run(cfg: RunConfig) -> RunSummary:
                 for cell in todo:
                     if not retrieval and cell.info.trainable:
                         log.info("  study %s/%s ready in %s", cell.dataset, cell.strategy, redact(storage))
-                        open_cell_study(cell, data, ctx)
+                        for r in range(suite.replicates):
+                            open_cell_study(cell, data, ctx, r)
                 torch.set_num_threads(encode_threads)
                 continue
             outcomes = RetrievalRun(data, tables, ctx).execute(todo) if retrieval else pool.execute(todo, data, ctx)

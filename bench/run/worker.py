@@ -27,7 +27,7 @@ import torch
 from fusebench.config import catalog
 from fusebench.data.builders import build_tables
 from fusebench.features.cache import FeatureCache
-from fusebench.run.cell import STUDY_ATTR, Cell, build_objective
+from fusebench.run.cell import STUDY_ATTR, Cell, build_objective, study_name
 from fusebench.core.errors import UsageError
 from fusebench.features.extract import encode_task
 from fusebench.core.paths import cache_root, resolve_data_root
@@ -119,5 +119,6 @@ def prepare_studies(cfg: object) -> list[str]:
     names = []
     for ds in cfg.suite.datasets:  # type: ignore[attr-defined]
         views = sorted(catalog.get_dataset(ds).views)
-        names += [f"{c.dataset}/{c.strategy}" for c in expand_cells(ds, views, cfg.strategy_names) if c.info.trainable]  # type: ignore[attr-defined]
+        names += [study_name(c, r) for c in expand_cells(ds, views, cfg.strategy_names)  # type: ignore[attr-defined]
+                  if c.info.trainable for r in range(cfg.suite.replicates)]  # type: ignore[attr-defined]
     return names

@@ -7,15 +7,22 @@ process is marked FAIL (and so retried) before the study goes on.
 Several processes (the owning `fusebench run` and any number of `fusebench worker`s) may work on
 one study at once. The budget stays exact across them:
 
-- a process only starts a trial while `finished + running < budget` (finished = COMPLETE or
-  PRUNED), and `MaxTrialsCallback(budget, states=(COMPLETE, PRUNED))` stops its loop once the
-  budget is finished;
+- the budget counts every trial the strategy spent: COMPLETE, PRUNED, and FAIL when the objective
+  itself failed (an exception in training: it used its slot, and a strategy that fails often gets
+  fewer completed trials, which the record shows). Not counted: a trial failed because its process
+  was killed (user attr `stale`, retried) or one that lost the race for the last slot (`surplus`);
+- a process only starts a trial while `spent + running < budget`, and stops its loop once the
+  budget is spent;
 - the two processes that race for the last slot both get a trial number from the storage, which
   numbers trials atomically; the one whose number has `budget` or more live (finished or running)
   trials before it gives its trial up before sampling anything (state FAIL, user attr
-  `surplus=True`), so exactly `budget` trials finish;
+  `surplus=True`), so exactly `budget` trials are spent;
 - a process that finds the budget claimed waits for the running trials of the others, and claims
-  again if one of them fails (a failed trial is retried by whoever is still there).
+  again if one of them dies (a stale trial is retried by whoever is still there).
+
+Search replicates: a cell runs `Budget.replicates` independent studies (`study_name` + `/rN` for
+N ≥ 1), each with its own sampler seed (`Budget.for_replicate`), so that the variance of the search
+itself is measured (Bouthillier et al., MLSys 2021).
 
 Stale trials: on PostgreSQL, optuna's heartbeat fails a trial whose process stopped beating for
 the grace period and optuna's retry callback (bench.storage) re-enqueues its params. On a journal or SQLite
@@ -34,11 +41,10 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,7 @@ LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 N_STARTUP_TRIALS = 10  # TPE's random start-up trials (optuna's default)
 PRUNER_STARTUP_TRIALS = 2
 PRUNER_WARMUP_STEPS = 2
+REPLICATE_SEED_STRIDE = 1000  # replicate r searches with sampler seed search_seed + 1000 * r
 
 
 @dataclass(frozen=True)
@@ -59,10 +66,24 @@ class Budget:
     seeds: int
     search_seed: int = 0
     eval_seed_base: int = 1000  # evaluation seeds are eval_seed_base + k, disjoint from search seeds
+    replicates: int = 1  # independent searches per cell (R), each with its own sampler seed
+    replicate: int = 0  # which replicate this budget drives (set by for_replicate)
 
     @property
     def eval_seeds(self) -> list[int]:
         return [self.eval_seed_base + k for k in range(self.seeds)]
+
+    def for_replicate(self, r: int) -> Budget:
+        """The budget of search replicate `r`: same trials, cap and evaluation seeds, its own sampler seed."""
+        if not 0 <= r < self.replicates:
+            raise ValueError(f"replicate {r} outside 0..{self.replicates - 1}")
+        base = self.search_seed - REPLICATE_SEED_STRIDE * self.replicate
+        return replace(self, search_seed=base + REPLICATE_SEED_STRIDE * r, replicate=r)
+
+
+def replicate_study_name(name: str, r: int) -> str:
+    """Replicate 0 keeps the plain name (runs before replicates existed resume into it)."""
+    return name if r == 0 else f"{name}/r{r}"
 
 
 class TrialSeededTPESampler(optuna.samplers.TPESampler):
@@ -174,14 +195,53 @@ class _Surplus(Exception):
     """Raised inside a trial that lost the race for the last budget slot (it has sampled nothing)."""
 
 
+def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """Numbers of trials failed by a dead process: marked `stale` here, or re-enqueued by optuna's
+    heartbeat retry callback (their copy carries system attr `failed_trial`)."""
+    out = {t.number for t in trials if t.user_attrs.get("stale")}
+    return out | {int(t.system_attrs["failed_trial"]) for t in trials if "failed_trial" in t.system_attrs}
+
+
+def _spent_flags(trials: list[optuna.trial.FrozenTrial]) -> list[bool]:
+    """Which trials use a slot of the budget (see the module docstring)."""
+    retried = _retried(trials)
+    return [t.state in DONE_STATES
+            or (t.state == TrialState.FAIL and not t.user_attrs.get("surplus") and t.number not in retried)
+            for t in trials]
+
+
 def _counts(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(deepcopy=False, states=LIVE_STATES)
-    done = sum(t.state in DONE_STATES for t in trials)
-    return done, len(trials) - done
+    trials = study.get_trials(deepcopy=False)
+    return sum(_spent_flags(trials)), sum(t.state == TrialState.RUNNING for t in trials)
 
 
 def n_done(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=DONE_STATES))
+    """Trials that used the budget: COMPLETE + PRUNED + FAIL of the objective (not stale, not surplus)."""
+    return _counts(study)[0]
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """How a study spent its budget (what records carry)."""
+
+    budget: int
+    complete: int
+    pruned: int
+    failed: int  # the objective failed (counted in the budget)
+    retried: int  # failed because the process was killed (stale): not counted, run again
+
+    @property
+    def spent(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+
+def trial_counts(study: optuna.Study, budget: int) -> TrialCounts:
+    trials = study.get_trials(deepcopy=False)
+    spent = _spent_flags(trials)
+    failed = sum(t.state == TrialState.FAIL and s for t, s in zip(trials, spent))
+    stale = sum(t.state == TrialState.FAIL and not s and not t.user_attrs.get("surplus") for t, s in zip(trials, spent))
+    return TrialCounts(budget, sum(t.state == TrialState.COMPLETE for t in trials),
+                       sum(t.state == TrialState.PRUNED for t in trials), failed, stale)
 
 
 def _guarded(objective: Callable[[optuna.Trial], float], budget: Budget) -> Callable[[optuna.Trial], float]:
@@ -190,7 +250,9 @@ def _guarded(objective: Callable[[optuna.Trial], float], budget: Budget) -> Call
     def run(trial: optuna.Trial) -> float:
         trial.set_user_attr("host", host)
         trial.set_user_attr("pid", pid)
-        ahead = sum(t.number < trial.number for t in trial.study.get_trials(deepcopy=False, states=LIVE_STATES))
+        trials = trial.study.get_trials(deepcopy=False)
+        ahead = sum(t.number < trial.number and (t.state == TrialState.RUNNING or s)
+                    for t, s in zip(trials, _spent_flags(trials)))
         if ahead >= budget.trials:
             trial.set_user_attr("surplus", True)
             trial.study.stop()
@@ -203,19 +265,22 @@ def _guarded(objective: Callable[[optuna.Trial], float], budget: Budget) -> Call
 def run_search(
     study: optuna.Study, objective: Callable[[optuna.Trial], float], budget: Budget, *, poll_s: float = 0.5
 ) -> tuple[optuna.Study, float]:
-    """Run trials until the study has `budget.trials` finished ones (counting those of other processes
-    and of earlier runs), or this process's `budget.timeout_s` is spent and nobody else is running one.
-    Returns the study and the seconds spent here."""
+    """Run trials until the study has spent `budget.trials` (counting those of other processes and of
+    earlier runs), or this process's `budget.timeout_s` is spent and nobody else is running one.
+    Returns the study and the seconds spent here; `cap_bound(study, budget)` tells which it was."""
     started = time.perf_counter()
     deadline = started + budget.timeout_s
     fail_stale_running(study)
-    stop_at_budget = MaxTrialsCallback(budget.trials, states=DONE_STATES)
     guarded = _guarded(objective, budget)
     failures: list[int] = []
 
     def count_failures(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         if t.state == TrialState.FAIL and not t.user_attrs.get("surplus"):
             failures.append(t.number)
+
+    def stop_at_budget(st: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+        if _counts(st)[0] >= budget.trials:
+            st.stop()
 
     while True:
         done, running = _counts(study)

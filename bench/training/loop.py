@@ -1,8 +1,10 @@
 """Training a strategy on cached features.
 
 Features stay resident on the device as tensors; a batch is an index into them, so the loop has
-no per-batch decoding, no DataLoader and no host↔device copies. Early stopping keeps the state of
-the best validation epoch. `on_epoch(epoch, val_metric)` lets optuna prune (it may raise).
+no per-batch decoding, no DataLoader and no host↔device copies. Early stopping (bench/training/
+stopping.py: validation loss, patience in evaluations and optimiser steps, a minimum number of
+steps, min-delta) keeps the state of the best evaluation. `on_epoch(epoch, val_metric)` lets optuna
+prune (it may raise).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor
 from fusebench.core import metrics as metric_lib
 from fusebench.strategies.base import FusionModel
 from fusebench.strategies.training_options import GradientBlender, TrainingOptions, drop_modalities
+from fusebench.training.stopping import EarlyStopper, Monitor, StopRule, nll
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +33,28 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """The fixed (not searched) part of training, identical for every strategy of a suite."""
 
-    epochs: int = 30
-    patience: int = 5
+    epochs: int = 30  # raised when fewer epochs than `min_steps` optimiser steps would allow
+    patience: int = 5  # evaluations (one per epoch) without improvement before stopping ...
     batch_size: int = 128
     eval_batch_size: int = 1024
     modality_dropout: float = 0.0  # see strategies.training_options
     gradient_blending: bool = False
     amp_bf16: bool = False  # bf16 autocast of the training forward/loss (meant for CUDA; runs on CPU too)
     compile: bool = False  # torch.compile the model's forward for training (needs a C++ compiler on CPU)
+    patience_steps: int = 0  # ... and at least this many optimiser steps without improvement
+    min_steps: int = 0  # never stop before this many optimiser steps (the epoch budget grows to fit them)
+    min_delta: float = 0.0  # an improvement of the monitored quantity must exceed this
+    monitor: Monitor = "val_loss"  # the early-stopping quantity: validation loss (smooth) or the main metric
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError(f"epochs, batch_size and patience must be >= 1: {self}")
         TrainingOptions(self.modality_dropout, self.gradient_blending)  # validates
+        self.stop_rule  # validates
+
+    @property
+    def stop_rule(self) -> StopRule:
+        return StopRule(self.patience, self.patience_steps, self.min_steps, self.min_delta, self.monitor)
 
 
 @dataclass(frozen=True)
@@ -62,13 +74,16 @@ class Batch:
 @dataclass
 class TrainResult:
     model: FusionModel
-    val_metric: float
+    val_metric: float  # the main metric at the restored (best) evaluation
     best_epoch: int
     epochs_run: int
     train_seconds: float  # the epochs' training loops only (synchronised); validation is not in it
     train_samples: int
     history: list[float] = field(default_factory=list)
     val_seconds: float = 0.0  # the per-epoch validation passes, timed apart
+    best_step: int = 0  # optimiser steps taken when the restored weights were evaluated
+    steps_run: int = 0
+    val_loss: float = float("nan")  # validation loss at the restored evaluation
 
     @property
     def train_samples_per_s(self) -> float:
@@ -129,9 +144,12 @@ def train_model(
     n = len(train)
     blender = GradientBlender(list(train.inputs)) if cfg.gradient_blending else None
     blend_probe = train.take(torch.arange(min(n, 2048), device=device))
-    best_score, best_epoch, best_state = -float("inf"), -1, None
+    stopper = EarlyStopper(cfg.stop_rule)
+    best_score, best_loss, best_epoch, best_state = -float("inf"), float("nan"), -1, None
     history: list[float] = []
-    train_seconds, val_seconds, samples, bad_epochs = 0.0, 0.0, 0, 0
+    train_seconds, val_seconds, samples, steps = 0.0, 0.0, 0, 0
+    steps_per_epoch = sum(1 for start in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - start) >= 2 or n < 2)
+    max_epochs = cfg.stop_rule.epochs_for(cfg.epochs, steps_per_epoch)
     if cfg.amp_bf16 and device.type != "cuda":
         log.debug("amp_bf16 on %s: CPU bf16 autocast (its gain depends on the CPU)", device)
     step_model: FusionModel = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
@@ -143,7 +161,7 @@ def train_model(
             loss_of(step_model, warm).backward()
         optimizer.zero_grad(set_to_none=True)
     epoch = 0
-    for epoch in range(cfg.epochs):
+    for epoch in range(max_epochs):
         model.train()
         _sync(device)
         t0 = time.perf_counter()
@@ -161,25 +179,26 @@ def train_model(
             loss.backward()
             optimizer.step()
             samples += idx.numel()
+            steps += 1
         _sync(device)
         t1 = time.perf_counter()
         train_seconds += t1 - t0
         if blender is not None:
             blender.update(model, (blend_probe.inputs, blend_probe.labels), (val.inputs, val.labels))
-        score = metric(val_labels, predict_proba(model, val.inputs, cfg.eval_batch_size))
+        probs = predict_proba(model, val.inputs, cfg.eval_batch_size)
+        score, loss = metric(val_labels, probs), nll(val_labels, probs)
         val_seconds += time.perf_counter() - t1
         if not np.isfinite(score):
             score = -float("inf")
         history.append(float(score))
         if on_epoch is not None:
             on_epoch(epoch, float(score))
-        if score > best_score:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
+        if stopper.update(loss, float(score), steps):
+            best_score, best_loss, best_epoch = score, loss, epoch
             best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.patience:
-                break
+        elif stopper.should_stop(steps):
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return TrainResult(model, float(best_score), best_epoch, epoch + 1, train_seconds, samples, history, val_seconds)
+    return TrainResult(model, float(best_score), best_epoch, epoch + 1, train_seconds, samples, history, val_seconds,
+                       best_step=stopper.best_step, steps_run=steps, val_loss=float(best_loss))
