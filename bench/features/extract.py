@@ -175,7 +175,7 @@ def encode_task(
             items, busy = 0, 0.0
             encoder = build_encoder(view.encoder, view.options, device)
             if encoder.fitted:
-                encoder.fit(list(tables.splits["train"][view.column]))
+                encoder.fit(list(tables.splits["train"][view.column]), list(tables.splits["train"]["label"]))
             for split in missing:
                 values, index = _dedupe(list(tables.splits[split][view.column]))
                 t0 = time.perf_counter()
