@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import time
@@ -175,7 +176,11 @@ def encode_task(
             items, busy = 0, 0.0
             encoder = build_encoder(view.encoder, view.options, device)
             if encoder.fitted:
-                encoder.fit(list(tables.splits["train"][view.column]), list(tables.splits["train"]["label"]))
+                train_values = list(tables.splits["train"][view.column])
+                if "labels" in inspect.signature(encoder.fit).parameters:  # label-aware (tfidf nb_weight/lr_score)
+                    encoder.fit(train_values, labels=list(tables.splits["train"]["label"]))
+                else:  # a plugin encoder written against fit(values)
+                    encoder.fit(train_values)
             for split in missing:
                 values, index = _dedupe(list(tables.splits[split][view.column]))
                 t0 = time.perf_counter()
