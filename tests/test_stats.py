@@ -206,3 +206,13 @@ def test_bad_storage_url_on_the_command_line_exits_2(toy, tmp_path, capsys):
     code = main(["run", "--datasets", "toy", "--strategies", "concat", "--storage", "redis://x", "--out", str(tmp_path / "r"),
                  "--data-dir", str(data)])
     assert code == 2 and "unsupported storage URL" in capsys.readouterr().err
+
+
+def test_prediction_files_without_replicate_or_cluster_columns_read_as_one_search_row_clusters(tmp_path):
+    p = _preds(LABELS[:20], [0.8, 0.7], 30)
+    path = tmp_path / "old.parquet"
+    pd.DataFrame([{"seed": int(s), "index": int(i), "label": int(p.labels[j]), "pred": 0, "prob": p.probs[k, j]}
+                  for k, s in enumerate(p.seeds) for j, i in enumerate(p.index)]).to_parquet(path)
+    old = stats.Predictions.read(path)
+    assert old.n_replicates == 1 and list(old.clusters) == [str(i) for i in range(20)]
+    assert np.allclose(old.probs, p.probs)
