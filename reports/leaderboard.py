@@ -26,6 +26,12 @@ __all__ = ["leaderboard", "to_markdown", "write_leaderboard", "task_verdict", "r
 FUSION_FAMILIES = ("early", "mid", "late")
 
 
+def _complete(r: Record) -> int:
+    """Completed trials; records from before pruned/failed were counted hold only `n_trials` (done trials)."""
+    parts = [getattr(r, f, 0) or 0 for f in ("n_trials_complete", "n_trials_pruned", "n_trials_failed")]
+    return parts[0] if sum(parts) > 0 else r.n_trials
+
+
 def records_frame(records: list[Record]) -> pd.DataFrame:
     rows = [
         {
@@ -42,7 +48,7 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
             "error": r.error,
             "stats": r.stats or None,
             "replicate": getattr(r, "replicate", 0) or 0,
-            "trials_complete": getattr(r, "n_trials_complete", r.n_trials),
+            "trials_complete": _complete(r),
             "trials_budget": r.n_trials_budget,
             "trials_pruned": getattr(r, "n_trials_pruned", np.nan),
             "trials_failed": getattr(r, "n_trials_failed", np.nan),

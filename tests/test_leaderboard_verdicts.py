@@ -61,14 +61,14 @@ def test_verdict_says_plainly_when_no_fusion_wins_or_when_r1_cannot_test():
 
 def test_budget_columns_and_degenerate_flag_with_best_epoch():
     dead = {"best_unimodal": "unimodal:a", "degenerate": True}
-    recs = [_rec("d", "gmu", 0.02, seed=s, n_trials=3, n_trials_budget=10, search_seconds=12.5, best_epoch=0, stats=dead)
-            for s in (0, 1)]
+    recs = [_rec("d", "gmu", 0.02, seed=s, n_trials=3, n_trials_complete=3, n_trials_budget=10, n_trials_pruned=1,
+                 n_trials_failed=2, cap_bound=True, search_seconds=12.5, best_epoch=0, stats=dead) for s in (0, 1)]
     recs += [_rec("d", "unimodal:a", 0.8, n_trials=10, n_trials_budget=10, stats={"best_unimodal": "unimodal:a"}),
              _rec("d", "random", 0.02)]
     board = leaderboard(recs)
     row = board.set_index("strategy").loc["gmu"]
     assert row.trials_complete == 3 and row.trials_budget == 10 and row.search_seconds == 12.5  # per search, not per seed
     md = to_markdown(board)
-    assert "| 3/10 |" in md and "⚠ degenerate, best epoch 0" in md
+    assert "| 3/10 (1 pruned, 2 failed) |" in md and "⚠ degenerate, best epoch 0; ⏱ cap bound" in md
     assert "Degenerate (mean inside the `random` floor's interval, learned nothing): `gmu` (best epoch 0)" in task_verdict(board)
     assert "| – |" in md  # random: not searched
