@@ -88,7 +88,7 @@ def test_compare_catches_an_injected_regression_and_ignores_noise(tmp_path):
     assert ok.regressions == [] and ok.compared == 15
     bad = compare(load_board(base), load_board(broken), max_drop=0.02)
     assert len(bad.regressions) == 3 and all("REGRESSION" in m and " gmu accuracy: " in m for m in bad.regressions)
-    assert "→" in bad.regressions[0] and "outside baseline CI" in bad.regressions[0]
+    assert "→" in bad.regressions[0] and "outside the seed-level noise band" in bad.regressions[0]  # gate: seed-level noise
     lenient = compare(load_board(base), load_board(broken), max_drop=0.2)
     assert lenient.regressions == []  # drop smaller than --max-drop
 
