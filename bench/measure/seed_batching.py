@@ -1,0 +1,70 @@
+"""How much batching the evaluation seeds buys: samples/s of K members trained batched vs one after
+another, for a given strategy, on generated inputs shaped like a real task (issue 15).
+
+Used by `fusebench throughput --seed-batching 1,3,5,10` and the perf benchmark; the figure is the
+total member-samples trained per second of wall time (K × train rows × epochs / seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fusebench.strategies import STRATEGIES, FusionSpec
+from fusebench.training.batched import fit_seeds
+from fusebench.training.loop import Batch, TrainConfig
+
+SPEC = FusionSpec({"audio": 128, "image": 256, "text": 384}, {"audio": 8, "image": 9, "text": 16}, 10)
+
+
+@dataclass(frozen=True)
+class SeedBatchingRow:
+    strategy: str
+    members: int
+    mode: str  # "batched" or "sequential"
+    samples_per_s: float
+    seconds: float
+    batched: bool  # whether the batched path was really taken
+    reason: str
+
+
+def _data(kind: str, spec: FusionSpec, n: int, seed: int = 0) -> tuple[Batch, Batch]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, spec.num_classes, (n,), generator=g)
+    if kind == "pooled":
+        x = {m: torch.randn(n, d, generator=g) for m, d in spec.dims.items()}
+    else:
+        x = {m: torch.randn(n, spec.tokens[m], d, generator=g) for m, d in spec.dims.items()}
+    cut = int(n * 0.8)
+    return (Batch({k: v[:cut] for k, v in x.items()}, y[:cut]), Batch({k: v[cut:] for k, v in x.items()}, y[cut:]))
+
+
+def measure_seed_batching(strategy: str, members: list[int], n: int = 1024, epochs: int = 3,
+                          batch_size: int = 128) -> list[SeedBatchingRow]:
+    """Fit K ∈ `members` seeds of `strategy` for a fixed number of epochs (no early stop), both ways."""
+    info = STRATEGIES.get(strategy)
+    spec = SPEC.restrict(["text"]) if info.per_modality else SPEC
+    train, val = _data(info.input_kind, spec, n)
+    cfg = TrainConfig(epochs=epochs, patience=epochs + 1, batch_size=batch_size)
+    params = info.params()
+    if hasattr(params, "dropout"):
+        params = dataclasses.replace(params, dropout=0.0)  # so that no member stops early by chance
+    rows = []
+
+    def build(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return info.build(spec, params)
+
+    fit_seeds(build, [0, 1], train, val, dataclasses.replace(cfg, epochs=1), "accuracy")  # warm-up
+    for k in members:
+        seeds = list(range(1000, 1000 + k))
+        for mode in ("sequential", "batched"):
+            t0 = time.perf_counter()
+            fits = fit_seeds(build, seeds, train, val, cfg, "accuracy", batched=mode == "batched")
+            seconds = time.perf_counter() - t0
+            samples = k * len(train) * epochs
+            rows.append(SeedBatchingRow(strategy, k, mode, samples / seconds, seconds, fits.batched, fits.reason))
+    return rows
