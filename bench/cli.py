@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from fusebench.core.errors import UsageError
@@ -81,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--amp-bf16", action="store_true", help="bf16 autocast in training (meant for CUDA; runs on CPU too)")
     run.add_argument("--compile", action="store_true", help="torch.compile each model for training (compile time not timed)")
+    run.add_argument("--sequential-seeds", action="store_true",
+                     help="train evaluation seeds one after another instead of as one batched model (same results)")
     run.add_argument("--jobs", type=int, help="cells trained in parallel processes on CPU (default: the suite's, else 1)")
     run.add_argument("--data-dir", help="data root")
 
@@ -225,7 +228,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     summary = run(RunConfig(suite=suite, out=Path(args.out), data_dir=args.data_dir, device=args.device,
                             storage=args.storage, jobs=suite.jobs, prepare_only=args.prepare_only,
-                            amp_bf16=args.amp_bf16, compile=args.compile, new_run=args.new_run))
+                            amp_bf16=args.amp_bf16, compile=args.compile, new_run=args.new_run,
+                            batch_seeds=not args.sequential_seeds))
     if args.prepare_only:
         print(f"fusebench: studies ready in {args.storage or 'the run directory'}; start `fusebench worker` processes")
         return 0
@@ -318,14 +322,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from fusebench.results.records import load_records
     from fusebench.reports.leaderboard import write_leaderboard
 
+    from fusebench.run.phases import add_report_seconds
+
     run_dir = Path(args.run_dir)
     if not (run_dir / "results.jsonl").is_file():
         raise UsageError(f"{run_dir}/results.jsonl not found: pass the --out directory of a `fusebench run`")
+    t0 = time.perf_counter()
     write_leaderboard(load_records(run_dir / "results.jsonl", strict=True), run_dir)
     if args.html:
         from fusebench.reports.html import write_report
 
         write_report(run_dir)
+    add_report_seconds(run_dir, time.perf_counter() - t0)
     print(f"fusebench: wrote {run_dir}/leaderboard.md")
     if args.html:
         print(f"fusebench: wrote {(run_dir / 'report.html').resolve()}")

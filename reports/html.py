@@ -174,10 +174,22 @@ def _metadata(meta: dict, records: list[Record]) -> str:
         "data fingerprints": _kv({k: v.get("fingerprint") for k, v in (meta.get("data") or {}).items()}),
         "encoders": _kv({k: v.get("encoders") for k, v in (meta.get("data") or {}).items()}),
         "storage": html.escape(str((meta.get("config") or {}).get("storage") or "")),
+        "time to leaderboard": _phases(meta),
     }
     rows = "".join(f"<tr><th class=l>{html.escape(k)}</th><td>{v if k != 'device' else html.escape(str(v))}</td></tr>"
                    for k, v in items.items() if v not in (None, "", "None / None"))
     return f"<div class=tw><table class=meta>{rows}</table></div>"
+
+
+def _phases(meta: dict) -> str | None:
+    """Wall seconds per phase of the run (run.json `phases`), and process-seconds inside cells."""
+    phases, cells = meta.get("phases") or {}, meta.get("cell_seconds") or {}
+    if not phases:
+        return None
+    wall = " · ".join(f"{k} {v:,.1f} s" for k, v in phases.items())
+    inside = " · ".join(f"{k} {v:,.1f}" for k, v in cells.items())
+    total = f"total {meta['seconds']:,.1f} s (run) · " if meta.get("seconds") else ""
+    return html.escape(f"{total}{wall}" + (f"; inside cells, process-seconds: {inside}" if inside else ""))
 
 
 def _grid(*imgs: str) -> str:

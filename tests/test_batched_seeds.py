@@ -66,6 +66,7 @@ def test_batched_member_equals_sequential_seed(name):
     for seed, got, want in zip(SEEDS, fits.results, sequential):
         assert got.best_epoch == want.best_epoch, f"{name} seed {seed}: best epoch {got.best_epoch} != {want.best_epoch}"
         assert got.val_metric == pytest.approx(want.val_metric, abs=1e-6)
+        assert (got.best_step, got.steps_run) == (want.best_step, want.steps_run), f"{name} seed {seed}"
         np.testing.assert_allclose(predict_proba(got.model, val.inputs), predict_proba(want.model, val.inputs),
                                    atol=1e-3, err_msg=f"{name} seed {seed}")
 
@@ -96,3 +97,31 @@ def test_unbatchable_configurations_say_why():
     assert not_batchable(models, CFG) == ""
     fits = fit_seeds(build, SEEDS, train, val, dataclasses.replace(CFG, modality_dropout=0.2), "accuracy")
     assert not fits.batched and "modality dropout" in fits.reason and len(fits.results) == 3
+
+
+def test_run_records_batching_and_phases(tmp_path, synthetic_bundle, monkeypatch):
+    """A real (tiny, generated) run: records say how many seeds trained together and carry phase
+    seconds; run.json holds wall time per phase and the in-cell process-seconds; --sequential-seeds
+    trains one seed at a time (on this separable toy task both modes reach the same test scores)."""
+    import json
+
+    from fusebench.cli import main
+    from fusebench.results.records import load_records
+
+    data, cfg = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    runs = {}
+    for mode, extra in (("batched", []), ("sequential", ["--sequential-seeds"])):
+        out = tmp_path / mode
+        args = ["run", "--datasets", "toy", "--strategies", "concat", "--trials", "2", "--seeds", "3",
+                "--data-dir", str(data), "--out", str(out), *extra]
+        assert main(args) == 0
+        runs[mode] = {r.seed: r for r in load_records(out / "results.jsonl")}
+        meta = json.loads((out / "run.json").read_text())
+        assert {"data", "encoding", "cells", "statistics", "leaderboard"} <= set(meta["phases"])
+        assert meta["cell_seconds"]["evaluation"] > 0 and meta["cell_seconds"]["search"] > 0
+    assert {r.seeds_batched for r in runs["batched"].values()} == {3}
+    assert {r.seeds_batched for r in runs["sequential"].values()} == {1}
+    for seed, rec in runs["batched"].items():
+        assert set(rec.phase_seconds) == {"evaluation", "robustness", "throughput"}
+        assert rec.main_metric == pytest.approx(runs["sequential"][seed].main_metric, abs=1e-6)

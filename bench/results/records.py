@@ -82,6 +82,10 @@ class Record:
     data_fingerprint: str = ""
     error: str | None = None
     robustness: dict[str, float | None] = field(default_factory=dict)  # "missing:<view>", "noise:<sigma>" → test metric
+    seeds_batched: int = 1  # evaluation seeds trained together as one batched model (1: sequentially)
+    # This record's share of the cell's wall time by phase (seconds): evaluation (fitting its seed,
+    # batched fits shared equally, plus test scoring), robustness, throughput (measured once per cell).
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     sampler: dict[str, Any] = field(default_factory=dict)  # optuna sampler of the search: name + settings
     pruner: dict[str, Any] = field(default_factory=dict)  # optuna pruner of the search: name + settings
     # Per-cell statistics over all its seeds and test examples (bench.stats.cell_stats): mean, std,

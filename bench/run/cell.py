@@ -30,6 +30,7 @@ from fusebench.search.study import (Budget, TrialCounts, best_params_or_none, op
 from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
 from fusebench.measure.timing import TimingConfig, flops_per_sample, measure
+from fusebench.training.batched import fit_seeds
 from fusebench.training.loop import Batch, TrainConfig, predict_proba, train_model
 from fusebench.strategies.base import STRATEGIES, FusionSpec, StrategyInfo
 
@@ -94,6 +95,7 @@ class CellContext:
     size: str = "full"  # the suite's dataset size, stored with the study for workers
     data_root: str = ""
     rerank_k: int = 10  # retrieval tasks: dual-encoder candidates per query that a re-ranker re-scores
+    batch_seeds: bool = True  # train the K evaluation seeds as one batched model where the strategy allows
 
 
 STUDY_ATTR = "fusebench"  # the study user attr holding what a worker needs to rebuild the objective
@@ -263,18 +265,29 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
     budget = ctx.budget.for_replicate(search.replicate)
     records = []
     throughput = flops = None
-    for i, seed in enumerate(ctx.budget.eval_seeds):
-        progress.advance(progress_key(cell), 0, status=f"seed {i + 1}/{len(ctx.budget.eval_seeds)}")
+    seeds = list(ctx.budget.eval_seeds)
+    progress.advance(progress_key(cell), 0, status=f"training {len(seeds)} seeds")
+
+    def build(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
-        model = cell.info.build(spec, params).to(ctx.device)
-        result = train_model(model, train, val, ctx.train, cfg.main_metric, seed)
+        return cell.info.build(spec, params).to(ctx.device)
+
+    fits = fit_seeds(build, seeds, train, val, ctx.train, cfg.main_metric, batched=ctx.batch_seeds)
+    fit_share = fits.seconds / len(seeds)
+    for i, (seed, result) in enumerate(zip(seeds, fits.results)):
+        progress.advance(progress_key(cell), 0, status=f"seed {i + 1}/{len(seeds)}")
+        model = result.model
+        t0 = time.perf_counter()
         probs = predict_proba(model, test.inputs, ctx.train.eval_batch_size)
         labels = test.labels.cpu().numpy()
         scores = metric_lib.compute(cfg.metrics, labels, probs)
+        t1 = time.perf_counter()
         robustness = evaluate_robustness(model, test.inputs, labels, cfg.main_metric, seed, ctx.train.eval_batch_size)
+        t2 = time.perf_counter()
         if throughput is None:  # a property of the architecture, measured once per cell
             throughput = measure(model, test.inputs, ctx.device, ctx.timing, result.train_samples_per_s)
             flops = flops_per_sample(model, test.inputs)
+        phases = {"evaluation": fit_share + t1 - t0, "robustness": t2 - t1, "throughput": time.perf_counter() - t2}
         clusters = list(data.splits["test"].clusters) or [str(i) for i in range(len(labels))]
         predictions.append(pd.DataFrame({"replicate": search.replicate, "seed": seed,
                                          "index": np.arange(len(labels)), "label": labels,
@@ -317,8 +330,12 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
                 encoders={v: data.encoders[v] for v in cell.views},
                 data_fingerprint=data.fingerprint,
                 robustness=robustness,
+                seeds_batched=len(seeds) if fits.batched else 1,
+                phase_seconds={k: round(v, 4) for k, v in phases.items()},
             )
         )
+    if not fits.batched and cell.info.trainable and len(seeds) > 1:
+        log.debug("  %s: %d seeds trained one after another (%s)", cell.strategy, len(seeds), fits.reason)
     return records
 
 

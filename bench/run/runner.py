@@ -39,6 +39,7 @@ from fusebench.search.storage import default_url, kind, redact
 from fusebench.measure.timing import TimingConfig
 from fusebench.training.loop import TrainConfig
 from fusebench.reports.leaderboard import write_leaderboard
+from fusebench.run.phases import PhaseClock, cell_seconds
 from fusebench.strategies import STRATEGIES
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class RunConfig:
     amp_bf16: bool = False  # bf16 autocast in training (TrainConfig.amp_bf16)
     compile: bool = False  # torch.compile for training (TrainConfig.compile)
     new_run: bool = False  # --new-run: when `out` holds a run, write to the first free OUT.N beside it
+    batch_seeds: bool = True  # train a cell's evaluation seeds as one batched model (--sequential-seeds: off)
 
     @property
     def strategy_names(self) -> list[str]:
@@ -173,6 +175,7 @@ def _run(cfg: RunConfig) -> RunSummary:
                           gradient_blending=suite.gradient_blending, amp_bf16=cfg.amp_bf16, compile=cfg.compile,
                           patience_steps=suite.patience_steps, min_steps=suite.min_steps, min_delta=suite.min_delta,
                           monitor=suite.monitor),  # type: ignore[arg-type]
+        batch_seeds=cfg.batch_seeds,
         timing=TimingConfig(batch_size=max(suite.batch_size, 256)),
         device=device,
         storage=storage,
@@ -203,6 +206,8 @@ def _run(cfg: RunConfig) -> RunSummary:
 
     results = out / "results.jsonl"
     records = load_records(results, set_aside=True)
+    clock = PhaseClock()
+    previous_phases = {k: v for k, v in (meta.get("phases") or {}).items() if k != "report"}
     done = done_cells(records, ctx.budget.eval_seeds, getattr(suite, "replicates", 1))
     cache = FeatureCache(cache_root())
     ok = failed = skipped = 0
@@ -226,8 +231,10 @@ def _run(cfg: RunConfig) -> RunSummary:
                 continue
             t0 = time.perf_counter()
             try:
-                tables = build_tables(ds_cfg, root, suite.size)
-                data = encode_task(ds_cfg, tables, cache, device, views=needed_views(todo))
+                with clock.phase("data"):
+                    tables = build_tables(ds_cfg, root, suite.size)
+                with clock.phase("encoding"):
+                    data = encode_task(ds_cfg, tables, cache, device, views=needed_views(todo))
             except UsageError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the whole dataset fails, the run goes on
@@ -271,6 +278,7 @@ def _run(cfg: RunConfig) -> RunSummary:
                             open_cell_study(cell, data, ctx, r)
                 torch.set_num_threads(encode_threads)
                 continue
+            cells_t0 = time.perf_counter()
             outcomes = RetrievalRun(data, tables, ctx).execute(todo) if retrieval else pool.execute(todo, data, ctx)
             for cell, outcome in outcomes:
                 if isinstance(outcome, UsageError):
@@ -288,12 +296,17 @@ def _run(cfg: RunConfig) -> RunSummary:
                 records = merge_records(records, new)
                 write_records(results, records)
                 progress.advance("sweep", 1, status=f"last: {cell.dataset}/{cell.strategy}")
-            records = _with_stats(records, out, ds_name, results, ds_cfg.task)
+            clock.seconds["cells"] = clock.seconds.get("cells", 0.0) + time.perf_counter() - cells_t0
+            with clock.phase("statistics"):
+                records = _with_stats(records, out, ds_name, results, ds_cfg.task)
             torch.set_num_threads(encode_threads)
     progress.finish("sweep")
     meta["finished_at"] = now()
     meta["cache"] = {"hits": cache.hits, "misses": cache.misses, "root": str(cache.root)}
+    with clock.phase("leaderboard"):
+        write_leaderboard(records, out)
     meta["seconds"] = round(time.perf_counter() - started, 2)
+    meta["phases"] = clock.as_dict(previous_phases)
+    meta["cell_seconds"] = cell_seconds(records)
     atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
-    write_leaderboard(records, out)
     return RunSummary(ok, failed, skipped, time.perf_counter() - started, out)

@@ -11,7 +11,8 @@ What stays per member, so that member k is the sequential fit of seed k:
 - data order: member k's permutation comes from its own generator seeded with `seed_k`;
 - dropout: `vmap(randomness="different")` draws an independent mask per member (the masks are not
   the sequential run's masks, so with dropout > 0 members agree in distribution, not bitwise);
-- early stopping: each member keeps its own best state and patience; a member that stops is frozen
+- early stopping: each member has its own `EarlyStopper` (the sequential loop's rule, in optimiser
+  steps), best state and patience; a member that stops is frozen
   (its loss is masked to zero and its best state is what it returns), not dropped; the batch stops
   when every member has.
 
@@ -37,6 +38,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from fusebench.core import metrics as metric_lib
 from fusebench.strategies.base import FusionModel
 from fusebench.training.loop import Batch, TrainConfig, TrainResult, loss_of, train_model
+from fusebench.training.stopping import EarlyStopper, nll
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +143,20 @@ def _fit_batched(
         in_dims=(0, 0, 0, None), randomness="different",
     )
     keys = set(models[0].state_dict())
-    best: list[tuple[float, int, dict | None]] = [(-float("inf"), -1, None)] * k_members  # (score, epoch, state)
+    stoppers = [EarlyStopper(cfg.stop_rule) for _ in models]
+    best: list[tuple[float, float, int, dict | None]] = [(-float("inf"), float("nan"), -1, None)] * k_members
     histories: list[list[float]] = [[] for _ in range(k_members)]
-    bad = [0] * k_members
+    member_steps = [0] * k_members
     active = torch.ones(k_members, device=device)
-    train_seconds, samples, epoch = 0.0, 0, 0
-    for epoch in range(cfg.epochs):
+    steps_per_epoch = sum(1 for start in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - start) >= 2 or n < 2)
+    max_epochs = cfg.stop_rule.epochs_for(cfg.epochs, steps_per_epoch)
+    train_seconds, val_seconds, samples = 0.0, 0.0, 0
+    for epoch in range(max_epochs):
         skeleton.train()
         _sync(device)
         t0 = time.perf_counter()
         orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in generators])
+        live = [k for k in range(k_members) if active[k]]
         for start in range(0, n, cfg.batch_size):
             idx = orders[:, start : start + cfg.batch_size]  # [K, B]
             if idx.shape[1] < 2 and n >= 2:
@@ -160,39 +166,44 @@ def _fit_batched(
             optimizer.zero_grad(set_to_none=True)
             (losses * active).sum().backward()
             optimizer.step()
-            samples += idx.shape[1] * int(active.sum().item())
+            samples += idx.shape[1] * len(live)
+            for k in live:
+                member_steps[k] += 1
         _sync(device)
-        train_seconds += time.perf_counter() - t0
-        scores = _val_scores(batched_logits, skeleton, trainable, frozen, buffers, val, cfg, metric, val_labels)
-        for k, score in enumerate(scores):
-            if not active[k]:
-                continue
+        t1 = time.perf_counter()
+        train_seconds += t1 - t0
+        member_probs = _val_probs(batched_logits, skeleton, trainable, frozen, buffers, val, cfg)
+        val_seconds += time.perf_counter() - t1
+        for k in live:
+            probs = member_probs[k]
+            score, loss = float(metric(val_labels, probs)), nll(val_labels, probs)
+            if not np.isfinite(score):
+                score = -float("inf")
             histories[k].append(score)
-            if score > best[k][0]:
+            if stoppers[k].update(loss, score, member_steps[k]):
                 state = {name[len("model."):]: t[k].detach().clone() for name, t in {**params, **buffers}.items()
                          if name[len("model."):] in keys}
-                best[k], bad[k] = (score, epoch, state), 0
-            else:
-                bad[k] += 1
-                if bad[k] >= cfg.patience:
-                    active[k] = 0.0
+                best[k] = (score, loss, epoch, state)
+            elif stoppers[k].should_stop(member_steps[k]):
+                active[k] = 0.0  # frozen: its loss is masked from now on, its best state is kept
         if not bool(active.any()):
             break
     results = []
     for k, model in enumerate(models):
-        score, best_epoch, state = best[k]
+        score, loss, best_epoch, state = best[k]
         if state is not None:
             model.load_state_dict(state)
-        member_samples = samples // k_members
+        member_samples = member_steps[k] and samples * member_steps[k] // max(sum(member_steps), 1)
         results.append(TrainResult(model, float(score), best_epoch, len(histories[k]), train_seconds / k_members,
-                                   member_samples, histories[k]))
+                                   int(member_samples), histories[k], val_seconds / k_members,
+                                   best_step=stoppers[k].best_step, steps_run=member_steps[k], val_loss=float(loss)))
     return results
 
 
 @torch.no_grad()
-def _val_scores(batched_logits, skeleton: nn.Module, trainable: dict, frozen: dict, buffers: dict, val: Batch,
-                cfg: TrainConfig, metric, val_labels: np.ndarray) -> list[float]:
-    """Each member's validation main metric, from one vmap-ed eval-mode forward per chunk."""
+def _val_probs(batched_logits, skeleton: nn.Module, trainable: dict, frozen: dict, buffers: dict, val: Batch,
+               cfg: TrainConfig) -> np.ndarray:
+    """Every member's validation probabilities `[K, N, C]`, from one vmap-ed eval-mode forward per chunk."""
     skeleton.eval()
     n = len(val)
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -204,9 +215,4 @@ def _val_scores(batched_logits, skeleton: nn.Module, trainable: dict, frozen: di
         ]
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    probs = torch.cat(chunks, dim=1).softmax(-1).cpu().numpy()  # [K, N, C]
-    out = []
-    for member_probs in probs:
-        score = float(metric(val_labels, member_probs))
-        out.append(score if np.isfinite(score) else -float("inf"))
-    return out
+    return torch.cat(chunks, dim=1).softmax(-1).cpu().numpy()
