@@ -257,6 +257,10 @@ def _cmd_throughput(args: argparse.Namespace) -> int:
     from fusebench.measure.timing import device_name
     from fusebench.strategies import STRATEGIES
 
+    if args.out:  # before the measurement, not after it
+        from fusebench.core.io import check_writable_file
+
+        check_writable_file(Path(args.out), "--out")
     device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or train_threads())

@@ -41,9 +41,17 @@ class Located:
 
     data: dict[str, Any]
     lines: dict[tuple[str, ...], tuple[Path, int]]
+    file: Path | None = None  # the file that was asked for (not an include): blamed for missing keys
+
+
+_PLAIN_TAGS = ("tag:yaml.org,2002:",)
+_UNSAFE_TAGS = ("tag:yaml.org,2002:python",)
 
 
 def _compose(node: yaml.Node, path: tuple[str, ...], file: Path, lines: dict) -> Any:
+    if node.tag.startswith(_UNSAFE_TAGS) or not node.tag.startswith(_PLAIN_TAGS):
+        raise ConfigError(f"{file}:{node.start_mark.line + 1}: YAML tag {node.tag!r} at {'.'.join(path) or 'top level'} "
+                          "is not allowed: configs hold plain values only; remove the tag")
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -99,7 +107,7 @@ def load_located(path: Path, _seen: tuple[Path, ...] = ()) -> Located:
         merged = _merge(merged, sub.data)
         merged_lines.update(sub.lines)
     merged_lines.update(lines)
-    return Located(_merge(merged, data), merged_lines)
+    return Located(_merge(merged, data), merged_lines, path)
 
 
 def _where(loc: Located, path: tuple[str, ...]) -> str:
@@ -108,6 +116,8 @@ def _where(loc: Located, path: tuple[str, ...]) -> str:
     if path in loc.lines:
         file, line = loc.lines[path]
         return f"{file}:{line}"
+    if loc.file is not None:
+        return str(loc.file)
     return next(iter(loc.lines.values()), ("<config>", 0))[0].__str__()
 
 
@@ -131,7 +141,7 @@ def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
             try:
                 return _convert(value, arg, loc, path)
             except ConfigError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
         raise errors[0] if len(errors) == 1 else ConfigError(f"{_where(loc, path)}: {dotted}={value!r} matches none of {hint}")
     if origin is Literal:
         if value not in get_args(hint):
@@ -270,6 +280,8 @@ class SuiteConfig:
                              f"{self.patience}, {self.patience_steps}, {self.min_steps}, {self.min_delta}")
         if self.monitor not in ("val_loss", "val_metric"):
             raise ValueError(f"monitor must be 'val_loss' or 'val_metric', got {self.monitor!r}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
 
 
 def load_dataset_config(path: Path) -> DatasetConfig:

@@ -32,3 +32,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    """Exit 2 (UsageError) unless `path` can be written as a file: checked before long work, not after."""
+    from fusebench.core.errors import UsageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; name a file")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not writable; choose another path")
