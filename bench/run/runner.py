@@ -95,6 +95,10 @@ def resolve_device(name: str) -> torch.device:
 
 def validate(cfg: RunConfig) -> None:
     """Fail fast (exit 2) on unknown names and views before any data is touched."""
+    if not cfg.suite.datasets:
+        raise UsageError("no dataset to run: --datasets (or the suite's datasets) named none; e.g. --datasets imdb")
+    if not cfg.strategy_names:
+        raise UsageError("no strategy to run: --strategies named none; e.g. --strategies concat,unimodal, or 'all'")
     files = catalog.dataset_files()
     all_views: set[str] = set()
     for ds in cfg.suite.datasets:
