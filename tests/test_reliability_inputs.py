@@ -21,7 +21,7 @@ IMDB = REPO / "datasets_cfg" / "imdb.yaml"
 @pytest.mark.parametrize("argv, expected", [
     (["run", "--datasets", "imdb", "--strategies", ","], "no strategy"),
     (["run", "--datasets", ",", "--strategies", "concat"], "no dataset"),
-    (["run", "--datasets", "imdb", "--strategies", "concat", "--patience", "-1"], "patience must be >= 0"),
+    (["run", "--datasets", "imdb", "--strategies", "concat", "--patience", "-1"], "patience >= 1"),
 ])
 def test_bad_run_arguments_are_exit_2(argv: list[str], expected: str, tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
