@@ -141,3 +141,19 @@ def test_rich_backend_draws_bars_with_rate_and_eta_and_stops_when_idle():
     text = buf.getvalue()
     assert "sweep" in text and "d/concat" in text and "ETA" in text and "4/4" in text
     b.close()
+
+
+def test_worker_command_shows_its_trials(synthetic_bundle, monkeypatch, tmp_path):
+    data, cfg = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    monkeypatch.setenv("FUSEBENCH_PROGRESS", "plain")
+    out = tmp_path / "run"
+    url = f"journal:///{tmp_path / 'studies.journal'}"
+    assert main(["run", "--suite", "toy", "--strategies", "unimodal:lexical", "--data-dir", str(data), "--out", str(out),
+                 "--storage", url, "--prepare-only", "-q"]) == 0
+    log_file = tmp_path / "worker.log"
+    assert main(["worker", "--study", "toy/unimodal:lexical", "--storage", url, "--data-dir", str(data),
+                 "--log-file", str(log_file)]) == 0
+    text = log_file.read_text()
+    assert "started worker toy/unimodal:lexical | 0/2 trials (0%)" in text
+    assert "finished worker toy/unimodal:lexical | 2/2 trials (100%)" in text

@@ -27,7 +27,8 @@ import torch
 from fusebench.config import catalog
 from fusebench.data.builders import build_tables
 from fusebench.features.cache import FeatureCache
-from fusebench.run.cell import STUDY_ATTR, Cell, build_objective, study_name
+from fusebench.core import progress
+from fusebench.run.cell import STUDY_ATTR, Cell, build_objective, progress_key, study_name
 from fusebench.core.errors import UsageError
 from fusebench.features.extract import encode_task
 from fusebench.core.paths import cache_root, resolve_data_root
@@ -101,7 +102,13 @@ def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir
 
         torch.set_num_threads(train_threads())
     objective = build_objective(cell, data, TrainConfig(**attrs["train"]), budget, dev)
-    study, _ = run_search(study, objective, budget)
+    key = progress_key(cell)  # the objective advances it once per trial run here
+    progress.start(key, f"worker {study_name}", budget.trials, "trials", status=f"{n_done(study)} finished before")
+    progress.advance(key, n_done(study))
+    try:
+        study, _ = run_search(study, objective, budget)
+    finally:
+        progress.finish(key)
     here = sum(1 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
                if t.user_attrs.get("pid") == os.getpid() and t.user_attrs.get("host") == socket.gethostname())
     return WorkerSummary(study_name, here, n_done(study), budget.trials, time.perf_counter() - started)
