@@ -163,6 +163,10 @@ def test_history_is_exported_at_run_time_and_the_report_never_opens_the_storage(
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={}))
     path = export_history(study, d)
     assert path == d / "history" / "d1" / "unimodal__a.csv"
+    rep1 = optuna.create_study(study_name="d1/unimodal:a/r1", storage=open_storage(url, heartbeat=False),
+                               direction="maximize")
+    rep1.add_trial(optuna.trial.create_trial(value=0.9, params={}, distributions={}))
+    assert export_history(rep1, d) == d / "history" / "d1" / "unimodal__a@r1.csv"
     db.unlink()  # the storage is gone (or unreachable): the report must not need it
     assert _histories(d, "d1") == {"unimodal:a": [0.5, 0.7, 0.6]}
     write_report(d)

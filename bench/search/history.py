@@ -46,10 +46,13 @@ def export_history(study: optuna.Study, run_dir: Path) -> Path:
 
 
 def read_histories(run_dir: Path, dataset: str) -> dict[str, list[float]]:
-    """strategy → values of its COMPLETE trials in trial order, from the exported CSVs of `dataset`."""
+    """strategy → values of its COMPLETE trials in trial order, from the exported CSVs of `dataset`
+    (search replicate 0; replicates r ≥ 1 are exported as `<strategy>@r<r>.csv` and not plotted)."""
     folder = Path(run_dir) / "history" / dataset
     out: dict[str, list[float]] = {}
     for path in sorted(folder.glob("*.csv")):
+        if "@" in path.stem:
+            continue
         df = pd.read_csv(path)
         done = df[(df.state == "COMPLETE") & df.value.notna()].sort_values("number")
         out[path.stem.replace("__", ":")] = done.value.astype(float).tolist()
