@@ -10,7 +10,14 @@ import pytest
 
 from fusebench.cli import main
 from fusebench.results.records import Record, load_records, merge_records
-from fusebench.search.study import Budget, fail_stale_running, open_study, replicate_study_name, run_search, trial_counts
+from fusebench.search.study import (
+    Budget,
+    fail_stale_running,
+    open_study,
+    replicate_study_name,
+    run_search,
+    trial_counts,
+)
 
 
 def test_failed_trials_use_the_budget_and_are_counted(tmp_path):
@@ -68,8 +75,8 @@ def test_replicates_have_distinct_seeds_and_names():
 
 
 def test_records_of_replicates_do_not_overwrite_each_other():
-    a = Record(dataset="d", task="t", strategy="s", family="early", modalities=["a"], seed=1000, status="ok", replicate=0)
-    b = Record(dataset="d", task="t", strategy="s", family="early", modalities=["a"], seed=1000, status="ok", replicate=1)
+    common = dict(dataset="d", task="t", strategy="s", family="early", modalities=["a"], seed=1000, status="ok")
+    a, b = Record(**common, replicate=0), Record(**common, replicate=1)
     assert len(merge_records([a], [b])) == 2
     old = Record.from_json({k: v for k, v in a.to_json().items() if k != "replicate"})
     assert old.replicate == 0  # records written before replicates load as replicate 0

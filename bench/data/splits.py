@@ -12,8 +12,9 @@ whole groups (clips of one recording, rows of one review…) are assigned to spl
 
 The assignment is a greedy pass in the spirit of scikit-learn's `StratifiedGroupKFold` (groups
 with the most rows first, each to the split where it least increases the chi-square distance
-between the split's class counts and their targets), generalised to unequal fractions, followed by a repair pass that moves a group into
-train or test for a class that has ≥ 2 groups but none there. Deterministic for a given seed.
+between the split's class counts and their targets), generalised to unequal fractions, followed
+by a repair pass that moves a group into train or test for a class that has ≥ 2 groups but none
+there. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -147,11 +148,13 @@ def class_counts(labels: Mapping[str, Sequence[int] | np.ndarray]) -> dict[str, 
     out: dict[str, dict[str, int]] = {}
     for split, ys in labels.items():
         values, n = np.unique(np.asarray(ys), return_counts=True)
-        out[split] = {str(v): int(k) for v, k in zip(values, n)}
+        out[split] = {str(v): int(k) for v, k in zip(values, n, strict=True)}
     return out
 
 
-def missing_classes(counts: Mapping[str, Mapping[str, int]], splits: Sequence[str] = ("train", "test")) -> dict[str, list[str]]:
+def missing_classes(
+    counts: Mapping[str, Mapping[str, int]], splits: Sequence[str] = ("train", "test")
+) -> dict[str, list[str]]:
     """Classes seen in some split but absent from each of `splits` (empty lists dropped)."""
     every = sorted({c for per in counts.values() for c in per}, key=lambda c: (len(c), c))
     out = {}
