@@ -1,0 +1,124 @@
+"""The `fusebench throughput` command line: its arguments and handler (the measurements are in
+`measure.throughput`, `measure.timing` and `measure.seed_batching`, imported when the command runs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fusebench.core.errors import UsageError
+
+
+def _split(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def add_arguments(thr: argparse.ArgumentParser) -> None:
+    thr.add_argument("--strategies", default="all", help="comma-separated names ('unimodal:text' allowed) or 'all'")
+    thr.add_argument("--batch-sizes", default="1,64,256", help="comma-separated batch sizes (default 1,64,256)")
+    shp = thr.add_mutually_exclusive_group()
+    shp.add_argument("--dataset", help="shape the synthetic inputs like this dataset's encoded (cached) features")
+    shp.add_argument("--dims", help="synthetic shapes NAME=DxT,... (default text=384x32,image=1280x9,audio=128x16)")
+    thr.add_argument("--size", default="smoke", help="dataset size with --dataset (default smoke)")
+    thr.add_argument("--num-classes", type=int, default=10, help="classes of the synthetic task (with --dims)")
+    thr.add_argument("--data-dir", help="data root (with --dataset)")
+    thr.add_argument("--overhead", action="store_true", help="also measure harness/bare-loop training samples/s ratios")
+    thr.add_argument("--overhead-repeats", type=int, default=5, help="interleaved harness/bare runs per strategy (default 5)")
+    thr.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    thr.add_argument("--threads", type=int, help="CPU threads (default: $FUSEBENCH_TRAIN_THREADS, else 1, as in training)")
+    thr.add_argument("--repetitions", type=int, default=30, help="timed repetitions per measurement (default 30)")
+    thr.add_argument("--warmup", type=int, default=5, help="untimed warm-up passes (default 5)")
+    thr.add_argument("--out", help="write the figures: FILE.json (with a device/versions envelope) or FILE.csv")
+    thr.add_argument("--seed-batching", metavar="K,K,...",
+                     help="also time K evaluation seeds trained batched vs one after another (e.g. 1,3,5,10)")
+
+
+def command(args: argparse.Namespace) -> int:
+    import torch
+
+    from fusebench.measure import throughput as tp
+    from fusebench.run.runner import resolve_device, train_threads
+    from fusebench.measure.timing import device_name
+    from fusebench.strategies import STRATEGIES
+
+    if args.out:  # before the measurement, not after it
+        from fusebench.core.io import check_writable_file
+
+        check_writable_file(Path(args.out), "--out")
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or train_threads())
+    names = STRATEGIES.names() if args.strategies == "all" else list(_split(args.strategies))
+    for n in names:
+        STRATEGIES.get(n.partition(":")[0])
+    try:
+        sizes = [int(b) for b in _split(args.batch_sizes)]
+    except ValueError:
+        raise UsageError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
+    if not sizes or min(sizes) < 1 or args.repetitions < 1 or args.warmup < 0:
+        raise UsageError("--batch-sizes need positive integers, --repetitions >= 1, --warmup >= 0")
+    if args.dataset:
+        shapes = tp.shapes_from_dataset(args.dataset, args.size, args.data_dir, device)
+    elif args.dims:
+        shapes = tp.parse_dims(args.dims, args.num_classes)
+    else:
+        shapes = tp.DEFAULT_SHAPES
+    print(f"device: {device_name(device)} (torch {torch.__version__}, cuda {torch.version.cuda}, "
+          f"{torch.get_num_threads()} CPU thread(s))")
+    print(f"inputs: synthetic, {shapes.source}: {shapes.describe()}")
+    print(f"protocol: {args.warmup} warm-up + {args.repetitions} timed passes, inputs rotated, median samples/s; "
+          f"p50/p95: one batch's latency")
+    rows = tp.inference_table(names, sizes, device, shapes, repetitions=args.repetitions, warmup=args.warmup)
+    print(tp.format_table(rows))
+    measured = {r.strategy.partition(":")[0] for r in rows}
+    for n in names:
+        if n.partition(":")[0] not in measured:
+            print(f"{n}: skipped, needs more modalities than {shapes.tokens.modalities}")
+    overhead = []
+    if args.overhead:
+        print(f"\nharness overhead: training samples/s of bench.train vs a bare AdamW loop, same batches "
+              f"(median of {args.overhead_repeats} interleaved runs each)")
+        for n in names:
+            info = STRATEGIES.get(n.partition(":")[0])
+            if not info.trainable:
+                continue
+            try:
+                o = tp.overhead_ratio(n, device, shapes, repeats=args.overhead_repeats)
+            except UsageError as exc:
+                print(f"{n:24s} skipped: {exc}")
+                continue
+            overhead.append(o)
+            print(f"{o.strategy:24s} harness {o.harness_samples_per_s:10.0f}  bare {o.bare_samples_per_s:10.0f}  "
+                  f"ratio {o.ratio:.3f}")
+    if args.seed_batching:
+        _seed_batching(names, args.seed_batching)
+    if args.out:
+        protocol = {"warmup": args.warmup, "repetitions": args.repetitions, "batch_sizes": sizes,
+                    "overhead_repeats": args.overhead_repeats if args.overhead else 0}
+        tp.write_output(Path(args.out), rows, overhead, device, shapes, protocol)
+        print(f"fusebench: wrote {args.out}")
+    return 1 if any(r.error and r.throughput is None for r in rows) else 0
+
+
+def _seed_batching(names: list[str], spec: str) -> None:
+    from fusebench.measure.seed_batching import measure_seed_batching
+    from fusebench.strategies import STRATEGIES
+
+    try:
+        members = [int(k) for k in _split(spec)]
+    except ValueError:
+        raise UsageError(f"--seed-batching must be comma-separated integers, got {spec!r}") from None
+    if not members or min(members) < 1:
+        raise UsageError(f"--seed-batching needs positive integers, got {spec!r}")
+    print("\nseed batching: member-samples/s training K seeds batched vs one after another "
+          "(1024 generated rows, 3 epochs, dropout 0)")
+    for n in names:
+        info = STRATEGIES.get(n.partition(":")[0])
+        if not info.trainable:
+            continue
+        rows = {(r.members, r.mode): r for r in measure_seed_batching(n.partition(":")[0], members)}
+        for k in members:
+            seq, bat = rows[(k, "sequential")], rows[(k, "batched")]
+            note = "" if bat.batched or k == 1 else f"  (fell back: {bat.reason[:60]})"
+            print(f"{n:24s} K={k:<3d} sequential {seq.samples_per_s:9.0f}  batched {bat.samples_per_s:9.0f}  "
+                  f"speed-up {bat.samples_per_s / seq.samples_per_s:5.2f}×{note}")
