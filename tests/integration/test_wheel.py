@@ -96,3 +96,5 @@ def test_wheel_runs_tiny_suite(installed: tuple[Path, Path], data_root: Path) ->
     assert {(r["dataset"], r["strategy"]) for r in records} == {(d, s) for d in tiny for s in ("concat", "majority")}
     assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
     assert (work / "run" / "leaderboard.md").is_file()
+    private = [str(f) for f in (work / "run").rglob("*") if f.is_file() and f.stat().st_mode & 0o044 != 0o044]
+    assert not private, f"run outputs not readable by group/others (want 0644 under the usual umask): {private}"
