@@ -127,13 +127,19 @@ def test_github_workflow_is_valid():
     assert any(u.startswith("actions/upload-artifact@") for u in uses)
     runs = " ".join(s.get("run", "") for s in steps)
     assert "fusebench compare" in runs and "fusebench report" in runs
-    assert wf["permissions"]["pages"] == "write" and wf["permissions"]["id-token"] == "write"
+    assert wf["permissions"] == {}  # least privilege: each job asks for what it needs
     deploy = [j for j in wf["jobs"].values() if any(s.get("uses", "").startswith("actions/deploy-pages@") for s in j["steps"])]
     assert deploy and deploy[0]["environment"]["name"] == "github-pages"
-    for prefix in ("actions/checkout@", "actions/setup-python@", "actions/configure-pages@", "actions/upload-pages-artifact@"):
+    assert deploy[0]["permissions"] == {"pages": "write", "id-token": "write"}
+    for prefix in ("actions/checkout@", "actions/setup-python@", "actions/configure-pages@", "actions/upload-pages-artifact@",
+                   "actions/cache/restore@", "actions/cache/save@"):
         assert any(u.startswith(prefix) for u in uses), prefix
-    setup = next(s for s in steps if s.get("uses", "").startswith("actions/setup-python@"))
+    assert wf["jobs"]["unit"]["strategy"]["matrix"]["python"] == ["3.10", "3.11", "3.12", "3.13"]
+    smoke = wf["jobs"]["smoke"]
+    setup = next(s for s in smoke["steps"] if s.get("uses", "").startswith("actions/setup-python@"))
     assert str(setup["with"]["python-version"]) == "3.11"
+    assert "postgres" in smoke["services"] and "FUSEBENCH_PG_URL" in smoke["env"]
+    assert "scripts/lint.sh" in runs
 
 
 def test_cliques_and_cd_line_in_markdown():
