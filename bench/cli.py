@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 from fusebench.core.errors import UsageError
-from fusebench.run import calibrate_cli, throughput_cli
-from fusebench.run import extensions
+from fusebench.run import calibrate_cli, extensions, throughput_cli
 
 
 def _common(top: bool) -> argparse.ArgumentParser:
@@ -135,8 +134,8 @@ def _cmd_check_strategy(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from fusebench.config import catalog
-    from fusebench.features.encoders import ENCODERS
     from fusebench.core.metrics import METRICS
+    from fusebench.features.encoders import ENCODERS
     from fusebench.strategies import STRATEGIES
 
     if args.what == "strategies":
@@ -174,8 +173,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from fusebench.data.datacheck import check, format_report
     from fusebench.core.paths import resolve_data_root
+    from fusebench.data.datacheck import check, format_report
 
     root = resolve_data_root(args.data_dir)
     checks = check(root)
@@ -243,9 +242,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from fusebench.results.records import load_records
     from fusebench.reports.leaderboard import write_leaderboard
-
+    from fusebench.results.records import load_records
     from fusebench.run.phases import add_report_seconds
 
     run_dir = Path(args.run_dir)

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from fusebench.core.io import atomic_write_bytes
-from fusebench.results.records import Record, load_records
 from fusebench.reports import plots
 from fusebench.reports.leaderboard import _stars, leaderboard
 from fusebench.reports.ranking import rank
 from fusebench.reports.verdicts import fmt_p, ranking_sentence, task_verdict
+from fusebench.results.records import Record, load_records
 from fusebench.search.history import read_histories
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ import pandas as pd
 from scipy import stats
 
 from fusebench.core.io import atomic_write_bytes
-from fusebench.results.records import Record
 from fusebench.reports.verdicts import fmt_p, ranking_sentence, task_verdict
+from fusebench.results.records import Record
 
-__all__ = ["leaderboard", "to_markdown", "write_leaderboard", "task_verdict", "ranking_sentence", "fmt_p"]
+__all__ = ["fmt_p", "leaderboard", "ranking_sentence", "task_verdict", "to_markdown", "write_leaderboard"]
 
 FUSION_FAMILIES = ("early", "mid", "late")
 

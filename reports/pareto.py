@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from fusebench.core.io import atomic_write_bytes
-from fusebench.results.records import Record
 from fusebench.reports.plots import pareto_front
+from fusebench.results.records import Record
 
 COLUMNS = ["dataset", "strategy", "family", "metric", "mean", "infer_samples_per_s", "infer_samples_per_s_bs1",
            "latency_ms_p50", "train_samples_per_s", "params_count", "flops_per_sample", "peak_mem_mb", "on_pareto_front"]

@@ -8,12 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
 
-from fusebench.reports.ranking import Ranking  # noqa: E402
+from fusebench.reports.ranking import Ranking
 
 # Okabe–Ito colours (distinguishable with the common colour-vision deficiencies) plus a marker per family,
 # so that a family reads by shape as well as by colour.

@@ -5,6 +5,7 @@ computed by bench/results/retrieval_stats.py). Reads records only."""
 from __future__ import annotations
 
 import numpy as np
+
 from fusebench.results.records import Record
 
 COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")

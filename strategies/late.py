@@ -4,9 +4,8 @@ is in `separate.py`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F

@@ -5,8 +5,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from fusebench.data.audio import decode_audio, fit_length, log_mel
 from fusebench.core.metrics import METRICS, compute
+from fusebench.data.audio import decode_audio, fit_length, log_mel
 
 
 def test_decode_wav_and_flac_bytes_with_resampling():

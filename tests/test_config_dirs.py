@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from fusebench.cli import main
 from fusebench.config import catalog
 from fusebench.config.loader import CONFIG_ROOT

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+
 from fusebench.cli import main
 from fusebench.core.errors import UsageError
 from fusebench.search import dashboard

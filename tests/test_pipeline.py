@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from fusebench.cli import main
 from fusebench.config import catalog
 from fusebench.data.builders import build_tables
 from fusebench.features.cache import FeatureCache
-from fusebench.cli import main
 from fusebench.features.extract import encode_task
 from fusebench.results.records import load_records
 from fusebench.strategies.base import STRATEGIES, FusionModel, register_strategy
@@ -119,7 +119,7 @@ def exploding_strategy():
             raise RuntimeError("boom from the test strategy")
 
     yield "explodes_in_test"
-    STRATEGIES._entries.pop("explodes_in_test")  # noqa: SLF001
+    STRATEGIES._entries.pop("explodes_in_test")
 
 
 def test_failed_cell_is_recorded_and_the_run_goes_on_then_exits_1(toy, tmp_path, exploding_strategy, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from fusebench.cli import main
 from fusebench.core import progress
 from fusebench.core.errors import UsageError

@@ -93,7 +93,7 @@ def test_resume_on_changed_data_is_refused(synthetic_bundle, monkeypatch, tmp_pa
     df.to_parquet(data / "toy" / "toy_test.parquet")
     (out / "results.jsonl").unlink()  # as if the first run was killed before its records: the data is read again
     with pytest.raises(UsageError, match="data fingerprint"):
-        from fusebench.cli import _parser, _cmd_run  # noqa: F401 - the same path main takes, with the error visible
+        from fusebench.cli import _cmd_run, _parser
         _cmd_run(_parser().parse_args(_toy_args(data, out)))
 
 

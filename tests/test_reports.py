@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from fusebench.cli import main
-from fusebench.results.records import Record, Throughput, write_records
 from fusebench.reports.compare import compare, load_board
 from fusebench.reports.html import write_report
 from fusebench.reports.leaderboard import write_leaderboard
 from fusebench.reports.plots import pareto_front
 from fusebench.reports.ranking import rank
+from fusebench.results.records import Record, Throughput, write_records
 
 STRATS = {"concat": "early", "gmu": "mid", "logit_mean": "late", "unimodal:a": "unimodal", "unimodal:b": "unimodal"}
 

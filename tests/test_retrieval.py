@@ -12,6 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fusebench.core.retrieval_math import (
     blocked_ranks,
     blocked_topk,
@@ -20,8 +23,6 @@ from fusebench.core.retrieval_math import (
     rsum_from_ranks,
     scores_from_ranks,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def _dense_ranks(q: torch.Tensor, k: torch.Tensor, qg: torch.Tensor, kg: torch.Tensor) -> torch.Tensor:
@@ -211,6 +212,7 @@ def test_builder_rows_and_bad_captions(tmp_path: Path):
 
 def test_calibrate_and_worker_refuse_retrieval_with_exit_2(tmp_path: Path, capsys):
     import optuna
+
     from fusebench.cli import main
 
     assert main(["calibrate", "--dataset", "flickr8k-retrieval", "--strategy", "concat", "--repeats", "2"]) == 2

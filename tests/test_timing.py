@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from fusebench.results.records import Record, Throughput
 from fusebench.measure.throughput import (
     DEFAULT_SHAPES,
     as_csv,
@@ -24,9 +23,10 @@ from fusebench.measure.throughput import (
     synthetic_batch,
 )
 from fusebench.measure.timing import PeakMemory, TimingConfig, flops_per_sample, is_out_of_memory, measure
-from fusebench.training.loop import TrainConfig, train_model
+from fusebench.results.records import Record, Throughput
 from fusebench.strategies import STRATEGIES, FusionSpec
 from fusebench.strategies.base import FusionModel, SharedParams
+from fusebench.training.loop import TrainConfig, train_model
 
 SPEC = FusionSpec({"a": 8, "b": 4}, {"a": 1, "b": 1}, 3)
 CPU = torch.device("cpu")

@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from fusebench.training.loop import Batch, TrainConfig, train_model
 from fusebench.strategies import STRATEGIES, FusionSpec
 from fusebench.strategies.training_options import GradientBlender, TrainingOptions, drop_modalities
-
+from fusebench.training.loop import Batch, TrainConfig, train_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from fusebench.cli import main
 from fusebench.core.errors import UsageError
 from fusebench.results.records import load_records

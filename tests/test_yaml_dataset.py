@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+
 from fusebench.cli import main
 from fusebench.config import catalog
 from fusebench.core.errors import UsageError
 from fusebench.data.builders import build_tables
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 STARS = ["bad", "ok", "good"]

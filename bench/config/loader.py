@@ -23,7 +23,6 @@ import yaml
 from fusebench.core.errors import ConfigError
 
 
-
 def _builtin_config_root() -> Path:
     """The built-in YAML configs: the `datasets_cfg/` folder, shipped as package data `fusebench.datasets_cfg`."""
     spec = importlib.util.find_spec("fusebench.datasets_cfg")

@@ -8,7 +8,6 @@ from pathlib import Path
 from fusebench.core.errors import DataError, UsageError
 
 
-
 def checkout_root() -> Path | None:
     """The source checkout this package runs from (the folder with fusebench's pyproject.toml), or
     None for an installed wheel, which has no checkout next to which data could sit."""

@@ -77,7 +77,7 @@ def load_plugin(spec: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         raise UsageError(f"plugin {spec!r} (from --plugin or ${ENV_VAR}) cannot be imported: {exc}. Pass an importable "
                          f"module name or the path of a .py file") from None
-    except Exception as exc:  # noqa: BLE001 - any error in the user's module becomes a clear exit 2
+    except Exception as exc:
         raise UsageError(f"plugin {spec!r} failed to import: {type(exc).__name__}: {exc}") from None
     _LOADED[key] = module
     return module
@@ -92,7 +92,7 @@ def load_entry_points(group: str) -> list[str]:
             continue
         try:
             obj = ep.load()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise UsageError(f"entry point {ep.name!r} = {ep.value!r} in group {group!r} (installed package "
                              f"{ep.dist.name if ep.dist else '?'}) failed to load: {type(exc).__name__}: {exc}; "
                              f"fix or uninstall that package") from None

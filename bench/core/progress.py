@@ -222,7 +222,7 @@ def emit(ev: Event) -> None:
         b = _backend
     try:
         b.handle(ev)
-    except Exception as exc:  # noqa: BLE001 - a broken display never stops the work
+    except Exception as exc:
         log.debug("progress event dropped: %s", exc)
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,14 @@ import datasets
 import numpy as np
 from sklearn.decomposition import PCA
 
-from fusebench.data.audio import decode_audio, fit_length
-from fusebench.data.splits import SplitFractions, stratified_group_split
 from fusebench.config.loader import DatasetConfig, SplitSizes
 from fusebench.core.errors import ConfigError, DataError
 from fusebench.core.paths import scratch_dir
-from fusebench.data.manifest import file_sha256
-from fusebench.data.validate import check_tables
 from fusebench.core.registry import Registry
+from fusebench.data.audio import decode_audio, fit_length
+from fusebench.data.manifest import file_sha256
+from fusebench.data.splits import SplitFractions, stratified_group_split
+from fusebench.data.validate import check_tables
 
 SPLITS = ("train", "val", "test")
 SUBSET_SEED = 0  # pinned: smoke subsets are the same rows on every machine
@@ -100,7 +100,7 @@ def _read_parquet(root: Path, rels: list[str], columns: list[str] | None = None)
         try:
             meta = pq.ParquetFile(root / rel).metadata
             names, rows = meta.schema.to_arrow_schema().names, rows + meta.num_rows
-        except Exception as exc:  # noqa: BLE001 - a damaged file is the user's to fix, named
+        except Exception as exc:
             raise DataError(f"data file {root / rel}: not a readable parquet file ({type(exc).__name__}: {exc}); "
                             "restore it from the bundle (`fusebench data check`)") from None
         missing = sorted(set(columns or []) - set(names))
@@ -118,7 +118,7 @@ def _read_parquet(root: Path, rels: list[str], columns: list[str] | None = None)
             columns=columns,
             cache_dir=str(scratch_dir("hf-datasets")),
         )
-    except Exception as exc:  # noqa: BLE001 - damaged bytes past the schema: name the files
+    except Exception as exc:
         raise DataError(f"data file(s) {[str(root / r) for r in rels]}: cannot be read ({type(exc).__name__}: "
                         f"{str(exc)[:200]}); restore them from the bundle (`fusebench data check`)") from None
 

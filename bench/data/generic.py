@@ -22,6 +22,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+
 from fusebench.config.loader import DatasetConfig, SplitSizes
 from fusebench.core.errors import ConfigError, DataError
 from fusebench.data.builders import (

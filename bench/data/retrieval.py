@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+
 from fusebench.config.loader import DatasetConfig, SplitSizes
 from fusebench.core.errors import ConfigError, DataError
 from fusebench.data.builders import (

@@ -83,7 +83,7 @@ class FeatureCache:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             feats = Features(blob["pooled"], blob.get("tokens"))
             stored = blob.get("sha256")
-        except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed, whatever the loader says
+        except Exception as exc:
             self._reject(path, f"unreadable: {type(exc).__name__}")
             self.misses += 1
             return None

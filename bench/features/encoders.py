@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fusebench.data.audio import decode_audio, log_mel
 from fusebench.core.errors import ConfigError, UsageError
 from fusebench.core.registry import Registry
+from fusebench.data.audio import decode_audio, log_mel
 from fusebench.features.lexical import cross_fitted_logistic, nb_log_count_ratio
 
 
@@ -118,7 +118,7 @@ class HFTextEncoder(Encoder):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
             self.model = AutoModel.from_pretrained(model_path).to(device).eval()
-        except Exception as exc:  # noqa: BLE001 - OSError, ValueError (not a model folder), ...: the user's to fix
+        except Exception as exc:
             raise UsageError(
                 f"encoder hf:{model_path}: not a loadable model ({type(exc).__name__}: {str(exc)[:200]}). Point hf: at "
                 "a local model folder, or download the model into the Hugging Face cache first (the hub may be "

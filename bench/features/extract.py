@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fusebench.config.loader import DatasetConfig
 from fusebench.core import progress
 from fusebench.data.builders import SPLITS, TaskTables
 from fusebench.features.cache import FeatureCache, cache_key
-from fusebench.config.loader import DatasetConfig
 from fusebench.features.encoders import Features, build_encoder
 from fusebench.features.identity import encoder_identity
 

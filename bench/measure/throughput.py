@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from fusebench.core.errors import UsageError
-from fusebench.results.records import Throughput
 from fusebench.measure.timing import TimingConfig, device_name, flops_per_sample, measure, synchronize
-from fusebench.training.loop import Batch, TrainConfig, train_model
+from fusebench.results.records import Throughput
 from fusebench.strategies import STRATEGIES, FusionSpec
+from fusebench.training.loop import Batch, TrainConfig, train_model
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,10 @@ def shapes_from_dataset(name: str, size: str = "smoke", data_dir: str | None = N
     """Feature sizes of a dataset's views, from its encoded features (the feature cache; encodes what
     is missing, as `fusebench run` would)."""
     from fusebench.config import catalog
+    from fusebench.core.paths import cache_root, resolve_data_root
     from fusebench.data.builders import build_tables
     from fusebench.features.cache import FeatureCache
     from fusebench.features.extract import encode_task
-    from fusebench.core.paths import cache_root, resolve_data_root
 
     cfg = catalog.get_dataset(name)
     tables = build_tables(cfg, resolve_data_root(data_dir), size)
@@ -157,7 +157,7 @@ def inference_table(names: list[str], batch_sizes: list[int], device: torch.devi
             data = synthetic_batch(s, info.input_kind, max(256, 4 * max(batch_sizes)), device)
             flops = flops_per_sample(model, data.inputs)
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        except Exception as exc:  # noqa: BLE001 - recorded in the row
+        except Exception as exc:
             rows += [InferenceRow(row_name, info.family, info.input_kind, bs, None, 0, None, f"{type(exc).__name__}: {exc}")
                      for bs in batch_sizes]
             continue
@@ -165,7 +165,7 @@ def inference_table(names: list[str], batch_sizes: list[int], device: torch.devi
             try:
                 tp = measure(model, data.inputs, device, TimingConfig(warmup, repetitions, bs), float("nan"))
                 rows.append(InferenceRow(row_name, info.family, info.input_kind, bs, tp, n_params, flops, tp.error))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 rows.append(InferenceRow(row_name, info.family, info.input_kind, bs, None, n_params, flops,
                                          f"{type(exc).__name__}: {exc}"))
         del model, data

@@ -147,7 +147,7 @@ class PeakMemory:
         self.delta_mb: float | None = None
         self._start_mb = 0.0
 
-    def __enter__(self) -> PeakMemory:  # noqa: PYI034 - Python 3.10 has no typing.Self
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -195,7 +195,7 @@ def flops_per_sample(model: FusionModel, inputs: Mapping[str, Tensor]) -> float 
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
             model(one)
         return float(counter.get_total_flops())
-    except Exception:  # noqa: BLE001 - some ops have no FLOP formula; the record says None
+    except Exception:
         return None
     finally:
         model.train(was_training)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from fusebench.core.retrieval_math import RECALL_KS
 from fusebench.results.records import Record
 
@@ -69,7 +70,7 @@ def retrieval_stats(records: list[Record], run_dir: Path, dataset: str) -> dict[
         path = prediction_path(run_dir, dataset, s)
         try:
             boot[s] = draws(pd.read_parquet(path))
-        except Exception as exc:  # noqa: BLE001 - a missing file costs the interval, not the run
+        except Exception as exc:
             log.warning("%s: unreadable retrieval predictions (%s); no interval for %s", path, exc, s)
     out: dict[str, dict[str, Any]] = {}
     for s, rs in ok.items():

@@ -66,8 +66,18 @@ from fusebench.results.resample import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictions", "prediction_path", "N_RESAMPLES", "bootstrap_ci", "paired_test", "paired_p_value",
-           "holm", "dataset_stats", "attach_stats", "cell_estimate"]
+__all__ = [
+    "N_RESAMPLES",
+    "Predictions",
+    "attach_stats",
+    "bootstrap_ci",
+    "cell_estimate",
+    "dataset_stats",
+    "holm",
+    "paired_p_value",
+    "paired_test",
+    "prediction_path",
+]
 
 ALPHA = 0.05
 LATE_FUSION_BASELINE = "logit_mean"
@@ -195,7 +205,7 @@ def _read(run_dir: Path, dataset: str, strategies: list[str]) -> dict[str, Predi
         if path.is_file():
             try:
                 preds[s] = Predictions.read(path)
-            except Exception as exc:  # noqa: BLE001 - a bad file costs that cell its CI, not the run
+            except Exception as exc:
                 log.warning("%s: unreadable predictions (%s); no CI for %s", path, exc, s)
     return preds
 
@@ -225,7 +235,7 @@ def dataset_stats(records: list[Record], run_dir: Path) -> dict[str, dict[str, A
             return None
         try:
             return paired_test(preds[s], preds[base], metric)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("%s: paired test %s vs %s failed: %s", dataset, s, base, exc)
             return None
 
@@ -233,7 +243,7 @@ def dataset_stats(records: list[Record], run_dir: Path) -> dict[str, dict[str, A
     for s in preds:
         try:
             est[s] = cell_estimate(preds[s], metric)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("%s: interval of %s failed: %s", dataset, s, exc)
     uni_res = {s: vs(s, best_uni) for s in ok}
     family_p = {s: r.p for s, r in uni_res.items() if family[s] in FUSION_FAMILIES and r is not None and r.p is not None}

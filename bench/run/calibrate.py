@@ -32,8 +32,8 @@ from fusebench.measure.timing import TimingConfig
 from fusebench.results.resample import Predictions, prediction_path
 from fusebench.results.stats import ALPHA, paired_test
 from fusebench.run.cell import CellContext, expand_cells, run_cell
-from fusebench.search.study import Budget
 from fusebench.search.storage import default_url
+from fusebench.search.study import Budget
 from fusebench.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)

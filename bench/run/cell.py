@@ -19,20 +19,28 @@ import pandas as pd
 import torch
 
 from fusebench.core import metrics as metric_lib
-from fusebench.core import progress
-from fusebench.core import space
-from fusebench.features.extract import TaskData
-from fusebench.results.records import Record
-from fusebench.training.robustness import evaluate_robustness
+from fusebench.core import progress, space
 from fusebench.core.errors import UsageError
-from fusebench.search.study import (Budget, TrialCounts, best_params_or_none, open_study, pruner_settings,
-                                    replicate_study_name, run_search, sampler_settings, trial_counts)
+from fusebench.features.extract import TaskData
+from fusebench.measure.timing import TimingConfig, flops_per_sample, measure
+from fusebench.results.records import Record
 from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
-from fusebench.measure.timing import TimingConfig, flops_per_sample, measure
+from fusebench.search.study import (
+    Budget,
+    TrialCounts,
+    best_params_or_none,
+    open_study,
+    pruner_settings,
+    replicate_study_name,
+    run_search,
+    sampler_settings,
+    trial_counts,
+)
+from fusebench.strategies.base import STRATEGIES, FusionSpec, StrategyInfo
 from fusebench.training.batched import fit_seeds
 from fusebench.training.loop import Batch, TrainConfig, predict_proba, train_model
-from fusebench.strategies.base import STRATEGIES, FusionSpec, StrategyInfo
+from fusebench.training.robustness import evaluate_robustness
 
 log = logging.getLogger(__name__)
 

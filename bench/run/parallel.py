@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from fusebench.core import progress
-from fusebench.run.cell import Cell, CellContext, run_cell
 from fusebench.features.extract import TaskData
 from fusebench.results.records import Record
+from fusebench.run.cell import Cell, CellContext, run_cell
 
 _LOADED: dict[str, TaskData] = {}
 
@@ -96,7 +96,7 @@ class CellPool:
             for cell in cells:
                 try:
                     yield cell, run_cell(cell, data, ctx)
-                except Exception as exc:  # noqa: BLE001 - reported to the caller, which records it
+                except Exception as exc:
                     yield cell, exc
             return
         if self._pool is None:

@@ -20,6 +20,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import torch
+
 from fusebench.core import space
 from fusebench.core.errors import UsageError
 from fusebench.data.builders import SPLITS, TaskTables
@@ -191,7 +192,7 @@ class RetrievalRun:
                 yield cell, self.run_cell(cell)
             except UsageError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the caller records the failed cell and goes on
+            except Exception as exc:
                 yield cell, exc
 
     def run_cell(self, cell: RetrievalCell) -> list[Record]:

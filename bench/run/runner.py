@@ -17,30 +17,30 @@ from pathlib import Path
 import torch
 
 from fusebench.config import catalog
+from fusebench.config.loader import SuiteConfig
+from fusebench.core import progress
+from fusebench.core.errors import UsageError
+from fusebench.core.io import atomic_write_bytes
+from fusebench.core.paths import cache_root, resolve_data_root
 from fusebench.data.builders import build_tables
 from fusebench.data.splits import class_counts, missing_classes
-from fusebench.core.io import atomic_write_bytes
 from fusebench.features.cache import FeatureCache
-from fusebench.core import progress
-from fusebench.run.cell import Cell, CellContext, expand_cells, needed_views, parse_selection
-from fusebench.config.loader import SuiteConfig
-from fusebench.core.errors import UsageError
 from fusebench.features.extract import encode_task
-from fusebench.run import rundir
-from fusebench.run.parallel import CellPool
-from fusebench.run.retrieval_cell import RetrievalRun, expand_retrieval_cells
-from fusebench.results.retrieval_stats import attach_retrieval_stats
-from fusebench.core.paths import cache_root, resolve_data_root
+from fusebench.measure.timing import TimingConfig
+from fusebench.reports.leaderboard import write_leaderboard
 from fusebench.results.provenance import envelope, now
 from fusebench.results.records import Record, done_cells, load_records, merge_records, write_records
-from fusebench.search.study import Budget, pruner_settings, sampler_settings
+from fusebench.results.retrieval_stats import attach_retrieval_stats
 from fusebench.results.stats import attach_stats
-from fusebench.search.storage import default_url, kind, redact
-from fusebench.measure.timing import TimingConfig
-from fusebench.training.loop import TrainConfig
-from fusebench.reports.leaderboard import write_leaderboard
+from fusebench.run import rundir
+from fusebench.run.cell import Cell, CellContext, expand_cells, needed_views, parse_selection
+from fusebench.run.parallel import CellPool
 from fusebench.run.phases import PhaseClock, cell_seconds
+from fusebench.run.retrieval_cell import RetrievalRun, expand_retrieval_cells
+from fusebench.search.storage import default_url, kind, redact
+from fusebench.search.study import Budget, pruner_settings, sampler_settings
 from fusebench.strategies import STRATEGIES
+from fusebench.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _with_stats(records: list[Record], out: Path, dataset: str, results: Path, t
     try:
         attach = attach_retrieval_stats if task == "retrieval" else attach_stats
         updated = attach(records, out, dataset)
-    except Exception as exc:  # noqa: BLE001 - statistics never cost the run its records
+    except Exception as exc:
         log.error("statistics for %s failed: %s", dataset, exc)
         return records
     if updated != records:
@@ -241,7 +241,7 @@ def _run(cfg: RunConfig) -> RunSummary:
                     data = encode_task(ds_cfg, tables, cache, device, views=needed_views(todo))
             except UsageError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the whole dataset fails, the run goes on
+            except Exception as exc:
                 log.error("dataset %s failed to build/encode: %s", ds_name, exc)
                 records = merge_records(records, [_failed(c, ds_cfg.task, exc) for c in todo])
                 write_records(results, records)

@@ -37,8 +37,8 @@ def command(args: argparse.Namespace) -> int:
     import torch
 
     from fusebench.measure import throughput as tp
-    from fusebench.run.runner import resolve_device, train_threads
     from fusebench.measure.timing import device_name
+    from fusebench.run.runner import resolve_device, train_threads
     from fusebench.strategies import STRATEGIES
 
     if args.out:  # before the measurement, not after it

@@ -25,17 +25,17 @@ import optuna
 import torch
 
 from fusebench.config import catalog
+from fusebench.core import progress
+from fusebench.core.errors import UsageError
+from fusebench.core.paths import cache_root, resolve_data_root
 from fusebench.data.builders import build_tables
 from fusebench.features.cache import FeatureCache
-from fusebench.core import progress
-from fusebench.run.cell import STUDY_ATTR, Cell, build_objective, progress_key, study_name
-from fusebench.core.errors import UsageError
 from fusebench.features.extract import encode_task
-from fusebench.core.paths import cache_root, resolve_data_root
-from fusebench.search.study import Budget, n_done, open_study, run_search
+from fusebench.run.cell import STUDY_ATTR, Cell, build_objective, progress_key, study_name
 from fusebench.search.storage import open_storage, redact
-from fusebench.training.loop import TrainConfig
+from fusebench.search.study import Budget, n_done, open_study, run_search
 from fusebench.strategies import STRATEGIES
+from fusebench.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _load(study_name: str, storage_url: str, search_seed: int = 0) -> optuna.Stu
         names = optuna.get_all_study_names(storage)
     except UsageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - an unreadable storage is the user's to fix, not a traceback
+    except Exception as exc:
         raise UsageError(f"--storage {redact(storage_url)}: cannot list its studies: {type(exc).__name__}: {exc}") from None
     if study_name not in names:
         close = difflib.get_close_matches(study_name, names, n=1)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+
 from fusebench.core.io import atomic_write_bytes
 
 COLUMNS = ["number", "state", "value", "datetime_start", "datetime_complete", "duration_s", "params"]

@@ -91,7 +91,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
             raise UsageError(f"--storage {url!r}: the folder {db.parent} does not exist; create it or use another path")
         try:
             return optuna.storages.RDBStorage(url)
-        except Exception as exc:  # noqa: BLE001 - an unopenable database file is the user's to fix
+        except Exception as exc:
             raise UsageError(f"--storage {url!r}: cannot open the SQLite database: {type(exc).__name__}: {exc}") from None
     if what == "postgresql":
         parts = urlsplit(url)
@@ -113,7 +113,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
                 kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - connection errors are the user's to fix
+        except Exception as exc:
             raise UsageError(f"--storage {redact(url)!r}: cannot connect: {type(exc).__name__}: {exc}") from None
     raise AssertionError(what)
 

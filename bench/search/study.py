@@ -100,7 +100,7 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         stream = (self._base_seed * 1_000_003 + trial.number * 7_919 + 17) % (2**32 - 1)
         self._rng.rng.seed(stream)  # private attrs of optuna 4/5's TPESampler / RandomSampler
-        self._random_sampler._rng.rng.seed((stream + 1) % (2**32 - 1))  # noqa: SLF001
+        self._random_sampler._rng.rng.seed((stream + 1) % (2**32 - 1))
         super().before_trial(study, trial)
 
 
@@ -172,7 +172,7 @@ def fail_stale_running(study: optuna.Study) -> int:
     """
     from fusebench.search.storage import has_heartbeat
 
-    if has_heartbeat(study._storage):  # noqa: SLF001
+    if has_heartbeat(study._storage):
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
         optuna.storages.fail_stale_trials(study)
         n = len({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
@@ -181,8 +181,8 @@ def fail_stale_running(study: optuna.Study) -> int:
         n = 0
         for t in stale:
             try:
-                study._storage.set_trial_user_attr(t._trial_id, "stale", True)  # noqa: SLF001
-                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)  # noqa: SLF001
+                study._storage.set_trial_user_attr(t._trial_id, "stale", True)
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
                 n += 1
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # another process failed it first

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
+
 from fusebench.core.retrieval_math import blocked_topk, rerank_ranks
 from fusebench.strategies.base import FusionModel
 from fusebench.training.loop import Batch
 from fusebench.training.retrieval import IMAGE, TEXT, DualEncoder, Ranked, RetrievalSplit, embed
-from torch import Tensor
 
 PAIR_CHUNK = 2048
 

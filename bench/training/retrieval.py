@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from fusebench.core import space
 from fusebench.core.retrieval_math import RetrievalScores, blocked_ranks, scores_from_ranks
 from fusebench.features.extract import SplitData
 from fusebench.training.loop import TrainConfig
-from torch import Tensor, nn
 
 IMAGE, TEXT = "image", "text"
 

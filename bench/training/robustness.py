@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from fusebench.core import metrics as metric_lib
-from fusebench.training.loop import predict_proba
 from fusebench.strategies.base import FusionModel, padding_mask
+from fusebench.training.loop import predict_proba
 
 NOISE_LEVELS = (0.5, 1.0, 2.0)
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from fusebench.cli import main
 from fusebench.config import catalog
 from fusebench.data.builders import build_tables
-from fusebench.cli import main
 from fusebench.results.records import load_records
 
 pytestmark = pytest.mark.integration

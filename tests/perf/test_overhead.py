@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from fusebench.measure.throughput import DEFAULT_SHAPES, expand_names, overhead_ratio, synthetic_batch
-from fusebench.training.loop import TrainConfig, train_model
 from fusebench.strategies import STRATEGIES
+from fusebench.training.loop import TrainConfig, train_model
 
 pytestmark = pytest.mark.perf
 
