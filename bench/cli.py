@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, help="evaluation seeds per strategy (K, per search replicate)")
     run.add_argument("--replicates", type=int, help="independent searches per cell (R), each with its own sampler seed")
     run.add_argument("--epochs", type=int, help="max epochs per training run")
-    run.add_argument("--patience", type=int, help="early-stopping patience in evaluations (one per epoch); see also the suite's patience_steps/min_steps")
+    run.add_argument("--patience", type=int, help="early-stopping patience in evaluations (one per epoch); "
+                     "see also the suite's patience_steps/min_steps")
     run.add_argument("--modality-dropout", type=float, help="zero each modality of a training example with this probability")
     run.add_argument("--gradient-blending", action="store_true", default=None,
                      help="Gradient-Blending loss weights (Wang et al. 2020); needs strategies with per-modality branches")
@@ -92,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     wk.add_argument("--device", default="auto", help="auto, cpu or cuda")
     wk.add_argument("--data-dir", help="data root (default: the study's, else the usual lookup)")
 
-    throughput_cli.add_arguments(sub.add_parser("throughput", help="measure inference throughput (and harness overhead) without searching"))
+    throughput_cli.add_arguments(
+        sub.add_parser("throughput", help="measure inference throughput (and harness overhead) without searching"))
 
     calibrate_cli.add_arguments(sub.add_parser("calibrate", help="A/A check: the same strategy searched as two cells, "
                                                "N times; rejection rate and CI coverage"))
@@ -164,7 +166,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
             print(json.dumps(items, indent=2))
         else:
             for it in items:
-                print(f"{it['name']:10s} datasets={','.join(it['datasets'])} trials={it['trials']} seeds={it['seeds']} size={it['size']}")
+                print(f"{it['name']:10s} datasets={','.join(it['datasets'])} trials={it['trials']} seeds={it['seeds']} "
+                      f"size={it['size']}")
     else:
         reg = ENCODERS if args.what == "encoders" else METRICS
         names = reg.names()
@@ -202,7 +205,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("--datasets needs --strategies (comma-separated names, or 'all')")
         suite = SuiteConfig(name="custom", description="from the command line", datasets=_split(args.datasets),
                             strategies=_split(args.strategies), size=args.size or "full")
-    overrides = {k: v for k, v in (("trials", args.trials), ("seeds", args.seeds), ("replicates", args.replicates), ("epochs", args.epochs),
+    overrides = {k: v for k, v in (("trials", args.trials), ("seeds", args.seeds), ("replicates", args.replicates),
+                                    ("epochs", args.epochs),
                                     ("patience", args.patience), ("jobs", args.jobs),
                                     ("modality_dropout", args.modality_dropout),
                                     ("gradient_blending", args.gradient_blending)) if v is not None}

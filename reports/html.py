@@ -26,13 +26,17 @@ log = logging.getLogger(__name__)
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1400px;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem} h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2.2rem}
-table{border-collapse:collapse;font-size:13px;margin:.6rem 0 1rem} th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
+table{border-collapse:collapse;font-size:13px;margin:.6rem 0 1rem} \
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#f3f3f3} td.l,th.l{text-align:left} tr.unimodal td{background:#f7f7f7} tr.failed td{color:#a00}
 .verdict{background:#f4f8ff;border-left:4px solid #2a6fdb;padding:.5rem .8rem;margin:.6rem 0;line-height:1.45;max-width:75rem}
-.yes{color:#137333;font-weight:600} .no{color:#a50e0e} .meta td{text-align:left;white-space:normal} .meta th{white-space:nowrap;vertical-align:top} img{max-width:100%;height:auto;border:1px solid #eee;margin:.3rem 0}
+.yes{color:#137333;font-weight:600} .no{color:#a50e0e} .meta td{text-align:left;white-space:normal} \
+.meta th{white-space:nowrap;vertical-align:top} \
+img{max-width:100%;height:auto;border:1px solid #eee;margin:.3rem 0}
 .grid{display:flex;flex-wrap:wrap;gap:.8rem;align-items:flex-start} .grid>div{flex:0 1 auto;max-width:100%} code{font-size:12px}
 nav a{margin-right:.8rem} .tw{overflow-x:auto;max-width:100%} .note{color:#555;font-size:13px}
-@media (max-width:600px){body{margin:1rem auto;padding:0 .6rem} h1{font-size:1.5rem} h2{font-size:1.2rem} .verdict{font-size:14px}}
+@media (max-width:600px){body{margin:1rem auto;padding:0 .6rem} \
+h1{font-size:1.5rem} h2{font-size:1.2rem} .verdict{font-size:14px}}
 """
 
 
@@ -134,7 +138,8 @@ def _robustness(records: list[Record], dataset: str) -> tuple[pd.DataFrame, pd.D
 def _missing_table(miss: pd.DataFrame, clean: pd.Series) -> str:
     if miss.empty:
         return ""
-    head = "<tr><th class=l>strategy</th><th>all present</th>" + "".join(f"<th>without {html.escape(c)}</th>" for c in miss.columns) + "</tr>"
+    head = ("<tr><th class=l>strategy</th><th>all present</th>"
+            + "".join(f"<th>without {html.escape(c)}</th>" for c in miss.columns) + "</tr>")
     body = "".join(
         f"<tr><td class=l><code>{html.escape(s)}</code></td><td>{_fmt(clean.get(s))}</td>"
         + "".join(f"<td>{_fmt(row[c]) if np.isfinite(row[c]) else 'n/a'}</td>" for c in miss.columns) + "</tr>"
@@ -205,7 +210,8 @@ def write_report(run_dir: Path) -> Path:
     ranking = rank(board)
     plot_dir = run_dir / "plots"
     parts = [f"<h1>fusebench report</h1><p class=note>{html.escape(str(run_dir))} — {len(records)} records, "
-             f"{board.dataset.nunique() if not board.empty else 0} task(s) on {html.escape(device_names(records) or 'an unrecorded device')}. "
+             f"{board.dataset.nunique() if not board.empty else 0} task(s) on "
+             f"{html.escape(device_names(records) or 'an unrecorded device')}. "
              "Each task opens with its verdict; the notes under each table explain every column.</p>"]
     if not board.empty:
         links = "".join(f"<a href='#{html.escape(d)}'>{html.escape(d)}</a>" for d in sorted(board.dataset.unique()))
@@ -234,7 +240,8 @@ def write_report(run_dir: Path) -> Path:
         parts.append(_grid(_img(hist), _img(rob)))
         parts.append(_missing_table(miss, g.set_index("strategy")["mean"]))
     parts.append("<h2 id=metadata>Run metadata</h2>" + _metadata(meta, records))
-    doc = (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width, initial-scale=1'><title>fusebench report</title>"
+    doc = ("<!doctype html><html lang=en><head><meta charset=utf-8>"
+           "<meta name=viewport content='width=device-width, initial-scale=1'><title>fusebench report</title>"
            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     path = run_dir / "report.html"
     atomic_write_bytes(path, doc.encode("utf-8"))

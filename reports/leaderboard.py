@@ -135,7 +135,7 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
         )
     board = pd.DataFrame(rows)
     board["beats_best_unimodal"] = None
-    for dataset, g in board.groupby("dataset"):
+    for _dataset, g in board.groupby("dataset"):
         uni = g[(g.family == "unimodal") & (g.status == "ok")]
         if uni.empty:
             continue

@@ -66,7 +66,8 @@ def to_markdown(table: pd.DataFrame) -> str:
         return "\n".join(lines + ["No records with throughput.", ""])
     for dataset, g in table.groupby("dataset", sort=True):
         lines += [f"### {dataset} — {g.metric.iloc[0]}", "",
-                  "| strategy | family | mean | infer samples/s | bs-1 samples/s | train samples/s | params | FLOPs/sample | front |",
+                  "| strategy | family | mean | infer samples/s | bs-1 samples/s | train samples/s | params | "
+                  "FLOPs/sample | front |",
                   "|---|---|---:|---:|---:|---:|---:|---:|:---:|"]
         for _, r in g.iterrows():
             lines.append(f"| `{r.strategy}` | {r.family} | {_num(r['mean'], '.4f')} | {_num(r.infer_samples_per_s, ',.0f')} | "

@@ -102,7 +102,8 @@ class LowRankParams(TensorParams):
     family="mid",
     params=LowRankParams,
     min_modalities=2,
-    citation="Liu, Shen, Lakshminarasimhan, Liang, Zadeh & Morency (2018), Efficient Low-rank Multimodal Fusion with Modality-Specific Factors, ACL",
+    citation=("Liu, Shen, Lakshminarasimhan, Liang, Zadeh & Morency (2018), "
+              "Efficient Low-rank Multimodal Fusion with Modality-Specific Factors, ACL"),
 )
 class LowRankFusion(ModalityAloneLogits, ProjectedModalities):
     """Low-rank Multimodal Fusion: small learned modality representations h_m (`factor_dim`, the
@@ -140,7 +141,8 @@ class MFBParams(SharedParams):
     family="mid",
     params=MFBParams,
     min_modalities=2,
-    citation="Yu, Yu, Fan & Tao (2017), Multi-modal Factorized Bilinear Pooling with Co-Attention Learning for Visual Question Answering, ICCV",
+    citation=("Yu, Yu, Fan & Tao (2017), "
+              "Multi-modal Factorized Bilinear Pooling with Co-Attention Learning for Visual Question Answering, ICCV"),
 )
 class FactorizedBilinear(ModalityAloneLogits, ProjectedModalities):
     """Multimodal Factorised Bilinear pooling: each modality is mapped to k·o dimensions (U^T x,

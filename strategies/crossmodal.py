@@ -41,7 +41,8 @@ class MulTParams(SharedParams):
     family="mid",
     params=MulTParams,
     min_modalities=2,
-    citation="Tsai, Bai, Liang, Kolter, Morency & Salakhutdinov (2019), Multimodal Transformer for Unaligned Multimodal Language Sequences, ACL",
+    citation=("Tsai, Bai, Liang, Kolter, Morency & Salakhutdinov (2019), "
+              "Multimodal Transformer for Unaligned Multimodal Language Sequences, ACL"),
 )
 class MulT(ModalityAloneLogits, TokenProjection):
     """Multimodal Transformer (MulT): for every ordered pair (target m, source s) a stack of crossmodal
@@ -116,7 +117,8 @@ class CoAttentionParams(SharedParams):
     family="mid",
     params=CoAttentionParams,
     min_modalities=2,
-    citation="Lu, Batra, Parikh & Lee (2019), ViLBERT: Pretraining Task-Agnostic Visiolinguistic Representations for Vision-and-Language Tasks, NeurIPS",
+    citation=("Lu, Batra, Parikh & Lee (2019), "
+              "ViLBERT: Pretraining Task-Agnostic Visiolinguistic Representations for Vision-and-Language Tasks, NeurIPS"),
 )
 class CoAttention(ModalityAloneLogits, TokenProjection):
     """ViLBERT-style co-attention transformer: one stream per modality, each led by its own CLS token;

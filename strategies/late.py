@@ -50,7 +50,9 @@ class LogitMean(PerModalityHeads):
     "learned_weights",
     family="late",
     min_modalities=2,
-    citation="Atrey, Hossain, El Saddik & Kankanhalli (2010), Multimodal Fusion for Multimedia Analysis: a Survey, Multimedia Systems 16(6) (linear weighted decision-level fusion)",
+    citation=("Atrey, Hossain, El Saddik & Kankanhalli (2010), "
+              "Multimodal Fusion for Multimedia Analysis: a Survey, Multimedia Systems 16(6) "
+              "(linear weighted decision-level fusion)"),
 )
 class LearnedWeights(PerModalityHeads):
     """Late fusion (jointly trained) with learned modality weights: logits = Σ_m softmax(w)_m · logits_m, one global
@@ -73,7 +75,10 @@ class LearnedWeights(PerModalityHeads):
     "product_of_experts",
     family="late",
     min_modalities=2,
-    citation="Cao & Fleet (2014), Generalized Product of Experts for Automatic and Principled Fusion of Gaussian Process Predictions, arXiv:1410.7827; Hinton (2002), Training Products of Experts by Minimizing Contrastive Divergence, Neural Computation 14(8)",
+    citation=("Cao & Fleet (2014), "
+              "Generalized Product of Experts for Automatic and Principled Fusion of Gaussian Process Predictions, "
+              "arXiv:1410.7827; "
+              "Hinton (2002), Training Products of Experts by Minimizing Contrastive Divergence, Neural Computation 14(8)"),
 )
 class ProductOfExperts(PerModalityHeads):
     """Generalised product of experts, trained jointly: p(y|x) ∝ Π_m p_m(y|x_m)^{α_m(x_m)} with a
@@ -89,7 +94,8 @@ class ProductOfExperts(PerModalityHeads):
 
     def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
         super().__init__(spec, params)
-        self.precision = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d, elementwise_affine=False), nn.Linear(d, 1)) for m, d in spec.dims.items()})
+        self.precision = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d, elementwise_affine=False), nn.Linear(d, 1))
+                                        for m, d in spec.dims.items()})
         for net in self.precision.values():  # start at α = 1: the plain product of experts
             nn.init.zeros_(net[1].weight)
             nn.init.constant_(net[1].bias, math.log(math.e - 1.0))

@@ -110,7 +110,8 @@ class FiLMParams(SharedParams):
     family="mid",
     params=FiLMParams,
     min_modalities=2,
-    citation="Perez, Strub, de Vries, Dumoulin & Courville (2018), FiLM: Visual Reasoning with a General Conditioning Layer, AAAI",
+    citation=("Perez, Strub, de Vries, Dumoulin & Courville (2018), "
+              "FiLM: Visual Reasoning with a General Conditioning Layer, AAAI"),
 )
 class FiLMFusion(ProjectedModalities):
     """FiLM conditioning: one modality (the `conditioner`, searched uniformly over the modalities)

@@ -51,7 +51,8 @@ def log_probs_or_uniform(logits: Mapping[str, Tensor], inputs: Mapping[str, Tens
     "separate_mean",
     family="late",
     min_modalities=2,
-    citation="Kittler, Hatef, Duin & Matas (1998), On Combining Classifiers, TPAMI 20(3) (sum rule over separately trained classifiers)",
+    citation=("Kittler, Hatef, Duin & Matas (1998), "
+              "On Combining Classifiers, TPAMI 20(3) (sum rule over separately trained classifiers)"),
 )
 class SeparateMean(PerModalityHeads):
     """Classic late fusion (separately trained): the mean of the per-modality classifiers'
@@ -77,7 +78,9 @@ class SeparateMean(PerModalityHeads):
     "separate_weights",
     family="late",
     min_modalities=2,
-    citation="Atrey, Hossain, El Saddik & Kankanhalli (2010), Multimodal Fusion for Multimedia Analysis: a Survey, Multimedia Systems 16(6) (linear weighted decision-level fusion)",
+    citation=("Atrey, Hossain, El Saddik & Kankanhalli (2010), "
+              "Multimodal Fusion for Multimedia Analysis: a Survey, Multimedia Systems 16(6) "
+              "(linear weighted decision-level fusion)"),
 )
 class SeparateWeights(PerModalityHeads):
     """Classic late fusion (separately trained) with learned weights: Σ_m softmax(w)_m · log p_m, the

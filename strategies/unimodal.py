@@ -62,7 +62,8 @@ class PriorBaseline(FusionModel):
     family="baseline",
     params=NoParams,
     trainable=False,
-    citation="Sanity floor: the most frequent training class, as reported in Liang et al. (2021), MultiBench, NeurIPS Datasets and Benchmarks",
+    citation=("Sanity floor: the most frequent training class, "
+              "as reported in Liang et al. (2021), MultiBench, NeurIPS Datasets and Benchmarks"),
 )
 class Majority(PriorBaseline):
     """Always predicts the training prior (argmax = majority class).

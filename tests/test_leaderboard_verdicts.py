@@ -50,7 +50,8 @@ def test_verdict_names_the_winner_with_delta_interval_and_adjusted_p():
 def test_verdict_says_plainly_when_no_fusion_wins_or_when_r1_cannot_test():
     lose = {"best_unimodal": "unimodal:a", "beats_best_unimodal": False, "delta_vs_best_unimodal": 0.01,
             "delta_ci95_low": -0.02, "delta_ci95_high": 0.04, "p_vs_best_unimodal": 0.3, "p_adj_vs_best_unimodal": 0.6}
-    board = leaderboard([_rec("d", "gmu", 0.81, stats=lose), _rec("d", "unimodal:a", 0.80, stats={"best_unimodal": "unimodal:a"})])
+    board = leaderboard([_rec("d", "gmu", 0.81, stats=lose),
+                         _rec("d", "unimodal:a", 0.80, stats={"best_unimodal": "unimodal:a"})])
     assert "No fusion strategy beats the best unimodal baseline `unimodal:a`" in task_verdict(board)
     r1 = dict(lose, beats_best_unimodal=None, p_vs_best_unimodal=None, p_adj_vs_best_unimodal=None,
               test_note="not testable, R=1: ...")

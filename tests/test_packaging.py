@@ -27,7 +27,8 @@ def _lock() -> dict[str, Version]:
 
 def test_lock_pins_every_declared_dependency_within_its_bounds():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = list(project["dependencies"]) + project["optional-dependencies"]["test"] + project["optional-dependencies"]["postgres"]
+    extras = project["optional-dependencies"]
+    declared = list(project["dependencies"]) + extras["test"] + extras["postgres"]
     pins = _lock()
     for spec in map(Requirement, declared):
         if spec.marker is not None and not spec.marker.evaluate({"python_version": "3.11"}):

@@ -81,7 +81,8 @@ def test_bad_plugins_exit_2_naming_them(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "nope.py does not exist" in missing.stderr
     (tmp_path / "raises.py").write_text("raise RuntimeError('boom')\n")
     raises = _fusebench(["list", "strategies", "--plugin", "raises.py"], cwd=tmp_path)
-    assert raises.returncode == 2 and "'" + str(tmp_path / "raises.py") + "' failed to import: RuntimeError: boom" in raises.stderr
+    assert raises.returncode == 2
+    assert "'" + str(tmp_path / "raises.py") + "' failed to import: RuntimeError: boom" in raises.stderr
     module = _fusebench(["--plugin", "no_such_module", "list", "strategies"], cwd=tmp_path)
     assert module.returncode == 2 and "no_such_module" in module.stderr
     dup = tmp_path / "dup.py"

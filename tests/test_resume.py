@@ -60,7 +60,8 @@ def _run_until(args: list[str], out: Path, condition, timeout: float = 120.0) ->
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise AssertionError(f"the run finished (rc={proc.returncode}) before the kill point:\n{proc.stderr.read()[-3000:]}")
+                raise AssertionError(f"the run finished (rc={proc.returncode}) before the kill point:\n"
+                                     f"{proc.stderr.read()[-3000:]}")
             if journal.is_file():
                 storage = storage or open_storage(f"journal:///{journal.resolve()}")
                 seen = condition(storage)

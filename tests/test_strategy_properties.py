@@ -262,7 +262,8 @@ DECLARED = {  # name → expected output with only modality `k` present (two-mod
     "lmf": lambda mdl, x, k: mdl.head(mdl.fusion(
         [with_one(mdl.proj[m](x[m]) if m == k else torch.zeros(B, mdl.params.factor_dim)) for m in SPEC2.modalities])),
     "stacking": lambda mdl, x, k: mdl.meta(torch.cat(
-        [F.log_softmax(F.log_softmax(mdl.heads[m](x[m]), -1).mean(0), -1) if m == k else torch.full((B, 4), -torch.log(torch.tensor(4.0)))
+        [F.log_softmax(F.log_softmax(mdl.heads[m](x[m]), -1).mean(0), -1) if m == k
+         else torch.full((B, 4), -torch.log(torch.tensor(4.0)))
          for m in SPEC2.modalities], -1)),
 }
 
@@ -282,7 +283,8 @@ def test_declared_missing_modality_behaviour(name):
         assert torch.allclose(got, DECLARED[name](model, x, k), atol=1e-5), f"{name} with only {k}"
 
 
-ALONE = [n for n in FUSION if "runs the network on each modality alone" in " ".join((STRATEGIES.get(n).cls.__doc__ or "").split())]
+ALONE = [n for n in FUSION
+         if "runs the network on each modality alone" in " ".join((STRATEGIES.get(n).cls.__doc__ or "").split())]
 
 
 def test_the_models_that_run_alone_are_found():

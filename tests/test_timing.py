@@ -201,7 +201,8 @@ def test_train_flags_and_timed_validation():
     info = STRATEGIES.get("concat")
     spec = FusionSpec({"a": 8, "b": 4}, {"a": 1, "b": 1}, 3)
     data = synthetic_batch(spec, "pooled", 64, CPU)
-    for cfg in (TrainConfig(epochs=2, patience=3, batch_size=16), TrainConfig(epochs=2, patience=3, batch_size=16, amp_bf16=True)):
+    for cfg in (TrainConfig(epochs=2, patience=3, batch_size=16),
+                TrainConfig(epochs=2, patience=3, batch_size=16, amp_bf16=True)):
         torch.manual_seed(0)
         res = train_model(info.build(spec), data, data, cfg, "accuracy", seed=0)
         assert res.train_samples == 128 and res.train_seconds > 0 and res.val_seconds > 0 and len(res.history) == 2

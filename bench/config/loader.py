@@ -151,7 +151,7 @@ def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
     if origin in (dict, typing.Mapping) or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{_where(loc, path)}: {dotted} must be a mapping, got {value!r}")
-        k_hint, v_hint = get_args(hint) or (str, Any)
+        _k_hint, v_hint = get_args(hint) or (str, Any)
         return {k: _convert(v, v_hint, loc, path + (k,)) for k, v in value.items()}
     if origin in (tuple, list) or hint in (tuple, list):
         if not isinstance(value, list):

@@ -45,7 +45,8 @@ def _where(cfg: DatasetConfig) -> str:
     return f"dataset {cfg.name!r} (data.path/files)"
 
 
-def _load(cfg: DatasetConfig, root: Path, path: str, files: str | Sequence[str], columns: list[str]) -> tuple[datasets.Dataset, dict[str, str]]:
+def _load(cfg: DatasetConfig, root: Path, path: str, files: str | Sequence[str],
+          columns: list[str]) -> tuple[datasets.Dataset, dict[str, str]]:
     rels = _resolve(root, path, (files,) if isinstance(files, str) else tuple(files), cfg)
     ds = _read_parquet(root, rels)
     missing = sorted(set(columns) - set(ds.column_names))
@@ -75,7 +76,8 @@ def _assign(cfg: DatasetConfig, ds: datasets.Dataset, split_col: str | None, fra
                                   list(ds[group]) if group else None, shares, seed)
 
 
-def class_index(cfg: DatasetConfig, values: Sequence[Any], classes: str | Sequence[Any], column: str) -> tuple[list[int], list[Any]]:
+def class_index(cfg: DatasetConfig, values: Sequence[Any], classes: str | Sequence[Any],
+                column: str) -> tuple[list[int], list[Any]]:
     """Map raw label values to 0..K-1: a `classes` list gives the order, `auto` the sorted distinct values."""
     if isinstance(classes, str):
         if classes != "auto":

@@ -189,7 +189,8 @@ def encode_task(
                 took = time.perf_counter() - t0
                 rate = len(values) / max(took, 1e-9)
                 items, busy = items + len(values), busy + took
-                log.info("encoded %s/%s/%s: %d items with %s at %.1f items/s", cfg.name, split, view_name, len(values), view.encoder, rate)
+                log.info("encoded %s/%s/%s: %d items with %s at %.1f items/s",
+                         cfg.name, split, view_name, len(values), view.encoder, rate)
                 cached[split] = _expand(feat, index)
                 cache.put(cfg.name, keys[split], cached[split], {"encoder": encoder.id, "items_per_s": rate})
             rates[view_name] = {"encoder": view.encoder, "items": items, "seconds": round(busy, 3),

@@ -109,7 +109,8 @@ def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir
         study, _ = run_search(study, objective, budget)
     finally:
         progress.finish(key)
-    here = sum(1 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    here = sum(1 for t in study.get_trials(deepcopy=False, states=done_states)
                if t.user_attrs.get("pid") == os.getpid() and t.user_attrs.get("host") == socket.gethostname())
     return WorkerSummary(study_name, here, n_done(study), budget.trials, time.perf_counter() - started)
 

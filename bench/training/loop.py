@@ -50,7 +50,7 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError(f"epochs, batch_size and patience must be >= 1: {self}")
         TrainingOptions(self.modality_dropout, self.gradient_blending)  # validates
-        self.stop_rule  # validates
+        _ = self.stop_rule  # validates
 
     @property
     def stop_rule(self) -> StopRule:

@@ -30,7 +30,8 @@ def test_avmnist_recipe_is_pinned_and_degrades_the_image(data_root):
     import numpy as np
 
     img_a, img_b = np.asarray(a.splits["train"]["image"]), np.asarray(b.splits["train"]["image"])
-    assert np.array_equal(img_a, img_b) and np.array_equal(np.asarray(a.splits["test"]["audio"]), np.asarray(b.splits["test"]["audio"]))
+    assert np.array_equal(img_a, img_b)
+    assert np.array_equal(np.asarray(a.splits["test"]["audio"]), np.asarray(b.splits["test"]["audio"]))
     assert img_a.shape[1] == 784 and np.abs(img_a).max() < 1.0  # projected, centred residual, not raw pixels
     assert sorted(set(a.splits["train"]["label"])) == list(range(10))
 
@@ -61,7 +62,7 @@ def test_esc50_split_is_stratified_every_class_in_train(data_root):
 def test_every_builder_gives_cluster_ids(data_root, name):
     """Cluster = the unit rows are not independent within; resampling draws whole clusters."""
     t = build_tables(catalog.get_dataset(name), data_root, "tiny")
-    for split, ds in t.splits.items():
+    for ds in t.splits.values():
         clusters = list(ds["cluster"])
         assert len(clusters) == len(ds) and all(isinstance(c, str) and c for c in clusters)
     test = t.splits["test"]
