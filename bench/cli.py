@@ -29,10 +29,10 @@ def _common(top: bool) -> argparse.ArgumentParser:
 class _Sub:
     """add_parser with the common options on every subcommand."""
 
-    def __init__(self, sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
         self.sub, self.common = sub, _common(top=False)
 
-    def add_parser(self, *a, **kw) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+    def add_parser(self, *a, **kw) -> argparse.ArgumentParser:
         return self.sub.add_parser(*a, parents=[self.common], **kw)
 
     @property

@@ -76,11 +76,11 @@ def label_boxes(fig: plt.Figure) -> list[dict]:
         if self.get_visible() and self.get_text().strip():
             drawn.append(self)
 
-    matplotlib.text.Text.draw = record  # type: ignore[method-assign]
+    matplotlib.text.Text.draw = record
     try:
         fig.canvas.draw()
     finally:
-        matplotlib.text.Text.draw = original  # type: ignore[method-assign]
+        matplotlib.text.Text.draw = original
     renderer = fig.canvas.get_renderer()
     boxes = []
     for t in drawn:

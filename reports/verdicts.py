@@ -7,6 +7,8 @@ returning strings so the Markdown leaderboard and the HTML report say exactly th
 
 from __future__ import annotations
 
+from typing import SupportsFloat
+
 import numpy as np
 import pandas as pd
 
@@ -15,7 +17,7 @@ from fusebench.reports.ranking import Ranking
 FUSION_FAMILIES = ("early", "mid", "late")
 
 
-def fmt_p(p: object) -> str:
+def fmt_p(p: SupportsFloat | None) -> str:
     """A p-value as printed everywhere: `<0.001`, else three significant digits; '' when absent."""
     if p is None or (isinstance(p, float) and np.isnan(p)):
         return ""

@@ -156,6 +156,7 @@ class FactorizedBilinear(ModalityAloneLogits, ProjectedModalities):
     """
 
     zeroed_is_absent = True
+    params: MFBParams
 
     def __init__(self, spec: FusionSpec, params: MFBParams) -> None:
         super().__init__(spec, params, out_dim=params.factor_k * params.hidden_dim, act=False)

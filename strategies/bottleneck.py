@@ -51,6 +51,8 @@ class AttentionBottleneck(ModalityAloneLogits, TokenProjection):
     way. `unimodal_logits` runs the network on each modality alone.
     """
 
+    params: BottleneckParams
+
     def __init__(self, spec: FusionSpec, params: BottleneckParams) -> None:
         super().__init__(spec, params)
         h = params.hidden_dim
@@ -97,4 +99,4 @@ class AttentionBottleneck(ModalityAloneLogits, TokenProjection):
         for lg, w in zip(*self.modality_logits(inputs)):
             ce = F.cross_entropy(lg, labels, reduction="none")
             total = total + (ce * w).sum() / w.sum().clamp_min(1.0)
-        return total / len(self.present(inputs))  # type: ignore[return-value]
+        return total / len(self.present(inputs))

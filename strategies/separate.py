@@ -28,7 +28,7 @@ def separate_losses(logits: Mapping[str, Tensor], inputs: Mapping[str, Tensor], 
         w = presence(inputs[m])
         ce = F.cross_entropy(x, labels, reduction="none")
         total = total + (ce * w).sum() / w.sum().clamp_min(1.0)
-    return total  # type: ignore[return-value]
+    return total
 
 
 def log_probs_or_uniform(logits: Mapping[str, Tensor], inputs: Mapping[str, Tensor], modalities: list[str],
@@ -102,7 +102,7 @@ class SeparateWeights(PerModalityHeads):
         here = torch.where(here.sum(1, keepdim=True) > 0, here, torch.ones_like(here))
         w = self.weights.softmax(0) * here
         w = w / w.sum(1, keepdim=True)
-        return sum(w[:, i : i + 1] * p for i, (p, _) in enumerate(parts))  # type: ignore[return-value]
+        return sum(w[:, i : i + 1] * p for i, (p, _) in enumerate(parts))
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         return self._combine(self.unimodal_logits(inputs), inputs, detach=False)

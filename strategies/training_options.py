@@ -102,7 +102,7 @@ class GradientBlender:
 
     def _unimodal_losses(self, model: FusionModel, inputs: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         losses = {}
-        for m, logits in model.unimodal_logits(inputs).items():  # type: ignore[attr-defined]
+        for m, logits in model.unimodal_logits(inputs).items():
             if m not in self.weights:
                 raise ValueError(f"GradientBlender was set up for {self.names[1:]}, the model returned a branch {m!r}")
             losses[m] = F.cross_entropy(logits, labels)

@@ -125,7 +125,7 @@ def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
     dotted = ".".join(path)
     if hint is Any:
         return value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{_where(loc, path)}: {dotted} must be a mapping, got {value!r}")
         return build_dataclass(hint, value, loc, path)
@@ -186,7 +186,7 @@ def build_dataclass(cls: type, data: dict[str, Any], loc: Located, path: tuple[s
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], loc, path + (name,))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{_where(loc, path)}: missing required key {'.'.join(path + (name,))!r}")
     try:
         return cls(**kwargs)

@@ -108,8 +108,8 @@ class PlainBackend:
     def handle(self, ev: Event) -> None:
         now = self.clock()
         if ev.kind == "start":
-            st = self.tasks[ev.key] = _State(ev.label or ev.key, ev.total, ev.unit, now, status=ev.status, last=now)
-            self.log.info("started %s", describe(st, now))
+            started = self.tasks[ev.key] = _State(ev.label or ev.key, ev.total, ev.unit, now, status=ev.status, last=now)
+            self.log.info("started %s", describe(started, now))
             return
         st = self.tasks.get(ev.key)
         if st is None:

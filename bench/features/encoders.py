@@ -245,7 +245,7 @@ class ImageOptions:
 class EfficientNetBase(Encoder):
     """EfficientNet-Lite0 (ImageNet) trunk: global-average pooled 1280-d + a grid of region tokens."""
 
-    Options = ImageOptions
+    Options: type = ImageOptions  # a subclass may bring its own (MelImageOptions)
 
     def __init__(self, options: Any, device: torch.device) -> None:
         super().__init__(options, device)

@@ -191,8 +191,9 @@ def encode_task(
                 items, busy = items + len(values), busy + took
                 log.info("encoded %s/%s/%s: %d items with %s at %.1f items/s",
                          cfg.name, split, view_name, len(values), view.encoder, rate)
-                cached[split] = _expand(feat, index)
-                cache.put(cfg.name, keys[split], cached[split], {"encoder": encoder.id, "items_per_s": rate})
+                expanded = _expand(feat, index)
+                cached[split] = expanded
+                cache.put(cfg.name, keys[split], expanded, {"encoder": encoder.id, "items_per_s": rate})
             rates[view_name] = {"encoder": view.encoder, "items": items, "seconds": round(busy, 3),
                                 "items_per_s": round(items / max(busy, 1e-9), 1)}
         encoder_ids[view_name] = f"{view.encoder}:{json.dumps(view.options, sort_keys=True)}"

@@ -157,6 +157,8 @@ def calibrate(cfg: CalibrateConfig) -> Calibration:
         now = paired_test(arms[0], arms[1], ds_cfg.main_metric)
         old = paired_test(arms[0].replicate(0).without_clusters(), arms[1].replicate(0).without_clusters(),
                           ds_cfg.main_metric, allow_r1=True)
+        if now is None:
+            raise RuntimeError(f"calibrate: the two arms share fewer than 2 test examples on {cfg.dataset}")
         rep = RepeatResult(i, now.delta, now.ci95, now.p, old.p if old else None, time.perf_counter() - t0)
         log.info("repeat %d/%d: Δ=%+.4f [%+.4f, %+.4f] p=%s (one-search protocol p=%s) %.1fs", i + 1, cfg.repeats,
                  rep.delta, *rep.ci95, rep.p, rep.p_one_search, rep.seconds)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import optuna
@@ -85,7 +87,12 @@ def expand_cells(dataset: str, views: list[str], names: list[str]) -> list[Cell]
     return cells
 
 
-def needed_views(cells: list[Cell]) -> set[str]:
+class _Viewed(Protocol):
+    @property
+    def views(self) -> tuple[str, ...]: ...
+
+
+def needed_views(cells: Iterable[_Viewed]) -> set[str]:
     """The views the cells read: only these are encoded."""
     return {v for c in cells for v in c.views}
 

@@ -118,7 +118,7 @@ class CellPool:
             ordered = sorted(cells, key=lambda c: c.info.input_kind != "tokens")
             futures = {self._pool.submit(_job, str(prepared), cell, ctx): cell for cell in ordered}
             for fut in cf.as_completed(futures):
-                exc = fut.exception()
-                yield futures[fut], (exc if exc is not None else fut.result())
+                err = fut.exception()
+                yield futures[fut], (err if err is not None else fut.result())
         finally:
             Path(prepared).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +37,15 @@ from fusebench.run import rundir
 from fusebench.run.cell import Cell, CellContext, expand_cells, needed_views, parse_selection
 from fusebench.run.parallel import CellPool
 from fusebench.run.phases import PhaseClock, cell_seconds
-from fusebench.run.retrieval_cell import RetrievalRun, expand_retrieval_cells
+from fusebench.run.retrieval_cell import RetrievalCell, RetrievalRun, expand_retrieval_cells
 from fusebench.search.storage import default_url, kind, redact
 from fusebench.search.study import Budget, pruner_settings, sampler_settings
 from fusebench.strategies import STRATEGIES
 from fusebench.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
+
+AnyCell = Cell | RetrievalCell  # a retrieval task plans RetrievalCells, every other task Cells
 
 
 @dataclass(frozen=True)
@@ -113,14 +116,14 @@ def validate(cfg: RunConfig) -> None:
                              f"views here: {sorted(all_views)}")
 
 
-def _expand(dataset: str, names: list[str]) -> list:
+def _expand(dataset: str, names: list[str]) -> list[AnyCell]:
     ds_cfg = catalog.get_dataset(dataset)
     if ds_cfg.task == "retrieval":  # the dual encoder, then fusion strategies as its re-rankers
-        return expand_retrieval_cells(dataset, names)
-    return expand_cells(dataset, sorted(ds_cfg.views), names)
+        return [*expand_retrieval_cells(dataset, names)]
+    return [*expand_cells(dataset, sorted(ds_cfg.views), names)]
 
 
-def plan(cfg: RunConfig) -> tuple[dict[str, list[Cell]], str]:
+def plan(cfg: RunConfig) -> tuple[dict[str, list[AnyCell]], str]:
     """The cells of every dataset, and the plan line printed before any work."""
     cells = {ds: _expand(ds, cfg.strategy_names) for ds in cfg.suite.datasets}
     n = sum(len(c) for c in cells.values())
@@ -130,7 +133,12 @@ def plan(cfg: RunConfig) -> tuple[dict[str, list[Cell]], str]:
     return cells, line
 
 
-def _failed(cell: Cell, task: str, exc: BaseException) -> Record:
+def _mean_main_metric(records: list[Record]) -> float:
+    scores = [r.main_metric for r in records if r.main_metric is not None]
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def _failed(cell: AnyCell, task: str, exc: BaseException) -> Record:
     return Record(
         dataset=cell.dataset, task=task, strategy=cell.strategy, family=cell.info.family if cell.info else "baseline",
         modalities=list(cell.views),
@@ -276,14 +284,18 @@ def _run(cfg: RunConfig) -> RunSummary:
                 from fusebench.run.cell import open_cell_study
 
                 for cell in todo:
-                    if not retrieval and cell.info.trainable:
+                    if isinstance(cell, Cell) and cell.info.trainable:  # Cells: every task but retrieval
                         log.info("  study %s/%s ready in %s", cell.dataset, cell.strategy, redact(storage))
                         for r in range(suite.replicates):
                             open_cell_study(cell, data, ctx, r)
                 torch.set_num_threads(encode_threads)
                 continue
             cells_t0 = time.perf_counter()
-            outcomes = RetrievalRun(data, tables, ctx).execute(todo) if retrieval else pool.execute(todo, data, ctx)
+            outcomes: Iterator[tuple[AnyCell, list[Record] | BaseException]]
+            if retrieval:  # a retrieval task's cells are all RetrievalCells (_expand)
+                outcomes = RetrievalRun(data, tables, ctx).execute([c for c in todo if isinstance(c, RetrievalCell)])
+            else:
+                outcomes = pool.execute([c for c in todo if isinstance(c, Cell)], data, ctx)
             for cell, outcome in outcomes:
                 if isinstance(outcome, UsageError):
                     raise outcome
@@ -296,7 +308,7 @@ def _run(cfg: RunConfig) -> RunSummary:
                     new = outcome
                     ok += 1
                     log.info("  %-28s %s=%.4f (done at +%.1fs)", cell.strategy, ds_cfg.main_metric,
-                             sum(r.main_metric for r in new) / len(new), time.perf_counter() - c0)
+                             _mean_main_metric(new), time.perf_counter() - c0)
                 records = merge_records(records, new)
                 write_records(results, records)
                 progress.advance("sweep", 1, status=f"last: {cell.dataset}/{cell.strategy}")

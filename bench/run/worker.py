@@ -20,6 +20,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import torch
@@ -36,6 +37,9 @@ from fusebench.search.storage import open_storage, redact
 from fusebench.search.study import Budget, n_done, open_study, run_search
 from fusebench.strategies import STRATEGIES
 from fusebench.training.loop import TrainConfig
+
+if TYPE_CHECKING:
+    from fusebench.run.runner import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir
     return WorkerSummary(study_name, here, n_done(study), budget.trials, time.perf_counter() - started)
 
 
-def prepare_studies(cfg: object) -> list[str]:
+def prepare_studies(cfg: RunConfig) -> list[str]:
     """Create the studies of a run config (a `bench.runner.RunConfig` with `storage`) with their user
     attrs, by the run's own code path, without searching; returns the study names."""
     import dataclasses
@@ -123,10 +127,10 @@ def prepare_studies(cfg: object) -> list[str]:
     from fusebench.run.cell import expand_cells
     from fusebench.run.runner import run
 
-    run(dataclasses.replace(cfg, prepare_only=True))  # type: ignore[type-var]
+    run(dataclasses.replace(cfg, prepare_only=True))
     names = []
-    for ds in cfg.suite.datasets:  # type: ignore[attr-defined]
+    for ds in cfg.suite.datasets:
         views = sorted(catalog.get_dataset(ds).views)
-        names += [study_name(c, r) for c in expand_cells(ds, views, cfg.strategy_names)  # type: ignore[attr-defined]
-                  if c.info.trainable for r in range(cfg.suite.replicates)]  # type: ignore[attr-defined]
+        names += [study_name(c, r) for c in expand_cells(ds, views, cfg.strategy_names)
+                  if c.info.trainable for r in range(cfg.suite.replicates)]
     return names

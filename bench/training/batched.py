@@ -125,7 +125,7 @@ def _fit_batched(
     for m in models:
         m.fit_prior(train.labels)
     wrapped = [_Functional(m) for m in models]
-    params, buffers = stack_module_state(wrapped)  # type: ignore[arg-type]
+    params, buffers = stack_module_state(wrapped)
     skeleton = copy.deepcopy(wrapped[0])
     trainable = {k: v for k, v in params.items() if v.requires_grad}
     frozen = {k: v for k, v in params.items() if not v.requires_grad}
@@ -190,9 +190,9 @@ def _fit_batched(
             break
     results = []
     for k, model in enumerate(models):
-        score, loss, best_epoch, state = best[k]
-        if state is not None:
-            model.load_state_dict(state)
+        score, loss, best_epoch, best_state = best[k]
+        if best_state is not None:
+            model.load_state_dict(best_state)
         member_samples = member_steps[k] and samples * member_steps[k] // max(sum(member_steps), 1)
         results.append(TrainResult(model, float(score), best_epoch, len(histories[k]), train_seconds / k_members,
                                    int(member_samples), histories[k], val_seconds / k_members,

@@ -152,7 +152,7 @@ def train_model(
     max_epochs = cfg.stop_rule.epochs_for(cfg.epochs, steps_per_epoch)
     if cfg.amp_bf16 and device.type != "cuda":
         log.debug("amp_bf16 on %s: CPU bf16 autocast (its gain depends on the CPU)", device)
-    step_model: FusionModel = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
+    step_model: FusionModel = torch.compile(model) if cfg.compile else model
     inputs, labels = train.inputs, train.labels
     if cfg.compile:  # compile (forward + backward graphs) outside the timed loop; no optimizer step
         model.train()
