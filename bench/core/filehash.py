@@ -71,3 +71,12 @@ def forget() -> None:
     global _MEMO
     with _LOCK:
         _MEMO = None
+
+
+def source_version(folder: Path) -> str:
+    """sha256 (12 hex) of a package folder's Python sources (names and bytes): a code version that
+    changes whenever the code that built or encoded data changes, so fingerprints cannot go stale."""
+    h = hashlib.sha256()
+    for src in sorted(Path(folder).glob("*.py")):
+        h.update(src.name.encode() + src.read_bytes())
+    return h.hexdigest()[:12]

@@ -24,6 +24,7 @@ from sklearn.decomposition import PCA
 
 from fusebench.config.loader import DatasetConfig, SplitSizes
 from fusebench.core.errors import ConfigError, DataError
+from fusebench.core.filehash import source_version
 from fusebench.core.paths import scratch_dir
 from fusebench.core.registry import Registry
 from fusebench.data.audio import decode_audio, fit_length
@@ -76,10 +77,7 @@ def _resolve(root: Path, folder: str, patterns: tuple[str, ...], cfg: DatasetCon
 def code_version() -> str:
     """sha256 (12 hex) of the data package's source: a builder change (pairing, splits, decoding)
     changes every fingerprint and so every feature-cache key built on it."""
-    h = hashlib.sha256()
-    for src in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(src.name.encode() + src.read_bytes())
-    return h.hexdigest()[:12]
+    return source_version(Path(__file__).parent)
 
 
 def _fingerprint(cfg: DatasetConfig, sizes: SplitSizes, sources: dict[str, str]) -> str:

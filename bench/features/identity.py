@@ -9,13 +9,12 @@ packaged model: the package version) and the versions of the libraries that comp
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata as md
 from pathlib import Path
 from typing import Any
 
 from fusebench.core.errors import ConfigError
-from fusebench.core.filehash import sha256_file
+from fusebench.core.filehash import sha256_file, source_version
 from fusebench.core.typecheck import dataclass_problem
 
 LIBRARIES = ("torch", "transformers", "scikit-learn", "numpy", "tokenizers", "pillow")
@@ -49,10 +48,8 @@ def resolve_options(name: str, options: dict[str, Any], where: str = "options") 
 
 
 def code_version() -> str:
-    h = hashlib.sha256()
-    for src in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(src.name.encode() + src.read_bytes())
-    return h.hexdigest()[:12]
+    """sha256 (12 hex) of the features package's source (encoders, options, cache)."""
+    return source_version(Path(__file__).parent)
 
 
 def weights_identity(name: str) -> dict[str, Any]:
