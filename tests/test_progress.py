@@ -108,6 +108,9 @@ def test_jobs_2_progress_from_workers_reaches_the_parent_log(synthetic_bundle, m
     data, cfg = synthetic_bundle
     monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
     monkeypatch.setenv("FUSEBENCH_PROGRESS", "plain")
+    # a cache of its own: with the session's shared cache, a toy encoding done by an earlier test
+    # would be a cache hit and no encoding progress would be printed (order-dependent failure)
+    monkeypatch.setenv("FUSEBENCH_CACHE", str(tmp_path / "cache"))
     log_file = tmp_path / "run.log"
     out = tmp_path / "run"
     argv = ["run", "--suite", "toy", "--data-dir", str(data), "--out", str(out), "--jobs", "2",
