@@ -276,8 +276,9 @@ def robustness_curves(curves: pd.DataFrame, dataset: str, metric: str, out: Path
 def critical_difference(ranking: Ranking, out: Path) -> Path | None:
     """A Demšar critical-difference diagram: the average-rank axis on top, each strategy hung from
     its rank (best half on the left, the rest on the right), thick bars joining strategies whose
-    ranks differ by less than the Nemenyi CD, and the CD drawn as a scale bar."""
-    if ranking.average_rank.empty:
+    ranks differ by less than the Nemenyi CD, and the CD drawn as a scale bar. Drawn only when the
+    Friedman test rejects (Demšar 2006): otherwise there is no post-hoc comparison to show (None)."""
+    if ranking.average_rank.empty or ranking.critical_difference is None:
         return None
     avg = ranking.average_rank
     names, ranks = list(avg.index), avg.to_numpy(float)

@@ -207,3 +207,14 @@ def test_report_without_storage_or_robustness_still_renders(tmp_path):
     assert "Verdict." in text and "Δ vs best unimodal" in text
     assert "robustness" not in text.lower() and not (d / "optuna.journal").exists()
     assert "Overall ranking" in text and text.count("data:image/png;base64,") == 1 + 3 * 2  # CD + pareto/families
+
+
+def test_no_critical_difference_diagram_when_friedman_does_not_reject(tmp_path):
+    """Demšar: the CD diagram (a post-hoc comparison) is drawn only when the Friedman test rejects."""
+    from fusebench.reports.plots import critical_difference
+    from fusebench.reports.ranking import Ranking
+
+    ranks = pd.Series({"a": 1.2, "b": 1.8, "c": 3.5, "d": 3.9})
+    assert critical_difference(Ranking(ranks, n_tasks=6, friedman_p=0.30, critical_difference=None), tmp_path) is None
+    drawn = critical_difference(Ranking(ranks, n_tasks=6, friedman_p=0.01, critical_difference=1.0), tmp_path)
+    assert drawn is not None and drawn.is_file()
