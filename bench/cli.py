@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true", help="torch.compile each model for training (compile time not timed)")
     run.add_argument("--sequential-seeds", action="store_true",
                      help="train evaluation seeds one after another instead of as one batched model (same results)")
+    run.add_argument("--trial-batch", type=int, help="search trials asked together and trained as one batched model "
+                     "where their shapes allow (default: the suite's trial_batch, else 1 = one after another)")
     run.add_argument("--jobs", type=int, help="cells trained in parallel processes on CPU (default: the suite's, else 1)")
     run.add_argument("--data-dir", help="data root")
 
@@ -208,6 +210,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("trials", args.trials), ("seeds", args.seeds), ("replicates", args.replicates),
                                     ("epochs", args.epochs),
                                     ("patience", args.patience), ("jobs", args.jobs),
+                                    ("trial_batch", args.trial_batch),
                                     ("modality_dropout", args.modality_dropout),
                                     ("gradient_blending", args.gradient_blending)) if v is not None}
     try:

@@ -267,9 +267,10 @@ class SuiteConfig:
     gradient_blending: bool = False  # G-Blend loss weighting; strategies without unimodal branches fail clearly
     override: bool = False  # a user file that replaces a built-in of the same name must say so (config.catalog)
     rerank_k: int = 10  # retrieval tasks: how many dual-encoder candidates per query a fusion re-ranker re-scores
+    trial_batch: int = 1  # search trials asked together and trained as one batched model where they can (1: one by one)
 
     def __post_init__(self) -> None:
-        for name in ("trials", "seeds", "replicates", "epochs", "batch_size", "jobs", "rerank_k"):
+        for name in ("trials", "seeds", "replicates", "epochs", "batch_size", "jobs", "rerank_k", "trial_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.modality_dropout < 1.0:

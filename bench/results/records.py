@@ -83,6 +83,7 @@ class Record:
     error: str | None = None
     robustness: dict[str, float | None] = field(default_factory=dict)  # "missing:<view>", "noise:<sigma>" → test metric
     seeds_batched: int = 1  # evaluation seeds trained together as one batched model (1: sequentially)
+    trials_batched: int = 0  # search trials of this record's study that trained inside a batch of >= 2
     # This record's share of the cell's wall time by phase (seconds): evaluation (fitting its seed,
     # batched fits shared equally, plus test scoring), robustness, throughput (measured once per cell).
     phase_seconds: dict[str, float] = field(default_factory=dict)

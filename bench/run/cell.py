@@ -39,9 +39,11 @@ from fusebench.search.study import (
     sampler_settings,
     trial_counts,
 )
+from fusebench.search.trial_batch import run_batched_search, trials_batched
 from fusebench.strategies.base import STRATEGIES, FusionSpec, StrategyInfo
 from fusebench.training.batched import fit_seeds
 from fusebench.training.loop import Batch, TrainConfig, predict_proba, train_model
+from fusebench.run.trials import TrialInputs, build_batch_objective
 from fusebench.training.robustness import evaluate_robustness
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,7 @@ class CellContext:
     data_root: str = ""
     rerank_k: int = 10  # retrieval tasks: dual-encoder candidates per query that a re-ranker re-scores
     batch_seeds: bool = True  # train the K evaluation seeds as one batched model where the strategy allows
+    trial_batch: int = 1  # search trials asked and trained together (1: one after another)
 
 
 STUDY_ATTR = "fusebench"  # the study user attr holding what a worker needs to rebuild the objective
@@ -234,20 +237,28 @@ class SearchOutcome:
     counts: TrialCounts
     seconds: float
     cap_bound: bool  # the wall-clock cap stopped the search before its budget was spent
+    trials_batched: int = 0  # trials that trained inside a batch of two or more
 
 
 def search_replicate(cell: Cell, data: TaskData, ctx: CellContext, replicate: int) -> SearchOutcome:
     """Run (or resume, or wait for workers on) the study of one search replicate."""
     budget = ctx.budget.for_replicate(replicate)
     study = open_cell_study(cell, data, ctx, replicate)
-    objective = build_objective(cell, data, ctx.train, budget, ctx.device)
-    study, seconds = run_search(study, objective, budget)  # waits for other workers' trials too
+    if ctx.trial_batch > 1:
+        inputs = TrialInputs(_spec(data, cell), _batch(data, "train", cell, ctx.device),
+                             _batch(data, "val", cell, ctx.device), data.config.main_metric, progress_key(cell))
+        batch_objective = build_batch_objective(cell, inputs, ctx.train, budget, ctx.device)
+        study, seconds = run_batched_search(study, batch_objective, budget, ctx.trial_batch)
+    else:
+        objective = build_objective(cell, data, ctx.train, budget, ctx.device)
+        study, seconds = run_search(study, objective, budget)  # waits for other workers' trials too
     export_history(study, ctx.out_dir)  # reports read this file, never the storage
     counts = trial_counts(study, budget.trials)
     if counts.spent < budget.trials:
         log.warning("  %s replicate %d: the %.0fs cap stopped the search at %d/%d trials", cell.strategy, replicate,
                     budget.timeout_s, counts.spent, budget.trials)
-    return SearchOutcome(replicate, best_params_or_none(study), counts, seconds, counts.spent < budget.trials)
+    return SearchOutcome(replicate, best_params_or_none(study), counts, seconds, counts.spent < budget.trials,
+                         trials_batched(study))
 
 
 def _run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
@@ -346,6 +357,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
                 data_fingerprint=data.fingerprint,
                 robustness=robustness,
                 seeds_batched=len(seeds) if fits.batched else 1,
+                trials_batched=search.trials_batched,
                 phase_seconds={k: round(v, 4) for k, v in phases.items()},
             )
         )

@@ -29,6 +29,8 @@ from fusebench.core.errors import UsageError
 LOCK_NAME = ".fusebench.lock"
 # Suite fields that do not change what a cell computes: parallelism and prose.
 NOT_IDENTITY = frozenset({"jobs", "description"})
+# settings added after runs existed: at this value they leave the hash as it was, so old runs still resume
+NEUTRAL_DEFAULTS = {"trial_batch": 1}
 
 
 class RunDirLock:
@@ -91,7 +93,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any], old_config: dict[str,
         diffs.append(f"suite {old.get('suite')!r} → {new['suite']!r}")
     if old.get("config_hash") != new["config_hash"]:
         keys = sorted(k for k in set(old_config) | set(new_config)
-                      if k not in NOT_IDENTITY and old_config.get(k) != new_config.get(k))
+                      if k not in NOT_IDENTITY
+                      and old_config.get(k, NEUTRAL_DEFAULTS.get(k)) != new_config.get(k, NEUTRAL_DEFAULTS.get(k)))
         detail = ", ".join(f"{k}: {old_config.get(k)!r} → {new_config.get(k)!r}" for k in keys) or "settings"
         diffs.append(f"config hash {old.get('config_hash')} → {new['config_hash']} ({detail})")
     return diffs
@@ -124,7 +127,8 @@ def check_data(out: Path, meta: dict[str, Any], dataset: str, fingerprint: str) 
 
 
 def config_hash_of(config: dict[str, Any]) -> str:
-    fields = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    fields = {k: v for k, v in config.items()
+              if k not in NOT_IDENTITY and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

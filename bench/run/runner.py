@@ -188,6 +188,7 @@ def _run(cfg: RunConfig) -> RunSummary:
                           patience_steps=suite.patience_steps, min_steps=suite.min_steps, min_delta=suite.min_delta,
                           monitor=suite.monitor),  # type: ignore[arg-type]
         batch_seeds=cfg.batch_seeds,
+        trial_batch=suite.trial_batch,
         timing=TimingConfig(batch_size=max(suite.batch_size, 256)),
         device=device,
         storage=storage,

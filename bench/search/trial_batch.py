@@ -1,0 +1,127 @@
+"""Batched trials: B trials asked together with `study.ask()`, trained together, each told once.
+
+`run_batched_search` is `run_search` (bench/search/study.py) for a `trial_batch` of B ≥ 2: the same
+budget (COMPLETE + PRUNED + objective FAIL trials, across processes and resumes), the same wall-clock
+cap, the same handling of trials left RUNNING by a killed process (marked FAIL `stale`, not counted,
+retried), and the same race rule for the last slot (`surplus`). What changes is the shape of a round:
+
+1. up to B trials are asked one after another; right after each `ask` the objective's `propose`
+   samples that trial's parameters, so that the trial-seeded TPE draws from the trial's own stream
+   (the proposals of the random start-up trials are exactly those of a sequential search) and the
+   constant liar sees every earlier trial of the batch as RUNNING, so model-based proposals differ;
+2. the objective's `train` fits the batch (grouping members that can share one vmapped model) and
+   returns one outcome per trial: a value, `optuna.TrialPruned`, or the exception that failed it;
+3. every trial is told exactly once: COMPLETE with its value, PRUNED (optuna takes the last reported
+   value), or FAIL with the reason in user attr `fail_reason`.
+
+A process killed during a round leaves up to B trials RUNNING; the next run marks them stale exactly
+as it does a single trial, so resume and the trial counts work unchanged (tests/test_trial_batch.py
+kills a real subprocess to show it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from fusebench.search.study import Budget, _counts, _spent_flags, fail_stale_running
+
+log = logging.getLogger(__name__)
+
+Outcome = float | BaseException  # what `train` returns per trial
+
+
+@dataclass(frozen=True)
+class BatchObjective:
+    """A search objective split in two so that trials can be asked one by one and trained together.
+
+    `propose(trial)` samples the trial's parameters (it is called right after the trial is asked);
+    `train(trials, proposals)` trains them and returns one `Outcome` per trial, in order."""
+
+    propose: Callable[[optuna.Trial], Any]
+    train: Callable[[list[optuna.Trial], list[Any]], list[Outcome]]
+
+
+def _claim(study: optuna.Study, budget: Budget, host: str, pid: int) -> optuna.Trial | None:
+    """Ask one trial; give it up (FAIL, `surplus`) when `budget` live trials are numbered before it."""
+    trial = study.ask()
+    trial.set_user_attr("host", host)
+    trial.set_user_attr("pid", pid)
+    trials = study.get_trials(deepcopy=False)
+    ahead = sum(t.number < trial.number and (t.state == TrialState.RUNNING or s)
+                for t, s in zip(trials, _spent_flags(trials)))
+    if ahead >= budget.trials:
+        trial.set_user_attr("surplus", True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    return trial
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> TrialState:
+    """Tell the trial's outcome (exactly once) and return the state it ended in."""
+    if isinstance(outcome, optuna.TrialPruned):
+        return study.tell(trial, state=TrialState.PRUNED).state
+    if isinstance(outcome, BaseException):
+        trial.set_user_attr("fail_reason", f"{type(outcome).__name__}: {str(outcome)[:300]}")
+        log.warning("trial %d failed: %s: %s", trial.number, type(outcome).__name__, outcome)
+        return study.tell(trial, state=TrialState.FAIL).state
+    return study.tell(trial, float(outcome)).state  # a NaN value is told FAIL by optuna itself
+
+
+def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: Budget, trial_batch: int, *,
+                       poll_s: float = 0.5) -> tuple[optuna.Study, float]:
+    """Run rounds of up to `trial_batch` trials until the budget is spent (see the module doc);
+    returns the study and the seconds spent here, as `run_search` does."""
+    if trial_batch < 1:
+        raise ValueError(f"trial_batch must be >= 1, got {trial_batch}")
+    started = time.perf_counter()
+    deadline = started + budget.timeout_s
+    host, pid = socket.gethostname(), os.getpid()
+    fail_stale_running(study)
+    failures = 0
+    while True:
+        done, running = _counts(study)
+        if done >= budget.trials:
+            break
+        if failures >= budget.trials:  # a strategy that fails every trial: give up, as run_search does
+            log.warning("study %s: %d trial(s) failed here; stopping the search", study.study_name, failures)
+            break
+        if done + running < budget.trials and deadline - time.perf_counter() > 0:
+            trials, proposals = [], []
+            for _ in range(min(trial_batch, budget.trials - done - running)):
+                trial = _claim(study, budget, host, pid)
+                if trial is None:
+                    break  # another process took the last slot
+                trials.append(trial)
+                try:
+                    proposals.append(objective.propose(trial))
+                except (RuntimeError, ValueError) as exc:  # invalid params: the trial fails, the others go on
+                    trials.pop()
+                    _tell(study, trial, exc)
+                    failures += 1
+            if trials:
+                outcomes = objective.train(trials, proposals)
+                if len(outcomes) != len(trials):
+                    raise RuntimeError(f"the batch objective returned {len(outcomes)} outcomes for {len(trials)} trials")
+                for trial, outcome in zip(trials, outcomes):
+                    failures += _tell(study, trial, outcome) == TrialState.FAIL
+            continue
+        if running == 0:
+            break  # out of time and nobody else is working on it
+        time.sleep(poll_s)  # the rest is claimed by other processes: wait, and take over what fails
+        fail_stale_running(study)
+    return study, time.perf_counter() - started
+
+
+def trials_batched(study: optuna.Study) -> int:
+    """How many of the study's finished trials trained inside a batch of two or more (user attr `batch_size`)."""
+    return sum(t.user_attrs.get("batch_size", 1) > 1 for t in study.get_trials(deepcopy=False)
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))

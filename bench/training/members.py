@@ -1,0 +1,305 @@
+"""Many configurations as one: members that differ in seed *and* hyperparameters, trained as one model.
+
+The engine behind batched seeds (bench/training/batched.py) and batched trials (bench/search/
+trial_batch.py). The members' parameters are stacked and one `vmap`-ed `functional_call` computes
+every member's loss on its own batch; the summed loss gives each member exactly its own gradient.
+
+What stays per member, so that member k is `train_model(member_k.model, ..., member_k.seed)`:
+- initialisation (the caller builds each model after seeding torch) and data order (a generator
+  seeded with the member's seed);
+- learning rate and weight decay: when the members share them, the stacked tensors are the leaves
+  and one AdamW updates them (element-wise, so exactly as K optimisers would); when they differ,
+  every member keeps its own parameters as leaves, each member is one AdamW param group with its
+  own lr/weight decay, and the leaves are `torch.stack`-ed into the vmapped call at every step
+  (torch's own AdamW, hence exact equivalence; the stacking costs a copy per step, see
+  docs/throughput.md);
+- dropout probability: every `nn.Dropout` is swapped, for the batched fit only, for `_BufferDropout`
+  whose `p` is a (non-persistent) buffer, which `stack_module_state` stacks per member; the original
+  modules are put back afterwards. Other module attributes are not stacked: members whose
+  non-tensor attributes differ (e.g. `nn.MultiheadAttention.dropout`) must not share a batch, which
+  `structure_key` encodes;
+- early stopping, pruning and failure: each member has its own `EarlyStopper`; `on_epoch` may raise
+  (optuna's `TrialPruned`, say) and a member whose training loss goes non-finite fails with
+  `NonFiniteLoss`. A stopped, pruned or failed member is frozen (its loss masked out), never dropped;
+  the batch ends when no member is active. Dropout masks are drawn per member
+  (`randomness="different"`) but are not the sequential run's masks, so with dropout > 0 members
+  agree in distribution, not bitwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from fusebench.core import metrics as metric_lib
+from fusebench.strategies.base import FusionModel
+from fusebench.training.loop import Batch, TrainConfig, TrainResult, loss_of
+from fusebench.training.stopping import EarlyStopper, nll
+
+PER_MEMBER_PARAMS = ("lr", "weight_decay", "dropout")  # hyperparameters that may differ inside one batch
+
+
+class NonFiniteLoss(ValueError):
+    """A member's training loss became NaN or infinite: that member (its trial) fails, the others go on."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model to fit: built after `torch.manual_seed(seed)`; `on_epoch(epoch, val_metric)` may raise."""
+
+    model: FusionModel
+    seed: int
+    on_epoch: Callable[[int, float], None] | None = None
+
+
+@dataclass(frozen=True)
+class MemberFit:
+    """A member's outcome: its fit (best state restored), or the exception that stopped it."""
+
+    result: TrainResult | None
+    error: Exception | None = None
+
+
+class _BufferDropout(nn.Module):
+    """Inverted dropout whose probability is a buffer, so that vmapped members can each have their own."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.register_buffer("p", torch.tensor(float(p)), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        keep = 1.0 - self.p.to(x.dtype)
+        return x * (torch.rand_like(x) < keep).to(x.dtype) / keep  # p = 0: rand < 1 always, exactly x
+
+
+def _swap_dropout(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Replace every `nn.Dropout` under `model` by a `_BufferDropout`; returns what to put back."""
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Dropout:
+                device = next(child.buffers(), next(model.parameters(), torch.empty(0))).device
+                parent._modules[name] = _BufferDropout(child.p).to(device)
+                swapped.append((parent, name, child))
+    return swapped
+
+
+def _restore(swapped: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    for parent, name, child in swapped:
+        parent._modules[name] = child
+
+
+def structure_key(model: FusionModel) -> str:
+    """What members of one batch must share: the strategy, every tensor's shape and dtype, every
+    non-tensor module attribute (plain `nn.Dropout.p` excepted: it becomes a per-member buffer), and
+    every hyperparameter other than lr, weight decay and dropout. Equal keys can train together."""
+    tensors = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items())
+    attrs = []
+    for name, module in model.named_modules():
+        plain = {k: v for k, v in vars(module).items()
+                 if k != "training" and isinstance(v, (int, float, bool, str, type(None), tuple))}
+        if type(module) is nn.Dropout:
+            plain.pop("p", None)
+        attrs.append((name, type(module).__name__, tuple(sorted(plain.items()))))
+    hp = getattr(model, "params", None)
+    shared = {k: v for k, v in dataclasses.asdict(hp).items() if k not in PER_MEMBER_PARAMS} if hp is not None else {}
+    return repr((type(model).__qualname__, tensors, tuple(attrs), tuple(sorted(shared.items()))))
+
+
+def group_members(models: Sequence[FusionModel]) -> list[list[int]]:
+    """Indices of `models` grouped by `structure_key`, groups in order of their first member."""
+    groups: dict[str, list[int]] = {}
+    for i, model in enumerate(models):
+        groups.setdefault(structure_key(model), []).append(i)
+    return list(groups.values())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Functional(nn.Module):
+    """`forward(inputs, labels=None)`: the member's training loss, or its logits when labels is None."""
+
+    def __init__(self, model: FusionModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: dict[str, Tensor], labels: Tensor | None = None) -> Tensor:
+        if labels is None:
+            return self.model(inputs).float()
+        return loss_of(self.model, Batch(inputs, labels))
+
+
+class _Stacked:
+    """The members' parameters as vmap wants them, and the optimizer that updates them."""
+
+    def __init__(self, wrapped: list[_Functional]) -> None:
+        hps = [(w.model.params.lr, w.model.params.weight_decay) for w in wrapped]
+        self.shared = all(h == hps[0] for h in hps)
+        self.wrapped = wrapped
+        self.names = [n for n, _ in wrapped[0].named_parameters()]
+        self.trainable = [n for n, p in wrapped[0].named_parameters() if p.requires_grad]
+        if self.shared:  # the stacked tensors are the leaves: one AdamW, element-wise = K optimisers
+            self.params, self.buffers = stack_module_state(wrapped)
+            self.optimizer = torch.optim.AdamW([self.params[n] for n in self.trainable], lr=hps[0][0],
+                                               weight_decay=hps[0][1])
+        else:  # each member's own parameters are the leaves: one param group per member
+            self.members = [dict(w.named_parameters()) for w in wrapped]
+            self.buffers = {n: torch.stack([dict(w.named_buffers())[n] for w in wrapped])
+                            for n, _ in wrapped[0].named_buffers()}
+            self.optimizer = torch.optim.AdamW([{"params": [m[n] for n in self.trainable], "lr": lr, "weight_decay": wd}
+                                                for m, (lr, wd) in zip(self.members, hps)])
+
+    def current(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(trainable, frozen) stacked parameters `[K, ...]` for this step."""
+        if self.shared:
+            stacked = self.params
+        else:
+            stacked = {n: torch.stack([m[n] for m in self.members]) for n in self.names}
+        return ({n: stacked[n] for n in self.trainable}, {n: v for n, v in stacked.items() if n not in self.trainable})
+
+    def state_of(self, k: int, keys: set[str]) -> dict[str, Tensor]:
+        """Member k's state dict (model keys, persistent entries only), detached copies."""
+        if self.shared:
+            tensors = {**self.params, **self.buffers}
+            return {n[len("model."):]: t[k].detach().clone() for n, t in tensors.items() if n[len("model."):] in keys}
+        return copy.deepcopy(self.wrapped[k].model.state_dict())
+
+
+def fit_members(members: Sequence[Member], train: Batch, val: Batch, cfg: TrainConfig, main_metric: str) -> list[MemberFit]:
+    """Fit the members (same `structure_key`, at least two) as one vmapped model; see the module doc.
+
+    Raises what vmap raises when a forward cannot be traced (the caller falls back to sequential)."""
+    models = [m.model for m in members]
+    swapped = [_swap_dropout(m) for m in models]
+    try:
+        return _fit(members, train, val, cfg, main_metric)
+    finally:
+        for s in swapped:
+            _restore(s)
+
+
+def _fit(members: Sequence[Member], train: Batch, val: Batch, cfg: TrainConfig, main_metric: str) -> list[MemberFit]:
+    device = train.labels.device
+    models = [m.model for m in members]
+    k_members = len(models)
+    metric = metric_lib.METRICS.get(main_metric)
+    val_labels = val.labels.cpu().numpy()
+    for m in models:
+        m.fit_prior(train.labels)
+    wrapped = [_Functional(m) for m in models]
+    stacked = _Stacked(wrapped)
+    skeleton = copy.deepcopy(wrapped[0])
+    batched_loss = vmap(lambda p, f, b, x, y: functional_call(skeleton, ({**p, **f}, b), (x, y)),
+                        in_dims=(0, 0, 0, 0, 0), randomness="different")
+    batched_logits = vmap(lambda p, f, b, x: functional_call(skeleton, ({**p, **f}, b), (x,)),
+                          in_dims=(0, 0, 0, None), randomness="different")
+    keys = set(models[0].state_dict())
+    generators = [torch.Generator(device=device).manual_seed(m.seed) for m in members]
+    stoppers = [EarlyStopper(cfg.stop_rule) for _ in models]
+    best: list[tuple[float, float, int, dict | None]] = [(-float("inf"), float("nan"), -1, None)] * k_members
+    errors: list[Exception | None] = [None] * k_members
+    histories: list[list[float]] = [[] for _ in range(k_members)]
+    member_steps = [0] * k_members
+    member_samples = [0] * k_members
+    active = torch.ones(k_members, dtype=torch.bool, device=device)
+    n = len(train)
+    steps_per_epoch = sum(1 for start in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - start) >= 2 or n < 2)
+    max_epochs = cfg.stop_rule.epochs_for(cfg.epochs, steps_per_epoch)
+    train_seconds, val_seconds = 0.0, 0.0
+    for epoch in range(max_epochs):
+        skeleton.train()
+        _sync(device)
+        t0 = time.perf_counter()
+        orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in generators])
+        for start in range(0, n, cfg.batch_size):
+            idx = orders[:, start : start + cfg.batch_size]  # [K, B]
+            if idx.shape[1] < 2 and n >= 2:
+                continue
+            live = active.nonzero().flatten().tolist()
+            trainable, frozen = stacked.current()
+            losses = batched_loss(trainable, frozen, stacked.buffers, {k: v[idx] for k, v in train.inputs.items()},
+                                  train.labels[idx])
+            finite = torch.isfinite(losses.detach())
+            for k in live:
+                if not finite[k]:
+                    errors[k] = NonFiniteLoss(f"training loss {float(losses.detach()[k])} at step {member_steps[k] + 1}")
+                    active[k] = False
+            stacked.optimizer.zero_grad(set_to_none=True)
+            torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
+            stacked.optimizer.step()
+            for k in live:
+                if active[k]:
+                    member_steps[k] += 1
+                    member_samples[k] += idx.shape[1]
+        _sync(device)
+        t1 = time.perf_counter()
+        train_seconds += t1 - t0
+        live = active.nonzero().flatten().tolist()
+        if not live:
+            break
+        trainable, frozen = stacked.current()
+        member_probs = _val_probs(batched_logits, skeleton, trainable, frozen, stacked.buffers, val, cfg)
+        val_seconds += time.perf_counter() - t1
+        for k in live:
+            probs = member_probs[k]
+            score, loss = float(metric(val_labels, probs)), nll(val_labels, probs)
+            if not np.isfinite(score):
+                score = -float("inf")
+            histories[k].append(score)
+            if members[k].on_epoch is not None:
+                try:
+                    members[k].on_epoch(epoch, score)
+                except Exception as exc:  # pruned (or the callback failed): this member only
+                    errors[k] = exc
+                    active[k] = False
+                    continue
+            if stoppers[k].update(loss, score, member_steps[k]):
+                best[k] = (score, loss, epoch, stacked.state_of(k, keys))
+            elif stoppers[k].should_stop(member_steps[k]):
+                active[k] = False  # frozen: its loss is masked from now on, its best state is kept
+        if not bool(active.any()):
+            break
+    out = []
+    for k, model in enumerate(models):
+        if errors[k] is not None:
+            out.append(MemberFit(None, errors[k]))
+            continue
+        score, loss, best_epoch, best_state = best[k]
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        out.append(MemberFit(TrainResult(  # the batch's time is shared equally, as its members ran together
+            model, float(score), best_epoch, len(histories[k]), train_seconds / k_members, member_samples[k],
+            histories[k], val_seconds / k_members, best_step=stoppers[k].best_step, steps_run=member_steps[k],
+            val_loss=float(loss))))
+    return out
+
+
+@torch.no_grad()
+def _val_probs(batched_logits, skeleton: nn.Module, trainable: dict, frozen: dict, buffers: dict, val: Batch,
+               cfg: TrainConfig) -> np.ndarray:
+    """Every member's validation probabilities `[K, N, C]`, from one vmap-ed eval-mode forward per chunk."""
+    skeleton.eval()
+    n = len(val)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused eval kernel has no vmap rule (it would loop)
+    try:
+        chunks = [
+            batched_logits(trainable, frozen, buffers, {k: v[i : i + cfg.eval_batch_size] for k, v in val.inputs.items()})
+            for i in range(0, n, cfg.eval_batch_size)
+        ]
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return torch.cat(chunks, dim=1).softmax(-1).cpu().numpy()
