@@ -197,6 +197,15 @@ def _phases(meta: dict) -> str | None:
     return html.escape(f"{total}{wall}" + (f"; inside cells, process-seconds: {inside}" if inside else ""))
 
 
+def _class_warnings(meta: dict, dataset: str) -> str:
+    """Classes the task dropped (`data.min_groups_per_class`) or that a split lacks (run.json `data`)."""
+    info = (meta.get("data") or {}).get(dataset) or {}
+    lines = [f"class {c} excluded: {why}" for c, why in (info.get("excluded_classes") or {}).items()]
+    lines += [f"{len(cs)} class(es) have no {split} example: {', '.join(cs)}"
+              for split, cs in (info.get("missing_classes") or {}).items()]
+    return "".join(f"<p class=note><b>Warning.</b> {html.escape(ln)}</p>" for ln in lines)
+
+
 def _grid(*imgs: str) -> str:
     cells = "".join(f"<div>{i}</div>" for i in imgs if i)
     return f"<div class=grid>{cells}</div>" if cells else ""
@@ -229,6 +238,7 @@ def write_report(run_dir: Path) -> Path:
         metric = next((m for m in g.metric if m), "")
         parts.append(f"<h2 id='{html.escape(dataset)}'>{html.escape(dataset)} — {html.escape(metric)}</h2>")
         parts.append(f"<p class=verdict><b>Verdict.</b> {_words(task_verdict(g))}</p>")
+        parts.append(_class_warnings(meta, dataset))
         parts.append(_table(g))
         pareto = plots.quality_vs_throughput(board, dataset, plot_dir)
         fam = plots.family_bars(board, dataset, plot_dir)

@@ -28,6 +28,7 @@ from fusebench.core.filehash import source_version
 from fusebench.core.paths import scratch_dir
 from fusebench.core.registry import Registry
 from fusebench.data.audio import decode_audio, fit_length
+from fusebench.data.classes import drop_sparse_classes
 from fusebench.data.manifest import file_sha256
 from fusebench.data.splits import SplitFractions, stratified_group_split
 from fusebench.data.validate import check_tables
@@ -43,6 +44,16 @@ class TaskTables:
     splits: dict[str, datasets.Dataset]
     fingerprint: str
     sources: dict[str, str]  # data file → sha256
+    classes: tuple[int, ...] | None = None  # when classes were dropped: the original label of each new label
+    excluded_classes: dict[str, str] = dataclasses.field(default_factory=dict)  # original label → why dropped
+
+    def num_classes(self, declared: int) -> int:
+        """Classes the model must output: the YAML's `num_classes`, less any dropped class."""
+        return declared if self.classes is None else len(self.classes)
+
+    def original_label(self, label: object) -> str:
+        """A (possibly remapped) label as the data file spells it, for logs and run.json."""
+        return str(label) if self.classes is None else str(self.classes[int(label)])  # type: ignore[call-overload]
 
 
 Builder = Callable[[DatasetConfig, Path, SplitSizes], TaskTables]
@@ -149,6 +160,10 @@ class ParquetParams:
         test_fraction: share of `all` used for test when only `all` is given.
             Derived splits are stratified by `label` and grouped by `group` (bench/data/splits.py).
         split_seed: seed of those derived splits (pinned in the config).
+        min_groups_per_class: drop, before splitting, every class of 0..num_classes-1 whose rows span
+            fewer distinct `group` values (a grouped split cannot put it in train, validation and
+            test; 3 = all three possible). The kept classes are renumbered 0..C-1 in their original
+            order and the model gets C outputs; run.json lists what was dropped and why. 0 = off.
     """
 
     path: str
@@ -160,6 +175,7 @@ class ParquetParams:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     split_seed: int = 0
+    min_groups_per_class: int = 0
 
 
 def _split_off(ds: datasets.Dataset, fraction: float, label: str, group: str | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -195,6 +211,7 @@ def build_parquet(cfg: DatasetConfig, root: Path, sizes: SplitSizes) -> TaskTabl
         else:
             ids = [f"{split}:{i}" for i in range(len(ds))]
         raw[split] = ds.add_column("_cluster", ids)
+    raw, kept, excluded = drop_sparse_classes(cfg, raw, p.label, p.group, p.min_groups_per_class)
     if "all" in raw:
         ds = raw["all"]
         parts = stratified_group_split(list(ds[p.label]), list(ds[p.group]) if p.group else None,
@@ -214,7 +231,7 @@ def build_parquet(cfg: DatasetConfig, root: Path, sizes: SplitSizes) -> TaskTabl
         if "cluster" in ds.column_names:
             ds = ds.remove_columns("cluster")
         out[split] = ds.rename_column("_cluster", "cluster")
-    return TaskTables(out, _fingerprint(cfg, sizes, sources), sources)
+    return TaskTables(out, _fingerprint(cfg, sizes, sources), sources, kept, excluded)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,14 +7,16 @@ whole groups (clips of one recording, rows of one review…) are assigned to spl
 
 - no group crosses splits (leakage), and
 - every class is split in about the requested proportions, and
-- every class with at least 2 groups has at least one group in train and one in test (a class
-  whose rows all share one group can only be in one split: the greedy pass puts it in train).
+- every class with at least 2 groups has at least one group in train and one in test, and every
+  class with at least 3 groups one in validation too (a class whose rows all share one group can
+  only be in one split: the greedy pass puts it in train; `sparse_classes` finds such classes so a
+  dataset can drop them, `data.min_groups_per_class`).
 
 The assignment is a greedy pass in the spirit of scikit-learn's `StratifiedGroupKFold` (groups
 with the most rows first, each to the split where it least increases the chi-square distance
 between the split's class counts and their targets), generalised to unequal fractions, followed
-by a repair pass that moves a group into train or test for a class that has ≥ 2 groups but none
-there. Deterministic for a given seed.
+by a repair pass that moves a group into train, test (and validation) for a class that has enough
+groups but none there. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -119,13 +121,15 @@ def stratified_group_split(
 
 
 def _repair(assign: np.ndarray, counts: np.ndarray, fractions: SplitFractions, target: np.ndarray) -> None:
-    """Move groups so that each class with ≥ 2 groups has one in train and one in test (in place)."""
+    """Move groups so that each class with ≥ 2 groups has one in train and one in test, and each
+    class with ≥ 3 groups one in validation too (in place)."""
     names = fractions.names
-    required = [names.index(s) for s in ("train", "test") if s in names]
     for cls in range(counts.shape[1]):
         members = np.flatnonzero(counts[:, cls] > 0)
         if len(members) < MIN_GROUPS_FOR_COVERAGE:
             continue
+        wanted = ("train", "test", "val")[: min(len(members), 3)]  # a third group also reaches validation
+        required = [names.index(s) for s in wanted if s in names]
         for need in required:
             if np.any(assign[members] == need):
                 continue
@@ -141,6 +145,28 @@ def _repair(assign: np.ndarray, counts: np.ndarray, fractions: SplitFractions, t
             movable = [m for m in members if assign[m] == donor]
             grp = min(movable, key=lambda m: (counts[m].sum(), m))  # the smallest group moves
             assign[grp] = need
+
+
+def sparse_classes(
+    labels: Sequence[object] | np.ndarray, groups: Sequence[object] | np.ndarray | None, min_groups: int,
+    classes: Sequence[object] = (),
+) -> dict[object, int]:
+    """Classes with fewer than `min_groups` distinct groups → their group count (0 for a class of
+    `classes` that has no row at all).
+
+    Why: a split that keeps groups whole cannot put a class into train, validation and test unless
+    the class spans at least three groups; a one-recording ESC-50 class lands wholly in one split
+    (in train, it can become the train majority with no test clip: `majority` then scores 0).
+    Datasets set `data.min_groups_per_class` to drop such classes before splitting.
+    """
+    if min_groups <= 0:
+        return {}
+    y = np.asarray(labels, dtype=object)
+    g = np.arange(len(y)).astype(str) if groups is None else np.asarray(groups, dtype=object).astype(str)
+    per: dict[object, set[str]] = {c: set() for c in classes}
+    for label, group in zip(y.tolist(), g.tolist(), strict=True):
+        per.setdefault(label, set()).add(group)
+    return {c: len(gs) for c, gs in per.items() if len(gs) < min_groups}
 
 
 def class_counts(labels: Mapping[str, Sequence[int] | np.ndarray]) -> dict[str, dict[str, int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -143,7 +144,10 @@ def encode_task(
     views: set[str] | None = None,
 ) -> TaskData:
     """Encode the views a run needs (`views`; default every view of the task) of every split,
-    reading from and filling the cache. Views no cell uses are never encoded."""
+    reading from and filling the cache. Views no cell uses are never encoded. When the builder
+    dropped classes (`data.min_groups_per_class`), the returned config has their reduced count."""
+    if tables.classes is not None:
+        cfg = dataclasses.replace(cfg, num_classes=tables.num_classes(cfg.num_classes))
     per_split: dict[str, dict[str, Features]] = {s: {} for s in SPLITS}
     encoder_ids: dict[str, str] = {}
     seconds: dict[str, float] = {}

@@ -257,16 +257,22 @@ def _run(cfg: RunConfig) -> RunSummary:
                 failed += len(todo)
                 progress.advance("sweep", len(todo), status=f"{ds_name} failed to build/encode")
                 continue
-            counts = class_counts({s: tables.splits[s]["label"] for s in tables.splits})
+            counts = class_counts({s: [tables.original_label(y) for y in tables.splits[s]["label"]]
+                                   for s in tables.splits})  # keyed by the data file's labels
             missing = {} if retrieval else missing_classes(counts)  # retrieval rows are all matching pairs
             for split, absent in missing.items():
                 log.warning("%s: %d class(es) have no %s example: %s", ds_name, len(absent), split, ", ".join(absent))
+            for label, why in tables.excluded_classes.items():
+                log.warning("%s: class %s excluded: %s", ds_name, label, why)
             rundir.check_data(out, meta, ds_name, data.fingerprint)
             meta["identity"]["data_fingerprints"][ds_name] = data.fingerprint
             meta["data"][ds_name] = {
                 "fingerprint": data.fingerprint,
                 "class_counts": counts,
                 "missing_classes": missing,
+                "excluded_classes": tables.excluded_classes,
+                "num_classes": data.config.num_classes,
+                "label_of_class": None if tables.classes is None else list(tables.classes),
                 "sources": data.sources,
                 "encoders": data.encoders,
                 "rows": {s: len(d) for s, d in data.splits.items()},
