@@ -216,3 +216,40 @@ def test_prediction_files_without_replicate_or_cluster_columns_read_as_one_searc
     old = stats.Predictions.read(path)
     assert old.n_replicates == 1 and list(old.clusters) == [str(i) for i in range(20)]
     assert np.allclose(old.probs, p.probs)
+
+
+def test_intervals_stay_inside_the_metric_range_near_a_bound(tmp_path):
+    """A chance-level 50-class scorer over 3 seeds (the ESC-50 `random` row: mean 0.019, std 0.024):
+    mean ± t·se left [0, 1] (ci95_low −0.027). The interval and the bootstrap CI are clipped to [0, 1]."""
+    labels = np.random.default_rng(3).integers(0, 50, 80)
+    probs = np.full((3, 80, 50), 1e-3)
+    for k, n_right in enumerate((0, 0, 5)):  # accuracies 0, 0, 0.0625 over seeds
+        pred = (labels + 1) % 50
+        pred[:n_right] = labels[:n_right]
+        probs[k, np.arange(80), pred] = 1.0
+    p = stats.Predictions.unclustered(np.zeros(3, int), np.arange(1000, 1003), labels, probs)
+    raw_lo, _ = stats.cell_estimate(p, "accuracy").interval()
+    assert raw_lo < 0  # the unclipped t-interval leaves the range: what this test guards against
+    lo, hi = stats.bootstrap_ci(p, "accuracy")
+    assert 0.0 <= lo <= hi <= 1.0 and lo == 0.0
+    _write(tmp_path, "d", "random", p)
+    _write(tmp_path, "d", "unimodal:a", _preds(LABELS[:80] % 2, [0.999, 1.0, 1.0], 5))
+    out = stats.dataset_stats(_records("random", "baseline", p) + _records("unimodal:a", "unimodal", p), tmp_path)
+    row = out["random"]
+    assert row["ci95_low"] == 0.0 and row["ci_clipped"] is True and "clipped" in row["ci_method"]
+    for s in out.values():
+        assert 0.0 <= s["ci95_low"] <= s["ci95_high"] <= 1.0
+        assert s["delta_ci95_low"] is None or -1.0 <= s["delta_ci95_low"] <= s["delta_ci95_high"] <= 1.0
+
+
+def test_auroc_interval_near_one_is_clipped():
+    labels = np.repeat([0, 1], 20)
+    probs = np.zeros((3, 40, 2))
+    for k, flips in enumerate((0, 0, 6)):  # AUROC 1, 1 and lower
+        score = labels.astype(float) * 0.8 + 0.1
+        score[:flips] = 0.95  # negatives ranked above every positive
+        probs[k, :, 1], probs[k, :, 0] = score, 1 - score
+    p = stats.Predictions.unclustered(np.zeros(3, int), np.arange(3), labels, probs)
+    assert stats.cell_estimate(p, "auroc").interval()[1] > 1  # unclipped
+    lo, hi = stats.bootstrap_ci(p, "auroc")
+    assert hi == 1.0 and lo < hi

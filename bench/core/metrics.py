@@ -33,5 +33,14 @@ def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(probs.shape[1]))))
 
 
+RANGES: dict[str, tuple[float, float]] = {"accuracy": (0.0, 1.0), "macro_f1": (0.0, 1.0), "auroc": (0.0, 1.0)}
+"""The values each bounded metric can take; intervals are clipped to them (results.stats)."""
+
+
+def metric_range(name: str) -> tuple[float, float]:
+    """(low, high) a metric can take; (-inf, inf) for a metric without a declared range (a plugin's)."""
+    return RANGES.get(name, (float("-inf"), float("inf")))
+
+
 def compute(names: tuple[str, ...] | list[str], labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     return {n: METRICS.get(n)(labels, probs) for n in names}

@@ -12,7 +12,12 @@ Variance of that mean = V_between + V_test:
     bootstrapping 2–5 replicates underestimates their variance by (R − 1)/R and has no tail, the
     t quantile on R − 1 degrees of freedom does not.
   V_test — the test-cluster bootstrap (`N_RESAMPLES` cluster resamples, units held fixed).
-Interval: mean ± t(0.975, df) · sqrt(V), df by Welch–Satterthwaite (V_test counts as infinite df).
+Interval: mean ± t(0.975, df) · sqrt(V), df by Welch–Satterthwaite (V_test counts as infinite df),
+clipped to the metric's range (`core.metrics.RANGES`: [0, 1] for accuracy, macro-F1, AUROC; the
+difference of two such means to [−1, 1]). A symmetric interval around a mean near a bound leaves
+the range (ESC-50 `random` at 0.019 ± 0.046 gave ci95_low = −0.027); the metric cannot take those
+values, so clipping only removes impossible values and never lowers coverage. `ci_clipped` says
+when it happened.
 
 With R = 1 the search variance cannot be estimated: V_between falls back to the variance over the
 K seeds / K (df K − 1) and the interval is marked `includes_search_variance = False` — it is too
@@ -54,6 +59,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from fusebench.core.metrics import metric_range
 from fusebench.results.records import Record
 from fusebench.results.resample import (
     N_RESAMPLES,
@@ -84,7 +90,7 @@ LATE_FUSION_BASELINE = "logit_mean"
 FUSION_FAMILIES = ("early", "mid", "late")
 RANDOM_FLOOR = "random"
 CI_METHOD = (f"variance decomposition: search replicates → seeds (t on R−1 df) + test-cluster bootstrap "
-             f"({N_RESAMPLES} resamples), Welch–Satterthwaite df")
+             f"({N_RESAMPLES} resamples), Welch–Satterthwaite df; clipped to the metric's range")
 TEST_METHOD = "paired test: Δ / sqrt(V_between(A) + V_between(B) + paired cluster-bootstrap V_test), Student t, two-sided"
 CORRECTION = "holm"
 NOT_TESTABLE_R1 = "not testable, R=1: one search per cell, the search variance cannot be estimated"
@@ -114,6 +120,12 @@ class Estimate:
         return self.mean - half, self.mean + half
 
 
+def clip_interval(lo: float, hi: float, bounds: tuple[float, float]) -> tuple[float, float, bool]:
+    """(lo, hi) clipped to `bounds` (the metric's range), and whether clipping changed it."""
+    clo, chi = max(lo, bounds[0]), min(hi, bounds[1])
+    return clo, chi, (clo, chi) != (lo, hi)
+
+
 def _satterthwaite(parts: list[tuple[float, float]], total: float) -> float:
     denom = sum(v * v / d for v, d in parts if v > 0 and np.isfinite(d) and d > 0)
     return float(total * total / denom) if denom > 0 else float("inf")
@@ -137,8 +149,9 @@ def cell_estimate(p: Predictions, metric: str) -> Estimate:
 
 
 def bootstrap_ci(p: Predictions, metric: str) -> tuple[float, float]:
-    """95 % interval of a cell's mean main metric (module doc)."""
-    return cell_estimate(p, metric).interval()
+    """95 % interval of a cell's mean main metric, inside the metric's range (module doc)."""
+    lo, hi, _ = clip_interval(*cell_estimate(p, metric).interval(), metric_range(metric))
+    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -249,11 +262,14 @@ def dataset_stats(records: list[Record], run_dir: Path) -> dict[str, dict[str, A
     family_p = {s: r.p for s, r in uni_res.items() if family[s] in FUSION_FAMILIES and r is not None and r.p is not None}
     adjusted = holm(family_p)
     floor = est.get(RANDOM_FLOOR)
+    bounds = metric_range(metric)
+    delta_bounds = (bounds[0] - bounds[1], bounds[1] - bounds[0])
     out = {}
     for s, rs in ok.items():
         scores = np.array([r.main_metric for r in rs], dtype=float)
         e, u, late_res = est.get(s), uni_res[s], vs(s, late)
-        lo, hi = e.interval() if e else (None, None)
+        lo, hi, clipped = clip_interval(*e.interval(), bounds) if e else (None, None, False)
+        dlo, dhi, _ = clip_interval(*u.ci95, delta_bounds) if u else (None, None, False)
         beats = None
         if family[s] in FUSION_FAMILIES and s in adjusted and u is not None:
             beats = bool(u.delta > 0 and adjusted[s] < ALPHA)
@@ -272,6 +288,7 @@ def dataset_stats(records: list[Record], run_dir: Path) -> dict[str, dict[str, A
             "n_clusters": int(len(np.unique(preds[s].clusters))) if s in preds else None,
             "ci95_low": lo,
             "ci95_high": hi,
+            "ci_clipped": clipped,
             "se_between": float(np.sqrt(e.var_between)) if e else None,
             "se_test": float(np.sqrt(e.var_test)) if e else None,
             "includes_search_variance": bool(e and e.n_replicates >= 2),
@@ -280,8 +297,8 @@ def dataset_stats(records: list[Record], run_dir: Path) -> dict[str, dict[str, A
             "best_unimodal_mean": means[best_uni] if best_uni else None,
             "best_unimodal_chosen_on": chosen_on,
             "delta_vs_best_unimodal": u.delta if u else None,
-            "delta_ci95_low": u.ci95[0] if u else None,
-            "delta_ci95_high": u.ci95[1] if u else None,
+            "delta_ci95_low": dlo,
+            "delta_ci95_high": dhi,
             "p_vs_best_unimodal": u.p if u else None,
             "p_adj_vs_best_unimodal": adjusted.get(s),
             "correction": CORRECTION,
