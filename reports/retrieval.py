@@ -43,8 +43,8 @@ def retrieval_markdown(records: list[Record]) -> str:
         order = sorted(cells, key=lambda s: -float(np.mean([r.main_metric for r in cells[s]])))
         lines = [f"## {ds} — retrieval detail", "",
                  ("| strategy | rsum (mean ± std) | 95% CI | Δ vs dual encoder | p | beats dual encoder | "
-                  + " | ".join(COLUMNS) + " | seeds |"),
-                 "|---|---|---|---:|---:|:---:|" + "---:|" * len(COLUMNS) + "---:|"]
+                  + " | ".join(COLUMNS) + " | R×K | train samples/s | queries/s |"),
+                 "|---|---|---|---:|---:|:---:|" + "---:|" * len(COLUMNS) + "---:|---:|---:|"]
         for s in order:
             rs, st = cells[s], cells[s][0].stats
             ci = f"[{st['ci95_low']:.1f}, {st['ci95_high']:.1f}]" if "ci95_low" in st else "–"
@@ -54,10 +54,17 @@ def retrieval_markdown(records: list[Record]) -> str:
             vals = " | ".join(f"{np.mean([r.metrics.get(c, np.nan) for r in rs]):.1f}" for c in COLUMNS)
             main = [r.main_metric for r in rs]
             std = np.std(main, ddof=1) if len(main) > 1 else 0.0
-            lines.append(f"| `{s}` | {np.mean(main):.1f} ± {std:.1f} | {ci} | {delta} | {p} | {beats} | {vals} | {len(rs)} |")
+            tp = next((r.throughput for r in rs if r.throughput is not None), None)
+            speed = (f"{tp.train_samples_per_s:,.0f} | {tp.infer_samples_per_s:,.0f}" if tp else "– | –")
+            units = f"{len({r.replicate for r in rs})}×{len({r.seed for r in rs})}"
+            lines.append(f"| `{s}` | {np.mean(main):.1f} ± {std:.1f} | {ci} | {delta} | {p} | {beats} | {vals} | {units} "
+                         f"| {speed} |")
         lines += ["", retrieval_verdict(records, ds), "",
                   ("R@k in percent; medr = median rank of the first correct item; rsum = R@1+R@5+R@10 of both "
-                   "directions. Re-rankers re-score the dual encoder's top-k (params.rerank_k); p: paired two-level "
-                   "bootstrap (seeds, then images) against the dual encoder alone. Bands: docs/retrieval.md."), ""]
+                   "directions. Re-rankers re-score the dual encoder's top-k (params.rerank_k); p: paired hierarchical "
+                   "bootstrap (search replicates, seeds, then images) against the dual encoder alone. R×K: search "
+                   "replicates × evaluation seeds. train samples/s: the trained model's training pairs per second; "
+                   "queries/s: test queries (images + captions) ranked per second by the whole pipeline "
+                   "(embedding, top-k, re-scoring). Bands: docs/retrieval.md."), ""]
         parts.append("\n".join(lines))
     return "\n".join(parts)

@@ -222,3 +222,57 @@ def test_calibrate_and_worker_refuse_retrieval_with_exit_2(tmp_path: Path, capsy
     study.set_user_attr("fusebench", {"task": "retrieval", "budget": {"trials": 2, "timeout_s": 1, "seeds": 1, "search_seed": 0}})
     assert main(["worker", "--study", "flickr8k-retrieval/dual_encoder", "--storage", url]) == 2
     assert "belongs to a retrieval task" in capsys.readouterr().err
+
+
+def test_pick_units_resamples_replicates_then_seeds_within_them():
+    from fusebench.results.retrieval_stats import _pick_units
+
+    units = [(r, s) for r in range(3) for s in (1000, 1001)]
+    pick = _pick_units(units, 500, np.random.default_rng(0))
+    assert pick.shape == (500, 6)
+    reps = np.array([r for r, _ in units])[pick].reshape(500, 3, 2)  # [draw, drawn replicate, seed]
+    assert (reps == reps[:, :, :1]).all()  # the seeds of a drawn replicate all belong to it
+    assert len({tuple(np.unique(row)) for row in reps[:, :, 0]}) > 3  # replicates drawn with replacement
+    flat = _pick_units([(0, 1000), (0, 1001)], 50, np.random.default_rng(0))
+    assert flat.shape == (50, 2) and set(np.unique(flat)) <= {0, 1}  # one replicate: seeds drawn flat
+
+
+def test_retrieval_interval_widens_with_a_search_effect_and_ignores_a_missing_replicate_column(tmp_path):
+    """Two replicates whose ranks differ (a search effect) widen the rsum interval over one replicate
+    with the same seeds; a predictions file without `replicate` reads as replicate 0."""
+    from fusebench.results.retrieval_stats import draws
+
+    rng = np.random.default_rng(0)
+    n, caption_image = 40, np.repeat(np.arange(40), 5)
+
+    def ranks(shift: int) -> tuple[np.ndarray, np.ndarray]:
+        return rng.integers(1, 8, n) + shift, rng.integers(1, 8, 5 * n) + shift
+
+    one = _frame([1000, 1001], *ranks(0), caption_image)
+    assert "replicate" not in one.columns
+    base = draws(one)
+    assert np.array_equal(base, draws(one.assign(replicate=0)))
+    rep1 = _frame([1000, 1001], *ranks(6), caption_image).assign(replicate=1)
+    both = pd.concat([one.assign(replicate=0), rep1])
+    lo0, hi0 = np.percentile(base, [2.5, 97.5])
+    lo2, hi2 = np.percentile(draws(both), [2.5, 97.5])
+    assert hi2 - lo2 > 2 * (hi0 - lo0)
+
+
+def test_time_pipeline_counts_items_per_second_of_the_whole_call():
+    import time
+
+    from fusebench.measure.pipeline_timing import time_pipeline
+
+    calls = []
+
+    def slow() -> None:
+        calls.append(1)
+        time.sleep(0.02)
+
+    tp = time_pipeline(slow, 100, torch.device("cpu"), train_samples_per_s=5.0, batch_size=10, warmup=1, repetitions=3)
+    assert len(calls) == 4 and tp.repetitions == 3 and tp.warmup == 1
+    assert 1000 < tp.infer_samples_per_s <= 100 / 0.02 and tp.train_samples_per_s == 5.0
+    assert tp.batch_ms_p50 >= 20 and tp.device.startswith("cpu")
+    with pytest.raises(ValueError):
+        time_pipeline(slow, 0, torch.device("cpu"), 1.0, 1)

@@ -1,13 +1,20 @@
 """Cells of a retrieval task: the dual encoder alone, and each fusion strategy re-ranking its top-k.
 
-Cell `dual_encoder`: an optuna study (same sampler, pruner and trial budget as every cell) over
-`DualEncoderParams` maximising validation rsum, then the best params retrained on the K evaluation
-seeds and ranked on the test split. Cell `rerank:<strategy>`: the strategy's own study on
-validation AUROC of matching pairs (as `flickr8k-itm`), then per evaluation seed: the dual encoder
-of that seed (best params of its study) proposes the top `rerank_k` candidates of every query and
-the strategy, trained with that seed, re-scores them. Cells run in this process, dual encoder
-first, so the re-rankers reuse its models. Per-query ranks are the per-example predictions
-(bench/results/retrieval_stats.py reads them).
+Cell `dual_encoder`: R search replicates (the suite's `replicates`, each an optuna study with its
+own sampler seed, same pruner and trial budget as every cell) over `DualEncoderParams` maximising
+validation rsum; the best params of each replicate are retrained on the K evaluation seeds and
+ranked on the test split. Cell `rerank:<strategy>`: R studies of the strategy on validation AUROC
+of matching pairs (as `flickr8k-itm`); for replicate r and evaluation seed s, the dual encoder of
+(r, s) — best params of dual-encoder replicate r — proposes the top `rerank_k` candidates of every
+query and the strategy (best params of its replicate r, trained with seed s) re-scores them, so a
+replicate is one independent search of the whole pipeline. Records carry `replicate` and `seed`.
+Cells run in this process, dual encoder first, so the re-rankers reuse its models. Per-query ranks
+are the per-example predictions (bench/results/retrieval_stats.py reads them).
+
+Throughput (once per cell, replicate 0, first seed): train samples/s of the trained model (the dual
+encoder's image–caption pairs, or the re-ranker's matching pairs), and inference as test *queries*
+per second (images + captions) of the whole ranking call — embedding, blocked top-k/ranking, and
+the re-ranker's scoring of the candidates (bench/measure/pipeline_timing.py).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import optuna
@@ -25,8 +33,9 @@ from fusebench.core import space
 from fusebench.core.errors import UsageError
 from fusebench.data.builders import SPLITS, TaskTables
 from fusebench.features.extract import TaskData
+from fusebench.measure.pipeline_timing import time_pipeline
 from fusebench.measure.timing import device_name
-from fusebench.results.records import Record
+from fusebench.results.records import Record, Throughput
 from fusebench.results.retrieval_stats import BASE, prediction_path
 from fusebench.run.cell import CellContext, parse_selection
 from fusebench.search.history import export_history
@@ -36,6 +45,7 @@ from fusebench.search.study import (
     n_done,
     open_study,
     pruner_settings,
+    replicate_study_name,
     run_search,
     sampler_settings,
 )
@@ -83,11 +93,12 @@ def retrieval_splits(data: TaskData, tables: TaskTables, device: torch.device) -
                                          list(tables.splits[s]["image_id"])) for s in SPLITS}
 
 
-def _study(name: str, data: TaskData, ctx: CellContext) -> optuna.Study:
-    study = open_study(name, open_storage(ctx.storage), ctx.budget.search_seed)
+def _study(name: str, data: TaskData, ctx: CellContext, replicate: int = 0) -> optuna.Study:
+    budget = ctx.budget.for_replicate(replicate)
+    study = open_study(replicate_study_name(name, replicate), open_storage(ctx.storage), budget.search_seed)
     attrs = {"dataset": data.config.name, "strategy": name.split("/", 1)[1], "data_fingerprint": data.fingerprint,
              "encoders": data.encoders, "train": dataclasses.asdict(ctx.train), "size": ctx.size,
-             "budget": dataclasses.asdict(ctx.budget), "task": "retrieval"}
+             "budget": dataclasses.asdict(budget), "task": "retrieval", "replicate": replicate}
     old = study.user_attrs.get("fusebench")
     for key in ("data_fingerprint", "encoders", "train", "size"):
         if old and old.get(key) != attrs[key]:
@@ -107,40 +118,42 @@ def _reporter(trial: optuna.Trial):
     return report
 
 
-def _search_dual(splits: dict[str, RetrievalSplit], data: TaskData, ctx: CellContext):
-    study = _study(f"{data.config.name}/{BASE}", data, ctx)
+def _search_dual(splits: dict[str, RetrievalSplit], data: TaskData, ctx: CellContext, replicate: int):
+    budget = ctx.budget.for_replicate(replicate)
+    study = _study(f"{data.config.name}/{BASE}", data, ctx, replicate)
 
     def objective(trial: optuna.Trial) -> float:
         params = space.sample_params(trial, DualEncoderParams)
-        seed = ctx.budget.search_seed * 100_000 + trial.number
+        seed = budget.search_seed * 100_000 + trial.number
         res = train_dual_encoder(splits["train"], splits["val"], params, ctx.train, seed, _reporter(trial))
         trial.set_user_attr("best_epoch", res.best_epoch)
         return res.val_rsum
 
-    study, seconds = run_search(study, objective, ctx.budget)
+    study, seconds = run_search(study, objective, budget)
     export_history(study, ctx.out_dir)  # reports read this file, never the storage
     best = best_params_or_none(study)
     return (space.params_from_dict(DualEncoderParams, best) if best else DualEncoderParams()), n_done(study), seconds
 
 
 def _search_reranker(cell: RetrievalCell, splits: dict[str, RetrievalSplit], spec: FusionSpec, data: TaskData,
-                     ctx: CellContext):
+                     ctx: CellContext, replicate: int):
     assert cell.info is not None
     info = cell.info
+    budget = ctx.budget.for_replicate(replicate)
     train = matching_pairs(splits["train"], info.input_kind, seed=0)
     val = matching_pairs(splits["val"], info.input_kind, seed=1)
-    study = _study(f"{data.config.name}/{cell.strategy}", data, ctx)
+    study = _study(f"{data.config.name}/{cell.strategy}", data, ctx, replicate)
 
     def objective(trial: optuna.Trial) -> float:
         params = space.sample_params(trial, info.params)
-        seed = ctx.budget.search_seed * 100_000 + trial.number
+        seed = budget.search_seed * 100_000 + trial.number
         torch.manual_seed(seed)
         model = info.build(spec, params).to(ctx.device)
         res = train_model(model, train, val, ctx.train, PAIR_METRIC, seed, on_epoch=_reporter(trial))
         trial.set_user_attr("best_epoch", res.best_epoch)
         return res.val_metric
 
-    study, seconds = run_search(study, objective, ctx.budget)
+    study, seconds = run_search(study, objective, budget)
     export_history(study, ctx.out_dir)
     best = best_params_or_none(study)
     return (space.params_from_dict(info.params, best) if best else info.params()), n_done(study), seconds
@@ -152,38 +165,39 @@ def _spec(split: RetrievalSplit, kind: str) -> FusionSpec:
                       {m: split.data.tokens[m].shape[1] for m in (IMAGE, TEXT)}, 2)
 
 
-def _predictions(seed: int, ranked: Ranked, split: RetrievalSplit) -> pd.DataFrame:
+def _predictions(replicate: int, seed: int, ranked: Ranked, split: RetrievalSplit) -> pd.DataFrame:
     clusters = np.asarray(split.cluster)
     return pd.concat([
-        pd.DataFrame({"seed": seed, "direction": "i2t", "query": np.arange(len(ranked.i2t)), "rank": ranked.i2t,
-                      "cluster": clusters}),
-        pd.DataFrame({"seed": seed, "direction": "t2i", "query": np.arange(len(ranked.t2i)), "rank": ranked.t2i,
-                      "cluster": clusters[split.caption_group.cpu().numpy()]}),
+        pd.DataFrame({"replicate": replicate, "seed": seed, "direction": "i2t", "query": np.arange(len(ranked.i2t)),
+                      "rank": ranked.i2t, "cluster": clusters}),
+        pd.DataFrame({"replicate": replicate, "seed": seed, "direction": "t2i", "query": np.arange(len(ranked.t2i)),
+                      "rank": ranked.t2i, "cluster": clusters[split.caption_group.cpu().numpy()]}),
     ])
 
 
 class RetrievalRun:
-    """The cells of one retrieval dataset, sharing the dual encoders trained per evaluation seed."""
+    """The cells of one retrieval dataset, sharing the dual encoders trained per (replicate, evaluation seed)."""
 
     def __init__(self, data: TaskData, tables: TaskTables, ctx: CellContext) -> None:
         self.data, self.ctx = data, ctx
         self.splits = retrieval_splits(data, tables, ctx.device)
-        self._dual: dict[int, tuple[DualResult, Ranked, Ranked]] = {}
-        self._dual_params: DualEncoderParams | None = None
+        self._dual: dict[tuple[int, int], tuple[DualResult, Ranked, Ranked]] = {}
+        self._dual_params: dict[int, DualEncoderParams] = {}
 
-    def dual_params(self) -> DualEncoderParams:
-        if self._dual_params is None:  # the dual encoder cell ran in an earlier process: read its study
-            study = _study(f"{self.data.config.name}/{BASE}", self.data, self.ctx)
-            best = best_params_or_none(study)
-            self._dual_params = space.params_from_dict(DualEncoderParams, best) if best else DualEncoderParams()
-        return self._dual_params
+    def dual_params(self, replicate: int) -> DualEncoderParams:
+        if replicate not in self._dual_params:  # the dual encoder cell ran in an earlier process: read its study
+            best = best_params_or_none(_study(f"{self.data.config.name}/{BASE}", self.data, self.ctx, replicate))
+            self._dual_params[replicate] = space.params_from_dict(DualEncoderParams, best) if best else DualEncoderParams()
+        return self._dual_params[replicate]
 
-    def dual(self, seed: int) -> tuple[DualResult, Ranked, Ranked]:
-        """The dual encoder of an evaluation seed and its (test, val) ranks, trained once per run."""
-        if seed not in self._dual:
-            res = train_dual_encoder(self.splits["train"], self.splits["val"], self.dual_params(), self.ctx.train, seed)
-            self._dual[seed] = (res, rank_split(res.model, self.splits["test"]), rank_split(res.model, self.splits["val"]))
-        return self._dual[seed]
+    def dual(self, replicate: int, seed: int) -> tuple[DualResult, Ranked, Ranked]:
+        """The dual encoder of a (replicate, evaluation seed) and its (test, val) ranks, trained once per run."""
+        if (replicate, seed) not in self._dual:
+            res = train_dual_encoder(self.splits["train"], self.splits["val"], self.dual_params(replicate),
+                                     self.ctx.train, seed)
+            self._dual[replicate, seed] = (res, rank_split(res.model, self.splits["test"]),
+                                           rank_split(res.model, self.splits["val"]))
+        return self._dual[replicate, seed]
 
     def execute(self, cells: list[RetrievalCell]) -> Iterator[tuple[RetrievalCell, list[Record] | BaseException]]:
         """Yield (cell, records or the exception it raised), the dual encoder first."""
@@ -196,46 +210,65 @@ class RetrievalRun:
                 yield cell, exc
 
     def run_cell(self, cell: RetrievalCell) -> list[Record]:
-        ctx, test = self.ctx, self.splits["test"]
-        if cell.info is None:
-            self._dual_params, n_trials, search_s = _search_dual(self.splits, self.data, ctx)
-            params: dict = dataclasses.asdict(self._dual_params)
-            family = "baseline"
-        else:
-            spec = _spec(test, cell.info.input_kind)
-            r_params, n_trials, search_s = _search_reranker(cell, self.splits, spec, self.data, ctx)
-            params = {"reranker": dataclasses.asdict(r_params), "dual_encoder": dataclasses.asdict(self.dual_params()),
-                      "rerank_k": ctx.rerank_k}
-            family = cell.info.family
-        records, frames = [], []
-        for seed in ctx.budget.eval_seeds:
-            dual, test_ranks, val_ranks = self.dual(seed)
-            train_s, n_params, best_epoch = dual.train_seconds, sum(p.numel() for p in dual.model.parameters()), dual.best_epoch
-            val_score = dual.val_rsum
-            if cell.info is not None:
-                torch.manual_seed(seed)
-                model = cell.info.build(spec, r_params).to(ctx.device)
-                kind = cell.info.input_kind
-                res = train_model(model, matching_pairs(self.splits["train"], kind, seed),
-                                  matching_pairs(self.splits["val"], kind, seed + 1), ctx.train, PAIR_METRIC, seed)
-                test_ranks = rerank(dual.model, model, test, test_ranks, ctx.rerank_k)
-                val_score = rerank(dual.model, model, self.splits["val"], val_ranks, ctx.rerank_k).scores.rsum
-                train_s, best_epoch = res.train_seconds, res.best_epoch
-                n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            scores = test_ranks.scores.as_metrics()
-            frames.append(_predictions(seed, test_ranks, test))
-            records.append(Record(
-                dataset=cell.dataset, task="retrieval", strategy=cell.strategy, family=family,
-                modalities=[IMAGE, TEXT], seed=seed, status="ok", params=params, metrics=scores,
-                main_metric_name="rsum", main_metric=scores["rsum"], val_main_metric=val_score,
-                n_trials=n_trials, n_trials_budget=ctx.budget.trials, search_timeout_s=ctx.budget.timeout_s,
-                search_seconds=search_s, sampler=sampler_settings(ctx.budget.search_seed), pruner=pruner_settings(),
-                train_seconds=train_s, best_epoch=best_epoch, params_count=n_params, device=device_name(ctx.device),
-                encoders=dict(self.data.encoders), data_fingerprint=self.data.fingerprint,
-            ))
-        path = prediction_path(ctx.out_dir, cell.dataset, cell.strategy)
+        records: list[Record] = []
+        frames: list[pd.DataFrame] = []
+        throughput: Throughput | None = None
+        for replicate in range(self.ctx.budget.replicates):
+            throughput = self._replicate(cell, replicate, records, frames, throughput)
+        path = prediction_path(self.ctx.out_dir, cell.dataset, cell.strategy)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         pd.concat(frames).to_parquet(tmp)
         tmp.replace(path)
         return records
+
+    def _replicate(self, cell: RetrievalCell, replicate: int, records: list[Record], frames: list[pd.DataFrame],
+                   throughput: Throughput | None) -> Throughput | None:
+        """Search replicate `replicate` of the cell, then its K evaluation seeds (appended to records/frames)."""
+        ctx, test = self.ctx, self.splits["test"]
+        budget = ctx.budget.for_replicate(replicate)
+        n_queries = test.n_images + test.n_captions
+        if cell.info is None:
+            self._dual_params[replicate], n_trials, search_s = _search_dual(self.splits, self.data, ctx, replicate)
+            params: dict = dataclasses.asdict(self._dual_params[replicate])
+            family = "baseline"
+        else:
+            spec = _spec(test, cell.info.input_kind)
+            r_params, n_trials, search_s = _search_reranker(cell, self.splits, spec, self.data, ctx, replicate)
+            params = {"reranker": dataclasses.asdict(r_params),
+                      "dual_encoder": dataclasses.asdict(self.dual_params(replicate)), "rerank_k": ctx.rerank_k}
+            family = cell.info.family
+        for seed in budget.eval_seeds:
+            dual, test_ranks, val_ranks = self.dual(replicate, seed)
+            train_s, n_params, best_epoch = dual.train_seconds, sum(p.numel() for p in dual.model.parameters()), dual.best_epoch
+            val_score = dual.val_rsum
+            if cell.info is None:
+                if throughput is None:
+                    throughput = time_pipeline(partial(rank_split, dual.model, test), n_queries, ctx.device,
+                                               dual.train_samples_per_s, batch_size=1024)
+            else:
+                torch.manual_seed(seed)
+                model = cell.info.build(spec, r_params).to(ctx.device)
+                kind = cell.info.input_kind
+                res = train_model(model, matching_pairs(self.splits["train"], kind, seed),
+                                  matching_pairs(self.splits["val"], kind, seed + 1), ctx.train, PAIR_METRIC, seed)
+                base_ranks = test_ranks
+                test_ranks = rerank(dual.model, model, test, base_ranks, ctx.rerank_k)
+                val_score = rerank(dual.model, model, self.splits["val"], val_ranks, ctx.rerank_k).scores.rsum
+                train_s, best_epoch = res.train_seconds, res.best_epoch
+                n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                if throughput is None:
+                    throughput = time_pipeline(partial(rerank, dual.model, model, test, base_ranks, ctx.rerank_k),
+                                               n_queries, ctx.device, res.train_samples_per_s, batch_size=ctx.rerank_k)
+            scores = test_ranks.scores.as_metrics()
+            frames.append(_predictions(replicate, seed, test_ranks, test))
+            records.append(Record(
+                dataset=cell.dataset, task="retrieval", strategy=cell.strategy, family=family,
+                modalities=[IMAGE, TEXT], seed=seed, replicate=replicate, status="ok", params=params, metrics=scores,
+                main_metric_name="rsum", main_metric=scores["rsum"], val_main_metric=val_score,
+                n_trials=n_trials, n_trials_budget=budget.trials, search_timeout_s=budget.timeout_s,
+                search_seconds=search_s, sampler=sampler_settings(budget.search_seed), pruner=pruner_settings(),
+                train_seconds=train_s, best_epoch=best_epoch, params_count=n_params, device=device_name(ctx.device),
+                encoders=dict(self.data.encoders), data_fingerprint=self.data.fingerprint, throughput=throughput,
+            ))
+        return throughput

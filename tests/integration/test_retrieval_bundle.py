@@ -23,12 +23,21 @@ def test_tables_hold_every_caption_of_every_image(data_root):
 
 
 def test_tiny_retrieval_run_and_resume(tmp_path, data_root, capsys):
+    """Two search replicates (R = 2) × two seeds per cell, as classification cells; throughput recorded."""
     out = tmp_path / "run"
     args = ["run", "--datasets", "flickr8k-retrieval", "--strategies", "concat,unimodal", "--size", "tiny",
-            "--trials", "2", "--seeds", "2", "--out", str(out), "--data-dir", str(data_root)]
+            "--trials", "2", "--seeds", "2", "--replicates", "2", "--out", str(out), "--data-dir", str(data_root)]
     assert main(args) == 0
     records = load_records(out / "results.jsonl")
     assert sorted({r.strategy for r in records}) == ["dual_encoder", "rerank:concat"]  # unimodal cannot score pairs
+    for name in ("dual_encoder", "rerank:concat"):
+        rows = [r for r in records if r.strategy == name]
+        assert sorted((r.replicate, r.seed) for r in rows) == [(0, 1000), (0, 1001), (1, 1000), (1, 1001)], name
+        assert len({r.sampler["seed"] for r in rows}) == 2  # each replicate its own sampler seed
+        assert rows[0].stats["n_replicates"] == 2 and rows[0].stats["n_seeds"] == 2
+        tp = rows[0].throughput
+        assert tp is not None and tp.train_samples_per_s > 0 and tp.infer_samples_per_s > 0, tp
+        assert tp.repetitions >= 1 and tp.device.startswith("cpu")
     for r in records:
         m = r.metrics
         assert r.status == "ok" and r.main_metric == pytest.approx(
@@ -38,11 +47,13 @@ def test_tiny_retrieval_run_and_resume(tmp_path, data_root, capsys):
     rerank = next(r for r in records if r.strategy == "rerank:concat")
     assert rerank.params["rerank_k"] == 10 and "p_vs_dual_encoder" in rerank.stats
     preds = pd.read_parquet(out / "predictions" / "flickr8k-retrieval" / "rerank__concat.parquet")
-    assert len(preds) == 2 * (12 + 60) and preds["cluster"].str.endswith(".jpg").all()
-    assert sorted(p.name for p in (out / "history" / "flickr8k-retrieval").glob("*.csv")) == [
-        "dual_encoder.csv", "rerank__concat.csv"]  # trial history exported at run time for the report
+    assert len(preds) == 2 * 2 * (12 + 60) and preds["cluster"].str.endswith(".jpg").all()
+    assert sorted(set(preds["replicate"])) == [0, 1]
+    assert {p.name for p in (out / "history" / "flickr8k-retrieval").glob("*.csv")} >= {
+        "dual_encoder.csv", "rerank__concat.csv"}  # trial history exported at run time for the report
     board = (out / "leaderboard.md").read_text()
     assert "flickr8k-retrieval — retrieval detail" in board and "the dual encoder alone" in board
+    assert "| 2×2 |" in board and "queries/s" in board
     capsys.readouterr()
     assert main(args) == 0
     assert "0 cell(s) ok, 0 failed, 2 already done" in capsys.readouterr().out
