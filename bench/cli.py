@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=int, help="optuna trials per strategy (equal for all)")
     run.add_argument("--seeds", type=int, help="evaluation seeds per strategy (K, per search replicate)")
     run.add_argument("--replicates", type=int, help="independent searches per cell (R), each with its own sampler seed")
+    run.add_argument("--rerank-negatives", choices=["random", "hard"],
+                     help="retrieval re-rankers' mismatched training pairs: random captions, or hard ones mined from "
+                          "the dual encoder's top rerank_k (default: the suite's, else random)")
     run.add_argument("--epochs", type=int, help="max epochs per training run")
     run.add_argument("--patience", type=int, help="early-stopping patience in evaluations (one per epoch); "
                      "see also the suite's patience_steps/min_steps")
@@ -211,6 +214,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                     ("epochs", args.epochs),
                                     ("patience", args.patience), ("jobs", args.jobs),
                                     ("trial_batch", args.trial_batch),
+                                    ("rerank_negatives", args.rerank_negatives),
                                     ("modality_dropout", args.modality_dropout),
                                     ("gradient_blending", args.gradient_blending)) if v is not None}
     try:

@@ -276,3 +276,42 @@ def test_time_pipeline_counts_items_per_second_of_the_whole_call():
     assert tp.batch_ms_p50 >= 20 and tp.device.startswith("cpu")
     with pytest.raises(ValueError):
         time_pipeline(slow, 0, torch.device("cpu"), 1.0, 1)
+
+
+def test_hard_negatives_are_other_images_captions_from_the_dual_encoders_top_k(one_thread):
+    """On a planted alignment, each mined negative is another image's caption inside the image's top k
+    under the dual encoder, and scores far higher than a random negative (what makes it hard)."""
+    from fusebench.features.extract import SplitData
+    from fusebench.training.loop import TrainConfig
+    from fusebench.training.rerank import hard_matching_pairs, hard_negatives, matching_pairs
+    from fusebench.training.retrieval import DualEncoderParams, RetrievalSplit, embed, train_dual_encoder
+
+    g = torch.Generator().manual_seed(1)
+    mix = torch.randn(16, 12, generator=g)
+
+    def split(n: int) -> RetrievalSplit:
+        img = torch.randn(n, 16, generator=g)
+        groups = np.repeat(np.arange(n), 5)
+        txt = img[groups] @ mix + 0.8 * torch.randn(5 * n, 12, generator=g)
+        data = SplitData({"image": img[groups], "text": txt}, {"image": img[groups, None], "text": txt[:, None]},
+                         torch.ones(5 * n, dtype=torch.long))
+        return RetrievalSplit.from_split(data, groups, [f"i{i}" for i in groups])
+
+    train, val = split(200), split(60)
+    dual = train_dual_encoder(train, val, DualEncoderParams(lr=3e-3, embed_dim=128, temperature=0.05),
+                              TrainConfig(epochs=6, patience=3, batch_size=64), seed=0).model
+    k = 10
+    neg = hard_negatives(dual, val, k, seed=3)
+    assert np.array_equal(neg, hard_negatives(dual, val, k, seed=3))  # seeded
+    group = val.caption_group.numpy()
+    assert (group[neg] != np.arange(val.n_images)).all()  # never the image's own caption
+    img, txt = embed(dual, val)
+    sims = (img @ txt.T).numpy()
+    kth = np.sort(sims, axis=1)[:, -k]
+    assert (sims[np.arange(val.n_images), neg] >= kth - 1e-6).all()  # inside the image's top k
+    hard = hard_matching_pairs(val, "pooled", 5, dual, k)
+    easy = matching_pairs(val, "pooled", 5)
+    assert hard.labels.tolist() == easy.labels.tolist()  # same layout: n true pairs, then n mismatched
+    torch.testing.assert_close(hard.inputs["text"][: val.n_images], easy.inputs["text"][: val.n_images])
+    random_neg = np.array([(group == (i + 1) % val.n_images).nonzero()[0][0] for i in range(val.n_images)])
+    assert sims[np.arange(val.n_images), neg].mean() > sims[np.arange(val.n_images), random_neg].mean() + 0.2

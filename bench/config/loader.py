@@ -267,6 +267,9 @@ class SuiteConfig:
     gradient_blending: bool = False  # G-Blend loss weighting; strategies without unimodal branches fail clearly
     override: bool = False  # a user file that replaces a built-in of the same name must say so (config.catalog)
     rerank_k: int = 10  # retrieval tasks: how many dual-encoder candidates per query a fusion re-ranker re-scores
+    # retrieval tasks: a re-ranker's mismatched training pairs — "random" (a caption of another image, as in
+    # flickr8k-itm) or "hard" (mined from the dual encoder's top rerank_k candidates; docs/retrieval.md)
+    rerank_negatives: Literal["random", "hard"] = "random"
     trial_batch: int = 1  # search trials asked together and trained as one batched model where they can (1: one by one)
 
     def __post_init__(self) -> None:

@@ -112,6 +112,7 @@ class CellContext:
     size: str = "full"  # the suite's dataset size, stored with the study for workers
     data_root: str = ""
     rerank_k: int = 10  # retrieval tasks: dual-encoder candidates per query that a re-ranker re-scores
+    rerank_negatives: str = "random"  # retrieval tasks: "random" or "hard" (dual-encoder top-k) training negatives
     batch_seeds: bool = True  # train the K evaluation seeds as one batched model where the strategy allows
     trial_batch: int = 1  # search trials asked and trained together (1: one after another)
 

@@ -50,8 +50,8 @@ from fusebench.search.study import (
     sampler_settings,
 )
 from fusebench.strategies.base import STRATEGIES, FusionSpec, StrategyInfo
-from fusebench.training.loop import train_model
-from fusebench.training.rerank import matching_pairs, rerank
+from fusebench.training.loop import Batch, train_model
+from fusebench.training.rerank import hard_matching_pairs, matching_pairs, rerank
 from fusebench.training.retrieval import (
     IMAGE,
     TEXT,
@@ -135,13 +135,12 @@ def _search_dual(splits: dict[str, RetrievalSplit], data: TaskData, ctx: CellCon
     return (space.params_from_dict(DualEncoderParams, best) if best else DualEncoderParams()), n_done(study), seconds
 
 
-def _search_reranker(cell: RetrievalCell, splits: dict[str, RetrievalSplit], spec: FusionSpec, data: TaskData,
+def _search_reranker(cell: RetrievalCell, pairs: tuple[Batch, Batch], spec: FusionSpec, data: TaskData,
                      ctx: CellContext, replicate: int):
     assert cell.info is not None
     info = cell.info
     budget = ctx.budget.for_replicate(replicate)
-    train = matching_pairs(splits["train"], info.input_kind, seed=0)
-    val = matching_pairs(splits["val"], info.input_kind, seed=1)
+    train, val = pairs
     study = _study(f"{data.config.name}/{cell.strategy}", data, ctx, replicate)
 
     def objective(trial: optuna.Trial) -> float:
@@ -199,6 +198,16 @@ class RetrievalRun:
                                            rank_split(res.model, self.splits["val"]))
         return self._dual[replicate, seed]
 
+    def pairs(self, kind: str, replicate: int, seed: int) -> tuple[Batch, Batch]:
+        """(train, validation) matching pairs for a re-ranker: random mismatched captions, or (suite setting
+        `rerank_negatives: hard`) hard ones from the top `rerank_k` of the dual encoder of (replicate, seed)."""
+        train, val = self.splits["train"], self.splits["val"]
+        if self.ctx.rerank_negatives != "hard":
+            return matching_pairs(train, kind, seed), matching_pairs(val, kind, seed + 1)
+        dual = self.dual(replicate, seed)[0].model
+        k = self.ctx.rerank_k
+        return hard_matching_pairs(train, kind, seed, dual, k), hard_matching_pairs(val, kind, seed + 1, dual, k)
+
     def execute(self, cells: list[RetrievalCell]) -> Iterator[tuple[RetrievalCell, list[Record] | BaseException]]:
         """Yield (cell, records or the exception it raised), the dual encoder first."""
         for cell in sorted(cells, key=lambda c: c.strategy != BASE):
@@ -234,9 +243,13 @@ class RetrievalRun:
             family = "baseline"
         else:
             spec = _spec(test, cell.info.input_kind)
-            r_params, n_trials, search_s = _search_reranker(cell, self.splits, spec, self.data, ctx, replicate)
+            # search pairs: seeds 0/1 as before; hard negatives come from the replicate's first evaluation seed
+            search_pairs = (self.pairs(cell.info.input_kind, replicate, budget.eval_seeds[0]) if
+                            ctx.rerank_negatives == "hard" else self.pairs(cell.info.input_kind, replicate, 0))
+            r_params, n_trials, search_s = _search_reranker(cell, search_pairs, spec, self.data, ctx, replicate)
             params = {"reranker": dataclasses.asdict(r_params),
-                      "dual_encoder": dataclasses.asdict(self.dual_params(replicate)), "rerank_k": ctx.rerank_k}
+                      "dual_encoder": dataclasses.asdict(self.dual_params(replicate)), "rerank_k": ctx.rerank_k,
+                      "rerank_negatives": ctx.rerank_negatives}
             family = cell.info.family
         for seed in budget.eval_seeds:
             dual, test_ranks, val_ranks = self.dual(replicate, seed)
@@ -249,9 +262,7 @@ class RetrievalRun:
             else:
                 torch.manual_seed(seed)
                 model = cell.info.build(spec, r_params).to(ctx.device)
-                kind = cell.info.input_kind
-                res = train_model(model, matching_pairs(self.splits["train"], kind, seed),
-                                  matching_pairs(self.splits["val"], kind, seed + 1), ctx.train, PAIR_METRIC, seed)
+                res = train_model(model, *self.pairs(cell.info.input_kind, replicate, seed), ctx.train, PAIR_METRIC, seed)
                 base_ranks = test_ranks
                 test_ranks = rerank(dual.model, model, test, base_ranks, ctx.rerank_k)
                 val_score = rerank(dual.model, model, self.splits["val"], val_ranks, ctx.rerank_k).scores.rsum

@@ -196,6 +196,7 @@ def _run(cfg: RunConfig) -> RunSummary:
         size=suite.size,
         data_root=str(root.resolve()),
         rerank_k=suite.rerank_k,
+        rerank_negatives=suite.rerank_negatives,
     )
     run_json = out / "run.json"
     previous = rundir.read_run_json(run_json)

@@ -3,7 +3,10 @@
 Training pairs are built as in `flickr8k-itm`: every image gives one true pair (a seeded choice
 among its captions) and one mismatched pair (a caption of another image of the same split), so
 classes are balanced and any registered pair-scoring strategy trains unchanged (two classes,
-inputs keyed by modality). At test time a strategy's score of a pair is its logit margin
+inputs keyed by modality). With hard negatives (`hard_matching_pairs`, suite setting
+`rerank_negatives: hard`) the mismatched caption of each image is drawn instead from the captions
+of *other* images among the dual encoder's top-k for it — the candidates the re-ranker will have to
+tell apart at test time. At test time a strategy's score of a pair is its logit margin
 `logit[1] - logit[0]`; candidate pairs are scored in chunks, so memory stays bounded.
 """
 
@@ -36,6 +39,41 @@ def matching_pairs(split: RetrievalSplit, kind: str, seed: int) -> Batch:
     pos = np.array([c[rng.integers(len(c))] for c in by_image])
     other = (np.arange(n) + rng.integers(1, n, size=n)) % n  # never the same image
     neg = np.array([by_image[o][rng.integers(len(by_image[o]))] for o in other])
+    return _pairs(split, kind, pos, neg)
+
+
+@torch.inference_mode()
+def hard_negatives(dual: DualEncoder, split: RetrievalSplit, k: int, seed: int, block: int = 1024) -> np.ndarray:
+    """For each image, one caption of *another* image among the dual encoder's top `k` captions for it
+    (seeded choice); an image whose top `k` holds only its own captions gets a random other image's one."""
+    rng = np.random.default_rng(seed)
+    img, txt = embed(dual, split)
+    _, cand = blocked_topk(img, txt, min(k, split.n_captions), block)
+    group = split.caption_group.to(cand.device)
+    wrong = (group[cand] != torch.arange(split.n_images, device=cand.device)[:, None]).cpu().numpy()
+    cand = cand.cpu().numpy()
+    n, out = split.n_images, np.empty(split.n_images, dtype=np.int64)
+    by_image = _captions_by_image(split.caption_group.numpy(), n)
+    for i in range(n):
+        pool = cand[i][wrong[i]]
+        if len(pool):
+            out[i] = pool[rng.integers(len(pool))]
+        else:
+            o = (i + rng.integers(1, n)) % n
+            out[i] = by_image[o][rng.integers(len(by_image[o]))]
+    return out
+
+
+def hard_matching_pairs(split: RetrievalSplit, kind: str, seed: int, dual: DualEncoder, k: int) -> Batch:
+    """ITM pairs whose mismatched caption is a hard negative of the dual encoder (`hard_negatives`)."""
+    rng = np.random.default_rng(seed)
+    by_image = _captions_by_image(split.caption_group.numpy(), split.n_images)
+    pos = np.array([c[rng.integers(len(c))] for c in by_image])
+    return _pairs(split, kind, pos, hard_negatives(dual, split, k, seed + 1))
+
+
+def _pairs(split: RetrievalSplit, kind: str, pos: np.ndarray, neg: np.ndarray) -> Batch:
+    n = split.n_images
     image_idx = torch.as_tensor(np.concatenate([np.arange(n), np.arange(n)]))
     caption_idx = torch.as_tensor(np.concatenate([pos, neg]))
     device = split.data.labels.device

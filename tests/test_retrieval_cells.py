@@ -1,0 +1,83 @@
+"""Retrieval cells on generated features (no bundle, no encoders): search replicates, throughput
+and hard-negative re-rankers through `RetrievalRun`, with real optuna studies."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fusebench.config import catalog
+from fusebench.data.builders import TaskTables
+from fusebench.features.extract import SplitData, TaskData
+from fusebench.measure.timing import TimingConfig
+from fusebench.run.cell import CellContext
+from fusebench.run.retrieval_cell import RetrievalRun, expand_retrieval_cells
+from fusebench.search.study import Budget
+from fusebench.training.loop import TrainConfig
+
+
+def _task(n_images: dict[str, int]) -> tuple[TaskData, TaskTables]:
+    """Captions are a noisy linear image of their image's features (5 per image), as the planted test."""
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(16, 12, generator=g)
+    splits, tables = {}, {}
+    for split, n in n_images.items():
+        img = torch.randn(n, 16, generator=g)
+        groups = np.repeat(np.arange(n), 5)
+        txt = img[groups] @ mix + 0.8 * torch.randn(5 * n, 12, generator=g)
+        ids = [f"{split}{i}.jpg" for i in groups]
+        splits[split] = SplitData({"image": img[groups], "text": txt},
+                                  {"image": img[groups, None], "text": txt[:, None]},
+                                  torch.ones(5 * n, dtype=torch.long), tuple(ids))
+        tables[split] = datasets.Dataset.from_dict({"group": groups.tolist(), "image_id": ids})
+    cfg = catalog.get_dataset("flickr8k-retrieval")
+    data = TaskData(cfg, splits, "f" * 16, {"image": "gen", "text": "gen"})
+    return data, TaskTables(tables, "t" * 16, {})
+
+
+@pytest.mark.parametrize("negatives", ["random", "hard"])
+def test_retrieval_cells_run_r_replicates_record_throughput_and_mine_hard_negatives(tmp_path: Path, one_thread,
+                                                                                    negatives: str) -> None:
+    data, tables = _task({"train": 80, "val": 30, "test": 30})
+    ctx = CellContext(budget=Budget(trials=1, timeout_s=60, seeds=2, replicates=2),
+                      train=TrainConfig(epochs=2, patience=2, batch_size=64), timing=TimingConfig(),
+                      device=torch.device("cpu"), storage=f"sqlite:///{tmp_path / 'o.db'}", out_dir=tmp_path,
+                      rerank_k=5, rerank_negatives=negatives)
+    cells = expand_retrieval_cells("flickr8k-retrieval", ["concat"])
+    out = dict(RetrievalRun(data, tables, ctx).execute(cells))
+    for cell, records in out.items():
+        assert not isinstance(records, BaseException), records
+        assert sorted((r.replicate, r.seed) for r in records) == [(0, 1000), (0, 1001), (1, 1000), (1, 1001)]
+        assert len({r.sampler["seed"] for r in records}) == 2  # each replicate its own sampler seed
+        tp = records[0].throughput
+        assert tp is not None and tp.train_samples_per_s > 0 and tp.infer_samples_per_s > 0 and tp.repetitions == 3
+        preds = pd.read_parquet(tmp_path / "predictions" / "flickr8k-retrieval" / f"{cell.strategy.replace(':', '__')}.parquet")
+        assert sorted(set(preds.replicate)) == [0, 1] and len(preds) == 4 * (30 + 150)
+    rerank = next(rs for c, rs in out.items() if c.strategy == "rerank:concat")
+    assert {r.params["rerank_negatives"] for r in rerank} == {negatives}  # type: ignore[union-attr]
+    dual = next(rs for c, rs in out.items() if c.strategy == "dual_encoder")
+    # replicate r of the re-ranker re-ranks the dual encoders of dual-encoder replicate r
+    for r in (0, 1):
+        want = next(x.params for x in dual if x.replicate == r)  # type: ignore[union-attr]
+        assert all(x.params["dual_encoder"] == want for x in rerank if x.replicate == r)  # type: ignore[union-attr]
+
+
+def test_rerank_negatives_is_checked_in_suites_and_on_the_command_line(tmp_path: Path, capsys) -> None:
+    from fusebench.cli import main
+    from fusebench.config.loader import SuiteConfig
+
+    assert dataclasses.replace(SuiteConfig(name="s", description="", datasets=("x",)), rerank_negatives="hard")
+    suites = tmp_path / "cfg" / "suites"
+    suites.mkdir(parents=True)
+    (suites / "bad.yaml").write_text("name: bad\ndescription: x\ndatasets: [flickr8k-retrieval]\nrerank_negatives: hardest\n")
+    assert main(["--config-dir", str(suites.parent), "run", "--suite", "bad", "--out", str(tmp_path / "r")]) == 2
+    assert "rerank_negatives" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--datasets", "flickr8k-retrieval", "--strategies", "concat", "--rerank-negatives", "hardest"])
+    assert exc.value.code == 2
