@@ -259,3 +259,25 @@ def test_batched_search_resumes_after_kill_9(tmp_path, synthetic_bundle, monkeyp
     assert [t.state for t in study.trials].count(TrialState.RUNNING) == 0
     records = load_records(out / "results.jsonl")
     assert len(records) == 2 and {r.n_trials for r in records} == {6}
+
+
+def test_batched_member_adamw_equals_torch_adamw_per_member():
+    """The stacked per-member AdamW follows each member's own torch.optim.AdamW (random grads, 20 steps)."""
+    from fusebench.training.members import _MemberAdamW
+
+    g = torch.Generator().manual_seed(0)
+    lrs, wds = [1e-3, 5e-3, 1e-4], [1e-2, 1e-6, 3e-4]
+    init = torch.randn(3, 4, 5, generator=g)
+    stacked = init.clone().requires_grad_(True)
+    opt = _MemberAdamW([stacked], lrs, wds)
+    singles = [init[k].clone().requires_grad_(True) for k in range(3)]
+    opts = [torch.optim.AdamW([p], lr=lr, weight_decay=wd) for p, lr, wd in zip(singles, lrs, wds)]
+    for _ in range(20):
+        grad = torch.randn(3, 4, 5, generator=g)
+        stacked.grad = grad.clone()
+        opt.step()
+        for k, (p, o) in enumerate(zip(singles, opts)):
+            p.grad = grad[k].clone()
+            o.step()
+    for k in range(3):
+        torch.testing.assert_close(stacked[k].detach(), singles[k].detach(), rtol=1e-6, atol=1e-7)

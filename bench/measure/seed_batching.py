@@ -68,3 +68,53 @@ def measure_seed_batching(strategy: str, members: list[int], n: int = 1024, epoc
             samples = k * len(train) * epochs
             rows.append(SeedBatchingRow(strategy, k, mode, samples / seconds, seconds, fits.batched, fits.reason))
     return rows
+
+
+def trial_configs(strategy: str, members: int) -> list:
+    """B trial configurations of one shape (the strategy's defaults) that differ where a batch lets
+    them differ: lr and weight decay spread over their search ranges, dropout 0 (no early stop by chance)."""
+    params = STRATEGIES.get(strategy).params()
+    out = []
+    for b in range(members):
+        frac = b / max(members - 1, 1)
+        out.append(dataclasses.replace(params, lr=1e-4 * 10 ** (2 * frac), weight_decay=1e-6 * 10 ** (4 * frac),
+                                       **({"dropout": 0.0} if hasattr(params, "dropout") else {})))
+    return out
+
+
+def measure_trial_batching(strategy: str, members: list[int], n: int = 1024, epochs: int = 3,
+                           batch_size: int = 128) -> list[SeedBatchingRow]:
+    """Fit B ∈ `members` trial configurations (per-member lr and weight decay, so the batched fit keeps
+    per-member leaves stacked at every step) batched as one model vs one after another."""
+    from fusebench.training.loop import train_model
+    from fusebench.training.members import Member, fit_members
+
+    info = STRATEGIES.get(strategy)
+    spec = SPEC.restrict(["text"]) if info.per_modality else SPEC
+    train, val = _data(info.input_kind, spec, n)
+    cfg = TrainConfig(epochs=epochs, patience=epochs + 1, batch_size=batch_size)
+
+    def build(config, seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return info.build(spec, config)
+
+    warm = trial_configs(strategy, 2)
+    fit_members([Member(build(c, s), s) for s, c in enumerate(warm)], train, val,
+                dataclasses.replace(cfg, epochs=1), "accuracy")
+    rows = []
+    for b in members:
+        configs = trial_configs(strategy, b)
+        for mode in ("sequential", "batched"):
+            t0 = time.perf_counter()
+            reason, batched = "", mode == "batched" and b > 1
+            if batched:
+                try:
+                    fit_members([Member(build(c, s), s) for s, c in enumerate(configs)], train, val, cfg, "accuracy")
+                except (RuntimeError, NotImplementedError, ValueError) as exc:
+                    reason, batched = f"vmap failed: {str(exc).splitlines()[0][:120]}", False
+            if not batched:
+                for s, c in enumerate(configs):
+                    train_model(build(c, s), train, val, cfg, "accuracy", s)
+            seconds = time.perf_counter() - t0
+            rows.append(SeedBatchingRow(strategy, b, mode, b * len(train) * epochs / seconds, seconds, batched, reason))
+    return rows

@@ -31,6 +31,9 @@ def add_arguments(thr: argparse.ArgumentParser) -> None:
     thr.add_argument("--out", help="write the figures: FILE.json (with a device/versions envelope) or FILE.csv")
     thr.add_argument("--seed-batching", metavar="K,K,...",
                      help="also time K evaluation seeds trained batched vs one after another (e.g. 1,3,5,10)")
+    thr.add_argument("--trial-batching", metavar="B,B,...",
+                     help="also measure training B trial configurations (per-member lr/weight decay) batched vs "
+                          "one after another, e.g. 1,3,5,10")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -92,6 +95,8 @@ def command(args: argparse.Namespace) -> int:
                   f"ratio {o.ratio:.3f}")
     if args.seed_batching:
         _seed_batching(names, args.seed_batching)
+    if args.trial_batching:
+        _seed_batching(names, args.trial_batching, trials=True)
     if args.out:
         protocol = {"warmup": args.warmup, "repetitions": args.repetitions, "batch_sizes": sizes,
                     "overhead_repeats": args.overhead_repeats if args.overhead else 0}
@@ -100,25 +105,29 @@ def command(args: argparse.Namespace) -> int:
     return 1 if any(r.error and r.throughput is None for r in rows) else 0
 
 
-def _seed_batching(names: list[str], spec: str) -> None:
-    from fusebench.measure.seed_batching import measure_seed_batching
+def _seed_batching(names: list[str], spec: str, trials: bool = False) -> None:
+    from fusebench.measure.seed_batching import measure_seed_batching, measure_trial_batching
     from fusebench.strategies import STRATEGIES
 
+    flag = "trial-batching" if trials else "seed-batching"
     try:
         members = [int(k) for k in _split(spec)]
     except ValueError:
-        raise UsageError(f"--seed-batching must be comma-separated integers, got {spec!r}") from None
+        raise UsageError(f"--{flag} must be comma-separated integers, got {spec!r}") from None
     if not members or min(members) < 1:
-        raise UsageError(f"--seed-batching needs positive integers, got {spec!r}")
-    print("\nseed batching: member-samples/s training K seeds batched vs one after another "
+        raise UsageError(f"--{flag} needs positive integers, got {spec!r}")
+    what = "B trial configurations (own lr/weight decay)" if trials else "K seeds"
+    print(f"\n{flag.replace('-', ' ')}: member-samples/s training {what} batched vs one after another "
           "(1024 generated rows, 3 epochs, dropout 0)")
+    measure = measure_trial_batching if trials else measure_seed_batching
+    letter = "B" if trials else "K"
     for n in names:
         info = STRATEGIES.get(n.partition(":")[0])
         if not info.trainable:
             continue
-        rows = {(r.members, r.mode): r for r in measure_seed_batching(n.partition(":")[0], members)}
+        rows = {(r.members, r.mode): r for r in measure(n.partition(":")[0], members)}
         for k in members:
             seq, bat = rows[(k, "sequential")], rows[(k, "batched")]
             note = "" if bat.batched or k == 1 else f"  (fell back: {bat.reason[:60]})"
-            print(f"{n:24s} K={k:<3d} sequential {seq.samples_per_s:9.0f}  batched {bat.samples_per_s:9.0f}  "
+            print(f"{n:24s} {letter}={k:<3d} sequential {seq.samples_per_s:9.0f}  batched {bat.samples_per_s:9.0f}  "
                   f"speed-up {bat.samples_per_s / seq.samples_per_s:5.2f}×{note}")

@@ -7,12 +7,12 @@ every member's loss on its own batch; the summed loss gives each member exactly 
 What stays per member, so that member k is `train_model(member_k.model, ..., member_k.seed)`:
 - initialisation (the caller builds each model after seeding torch) and data order (a generator
   seeded with the member's seed);
-- learning rate and weight decay: when the members share them, the stacked tensors are the leaves
-  and one AdamW updates them (element-wise, so exactly as K optimisers would); when they differ,
-  every member keeps its own parameters as leaves, each member is one AdamW param group with its
-  own lr/weight decay, and the leaves are `torch.stack`-ed into the vmapped call at every step
-  (torch's own AdamW, hence exact equivalence; the stacking costs a copy per step, see
-  docs/throughput.md);
+- learning rate and weight decay: the stacked tensors are the leaves; when the members share lr
+  and weight decay one `torch.optim.AdamW` updates them (element-wise, so exactly as K optimisers
+  would); when they differ, `_MemberAdamW` runs torch's AdamW arithmetic with per-member
+  coefficients. (The alternative, per-member leaves in one param group each, `torch.stack`-ed into
+  the vmapped call every step, was measured slower: a copy per step and K× the optimizer's
+  per-tensor loop; docs/throughput.md.)
 - dropout probability: every `nn.Dropout` is swapped, for the batched fit only, for `_BufferDropout`
   whose `p` is a (non-persistent) buffer, which `stack_module_state` stacks per member; the original
   modules are put back afterwards. Other module attributes are not stacked: members whose
@@ -142,40 +142,67 @@ class _Functional(nn.Module):
         return loss_of(self.model, Batch(inputs, labels))
 
 
+class _MemberAdamW:
+    """AdamW over stacked `[K, ...]` parameters with a learning rate and weight decay per member.
+
+    torch's single-tensor AdamW step (decoupled weight decay, bias-corrected moments, eps outside the
+    square root) with the two scalars that differ per member turned into `[K, 1, ...]` coefficients;
+    element-wise, so member k's slice follows exactly the arithmetic of its own `torch.optim.AdamW`
+    (tests/test_trial_batch.py holds it to that)."""
+
+    def __init__(self, params: list[Tensor], lrs: list[float], wds: list[float], betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params, self.lrs, self.betas, self.eps = params, lrs, betas, eps
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+        self.steps = [0] * len(params)
+        ref = params[0]
+        self.decay = torch.tensor([1 - lr * wd for lr, wd in zip(lrs, wds)], dtype=ref.dtype, device=ref.device)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        b1, b2 = self.betas
+        for i, (p, (m, v)) in enumerate(zip(self.params, self.moments)):
+            if p.grad is None:
+                continue
+            self.steps[i] += 1
+            step = self.steps[i]
+            shape = (len(self.lrs),) + (1,) * (p.dim() - 1)
+            neg_step = torch.tensor([-(lr / (1 - b1**step)) for lr in self.lrs], dtype=p.dtype, device=p.device)
+            p.mul_(self.decay.view(shape))
+            m.lerp_(p.grad, 1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            denom = (v.sqrt() / (1 - b2**step) ** 0.5).add_(self.eps)
+            p.add_(neg_step.view(shape) * m / denom)
+
+
 class _Stacked:
-    """The members' parameters as vmap wants them, and the optimizer that updates them."""
+    """The members' parameters stacked `[K, ...]` (the leaves), and the optimizer that updates them:
+    torch's AdamW when the members share lr and weight decay, `_MemberAdamW` when they do not."""
 
     def __init__(self, wrapped: list[_Functional]) -> None:
         hps = [(w.model.params.lr, w.model.params.weight_decay) for w in wrapped]
-        self.shared = all(h == hps[0] for h in hps)
-        self.wrapped = wrapped
-        self.names = [n for n, _ in wrapped[0].named_parameters()]
+        self.params, self.buffers = stack_module_state(wrapped)
         self.trainable = [n for n, p in wrapped[0].named_parameters() if p.requires_grad]
-        if self.shared:  # the stacked tensors are the leaves: one AdamW, element-wise = K optimisers
-            self.params, self.buffers = stack_module_state(wrapped)
-            self.optimizer = torch.optim.AdamW([self.params[n] for n in self.trainable], lr=hps[0][0],
-                                               weight_decay=hps[0][1])
-        else:  # each member's own parameters are the leaves: one param group per member
-            self.members = [dict(w.named_parameters()) for w in wrapped]
-            self.buffers = {n: torch.stack([dict(w.named_buffers())[n] for w in wrapped])
-                            for n, _ in wrapped[0].named_buffers()}
-            self.optimizer = torch.optim.AdamW([{"params": [m[n] for n in self.trainable], "lr": lr, "weight_decay": wd}
-                                                for m, (lr, wd) in zip(self.members, hps)])
+        leaves = [self.params[n] for n in self.trainable]
+        self.optimizer: torch.optim.AdamW | _MemberAdamW
+        if all(h == hps[0] for h in hps):  # one AdamW: element-wise, so exactly K optimisers
+            self.optimizer = torch.optim.AdamW(leaves, lr=hps[0][0], weight_decay=hps[0][1])
+        else:
+            self.optimizer = _MemberAdamW(leaves, [h[0] for h in hps], [h[1] for h in hps])
 
     def current(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """(trainable, frozen) stacked parameters `[K, ...]` for this step."""
-        if self.shared:
-            stacked = self.params
-        else:
-            stacked = {n: torch.stack([m[n] for m in self.members]) for n in self.names}
-        return ({n: stacked[n] for n in self.trainable}, {n: v for n, v in stacked.items() if n not in self.trainable})
+        """(trainable, frozen) stacked parameters `[K, ...]`."""
+        return ({n: self.params[n] for n in self.trainable},
+                {n: v for n, v in self.params.items() if n not in self.trainable})
 
     def state_of(self, k: int, keys: set[str]) -> dict[str, Tensor]:
         """Member k's state dict (model keys, persistent entries only), detached copies."""
-        if self.shared:
-            tensors = {**self.params, **self.buffers}
-            return {n[len("model."):]: t[k].detach().clone() for n, t in tensors.items() if n[len("model."):] in keys}
-        return copy.deepcopy(self.wrapped[k].model.state_dict())
+        tensors = {**self.params, **self.buffers}
+        return {n[len("model."):]: t[k].detach().clone() for n, t in tensors.items() if n[len("model."):] in keys}
 
 
 def fit_members(members: Sequence[Member], train: Batch, val: Batch, cfg: TrainConfig, main_metric: str) -> list[MemberFit]:
