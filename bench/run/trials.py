@@ -91,12 +91,13 @@ def build_batch_objective(cell: Any, inputs: TrialInputs, train_cfg: TrainConfig
                 return [f.result if f.result is not None else f.error for f in fits]  # type: ignore[misc]
             except (RuntimeError, NotImplementedError, ValueError) as exc:
                 reason = f"vmap failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                models = [build(t, p) for t, p in zip(trials, params)]  # the failed step may have touched them
         if len(trials) > 1:
             log.info("  %s: trials %s trained one after another (%s)", cell.strategy, [t.number for t in trials], reason)
         for t in trials:
             t.set_user_attr("batch_size", 1)
-        return [sequential(t, m) for t, m in zip(trials, models)]
+        # rebuilt right before training, so that the global RNG (dropout masks) is where the one-by-one
+        # search has it: a trial trained alone gives exactly its sequential result
+        return [sequential(t, build(t, p)) for t, p in zip(trials, params)]
 
     def train_batch(trials: list[optuna.Trial], proposals: list[Any]) -> list[Outcome]:
         outcomes: dict[int, Outcome | TrainResult] = {}
