@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from fusebench.core.errors import UsageError
-from fusebench.run import calibrate_cli, extensions, throughput_cli
+from fusebench.run import calibrate_cli, extensions, throughput_cli, timing_cli
 
 
 def _common(top: bool) -> argparse.ArgumentParser:
@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
 
     throughput_cli.add_arguments(
         sub.add_parser("throughput", help="measure inference throughput (and harness overhead) without searching"))
+
+    timing_cli.add_arguments(sub.add_parser("timing", help="time to leaderboard: record a run in the history CSV, "
+                                            "or compare it with the history and flag a slowdown"))
 
     calibrate_cli.add_arguments(sub.add_parser("calibrate", help="A/A check: the same strategy searched as two cells, "
                                                "N times; rejection rate and CI coverage"))
@@ -307,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         handler = {"list": _cmd_list, "data": _cmd_data, "run": _cmd_run, "worker": _cmd_worker, "report": _cmd_report,
                    "compare": _cmd_compare, "calibrate": calibrate_cli.command, "throughput": throughput_cli.command,
-                   "dashboard": _cmd_dashboard, "check-strategy": _cmd_check_strategy}[args.command]
+                   "timing": timing_cli.command, "dashboard": _cmd_dashboard, "check-strategy": _cmd_check_strategy}[args.command]
         with extensions.applied(args):
             return handler(args)
     except UsageError as exc:
