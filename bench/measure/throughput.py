@@ -94,8 +94,9 @@ def shapes_from_dataset(name: str, size: str = "smoke", data_dir: str | None = N
     data = encode_task(cfg, tables, FeatureCache(cache_root()), device or torch.device("cpu"))
     train = data.splits["train"]
     tokens = {v: train.tokens[v].shape[1] for v in data.views}
-    pooled = FusionSpec({v: train.pooled[v].shape[-1] for v in data.views}, tokens, cfg.num_classes)
-    toks = FusionSpec({v: train.tokens[v].shape[-1] for v in data.views}, tokens, cfg.num_classes)
+    n_classes = data.config.num_classes  # after any class the builder dropped (data.min_groups_per_class)
+    pooled = FusionSpec({v: train.pooled[v].shape[-1] for v in data.views}, tokens, n_classes)
+    toks = FusionSpec({v: train.tokens[v].shape[-1] for v in data.views}, tokens, n_classes)
     return InputShapes(pooled, toks, f"dataset {name} ({size})")
 
 
