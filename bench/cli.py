@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="retrieval re-rankers' mismatched training pairs: random captions, or hard ones mined from "
                           "the dual encoder's top rerank_k (default: the suite's, else random)")
     run.add_argument("--epochs", type=int, help="max epochs per training run")
+    run.add_argument("--encoders", help="encoder modes, comma-separated: frozen (cached features), last:N (last N "
+                     "blocks train with the fusion), full; e.g. frozen,last:2 puts both rows side by side")
     run.add_argument("--patience", type=int, help="early-stopping patience in evaluations (one per epoch); "
                      "see also the suite's patience_steps/min_steps")
     run.add_argument("--modality-dropout", type=float, help="zero each modality of a training example with this probability")
@@ -219,7 +221,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                     ("trial_batch", args.trial_batch),
                                     ("rerank_negatives", args.rerank_negatives),
                                     ("modality_dropout", args.modality_dropout),
-                                    ("gradient_blending", args.gradient_blending)) if v is not None}
+                                    ("gradient_blending", args.gradient_blending),
+                                    ("encoders", args.encoders)) if v is not None}
     try:
         suite = dataclasses.replace(suite, **overrides)
     except ValueError as exc:

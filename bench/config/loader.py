@@ -20,6 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from fusebench.core.encmode import EncoderMode, FineTuneSettings
 from fusebench.core.errors import ConfigError
 
 
@@ -271,8 +272,21 @@ class SuiteConfig:
     # flickr8k-itm) or "hard" (mined from the dual encoder's top rerank_k candidates; docs/retrieval.md)
     rerank_negatives: Literal["random", "hard"] = "random"
     trial_batch: int = 1  # search trials asked together and trained as one batched model where they can (1: one by one)
+    # Encoder modes, each a row set of its own: frozen (cached features), last:N, full (docs/finetune.md).
+    encoders: tuple[str, ...] | str = ("frozen",)
+    finetune: FineTuneSettings = field(default_factory=FineTuneSettings)
+
+    @property
+    def encoder_modes(self) -> tuple[EncoderMode, ...]:
+        return tuple(EncoderMode.parse(m) for m in self.encoders)
 
     def __post_init__(self) -> None:
+        modes = (self.encoders,) if isinstance(self.encoders, str) else tuple(self.encoders)
+        modes = tuple(m.strip() for part in modes for m in str(part).split(",") if m.strip())
+        if not modes:
+            raise ValueError("encoders must name at least one mode (frozen, last:N, full)")
+        canonical = tuple(dict.fromkeys(str(EncoderMode.parse(m)) for m in modes))  # ValueError on a bad mode
+        object.__setattr__(self, "encoders", canonical)
         for name in ("trials", "seeds", "replicates", "epochs", "batch_size", "jobs", "rerank_k", "trial_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -79,6 +79,9 @@ class Record:
     flops_per_sample: float | None = None
     device: str = ""
     encoders: dict[str, str] = field(default_factory=dict)
+    # How the encoders trained: "frozen" (cached features; records written before the mode existed),
+    # "last:N" or "full" (fine-tuned with the fusion; the strategy name then ends in "+ft:<mode>").
+    encoder_mode: str = "frozen"
     data_fingerprint: str = ""
     error: str | None = None
     robustness: dict[str, float | None] = field(default_factory=dict)  # "missing:<view>", "noise:<sigma>" → test metric

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +22,7 @@ import torch
 
 from fusebench.core import metrics as metric_lib
 from fusebench.core import progress, space
+from fusebench.core.encmode import FROZEN, EncoderMode, FineTuneSettings
 from fusebench.core.errors import UsageError
 from fusebench.features.extract import TaskData
 from fusebench.measure.timing import TimingConfig, flops_per_sample, measure
@@ -42,8 +43,9 @@ from fusebench.search.study import (
 from fusebench.search.trial_batch import run_batched_search, trials_batched
 from fusebench.strategies.base import STRATEGIES, FusionSpec, StrategyInfo
 from fusebench.training.batched import fit_seeds
-from fusebench.training.loop import Batch, TrainConfig, predict_proba, train_model
 from fusebench.run.trials import TrialInputs, build_batch_objective
+from fusebench.training.finetune.setup import CellSetup
+from fusebench.training.loop import Batch, TrainConfig, predict_proba, train_model
 from fusebench.training.robustness import evaluate_robustness
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Cell:
     strategy: str  # record name: the registry name, or "unimodal:<view>"
     info: StrategyInfo
     views: tuple[str, ...]
+    mode: EncoderMode = FROZEN  # encoder training mode; a fine-tuned cell's strategy ends in "+ft:<mode>"
 
 
 def parse_selection(name: str) -> tuple[str, tuple[str, ...] | None]:
@@ -69,11 +72,15 @@ def parse_selection(name: str) -> tuple[str, tuple[str, ...] | None]:
     return base, views
 
 
-def expand_cells(dataset: str, views: list[str], names: list[str]) -> list[Cell]:
+def expand_cells(dataset: str, views: list[str], names: list[str], modes: tuple[EncoderMode, ...] = (FROZEN,),
+                 tunable: frozenset[str] = frozenset()) -> list[Cell]:
     """Strategy selections → cells for a task. Per-modality strategies get one cell per view (or per
     selected view: `unimodal:VIEW`, `unimodal:A+B`); fusion strategies fuse every view, or the selected
     ones (`concat:A+B`, recorded under that name), and are skipped when the task has fewer than
-    `min_modalities` of them. Selected views the task lacks are skipped for this task."""
+    `min_modalities` of them. Selected views the task lacks are skipped for this task. Each mode of
+    `modes` other than frozen adds `<strategy>+ft:<mode>` cells for trainable strategies reading at
+    least one view of `tunable` (views whose encoder can be fine-tuned); the others would repeat
+    their frozen row."""
     cells = []
     for name in names:
         base, chosen = parse_selection(name)
@@ -86,7 +93,9 @@ def expand_cells(dataset: str, views: list[str], names: list[str]) -> list[Cell]
         elif len(use) >= info.min_modalities:
             record = base if sorted(use) == sorted(views) else f"{base}:{'+'.join(sorted(use))}"
             cells.append(Cell(dataset, record, info, tuple(sorted(use))))
-    return cells
+    tuned = [dataclasses.replace(c, strategy=c.strategy + m.suffix(), mode=m) for m in modes if not m.frozen
+             for c in cells if c.info.trainable and set(c.views) & tunable]
+    return [c for c in cells if FROZEN in modes] + tuned
 
 
 class _Viewed(Protocol):
@@ -115,6 +124,7 @@ class CellContext:
     rerank_negatives: str = "random"  # retrieval tasks: "random" or "hard" (dual-encoder top-k) training negatives
     batch_seeds: bool = True  # train the K evaluation seeds as one batched model where the strategy allows
     trial_batch: int = 1  # search trials asked and trained together (1: one after another)
+    finetune: FineTuneSettings = field(default_factory=FineTuneSettings)  # cells whose mode is not frozen (docs/finetune.md)
 
 
 STUDY_ATTR = "fusebench"  # the study user attr holding what a worker needs to rebuild the objective
@@ -132,9 +142,9 @@ def _spec(data: TaskData, cell: Cell) -> FusionSpec:
     )
 
 
-def _batch(data: TaskData, split: str, cell: Cell, device: torch.device) -> Batch:
-    s = data.splits[split]
-    return Batch({k: v.to(device) for k, v in s.inputs(cell.info.input_kind, list(cell.views)).items()}, s.labels.to(device))
+def _setup(data: TaskData, cell: Cell, device: torch.device, finetune: FineTuneSettings) -> CellSetup:
+    """The cell's batches and model builder: cached features, or towers for its fine-tuned views."""
+    return CellSetup(data, cell.views, cell.info.input_kind, cell.mode, finetune, device)
 
 
 def study_name(cell: Cell, replicate: int = 0) -> str:
@@ -159,6 +169,7 @@ def study_attrs(cell: Cell, data: TaskData, ctx: CellContext, replicate: int = 0
         "sampler": sampler_settings(budget.search_seed),
         "pruner": pruner_settings(),
         "main_metric": data.config.main_metric,
+        **({} if cell.mode.frozen else {"encoder_mode": str(cell.mode), "finetune": dataclasses.asdict(ctx.finetune)}),
     }
 
 
@@ -185,17 +196,20 @@ def open_cell_study(cell: Cell, data: TaskData, ctx: CellContext, replicate: int
     return study
 
 
-def build_objective(cell: Cell, data: TaskData, train_cfg: TrainConfig, budget: Budget, device: torch.device):
+def build_objective(cell: Cell, data: TaskData, train_cfg: TrainConfig, budget: Budget, device: torch.device,
+                    finetune: FineTuneSettings | None = None):
     """The search objective of a cell: sample params, train with per-epoch pruning, return the val metric."""
     cfg = data.config
     spec = _spec(data, cell)
-    train, val = (_batch(data, s, cell, device) for s in ("train", "val"))
+    setup = _setup(data, cell, device, finetune or FineTuneSettings())
+    train, val = (setup.batch(s) for s in ("train", "val"))
+    train_cfg = setup.train_config(train_cfg)
 
     def objective(trial: optuna.Trial) -> float:
         params = space.sample_params(trial, cell.info.params)
         seed = budget.search_seed * 100_000 + trial.number
         torch.manual_seed(seed)
-        model = cell.info.build(spec, params).to(device)
+        model = setup.wrap(cell.info.build(spec, params).to(device))
 
         def report(epoch: int, value: float) -> None:
             trial.report(value, epoch)
@@ -245,13 +259,14 @@ def search_replicate(cell: Cell, data: TaskData, ctx: CellContext, replicate: in
     """Run (or resume, or wait for workers on) the study of one search replicate."""
     budget = ctx.budget.for_replicate(replicate)
     study = open_cell_study(cell, data, ctx, replicate)
-    if ctx.trial_batch > 1:
-        inputs = TrialInputs(_spec(data, cell), _batch(data, "train", cell, ctx.device),
-                             _batch(data, "val", cell, ctx.device), data.config.main_metric, progress_key(cell))
+    if ctx.trial_batch > 1 and cell.mode.frozen:  # fine-tuned cells: one trial at a time
+        setup = _setup(data, cell, ctx.device, ctx.finetune)
+        inputs = TrialInputs(_spec(data, cell), setup.batch("train"), setup.batch("val"), data.config.main_metric,
+                             progress_key(cell))
         batch_objective = build_batch_objective(cell, inputs, ctx.train, budget, ctx.device)
         study, seconds = run_batched_search(study, batch_objective, budget, ctx.trial_batch)
     else:
-        objective = build_objective(cell, data, ctx.train, budget, ctx.device)
+        objective = build_objective(cell, data, ctx.train, budget, ctx.device, ctx.finetune)
         study, seconds = run_search(study, objective, budget)  # waits for other workers' trials too
     export_history(study, ctx.out_dir)  # reports read this file, never the storage
     counts = trial_counts(study, budget.trials)
@@ -286,7 +301,9 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
     """Retrain the best params of one search replicate on every evaluation seed and score on test."""
     cfg = data.config
     spec = _spec(data, cell)
-    train, val, test = (_batch(data, s, cell, ctx.device) for s in ("train", "val", "test"))
+    setup = _setup(data, cell, ctx.device, ctx.finetune)
+    train_cfg = setup.train_config(ctx.train)
+    train, val, test = (setup.batch(s) for s in ("train", "val", "test"))
     best = search.best
     params = space.params_from_dict(cell.info.params, best) if best else cell.info.params()
     budget = ctx.budget.for_replicate(search.replicate)
@@ -297,22 +314,26 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
 
     def build(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
-        return cell.info.build(spec, params).to(ctx.device)
+        return setup.wrap(cell.info.build(spec, params).to(ctx.device))
 
-    fits = fit_seeds(build, seeds, train, val, ctx.train, cfg.main_metric, batched=ctx.batch_seeds)
+    # fine-tuned seeds train one after another (each holds its own encoder copies)
+    fits = fit_seeds(build, seeds, train, val, train_cfg, cfg.main_metric, batched=ctx.batch_seeds and not setup.fine_tuned)
     fit_share = fits.seconds / len(seeds)
     for i, (seed, result) in enumerate(zip(seeds, fits.results)):
         progress.advance(progress_key(cell), 0, status=f"seed {i + 1}/{len(seeds)}")
         model = result.model
         t0 = time.perf_counter()
-        probs = predict_proba(model, test.inputs, ctx.train.eval_batch_size)
+        probs = predict_proba(model, test.inputs, train_cfg.eval_batch_size)
         labels = test.labels.cpu().numpy()
         scores = metric_lib.compute(cfg.metrics, labels, probs)
         t1 = time.perf_counter()
-        robustness = evaluate_robustness(model, test.inputs, labels, cfg.main_metric, seed, ctx.train.eval_batch_size)
+        robustness = evaluate_robustness(model, test.inputs, labels, cfg.main_metric, seed, train_cfg.eval_batch_size,
+                                         noise=not setup.fine_tuned)  # feature noise needs features, not raw inputs
         t2 = time.perf_counter()
         if throughput is None:  # a property of the architecture, measured once per cell
-            throughput = measure(model, test.inputs, ctx.device, ctx.timing, result.train_samples_per_s)
+            timing = ctx.timing if not setup.fine_tuned else dataclasses.replace(
+                ctx.timing, batch_size=min(ctx.timing.batch_size, train_cfg.eval_batch_size), repetitions=5, warmup=1)
+            throughput = measure(model, test.inputs, ctx.device, timing, result.train_samples_per_s)
             flops = flops_per_sample(model, test.inputs)
         phases = {"evaluation": fit_share + t1 - t0, "robustness": t2 - t1, "throughput": time.perf_counter() - t2}
         clusters = list(data.splits["test"].clusters) or [str(i) for i in range(len(labels))]
@@ -355,6 +376,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
                 flops_per_sample=flops,
                 device=device_name(ctx.device),
                 encoders={v: data.encoders[v] for v in cell.views},
+                encoder_mode=str(cell.mode) if setup.fine_tuned else "frozen",
                 data_fingerprint=data.fingerprint,
                 robustness=robustness,
                 seeds_batched=len(seeds) if fits.batched else 1,

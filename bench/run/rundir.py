@@ -24,13 +24,17 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from fusebench.core.encmode import FineTuneSettings
 from fusebench.core.errors import UsageError
 
 LOCK_NAME = ".fusebench.lock"
 # Suite fields that do not change what a cell computes: parallelism and prose.
 NOT_IDENTITY = frozenset({"jobs", "description"})
 # settings added after runs existed: at this value they leave the hash as it was, so old runs still resume
-NEUTRAL_DEFAULTS = {"trial_batch": 1}
+# Suite keys added after runs existed: at these values they stay out of the hash, so older run
+# directories keep their identity; any other value enters it.
+NEUTRAL_DEFAULTS: dict[str, Any] = {"trial_batch": 1, "encoders": ("frozen",),
+                                    "finetune": dataclasses.asdict(FineTuneSettings())}
 
 
 class RunDirLock:
@@ -94,7 +98,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any], old_config: dict[str,
     if old.get("config_hash") != new["config_hash"]:
         keys = sorted(k for k in set(old_config) | set(new_config)
                       if k not in NOT_IDENTITY
-                      and old_config.get(k, NEUTRAL_DEFAULTS.get(k)) != new_config.get(k, NEUTRAL_DEFAULTS.get(k)))
+                      and not _same(old_config.get(k, NEUTRAL_DEFAULTS.get(k)), new_config.get(k, NEUTRAL_DEFAULTS.get(k))))
         detail = ", ".join(f"{k}: {old_config.get(k)!r} → {new_config.get(k)!r}" for k in keys) or "settings"
         diffs.append(f"config hash {old.get('config_hash')} → {new['config_hash']} ({detail})")
     return diffs
@@ -128,8 +132,12 @@ def check_data(out: Path, meta: dict[str, Any], dataset: str, fingerprint: str) 
 
 def config_hash_of(config: dict[str, Any]) -> str:
     fields = {k: v for k, v in config.items()
-              if k not in NOT_IDENTITY and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
+              if k not in NOT_IDENTITY and not (k in NEUTRAL_DEFAULTS and _same(v, NEUTRAL_DEFAULTS[k]))}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def new_run_dir(out: Path) -> Path:

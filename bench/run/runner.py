@@ -41,6 +41,8 @@ from fusebench.run.retrieval_cell import RetrievalCell, RetrievalRun, expand_ret
 from fusebench.search.storage import default_url, kind, redact
 from fusebench.search.study import Budget, pruner_settings, sampler_settings
 from fusebench.strategies import STRATEGIES
+from fusebench.training.finetune.inputs import tower_kind
+from fusebench.training.finetune.setup import attach_raw
 from fusebench.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -114,22 +116,28 @@ def validate(cfg: RunConfig) -> None:
         if missing:
             raise UsageError(f"--strategies {name}: no dataset of this run has view(s) {missing}; "
                              f"views here: {sorted(all_views)}")
+    tuned = [str(m) for m in cfg.suite.encoder_modes if not m.frozen]
+    if tuned and (cfg.suite.modality_dropout > 0 or cfg.suite.gradient_blending):
+        raise UsageError(f"encoders {','.join(tuned)}: modality dropout and gradient blending act on cached features "
+                         "and are not supported with fine-tuned encoders; set modality_dropout: 0 and "
+                         "gradient_blending: false, or encoders: frozen")
 
 
-def _expand(dataset: str, names: list[str]) -> list[AnyCell]:
+def _expand(dataset: str, names: list[str], suite: SuiteConfig) -> list[AnyCell]:
     ds_cfg = catalog.get_dataset(dataset)
     if ds_cfg.task == "retrieval":  # the dual encoder, then fusion strategies as its re-rankers
         return [*expand_retrieval_cells(dataset, names)]
-    return [*expand_cells(dataset, sorted(ds_cfg.views), names)]
+    tunable = frozenset(v for v, view in ds_cfg.views.items() if tower_kind(view.encoder))
+    return [*expand_cells(dataset, sorted(ds_cfg.views), names, suite.encoder_modes, tunable)]
 
 
 def plan(cfg: RunConfig) -> tuple[dict[str, list[AnyCell]], str]:
     """The cells of every dataset, and the plan line printed before any work."""
-    cells = {ds: _expand(ds, cfg.strategy_names) for ds in cfg.suite.datasets}
+    cells = {ds: _expand(ds, cfg.strategy_names, cfg.suite) for ds in cfg.suite.datasets}
     n = sum(len(c) for c in cells.values())
     s = cfg.suite
     line = (f"plan: {len(cells)} task(s) ({', '.join(cells)}), {n} cell(s), {s.trials} trial(s) × {s.seeds} seed(s) "
-            f"per cell, size {s.size}, jobs {cfg.jobs}; results → {cfg.out / 'results.jsonl'}")
+            f"per cell, size {s.size}, encoders {','.join(s.encoders)}, jobs {cfg.jobs}; results → {cfg.out / 'results.jsonl'}")
     return cells, line
 
 
@@ -197,6 +205,7 @@ def _run(cfg: RunConfig) -> RunSummary:
         data_root=str(root.resolve()),
         rerank_k=suite.rerank_k,
         rerank_negatives=suite.rerank_negatives,
+        finetune=suite.finetune,
     )
     run_json = out / "run.json"
     previous = rundir.read_run_json(run_json)
@@ -249,6 +258,9 @@ def _run(cfg: RunConfig) -> RunSummary:
                     tables = build_tables(ds_cfg, root, suite.size)
                 with clock.phase("encoding"):
                     data = encode_task(ds_cfg, tables, cache, device, views=needed_views(todo))
+                    tuned = [c for c in todo if isinstance(c, Cell) and not c.mode.frozen]
+                    if tuned:  # raw inputs (token ids, pixels) of the views whose encoders train
+                        data = attach_raw(data, tables, needed_views(tuned), suite.finetune, device)
             except UsageError:
                 raise
             except Exception as exc:
@@ -283,7 +295,7 @@ def _run(cfg: RunConfig) -> RunSummary:
             atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
             log.info("%s ready in %.1fs: %s", ds_name, time.perf_counter() - t0, meta["data"][ds_name]["rows"])
             encode_threads = torch.get_num_threads()
-            if device.type == "cpu":
+            if device.type == "cpu" and not any(isinstance(c, Cell) and not c.mode.frozen for c in todo):
                 # Small fusion models train several times faster on one thread than on two (no
                 # inter-op sync per tiny matmul); encoders above used every core.
                 torch.set_num_threads(train_threads())

@@ -27,6 +27,7 @@ import torch
 
 from fusebench.config import catalog
 from fusebench.core import progress
+from fusebench.core.encmode import EncoderMode, FineTuneSettings
 from fusebench.core.errors import UsageError
 from fusebench.core.paths import cache_root, resolve_data_root
 from fusebench.data.builders import build_tables
@@ -36,6 +37,7 @@ from fusebench.run.cell import STUDY_ATTR, Cell, build_objective, progress_key, 
 from fusebench.search.storage import open_storage, redact
 from fusebench.search.study import Budget, n_done, open_study, run_search
 from fusebench.strategies import STRATEGIES
+from fusebench.training.finetune.setup import attach_raw
 from fusebench.training.loop import TrainConfig
 
 if TYPE_CHECKING:
@@ -100,12 +102,16 @@ def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir
     if encoders != attrs["encoders"]:
         raise UsageError(f"study {study_name!r}: encoders here {encoders} differ from the study's {attrs['encoders']}")
     info = STRATEGIES.get(attrs["registry_name"])
-    cell = Cell(attrs["dataset"], attrs["strategy"], info, tuple(attrs["views"]))
+    mode = EncoderMode.parse(attrs.get("encoder_mode", "frozen"))
+    finetune = FineTuneSettings(**attrs.get("finetune", {}))
+    if not mode.frozen:  # the raw inputs of the fine-tuned views, as the owning run prepared them
+        data = attach_raw(data, tables, attrs["views"], finetune, dev)
+    cell = Cell(attrs["dataset"], attrs["strategy"], info, tuple(attrs["views"]), mode)
     if dev.type == "cpu":
         from fusebench.run.runner import train_threads
 
         torch.set_num_threads(train_threads())
-    objective = build_objective(cell, data, TrainConfig(**attrs["train"]), budget, dev)
+    objective = build_objective(cell, data, TrainConfig(**attrs["train"]), budget, dev, finetune)
     key = progress_key(cell)  # the objective advances it once per trial run here
     progress.start(key, f"worker {study_name}", budget.trials, "trials", status=f"{n_done(study)} finished before")
     progress.advance(key, n_done(study))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -45,10 +46,11 @@ class TrainConfig:
     min_steps: int = 0  # never stop before this many optimiser steps (the epoch budget grows to fit them)
     min_delta: float = 0.0  # an improvement of the monitored quantity must exceed this
     monitor: Monitor = "val_loss"  # the early-stopping quantity: validation loss (smooth) or the main metric
+    accumulate: int = 1  # gradient accumulation: each batch runs as this many micro-batches, one optimiser step
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise ValueError(f"epochs, batch_size and patience must be >= 1: {self}")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.accumulate < 1:
+            raise ValueError(f"epochs, batch_size, patience and accumulate must be >= 1: {self}")
         TrainingOptions(self.modality_dropout, self.gradient_blending)  # validates
         _ = self.stop_rule  # validates
 
@@ -119,6 +121,25 @@ def loss_of(model: FusionModel, batch: Batch) -> Tensor:
     return F.cross_entropy(model(batch.inputs), batch.labels)
 
 
+def _micro_batches(batch: Batch, parts: int) -> list[Batch]:
+    """`batch` as up to `parts` consecutive micro-batches (gradient accumulation); itself when parts == 1."""
+    if parts <= 1 or len(batch) < 2:
+        return [batch]
+    bounds = torch.linspace(0, len(batch), min(parts, len(batch)) + 1).round().long().tolist()
+    return [batch.take(torch.arange(a, b, device=batch.labels.device)) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def backward_batch(model: FusionModel, batch: Batch, cfg: TrainConfig, blender: GradientBlender | None,
+                   step_model: FusionModel) -> None:
+    """Accumulate the gradient of `batch`'s mean loss, in `cfg.accumulate` micro-batches: each
+    micro-batch's mean loss is weighted by its share of the rows, so the sum is the batch mean."""
+    device = batch.labels.device
+    for part in _micro_batches(batch, cfg.accumulate):
+        with _autocast(device, cfg.amp_bf16):
+            loss = blender.loss(model, part.inputs, part.labels) if blender else loss_of(step_model, part)
+        (loss * (len(part) / len(batch))).backward()
+
+
 def train_model(
     model: FusionModel,
     train: Batch,
@@ -139,7 +160,9 @@ def train_model(
         return TrainResult(model, score, 0, 0, 0.0, 0, [score])
 
     hp = model.params
-    optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    groups = getattr(model, "param_groups", None)  # fine-tuning: separate encoder and head learning rates
+    optimizer = torch.optim.AdamW(groups(hp.lr, hp.weight_decay) if groups else params, lr=hp.lr,
+                                  weight_decay=hp.weight_decay)
     generator = torch.Generator(device=device).manual_seed(seed)
     n = len(train)
     blender = GradientBlender(list(train.inputs)) if cfg.gradient_blending else None
@@ -173,10 +196,8 @@ def train_model(
             batch = Batch({k: v[idx] for k, v in inputs.items()}, labels[idx])
             if cfg.modality_dropout > 0:
                 batch = Batch(drop_modalities(batch.inputs, cfg.modality_dropout, generator), batch.labels)
-            with _autocast(device, cfg.amp_bf16):
-                loss = blender.loss(model, batch.inputs, batch.labels) if blender else loss_of(step_model, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            backward_batch(model, batch, cfg, blender, step_model)
             optimizer.step()
             samples += idx.numel()
             steps += 1

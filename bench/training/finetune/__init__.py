@@ -1,0 +1,1 @@
+"""End-to-end fine-tuning: encoder towers trained with the fusion model (docs/finetune.md)."""

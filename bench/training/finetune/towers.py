@@ -1,0 +1,192 @@
+"""Trainable encoder towers: raw preprocessed inputs → the same pooled/token tensors as the cache.
+
+A tower wraps a pretrained encoder module (a Hugging Face text model, EfficientNet-Lite0) and
+returns exactly what the frozen path hands a strategy (bench/features/encoders.py, then
+bench/features/extract.py `_standardise`): pooled `[B, D]` and tokens `[B, T, D]` with all-zero
+padding rows, z-scored with statistics fixed once from the pretrained encoder on train rows
+(buffers, saved with the state). Gradients flow through the unfrozen part only.
+
+`apply_mode(mode)`: `frozen` nothing trains; `last:N` the last N blocks (transformer layers,
+EfficientNet MBConv blocks) plus the final norm/head layers; `full` everything. Frozen submodules
+stay in eval mode whatever `train()` says, so their BatchNorm statistics and dropout never change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from fusebench.core.encmode import EncoderMode
+
+
+def _pad_rows(seqs: Tensor, mask: Tensor, n_tokens: int) -> Tensor:
+    """First n_tokens positions, padding rows zeroed, zero-padded up to n_tokens (as the cache stores them)."""
+    seqs = seqs[:, :n_tokens] * mask[:, :n_tokens, None].to(seqs.dtype)
+    if seqs.shape[1] < n_tokens:
+        seqs = F.pad(seqs, (0, 0, 0, n_tokens - seqs.shape[1]))
+    return seqs
+
+
+class Tower(nn.Module):
+    """Base: subclasses implement `raw(x) -> (pooled, tokens)`, `blocks()` and `top()`."""
+
+    def __init__(self, encoder: nn.Module, dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.checkpointing = False
+        self._trainable: list[nn.Module] = []
+        for name in ("pooled_mean", "tok_mean"):
+            self.register_buffer(name, torch.zeros(dim))
+        for name in ("pooled_std", "tok_std"):
+            self.register_buffer(name, torch.ones(dim))
+        self.mode = EncoderMode()
+        self.apply_mode(self.mode)
+
+    def raw(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def blocks(self) -> list[nn.Module]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def top(self) -> list[nn.Module]:
+        """Layers after the last block (final norms, head conv): unfrozen with any `last:N`."""
+        return []
+
+    def apply_mode(self, mode: EncoderMode) -> Tower:
+        """Set `requires_grad` per the mode and remember which submodules train."""
+        self.mode = mode
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        if mode.kind == "full":
+            chosen = [self.encoder]
+        elif mode.kind == "last":
+            blocks = self.blocks()
+            if mode.n > len(blocks):
+                raise ValueError(f"encoder mode {mode}: this encoder has only {len(blocks)} blocks")
+            chosen = [*blocks[len(blocks) - mode.n:], *self.top()]
+        else:
+            chosen = []
+        for m in chosen:
+            for p in m.parameters():
+                p.requires_grad_(True)
+        self._trainable = chosen
+        self.train(self.training)
+        return self
+
+    def train(self, mode: bool = True) -> Tower:
+        """Only the unfrozen submodules follow `mode`; the frozen encoder stays in eval mode."""
+        super().train(mode)
+        self.encoder.eval()
+        for m in self._trainable:
+            m.train(mode)
+        return self
+
+    def run_block(self, block: nn.Module, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """`fn(x)` (the forward of `block`), checkpointed when asked for and the block trains: its
+        activations are recomputed in backward instead of kept."""
+        if self.checkpointing and self.training and torch.is_grad_enabled() and any(
+                p.requires_grad for p in block.parameters()):
+            return checkpoint(fn, x, use_reentrant=False)  # type: ignore[return-value]
+        return fn(x)
+
+    @torch.no_grad()
+    def fit_standardisation(self, x: Tensor, batch_size: int = 64) -> None:
+        """Train-set statistics of the pretrained encoder's outputs, as the frozen path computes them
+        (pooled per dimension; tokens over real rows only)."""
+        was = self.training
+        self.eval()
+        pooled, tokens = [], []
+        for i in range(0, x.shape[0], batch_size):
+            p, t = self.raw(x[i:i + batch_size])
+            pooled.append(p.float())
+            tokens.append(t.float())
+        self.train(was)
+        p, t = torch.cat(pooled), torch.cat(tokens)
+        self.pooled_mean.copy_(p.mean(0))
+        self.pooled_std.copy_(p.std(0).clamp_min(1e-6))
+        real = t[t.abs().amax(-1) > 0]
+        if len(real) > 1:
+            self.tok_mean.copy_(real.mean(0))
+            self.tok_std.copy_(real.std(0).clamp_min(1e-6))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        pooled, tokens = self.raw(x)
+        pooled = (pooled.float() - self.pooled_mean) / self.pooled_std
+        t = tokens.float()
+        mask = (t.abs().amax(-1, keepdim=True) > 0).to(t.dtype)
+        z = (t - self.tok_mean) / self.tok_std
+        z = torch.where(z == 0, torch.full_like(z, 1e-6), z)  # a real row must never read as padding
+        return pooled, z * mask
+
+
+def _layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer layer stack of a Hugging Face encoder (BERT/MiniLM, DistilBERT, RoBERTa, ...)."""
+    for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers", "layer"):
+        obj: object = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise ValueError(f"{type(model).__name__}: no transformer layer stack found for last:N fine-tuning")
+
+
+class TextTower(Tower):
+    """A Hugging Face text encoder over packed `[B, 2, L]` int64 (token ids, attention mask):
+    mean-pooled, L2-normalised sentence vector + the first `tokens` token states."""
+
+    def __init__(self, model: nn.Module, tokens: int) -> None:
+        self.n_tokens = tokens
+        super().__init__(model, int(model.config.hidden_size))  # type: ignore[union-attr]
+
+    def blocks(self) -> list[nn.Module]:
+        return list(_layers(self.encoder))
+
+    def top(self) -> list[nn.Module]:
+        names = ("norm", "final_layer_norm", "ln_f", "layer_norm")
+        return [m for n in names if isinstance(m := getattr(self.encoder, n, None), nn.Module)]
+
+    def apply_mode(self, mode: EncoderMode) -> Tower:
+        enable = getattr(self.encoder, "gradient_checkpointing_enable", None)
+        if self.checkpointing and enable is not None:
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return super().apply_mode(mode)
+
+    def raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        ids, mask = x[:, 0], x[:, 1]
+        length = max(int(mask.sum(1).max()), 1)  # batches pad only to their longest row
+        ids, mask = ids[:, :length], mask[:, :length]
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        return F.normalize(mean, dim=-1), _pad_rows(hidden, mask, self.n_tokens)
+
+
+class ImageTower(Tower):
+    """EfficientNet-Lite0 over `[B, 3, H, W]` uint8 pixels, normalised as the Lite models expect
+    ((x - 127) / 128): global-average pooled features + a `grid × grid` of region tokens."""
+
+    def __init__(self, model: nn.Module, grid: int) -> None:
+        self.grid = grid
+        super().__init__(model, int(model._conv_head.out_channels))  # type: ignore[union-attr,arg-type]
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.encoder._blocks)  # type: ignore[arg-type]
+
+    def top(self) -> list[nn.Module]:
+        return [self.encoder._conv_head, self.encoder._bn1]  # type: ignore[list-item]
+
+    def raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        m = self.encoder
+        x = (x.float() - 127.0) / 128.0
+        h = m._swish(m._bn0(m._conv_stem(x)))  # type: ignore[operator]
+        rate = m._global_params.drop_connect_rate  # type: ignore[union-attr]
+        blocks = self.blocks()
+        for i, block in enumerate(blocks):
+            r = rate * float(i) / len(blocks) if rate else None
+            h = self.run_block(block, lambda t, b=block, r=r: b(t, drop_connect_rate=r), h)
+        fmap = m._swish(m._bn1(m._conv_head(h))).float()  # type: ignore[operator]
+        tokens = F.adaptive_avg_pool2d(fmap, self.grid).flatten(2).transpose(1, 2)
+        return fmap.mean((2, 3)), tokens
