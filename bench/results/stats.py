@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from fusebench.core.encmode import split_mode
 from fusebench.core.metrics import metric_range
 from fusebench.results.records import Record
 from fusebench.results.resample import (
@@ -240,8 +241,18 @@ def dataset_stats(records: list[Record], run_dir: Path) -> dict[str, dict[str, A
     unimodal = [s for s in ok if family[s] == "unimodal"]
     chosen_on = "validation" if unimodal and all(val_means[s] is not None for s in unimodal) else "test"
     key = (lambda s: val_means[s]) if chosen_on == "validation" else (lambda s: means[s])
-    best_uni = max(unimodal, key=key) if unimodal else None  # type: ignore[arg-type]
-    late = LATE_FUSION_BASELINE if LATE_FUSION_BASELINE in ok else None
+    # Encoder modes are never pooled: a row is compared with the best unimodal row and the late-fusion
+    # row of its own mode (`concat+ft:last:2` with `unimodal:*+ft:last:2`), the frozen ones when its
+    # mode has none.
+    mode_of = {s: split_mode(s)[1] for s in ok}
+
+    def best_of(mode: str) -> str | None:
+        pool = [u for u in unimodal if mode_of[u] == mode] or [u for u in unimodal if mode_of[u] == "frozen"]
+        return max(pool, key=key) if pool else None  # type: ignore[arg-type]
+
+    best_for = {s: best_of(mode_of[s]) for s in ok}
+    late_for = {s: next((b for b in (LATE_FUSION_BASELINE + ("" if m == "frozen" else f"+ft:{m}"), LATE_FUSION_BASELINE)
+                         if b in ok), None) for s, m in mode_of.items()}
 
     def vs(s: str, base: str | None) -> PairedResult | None:
         if base is None or s == base or s not in preds or base not in preds:
@@ -258,7 +269,7 @@ def dataset_stats(records: list[Record], run_dir: Path) -> dict[str, dict[str, A
             est[s] = cell_estimate(preds[s], metric)
         except Exception as exc:
             log.warning("%s: interval of %s failed: %s", dataset, s, exc)
-    uni_res = {s: vs(s, best_uni) for s in ok}
+    uni_res = {s: vs(s, best_for[s]) for s in ok}
     family_p = {s: r.p for s, r in uni_res.items() if family[s] in FUSION_FAMILIES and r is not None and r.p is not None}
     adjusted = holm(family_p)
     floor = est.get(RANDOM_FLOOR)
@@ -267,7 +278,8 @@ def dataset_stats(records: list[Record], run_dir: Path) -> dict[str, dict[str, A
     out = {}
     for s, rs in ok.items():
         scores = np.array([r.main_metric for r in rs], dtype=float)
-        e, u, late_res = est.get(s), uni_res[s], vs(s, late)
+        e, u, late_res = est.get(s), uni_res[s], vs(s, late_for[s])
+        best_uni, late = best_for[s], late_for[s]
         lo, hi, clipped = clip_interval(*e.interval(), bounds) if e else (None, None, False)
         dlo, dhi, _ = clip_interval(*u.ci95, delta_bounds) if u else (None, None, False)
         beats = None

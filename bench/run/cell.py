@@ -27,6 +27,7 @@ from fusebench.core.errors import UsageError
 from fusebench.features.extract import TaskData
 from fusebench.measure.timing import TimingConfig, flops_per_sample, measure
 from fusebench.results.records import Record
+from fusebench.run.trials import TrialInputs, build_batch_objective
 from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
 from fusebench.search.study import (
@@ -43,9 +44,8 @@ from fusebench.search.study import (
 from fusebench.search.trial_batch import run_batched_search, trials_batched
 from fusebench.strategies.base import STRATEGIES, FusionSpec, StrategyInfo
 from fusebench.training.batched import fit_seeds
-from fusebench.run.trials import TrialInputs, build_batch_objective
 from fusebench.training.finetune.setup import CellSetup
-from fusebench.training.loop import Batch, TrainConfig, predict_proba, train_model
+from fusebench.training.loop import TrainConfig, predict_proba, train_model
 from fusebench.training.robustness import evaluate_robustness
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
                 seed=seed,
                 replicate=search.replicate,
                 status="ok",
-                params=_as_dict(params),
+                params=dataclasses.asdict(params),  # type: ignore[call-overload]
                 metrics=scores,
                 main_metric_name=cfg.main_metric,
                 main_metric=scores[cfg.main_metric],
@@ -387,12 +387,6 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
     if not fits.batched and cell.info.trainable and len(seeds) > 1:
         log.debug("  %s: %d seeds trained one after another (%s)", cell.strategy, len(seeds), fits.reason)
     return records
-
-
-def _as_dict(params: object) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(params)  # type: ignore[call-overload]
 
 
 def device_name(device: torch.device) -> str:
