@@ -280,3 +280,87 @@ def test_modes_parse_and_name_rows():
             EncoderMode.parse(bad)
     with pytest.raises(ValueError, match="only 3 blocks"):
         TextTower(tiny_bert(), T).apply_mode(EncoderMode.parse("last:4"))
+
+
+def test_cached_image_prefix_gives_the_same_outputs_and_gradients():
+    tower = towers(EncoderMode.parse("last:2"))["image"]
+    cached = copy.deepcopy(tower)
+    cached.start = cached.frozen_prefix()
+    assert cached.start == len(tower.blocks()) - 2
+    x = raw_pixels(8)
+    h = tower.prefix(x, cached.start)
+    outs = []
+    for t, inp in ((tower, x), (cached, h)):
+        t.train()
+        pooled, tokens = t(inp)
+        (pooled.square().mean() + tokens.square().mean()).backward()
+        grads = {n: p.grad.clone() for n, p in t.named_parameters() if p.grad is not None}
+        outs.append((pooled.detach(), tokens.detach(), grads))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])
+    assert outs[0][2].keys() == outs[1][2].keys() and outs[0][2]
+    for n in outs[0][2]:
+        torch.testing.assert_close(outs[0][2][n], outs[1][2][n], rtol=1e-4, atol=1e-6)
+
+
+def test_suite_setting_cli_flag_and_config_hash(tmp_path):
+    from fusebench.cli import main
+    from fusebench.config.loader import SuiteConfig, load_suite_config
+    from fusebench.core.errors import ConfigError
+    from fusebench.run.rundir import config_hash
+
+    s = SuiteConfig(name="x", description="", datasets=("imdb",), encoders="frozen, last:2,last:2")
+    assert s.encoders == ("frozen", "last:2") and [str(m) for m in s.encoder_modes] == ["frozen", "last:2"]
+    plain = SuiteConfig(name="x", description="", datasets=("imdb",))
+    legacy = {k: v for k, v in dataclasses.asdict(plain).items() if k not in ("encoders", "finetune")}
+    from fusebench.run.rundir import config_hash_of
+
+    assert config_hash(plain) == config_hash_of(legacy)  # older run directories keep their identity
+    assert config_hash(s) != config_hash(plain)
+    assert config_hash(dataclasses.replace(plain, finetune=FineTuneSettings(encoder_lr=1e-4))) != config_hash(plain)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ndescription: d\ndatasets: [imdb]\nencoders: [frozen, last:x]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*last:x"):
+        load_suite_config(bad)
+    assert main(["run", "--datasets", "imdb", "--strategies", "concat", "--encoders", "partial",
+                 "--out", str(tmp_path / "r")]) == 2
+
+
+def test_cells_per_mode_and_old_records_read_as_frozen():
+    from fusebench.results.records import Record
+    from fusebench.run.cell import expand_cells
+
+    modes = (EncoderMode(), EncoderMode.parse("last:1"))
+    cells = expand_cells("d", ["audio", "text"], ["concat", "unimodal", "majority"], modes, frozenset({"text"}))
+    names = [c.strategy for c in cells]
+    assert names == ["concat", "unimodal:audio", "unimodal:text", "majority", "concat+ft:last:1", "unimodal:text+ft:last:1"]
+    only = expand_cells("d", ["audio", "text"], ["concat"], (EncoderMode.parse("full"),), frozenset({"text"}))
+    assert [(c.strategy, str(c.mode)) for c in only] == [("concat+ft:full", "full")]
+    old = Record(dataset="d", task="t", strategy="concat", family="early", modalities=["text"], seed=1, status="ok").to_json()
+    del old["encoder_mode"]
+    assert Record.from_json(old).encoder_mode == "frozen"
+
+
+def test_finetune_throughput_splits_encoder_and_fusion_time(monkeypatch):
+    """The throughput path on tiny towers (the real command builds MiniLM + EfficientNet-Lite0)."""
+    from fusebench.measure import finetune_throughput as ft
+
+    def tiny(mode, device, max_length):
+        tw = {"text": TextTower(tiny_bert(), ft.TEXT_TOKENS).apply_mode(mode),
+              "image": ImageTower(tiny_effnet(), ft.GRID).apply_mode(mode)}
+        return tw, 50
+
+    monkeypatch.setattr(ft, "_towers", tiny)
+    monkeypatch.setattr(ft, "IMAGE_SIDE", SIDE)
+    real = FusionSpec
+
+    def spec(dims, tokens, n):  # the tiny towers' widths
+        return real({"text": 16, "image": int(_towers(EncoderMode(), True, 0.0)["image"].pooled_mean.shape[0])}, tokens, n)
+
+    monkeypatch.setattr(ft, "FusionSpec", spec)
+    r = ft.measure_finetune("concat", EncoderMode.parse("last:1"), 4, torch.device("cpu"), max_length=L,
+                            repetitions=2, warmup=1)
+    assert r.strategy == "concat+ft:last:1" and r.train_samples_per_s > 0 and r.infer_samples_per_s > 0
+    assert set(r.train_ms) == {"encoder_forward", "fusion_forward", "backward_step"} and all(v > 0 for v in r.train_ms.values())
+    assert 0 < r.encoder_share_train < 1 and r.encoder_trainable_params > 0 and r.timer == "perf_counter"
+    assert r.peak_mem_kind.startswith("cpu_peak_rss") and not r.amp_bf16

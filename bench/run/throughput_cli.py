@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from fusebench.core.errors import UsageError
 
@@ -29,6 +30,9 @@ def add_arguments(thr: argparse.ArgumentParser) -> None:
     thr.add_argument("--repetitions", type=int, default=30, help="timed repetitions per measurement (default 30)")
     thr.add_argument("--warmup", type=int, default=5, help="untimed warm-up passes (default 5)")
     thr.add_argument("--out", help="write the figures: FILE.json (with a device/versions envelope) or FILE.csv")
+    thr.add_argument("--encoders", default="frozen", help="frozen (cached features, default) or a fine-tuning mode "
+                     "(last:N, full): time the whole model, real MiniLM + EfficientNet-Lite0 towers under each strategy")
+    thr.add_argument("--max-length", type=int, default=32, help="text tokens per example with --encoders (default 32)")
     thr.add_argument("--seed-batching", metavar="K,K,...",
                      help="also time K evaluation seeds trained batched vs one after another (e.g. 1,3,5,10)")
     thr.add_argument("--trial-batching", metavar="B,B,...",
@@ -60,6 +64,8 @@ def command(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
     if not sizes or min(sizes) < 1 or args.repetitions < 1 or args.warmup < 0:
         raise UsageError("--batch-sizes need positive integers, --repetitions >= 1, --warmup >= 0")
+    if args.encoders != "frozen":
+        return _finetune(args, names, sizes, device)
     if args.dataset:
         shapes = tp.shapes_from_dataset(args.dataset, args.size, args.data_dir, device)
     elif args.dims:
@@ -131,3 +137,48 @@ def _seed_batching(names: list[str], spec: str, trials: bool = False) -> None:
             note = "" if bat.batched or k == 1 else f"  (fell back: {bat.reason[:60]})"
             print(f"{n:24s} {letter}={k:<3d} sequential {seq.samples_per_s:9.0f}  batched {bat.samples_per_s:9.0f}  "
                   f"speed-up {bat.samples_per_s / seq.samples_per_s:5.2f}×{note}")
+
+
+def _finetune(args: argparse.Namespace, names: list[str], sizes: list[int], device: Any) -> int:
+    """`--encoders last:N|full`: the whole fine-tuned model's train/inference samples/s, its peak memory
+    and the encoder/fusion split of the time (bench/measure/finetune_throughput.py)."""
+    import dataclasses
+    import json
+
+    from fusebench.core.encmode import EncoderMode
+    from fusebench.core.io import atomic_write_bytes
+    from fusebench.measure import finetune_throughput as ft
+    from fusebench.measure.throughput import envelope
+    from fusebench.measure.timing import device_name
+    from fusebench.strategies import STRATEGIES
+
+    try:
+        mode = EncoderMode.parse(args.encoders)
+    except ValueError as exc:
+        raise UsageError(f"--encoders: {exc}") from None
+    if mode.frozen:
+        raise UsageError("--encoders frozen is the default path; name last:N or full")
+    print(f"device: {device_name(device)}; encoders {mode}: all-MiniLM-L6-v2 ({args.max_length} tokens) + "
+          f"EfficientNet-Lite0 (160 px), random inputs; {args.warmup} warm-up + {args.repetitions} timed steps, medians")
+    rows = []
+    for n in names:
+        info = STRATEGIES.get(n.partition(":")[0])
+        if not info.trainable or info.per_modality or info.min_modalities > 2:
+            print(f"{n}: skipped (fine-tuning throughput fuses text + image; needs a trainable two-view strategy)")
+            continue
+        for b in sizes:
+            try:
+                rows.append(ft.measure_finetune(info.name, mode, b, device, max_length=args.max_length,
+                                                repetitions=args.repetitions, warmup=args.warmup))
+            except Exception as exc:  # out of memory or a failing strategy: a row with its error, the sweep goes on
+                rows.append(ft.FineTuneThroughput(f"{info.name}{mode.suffix()}", str(mode), b, float("nan"),
+                                                  float("nan"), {}, {}, float("nan"), float("nan"), "", 0, 0,
+                                                  device_name(device), "", False, f"{type(exc).__name__}: {exc}"[:300]))
+    print(ft.format_rows(rows))
+    if args.out:
+        doc = {**envelope(device), "encoders": str(mode), "max_length": args.max_length,
+               "protocol": {"warmup": args.warmup, "repetitions": args.repetitions, "batch_sizes": sizes},
+               "finetune": [dataclasses.asdict(r) for r in rows]}
+        atomic_write_bytes(Path(args.out), json.dumps(doc, indent=2, default=str).encode())
+        print(f"fusebench: wrote {args.out}")
+    return 1 if any(r.error for r in rows) else 0

@@ -72,7 +72,32 @@ def build_tower(data: TaskData, view: str, mode: EncoderMode, settings: FineTune
         tower.fit_standardisation(rows[: settings.stats_rows].to(device), settings.eval_batch_size)
         _STATS[key] = {k: v.detach().clone() for k, v in tower.state_dict().items() if k.startswith(("pooled_", "tok_"))}
     tower.load_state_dict(_STATS[key], strict=False)
+    if settings.cache_prefix and isinstance(tower, ImageTower):
+        tower.start = tower.frozen_prefix()  # its inputs are then CellSetup.batch's cached prefix activations
     return tower
+
+
+_PREFIX: dict[tuple, Tensor] = {}  # (fingerprint, view, mode, split, device) → frozen-prefix activations
+
+
+def prefix_inputs(data: TaskData, view: str, split: str, mode: EncoderMode, settings: FineTuneSettings,
+                  device: torch.device) -> Tensor | None:
+    """The activations entering the first trainable block of an image tower, for every row of the
+    split (computed once per process), or None when there is nothing to cache."""
+    if not settings.cache_prefix or tower_kind(data.config.views[view].encoder) != "image":
+        return None
+    key = (data.fingerprint, view, str(mode), split, str(device))
+    if key not in _PREFIX:
+        tower = ImageTower(pretrained(data.config.views[view], device).model, 1)
+        tower.mode = mode
+        upto = tower.frozen_prefix()
+        if upto == 0:
+            return None
+        pixels = data.raw[split][view]  # type: ignore[attr-defined]
+        step = settings.eval_batch_size
+        _PREFIX[key] = torch.cat([tower.prefix(pixels[i:i + step].to(device), upto) for i in range(0, len(pixels), step)])
+        tower.apply_mode(EncoderMode())  # leave the shared pretrained module as it was: frozen
+    return _PREFIX[key]
 
 
 @dataclass(frozen=True)
@@ -100,7 +125,8 @@ class CellSetup:
         s = self.data.splits[split]
         inputs = s.inputs(self.input_kind, list(self.views))
         for v in self.tower_views:
-            inputs[v] = self.data.raw[split][v]  # type: ignore[attr-defined]
+            cached = prefix_inputs(self.data, v, split, self.mode, self.settings, self.device)
+            inputs[v] = self.data.raw[split][v] if cached is None else cached  # type: ignore[attr-defined]
         return Batch({k: v.to(self.device) for k, v in inputs.items()}, s.labels.to(self.device))
 
     def wrap(self, fusion: FusionModel) -> nn.Module:

@@ -170,7 +170,31 @@ class ImageTower(Tower):
 
     def __init__(self, model: nn.Module, grid: int) -> None:
         self.grid = grid
+        self.start = 0  # > 0: inputs are the (cached) activations entering block `start`, not pixels
         super().__init__(model, int(model._conv_head.out_channels))  # type: ignore[union-attr,arg-type]
+
+    def frozen_prefix(self) -> int:
+        """How many leading blocks (after the stem) never train in this mode: their output can be cached."""
+        if self.mode.kind != "last":
+            return 0
+        return len(self.blocks()) - self.mode.n
+
+    @torch.no_grad()
+    def prefix(self, pixels: Tensor, upto: int) -> Tensor:
+        """The activations entering block `upto` (stem + blocks before it, eval mode): deterministic, so
+        a `last:N` run may compute them once per split (`FineTuneSettings.cache_prefix`)."""
+        m = self.encoder
+        was = self.training
+        self.eval()
+        h = m._swish(m._bn0(m._conv_stem((pixels.float() - 127.0) / 128.0)))  # type: ignore[operator]
+        for i, block in enumerate(self.blocks()[:upto]):
+            h = block(h, drop_connect_rate=self._rate(i))
+        self.train(was)
+        return h
+
+    def _rate(self, i: int) -> float | None:
+        rate = self.encoder._global_params.drop_connect_rate  # type: ignore[union-attr]
+        return rate * float(i) / len(self.blocks()) if rate else None
 
     def blocks(self) -> list[nn.Module]:
         return list(self.encoder._blocks)  # type: ignore[arg-type]
@@ -180,13 +204,12 @@ class ImageTower(Tower):
 
     def raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
         m = self.encoder
-        x = (x.float() - 127.0) / 128.0
-        h = m._swish(m._bn0(m._conv_stem(x)))  # type: ignore[operator]
-        rate = m._global_params.drop_connect_rate  # type: ignore[union-attr]
-        blocks = self.blocks()
-        for i, block in enumerate(blocks):
-            r = rate * float(i) / len(blocks) if rate else None
-            h = self.run_block(block, lambda t, b=block, r=r: b(t, drop_connect_rate=r), h)
+        h = x if self.start else m._swish(m._bn0(m._conv_stem((x.float() - 127.0) / 128.0)))  # type: ignore[operator]
+        for i, block in enumerate(self.blocks()):
+            if i < self.start:
+                continue
+            rate = self._rate(i)
+            h = self.run_block(block, lambda t, b=block, r=rate: b(t, drop_connect_rate=r), h)
         fmap = m._swish(m._bn1(m._conv_head(h))).float()  # type: ignore[operator]
         tokens = F.adaptive_avg_pool2d(fmap, self.grid).flatten(2).transpose(1, 2)
         return fmap.mean((2, 3)), tokens
