@@ -44,7 +44,7 @@ slug=$(printf '%s' "$device" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' 
 if ! has_cuda; then
   tmp=$(mktemp -d)
   echo "gpu.sh: no CUDA device: CPU fallback (GPU tests report their skip reason; nothing is published)"
-  .venv/bin/pytest -q -m gpu -rs tests/test_gpu.py | tee "$tmp/gpu-tests.log"
+  .venv/bin/pytest -q -m gpu -rs tests/test_gpu.py tests/test_finetune_gpu.py | tee "$tmp/gpu-tests.log"
   if [ "${GPU_SH_ALLOW_CPU:-0}" != "1" ]; then
     .venv/bin/fusebench throughput --strategies concat,gmu --batch-sizes 1,64 --repetitions 5 --warmup 2 \
       --device cpu --out "$tmp/throughput.json"
@@ -56,9 +56,16 @@ fi
 out=${GPU_SH_OUT:-reports/published/gpu-$slug}
 mkdir -p "$out"
 echo "gpu.sh: device '$device' → $out"
-.venv/bin/pytest -q -m gpu -rs tests/test_gpu.py 2>&1 | tee "$out/gpu-tests.log"
+.venv/bin/pytest -q -m gpu -rs tests/test_gpu.py tests/test_finetune_gpu.py 2>&1 | tee "$out/gpu-tests.log"
 .venv/bin/fusebench run --suite "$suite" --out "$out/run" --device auto
 .venv/bin/fusebench report "$out/run" --html
 .venv/bin/fusebench throughput --device auto --batch-sizes 1,64,256 --out "$out/throughput.json"
+# fine-tuning mode (docs/finetune.md): the whole model's throughput with MiniLM + EfficientNet-Lite0 training,
+# and the fine-tuning smoke run (frozen and last:1 rows side by side)
+for mode in last:2 full; do
+  .venv/bin/fusebench throughput --device auto --encoders "$mode" --strategies concat,gmu,mult,mbt \
+    --batch-sizes 32,128 --max-length 64 --out "$out/throughput-finetune-${mode/:/}.json"
+done
+.venv/bin/fusebench run --suite finetune-smoke --out "$out/finetune-run" --device auto --amp-bf16
 cp "$out/run/leaderboard.md" "$out/run/leaderboard.csv" "$out/run/run.json" "$out/"
 echo "gpu.sh: done; commit $out (leaderboard, report, throughput.json, run.json with wall time per phase)"
