@@ -279,8 +279,9 @@ def test_time_pipeline_counts_items_per_second_of_the_whole_call():
 
 
 def test_hard_negatives_are_other_images_captions_from_the_dual_encoders_top_k(one_thread):
-    """On a planted alignment, each mined negative is another image's caption inside the image's top k
-    under the dual encoder, and scores far higher than a random negative (what makes it hard)."""
+    """On a planted alignment, each mined negative pair is mismatched, comes from the dual encoder's
+    top k in one of the two directions (both are mined), and scores far higher than a random
+    negative (what makes it hard)."""
     from fusebench.features.extract import SplitData
     from fusebench.training.loop import TrainConfig
     from fusebench.training.rerank import hard_matching_pairs, hard_negatives, matching_pairs
@@ -301,17 +302,26 @@ def test_hard_negatives_are_other_images_captions_from_the_dual_encoders_top_k(o
     dual = train_dual_encoder(train, val, DualEncoderParams(lr=3e-3, embed_dim=128, temperature=0.05),
                               TrainConfig(epochs=6, patience=3, batch_size=64), seed=0).model
     k = 10
-    neg = hard_negatives(dual, val, k, seed=3)
-    assert np.array_equal(neg, hard_negatives(dual, val, k, seed=3))  # seeded
     group = val.caption_group.numpy()
-    assert (group[neg] != np.arange(val.n_images)).all()  # never the image's own caption
+    n = val.n_images
+    pos = np.array([np.flatnonzero(group == i)[0] for i in range(n)])
+    neg_img, neg_cap = hard_negatives(dual, val, pos, k, seed=3)
+    again = hard_negatives(dual, val, pos, k, seed=3)
+    assert np.array_equal(neg_img, again[0]) and np.array_equal(neg_cap, again[1])  # seeded
+    assert (group[neg_cap] != neg_img).all()  # always a mismatched pair
     img, txt = embed(dual, val)
     sims = (img @ txt.T).numpy()
-    kth = np.sort(sims, axis=1)[:, -k]
-    assert (sims[np.arange(val.n_images), neg] >= kth - 1e-6).all()  # inside the image's top k
+    i2t = neg_img == np.arange(n)  # image→text negatives: the image's own row, another image's caption
+    t2i = ~i2t  # text→image negatives: the positive caption with another image
+    assert 0.25 < i2t.mean() < 0.75  # both directions mined
+    kth_cap = np.sort(sims, axis=1)[:, -k]
+    assert (sims[np.flatnonzero(i2t), neg_cap[i2t]] >= kth_cap[i2t] - 1e-6).all()  # in the image's top k captions
+    assert (neg_cap[t2i] == pos[t2i]).all()
+    kth_img = np.sort(sims[:, pos].T, axis=1)[:, -k]  # per positive caption, the k-th best image score
+    assert (sims[neg_img[t2i], pos[t2i]] >= kth_img[t2i] - 1e-6).all()  # in the caption's top k images
     hard = hard_matching_pairs(val, "pooled", 5, dual, k)
     easy = matching_pairs(val, "pooled", 5)
     assert hard.labels.tolist() == easy.labels.tolist()  # same layout: n true pairs, then n mismatched
-    torch.testing.assert_close(hard.inputs["text"][: val.n_images], easy.inputs["text"][: val.n_images])
-    random_neg = np.array([(group == (i + 1) % val.n_images).nonzero()[0][0] for i in range(val.n_images)])
-    assert sims[np.arange(val.n_images), neg].mean() > sims[np.arange(val.n_images), random_neg].mean() + 0.2
+    torch.testing.assert_close(hard.inputs["text"][:n], easy.inputs["text"][:n])
+    random_neg = np.array([(group == (i + 1) % n).nonzero()[0][0] for i in range(n)])
+    assert sims[neg_img, neg_cap].mean() > sims[np.arange(n), random_neg].mean() + 0.2  # harder than random

@@ -4,9 +4,10 @@ Training pairs are built as in `flickr8k-itm`: every image gives one true pair (
 among its captions) and one mismatched pair (a caption of another image of the same split), so
 classes are balanced and any registered pair-scoring strategy trains unchanged (two classes,
 inputs keyed by modality). With hard negatives (`hard_matching_pairs`, suite setting
-`rerank_negatives: hard`) the mismatched caption of each image is drawn instead from the captions
-of *other* images among the dual encoder's top-k for it — the candidates the re-ranker will have to
-tell apart at test time. At test time a strategy's score of a pair is its logit margin
+`rerank_negatives: hard`) each image's mismatched pair is mined from the dual encoder's top-k instead,
+in either direction (a caption of another image among the image's top-k captions, or another image
+among its positive caption's top-k images) — the candidates the re-ranker will have to tell apart
+at test time, in both retrieval directions. At test time a strategy's score of a pair is its logit margin
 `logit[1] - logit[0]`; candidate pairs are scored in chunks, so memory stays bounded.
 """
 
@@ -42,39 +43,56 @@ def matching_pairs(split: RetrievalSplit, kind: str, seed: int) -> Batch:
     return _pairs(split, kind, pos, neg)
 
 
+def _pick(cand: np.ndarray, ok: np.ndarray, fallback: int, rng: np.random.Generator) -> int:
+    pool = cand[ok]
+    return int(pool[rng.integers(len(pool))]) if len(pool) else fallback
+
+
 @torch.inference_mode()
-def hard_negatives(dual: DualEncoder, split: RetrievalSplit, k: int, seed: int, block: int = 1024) -> np.ndarray:
-    """For each image, one caption of *another* image among the dual encoder's top `k` captions for it
-    (seeded choice); an image whose top `k` holds only its own captions gets a random other image's one."""
+def hard_negatives(dual: DualEncoder, split: RetrievalSplit, positives: np.ndarray, k: int, seed: int,
+                   block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """One mismatched pair per image i, `(images [n], captions [n])`, mined from the dual encoder's
+    top `k` in either direction (a seeded coin per image): image→text, (i, a caption of another image
+    among i's top-k captions); text→image, (another image among the top-k images of i's positive
+    caption `positives[i]`, that caption). Where the top `k` holds nothing wrong, a random other
+    image's caption (or image) is used."""
     rng = np.random.default_rng(seed)
+    n = split.n_images
     img, txt = embed(dual, split)
-    _, cand = blocked_topk(img, txt, min(k, split.n_captions), block)
-    group = split.caption_group.to(cand.device)
-    wrong = (group[cand] != torch.arange(split.n_images, device=cand.device)[:, None]).cpu().numpy()
-    cand = cand.cpu().numpy()
-    n, out = split.n_images, np.empty(split.n_images, dtype=np.int64)
+    group_t = split.caption_group.to(img.device)
+    own = torch.arange(n, device=img.device)
+    _, cap_cand = blocked_topk(img, txt, min(k, split.n_captions), block)  # [n, k] captions per image
+    _, img_cand = blocked_topk(txt[torch.as_tensor(positives, device=img.device)], img, min(k, n), block)
+    cap_ok = (group_t[cap_cand] != own[:, None]).cpu().numpy()
+    img_ok = (img_cand != own[:, None]).cpu().numpy()
+    cap_cand, img_cand = cap_cand.cpu().numpy(), img_cand.cpu().numpy()
     by_image = _captions_by_image(split.caption_group.numpy(), n)
+    images, captions = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     for i in range(n):
-        pool = cand[i][wrong[i]]
-        if len(pool):
-            out[i] = pool[rng.integers(len(pool))]
-        else:
-            o = (i + rng.integers(1, n)) % n
-            out[i] = by_image[o][rng.integers(len(by_image[o]))]
-    return out
+        other = int((i + rng.integers(1, n)) % n)
+        if rng.random() < 0.5:  # image→text negative
+            images[i] = i
+            captions[i] = _pick(cap_cand[i], cap_ok[i], int(by_image[other][rng.integers(len(by_image[other]))]), rng)
+        else:  # text→image negative
+            images[i] = _pick(img_cand[i], img_ok[i], other, rng)
+            captions[i] = positives[i]
+    return images, captions
 
 
 def hard_matching_pairs(split: RetrievalSplit, kind: str, seed: int, dual: DualEncoder, k: int) -> Batch:
-    """ITM pairs whose mismatched caption is a hard negative of the dual encoder (`hard_negatives`)."""
+    """ITM pairs whose mismatched pairs are hard negatives of the dual encoder (`hard_negatives`)."""
     rng = np.random.default_rng(seed)
     by_image = _captions_by_image(split.caption_group.numpy(), split.n_images)
     pos = np.array([c[rng.integers(len(c))] for c in by_image])
-    return _pairs(split, kind, pos, hard_negatives(dual, split, k, seed + 1))
+    neg_images, neg = hard_negatives(dual, split, pos, k, seed + 1)
+    return _pairs(split, kind, pos, neg, neg_images)
 
 
-def _pairs(split: RetrievalSplit, kind: str, pos: np.ndarray, neg: np.ndarray) -> Batch:
+def _pairs(split: RetrievalSplit, kind: str, pos: np.ndarray, neg: np.ndarray,
+           neg_images: np.ndarray | None = None) -> Batch:
+    """n true pairs (image i, pos[i]) then n mismatched ones (neg_images[i] or i, neg[i])."""
     n = split.n_images
-    image_idx = torch.as_tensor(np.concatenate([np.arange(n), np.arange(n)]))
+    image_idx = torch.as_tensor(np.concatenate([np.arange(n), np.arange(n) if neg_images is None else neg_images]))
     caption_idx = torch.as_tensor(np.concatenate([pos, neg]))
     device = split.data.labels.device
     inputs = _inputs(split, kind, image_idx.to(device), caption_idx.to(device))
