@@ -299,3 +299,19 @@ def test_batched_search_of_singletons_equals_the_sequential_search(tmp_path, syn
         study = optuna.load_study(study_name="toy/concat", storage=open_storage(f"journal:///{out / 'optuna.journal'}"))
         values[b] = [(t.state, t.params, t.value, t.user_attrs.get("best_step")) for t in study.trials]
     assert values[1] == values[3]
+
+
+def test_worker_trains_the_studys_trial_batches(tmp_path, synthetic_bundle, monkeypatch):
+    """`--trial-batch` is stored with the study; a `fusebench worker` asks and trains in the same batches."""
+    from fusebench.cli import main
+    from fusebench.search.storage import open_storage
+
+    data, cfg = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    url = f"journal:///{tmp_path / 'studies.journal'}"
+    assert main(["run", "--datasets", "toy", "--strategies", "concat", "--trials", "6", "--trial-batch", "6",
+                 "--data-dir", str(data), "--out", str(tmp_path / "run"), "--storage", url, "--prepare-only", "-q"]) == 0
+    assert main(["worker", "--study", "toy/concat", "--storage", url, "--data-dir", str(data), "-q"]) == 0
+    study = optuna.load_study(study_name="toy/concat", storage=open_storage(url))
+    assert study.user_attrs["fusebench"]["trial_batch"] == 6
+    assert trial_counts(study, 6).spent == 6 and trials_batched(study) >= 2

@@ -77,8 +77,8 @@ def trial_configs(strategy: str, members: int) -> list:
     out = []
     for b in range(members):
         frac = b / max(members - 1, 1)
-        out.append(dataclasses.replace(params, lr=1e-4 * 10 ** (2 * frac), weight_decay=1e-6 * 10 ** (4 * frac),
-                                       **({"dropout": 0.0} if hasattr(params, "dropout") else {})))
+        config = dataclasses.replace(params, lr=1e-4 * 10 ** (2 * frac), weight_decay=1e-6 * 10 ** (4 * frac))
+        out.append(dataclasses.replace(config, dropout=0.0) if hasattr(config, "dropout") else config)
     return out
 
 

@@ -156,7 +156,7 @@ def compare(run: dict[str, str], history: list[dict[str, str]], factor: float = 
 def table(run: dict[str, str], peers: list[dict[str, str]]) -> str:
     """The run under its peers, one line each: date, revision, total and the main phases."""
     cols = ("date", "revision", "total_s", "data_s", "encoding_s", "cells_s", "cell_search_s", "cell_evaluation_s")
-    lines = ["  ".join(f"{c:>19s}" if c == "date" else f"{c:>17s}" if c == "revision" else f"{c:>17s}" for c in cols)]
+    lines = ["  ".join(f"{c:>19s}" if c == "date" else f"{c:>17s}" for c in cols)]
     for label, r in [*(("", p) for p in peers), ("this run", run)]:
         cells = [f"{r.get(c, ''):>19s}" if c == "date" else f"{r.get(c, ''):>17s}" for c in cols]
         lines.append("  ".join(cells) + (f"  <- {label}" if label else ""))

@@ -25,7 +25,7 @@ from fusebench.core import progress, space
 from fusebench.core.encmode import FROZEN, EncoderMode, FineTuneSettings
 from fusebench.core.errors import UsageError
 from fusebench.features.extract import TaskData
-from fusebench.measure.timing import TimingConfig, flops_per_sample, measure
+from fusebench.measure.timing import TimingConfig, device_name, flops_per_sample, measure
 from fusebench.results.records import Record
 from fusebench.run.trials import TrialInputs, build_batch_objective
 from fusebench.search.history import export_history
@@ -170,6 +170,7 @@ def study_attrs(cell: Cell, data: TaskData, ctx: CellContext, replicate: int = 0
         "pruner": pruner_settings(),
         "main_metric": data.config.main_metric,
         **({} if cell.mode.frozen else {"encoder_mode": str(cell.mode), "finetune": dataclasses.asdict(ctx.finetune)}),
+        "trial_batch": ctx.trial_batch,  # workers ask and train trials in the same batches
     }
 
 
@@ -228,6 +229,21 @@ def build_objective(cell: Cell, data: TaskData, train_cfg: TrainConfig, budget: 
     return objective
 
 
+def search(study: optuna.Study, cell: Cell, data: TaskData, train_cfg: TrainConfig, budget: Budget,
+           device: torch.device, trial_batch: int = 1,
+           finetune: FineTuneSettings | None = None) -> tuple[optuna.Study, float]:
+    """The study's search loop (the owning run's and a worker's): one trial at a time, or rounds of
+    `trial_batch` trials trained together where they share a shape (bench/run/trials.py; frozen
+    encoders only: fine-tuned cells train one trial at a time)."""
+    if trial_batch > 1 and cell.mode.frozen:
+        setup = _setup(data, cell, device, finetune or FineTuneSettings())
+        inputs = TrialInputs(_spec(data, cell), setup.batch("train"), setup.batch("val"), data.config.main_metric,
+                             progress_key(cell))
+        return run_batched_search(study, build_batch_objective(cell, inputs, train_cfg, budget, device), budget,
+                                  trial_batch)
+    return run_search(study, build_objective(cell, data, train_cfg, budget, device, finetune), budget)
+
+
 def progress_key(cell: Cell) -> str:
     return f"cell:{study_name(cell)}"
 
@@ -259,15 +275,8 @@ def search_replicate(cell: Cell, data: TaskData, ctx: CellContext, replicate: in
     """Run (or resume, or wait for workers on) the study of one search replicate."""
     budget = ctx.budget.for_replicate(replicate)
     study = open_cell_study(cell, data, ctx, replicate)
-    if ctx.trial_batch > 1 and cell.mode.frozen:  # fine-tuned cells: one trial at a time
-        setup = _setup(data, cell, ctx.device, ctx.finetune)
-        inputs = TrialInputs(_spec(data, cell), setup.batch("train"), setup.batch("val"), data.config.main_metric,
-                             progress_key(cell))
-        batch_objective = build_batch_objective(cell, inputs, ctx.train, budget, ctx.device)
-        study, seconds = run_batched_search(study, batch_objective, budget, ctx.trial_batch)
-    else:
-        objective = build_objective(cell, data, ctx.train, budget, ctx.device, ctx.finetune)
-        study, seconds = run_search(study, objective, budget)  # waits for other workers' trials too
+    study, seconds = search(study, cell, data, ctx.train, budget, ctx.device, ctx.trial_batch,
+                            ctx.finetune)  # waits for other workers' trials too
     export_history(study, ctx.out_dir)  # reports read this file, never the storage
     counts = trial_counts(study, budget.trials)
     if counts.spent < budget.trials:
@@ -387,9 +396,3 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
     if not fits.batched and cell.info.trainable and len(seeds) > 1:
         log.debug("  %s: %d seeds trained one after another (%s)", cell.strategy, len(seeds), fits.reason)
     return records
-
-
-def device_name(device: torch.device) -> str:
-    from fusebench.measure.timing import device_name as _name
-
-    return _name(device)

@@ -5,7 +5,8 @@ objective needs in the study's user attr `fusebench` (bench.cell.study_attrs): d
 strategy, views, training config, budget, data fingerprint, encoder ids, data root. A worker reads
 it, builds the same tables from the same data root (`--data-dir` overrides), encodes through the
 same feature cache, refuses to run when the data fingerprint or an encoder id differs, and then
-runs `bench.search.run_search` — the same loop as the owner — so the number of finished
+runs the same search loop as the owner (`bench.run.cell.search`: one trial at a time, or rounds of
+the study's `trial_batch` trials trained together) — so the number of finished
 (COMPLETE + PRUNED) trials across all processes is exactly the budget. It exits 0 when the study
 has its budget of finished trials, or when its own wall-clock cap is spent with nothing left
 running. The owner meanwhile waits for all trials, then evaluates the best params on its seeds.
@@ -33,9 +34,9 @@ from fusebench.core.paths import cache_root, resolve_data_root
 from fusebench.data.builders import build_tables
 from fusebench.features.cache import FeatureCache
 from fusebench.features.extract import encode_task
-from fusebench.run.cell import STUDY_ATTR, Cell, build_objective, progress_key, study_name
+from fusebench.run.cell import STUDY_ATTR, Cell, progress_key, search, study_name
 from fusebench.search.storage import open_storage, redact
-from fusebench.search.study import Budget, n_done, open_study, run_search
+from fusebench.search.study import Budget, n_done, open_study
 from fusebench.strategies import STRATEGIES
 from fusebench.training.finetune.setup import attach_raw
 from fusebench.training.loop import TrainConfig
@@ -111,12 +112,12 @@ def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir
         from fusebench.run.runner import train_threads
 
         torch.set_num_threads(train_threads())
-    objective = build_objective(cell, data, TrainConfig(**attrs["train"]), budget, dev, finetune)
     key = progress_key(cell)  # the objective advances it once per trial run here
     progress.start(key, f"worker {study_name}", budget.trials, "trials", status=f"{n_done(study)} finished before")
     progress.advance(key, n_done(study))
     try:
-        study, _ = run_search(study, objective, budget)
+        study, _ = search(study, cell, data, TrainConfig(**attrs["train"]), budget, dev, int(attrs.get("trial_batch", 1)),
+                          finetune)
     finally:
         progress.finish(key)
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
