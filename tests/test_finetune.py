@@ -282,12 +282,13 @@ def test_modes_parse_and_name_rows():
         TextTower(tiny_bert(), T).apply_mode(EncoderMode.parse("last:4"))
 
 
-def test_cached_image_prefix_gives_the_same_outputs_and_gradients():
-    tower = towers(EncoderMode.parse("last:2"))["image"]
+@pytest.mark.parametrize("view", ["image", "text"])
+def test_cached_prefix_gives_the_same_outputs_and_gradients(view):
+    tower = towers(EncoderMode.parse("last:2"))[view]
     cached = copy.deepcopy(tower)
     cached.start = cached.frozen_prefix()
     assert cached.start == len(tower.blocks()) - 2
-    x = raw_pixels(8)
+    x = raw_pixels(8) if view == "image" else raw_text(8)
     h = tower.prefix(x, cached.start)
     outs = []
     for t, inp in ((tower, x), (cached, h)):

@@ -77,3 +77,17 @@ def test_frozen_and_fine_tuned_rows_side_by_side(tmp_path, data_root):
     assert "| `concat+ft:last:1` |" in board and "| `concat` |" in board
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["suite"]["encoders"] == ["frozen", "last:1"]
+
+
+@pytest.mark.parametrize("view", ["text", "image"])
+def test_cached_prefix_matches_the_whole_tower_on_real_weights(flickr, view):
+    mode, plain, cached = EncoderMode.parse("last:1"), FineTuneSettings(), FineTuneSettings(cache_prefix=True)
+    a = CellSetup(flickr, (view,), "tokens", mode, plain, CPU)
+    b = CellSetup(flickr, (view,), "tokens", mode, cached, CPU)
+    ta, tb = build_tower(flickr, view, mode, plain, CPU).eval(), build_tower(flickr, view, mode, cached, CPU).eval()
+    assert tb.start > 0 and ta.start == 0
+    with torch.no_grad():
+        pa, ka = ta(a.batch("val").inputs[view])
+        pb, kb = tb(b.batch("val").inputs[view])
+    torch.testing.assert_close(pa, pb, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(ka, kb, atol=1e-3, rtol=1e-3)

@@ -72,8 +72,8 @@ def build_tower(data: TaskData, view: str, mode: EncoderMode, settings: FineTune
         tower.fit_standardisation(rows[: settings.stats_rows].to(device), settings.eval_batch_size)
         _STATS[key] = {k: v.detach().clone() for k, v in tower.state_dict().items() if k.startswith(("pooled_", "tok_"))}
     tower.load_state_dict(_STATS[key], strict=False)
-    if settings.cache_prefix and isinstance(tower, ImageTower):
-        tower.start = tower.frozen_prefix()  # its inputs are then CellSetup.batch's cached prefix activations
+    if settings.cache_prefix:
+        tower.start = tower.frozen_prefix()  # type: ignore[attr-defined]  # its inputs: CellSetup.batch's cached prefix
     return tower
 
 
@@ -82,13 +82,14 @@ _PREFIX: dict[tuple, Tensor] = {}  # (fingerprint, view, mode, split, device) â†
 
 def prefix_inputs(data: TaskData, view: str, split: str, mode: EncoderMode, settings: FineTuneSettings,
                   device: torch.device) -> Tensor | None:
-    """The activations entering the first trainable block of an image tower, for every row of the
+    """The activations entering the first trainable block of a tower, for every row of the
     split (computed once per process), or None when there is nothing to cache."""
-    if not settings.cache_prefix or tower_kind(data.config.views[view].encoder) != "image":
+    if not settings.cache_prefix:
         return None
     key = (data.fingerprint, view, str(mode), split, str(device))
     if key not in _PREFIX:
-        tower = ImageTower(pretrained(data.config.views[view], device).model, 1)
+        enc = pretrained(data.config.views[view], device)
+        tower = TextTower(enc.model, 1) if tower_kind(data.config.views[view].encoder) == "text" else ImageTower(enc.model, 1)
         tower.mode = mode
         upto = tower.frozen_prefix()
         if upto == 0:

@@ -52,6 +52,10 @@ class Tower(nn.Module):
     def blocks(self) -> list[nn.Module]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def frozen_prefix(self) -> int:
+        """Leading blocks that never train in this mode, whose output may be cached (0: none)."""
+        return 0
+
     def top(self) -> list[nn.Module]:
         """Layers after the last block (final norms, head conv): unfrozen with any `last:N`."""
         return []
@@ -140,6 +144,7 @@ class TextTower(Tower):
 
     def __init__(self, model: nn.Module, tokens: int) -> None:
         self.n_tokens = tokens
+        self.start = 0  # > 0: inputs are cached states entering layer `start` (`prefix`), not token ids
         super().__init__(model, int(model.config.hidden_size))  # type: ignore[union-attr]
 
     def blocks(self) -> list[nn.Module]:
@@ -155,11 +160,43 @@ class TextTower(Tower):
             enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return super().apply_mode(mode)
 
-    def raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def frozen_prefix(self) -> int:
+        """How many leading layers never train in this mode: their output can be cached."""
+        return len(self.blocks()) - self.mode.n if self.mode.kind == "last" and not self.top() else 0
+
+    @torch.no_grad()
+    def prefix(self, x: Tensor, upto: int) -> Tensor:
+        """`[N, L, D + 1]`: the hidden states entering layer `upto` (eval mode), the attention mask in the
+        last channel — deterministic, so a `last:N` run may compute them once per split."""
+        was = self.training
+        self.eval()
         ids, mask = x[:, 0], x[:, 1]
-        length = max(int(mask.sum(1).max()), 1)  # batches pad only to their longest row
-        ids, mask = ids[:, :length], mask[:, :length]
-        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        hidden = self.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[upto]
+        self.train(was)
+        return torch.cat([hidden.float(), mask[..., None].float()], -1)
+
+    def _suffix(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Layers `start..` over cached prefix states (see `prefix`)."""
+        mask = x[..., -1].long()
+        length = max(int(mask.sum(1).max()), 1)
+        h, mask = x[:, :length, :-1], mask[:, :length]
+        if getattr(self.encoder.config, "_attn_implementation", "sdpa") == "sdpa":
+            att: Tensor = mask[:, None, None, :].bool()
+        else:  # eager attention adds the mask to the scores
+            att = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        for layer in self.blocks()[self.start:]:
+            out = layer(h, att)
+            h = out[0] if isinstance(out, tuple) else out
+        return h.float(), mask
+
+    def raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.start:
+            hidden, mask = self._suffix(x)
+        else:
+            ids, mask = x[:, 0], x[:, 1]
+            length = max(int(mask.sum(1).max()), 1)  # batches pad only to their longest row
+            ids, mask = ids[:, :length], mask[:, :length]
+            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
         return F.normalize(mean, dim=-1), _pad_rows(hidden, mask, self.n_tokens)
 
