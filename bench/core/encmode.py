@@ -74,8 +74,8 @@ class FineTuneSettings:
     max_length: int | None = None  # text: tokens per input (None: the view's max_length option)
     eval_batch_size: int = 64  # evaluation/inference batch (encoders run inside it)
     stats_rows: int = 256  # train rows through the pretrained encoder to fix the standardisation
-    # last:N image towers: compute the frozen blocks' output once per split and train from it (same
-    # numbers, a fraction of the compute; the record's train/inference samples/s then exclude those blocks)
+    # last:N towers: compute the frozen blocks' output once per split and train from it (same numbers,
+    # a fraction of the compute; the record's train/inference samples/s then exclude those blocks)
     cache_prefix: bool = False
 
     def __post_init__(self) -> None:

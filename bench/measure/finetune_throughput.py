@@ -26,7 +26,7 @@ from fusebench.features.encoders import build_encoder
 from fusebench.measure.timing import PeakMemory, device_name, synchronize
 from fusebench.strategies import STRATEGIES, FusionSpec
 from fusebench.training.finetune.model import FineTuneModel
-from fusebench.training.finetune.towers import ImageTower, TextTower
+from fusebench.training.finetune.towers import ImageTower, TextTower, Tower
 
 IMAGE_SIDE, TEXT_TOKENS, GRID = 160, 32, 3
 
@@ -76,9 +76,10 @@ class _Clock:
         return [(b - a) * 1000 for a, b in zip(self.marks, self.marks[1:])]
 
 
-def _towers(mode: EncoderMode, device: torch.device, max_length: int) -> dict[str, Any]:
-    text = build_encoder("minilm", {"max_length": max_length, "tokens": TEXT_TOKENS}, device)
-    image = build_encoder("efficientnet_lite0", {"token_grid": GRID}, device)
+def _towers(mode: EncoderMode, device: torch.device, max_length: int) -> tuple[dict[str, Tower], int]:
+    """The real pretrained towers in `mode`, and the tokenizer's vocabulary size."""
+    text: Any = build_encoder("minilm", {"max_length": max_length, "tokens": TEXT_TOKENS}, device)
+    image: Any = build_encoder("efficientnet_lite0", {"token_grid": GRID}, device)
     return {"text": TextTower(text.model, TEXT_TOKENS).apply_mode(mode),
             "image": ImageTower(image.model, GRID).apply_mode(mode)}, int(text.tokenizer.vocab_size)
 

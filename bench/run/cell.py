@@ -361,7 +361,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
                 seed=seed,
                 replicate=search.replicate,
                 status="ok",
-                params=dataclasses.asdict(params),  # type: ignore[call-overload]
+                params=dataclasses.asdict(params),
                 metrics=scores,
                 main_metric_name=cfg.main_metric,
                 main_metric=scores[cfg.main_metric],

@@ -73,7 +73,7 @@ def build_tower(data: TaskData, view: str, mode: EncoderMode, settings: FineTune
         _STATS[key] = {k: v.detach().clone() for k, v in tower.state_dict().items() if k.startswith(("pooled_", "tok_"))}
     tower.load_state_dict(_STATS[key], strict=False)
     if settings.cache_prefix:
-        tower.start = tower.frozen_prefix()  # type: ignore[attr-defined]  # its inputs: CellSetup.batch's cached prefix
+        tower.start = tower.frozen_prefix()  # its inputs: CellSetup.batch's cached prefix
     return tower
 
 

@@ -13,6 +13,7 @@ stay in eval mode whatever `train()` says, so their BatchNorm statistics and dro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -94,7 +95,7 @@ class Tower(nn.Module):
         activations are recomputed in backward instead of kept."""
         if self.checkpointing and self.training and torch.is_grad_enabled() and any(
                 p.requires_grad for p in block.parameters()):
-            return checkpoint(fn, x, use_reentrant=False)  # type: ignore[return-value]
+            return checkpoint(fn, x, use_reentrant=False)
         return fn(x)
 
     @torch.no_grad()
@@ -145,7 +146,7 @@ class TextTower(Tower):
     def __init__(self, model: nn.Module, tokens: int) -> None:
         self.n_tokens = tokens
         self.start = 0  # > 0: inputs are cached states entering layer `start` (`prefix`), not token ids
-        super().__init__(model, int(model.config.hidden_size))  # type: ignore[union-attr]
+        super().__init__(model, int(model.config.hidden_size))
 
     def blocks(self) -> list[nn.Module]:
         return list(_layers(self.encoder))
@@ -201,6 +202,10 @@ class TextTower(Tower):
         return F.normalize(mean, dim=-1), _pad_rows(hidden, mask, self.n_tokens)
 
 
+def _mbconv(block: nn.Module, rate: float | None, x: Tensor) -> Tensor:
+    return block(x, drop_connect_rate=rate)
+
+
 class ImageTower(Tower):
     """EfficientNet-Lite0 over `[B, 3, H, W]` uint8 pixels, normalised as the Lite models expect
     ((x - 127) / 128): global-average pooled features + a `grid × grid` of region tokens."""
@@ -208,7 +213,7 @@ class ImageTower(Tower):
     def __init__(self, model: nn.Module, grid: int) -> None:
         self.grid = grid
         self.start = 0  # > 0: inputs are the (cached) activations entering block `start`, not pixels
-        super().__init__(model, int(model._conv_head.out_channels))  # type: ignore[union-attr,arg-type]
+        super().__init__(model, int(model._conv_head.out_channels))
 
     def frozen_prefix(self) -> int:
         """How many leading blocks (after the stem) never train in this mode: their output can be cached."""
@@ -223,30 +228,29 @@ class ImageTower(Tower):
         m = self.encoder
         was = self.training
         self.eval()
-        h = m._swish(m._bn0(m._conv_stem((pixels.float() - 127.0) / 128.0)))  # type: ignore[operator]
+        h = m._swish(m._bn0(m._conv_stem((pixels.float() - 127.0) / 128.0)))
         for i, block in enumerate(self.blocks()[:upto]):
             h = block(h, drop_connect_rate=self._rate(i))
         self.train(was)
         return h
 
     def _rate(self, i: int) -> float | None:
-        rate = self.encoder._global_params.drop_connect_rate  # type: ignore[union-attr]
+        rate = self.encoder._global_params.drop_connect_rate
         return rate * float(i) / len(self.blocks()) if rate else None
 
     def blocks(self) -> list[nn.Module]:
-        return list(self.encoder._blocks)  # type: ignore[arg-type]
+        return list(self.encoder._blocks)
 
     def top(self) -> list[nn.Module]:
-        return [self.encoder._conv_head, self.encoder._bn1]  # type: ignore[list-item]
+        return [self.encoder._conv_head, self.encoder._bn1]
 
     def raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
         m = self.encoder
-        h = x if self.start else m._swish(m._bn0(m._conv_stem((x.float() - 127.0) / 128.0)))  # type: ignore[operator]
+        h = x if self.start else m._swish(m._bn0(m._conv_stem((x.float() - 127.0) / 128.0)))
         for i, block in enumerate(self.blocks()):
             if i < self.start:
                 continue
-            rate = self._rate(i)
-            h = self.run_block(block, lambda t, b=block, r=rate: b(t, drop_connect_rate=r), h)
-        fmap = m._swish(m._bn1(m._conv_head(h))).float()  # type: ignore[operator]
+            h = self.run_block(block, functools.partial(_mbconv, block, self._rate(i)), h)
+        fmap = m._swish(m._bn1(m._conv_head(h))).float()
         tokens = F.adaptive_avg_pool2d(fmap, self.grid).flatten(2).transpose(1, 2)
         return fmap.mean((2, 3)), tokens
