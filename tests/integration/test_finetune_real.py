@@ -63,7 +63,7 @@ def test_frozen_and_fine_tuned_rows_side_by_side(tmp_path, data_root):
     suite = SuiteConfig(name="ft-tiny", description="", datasets=("flickr8k-itm",), strategies=("concat",), size="tiny",
                         trials=1, seeds=1, epochs=1, patience=1, patience_steps=0, min_steps=0, batch_size=16,
                         encoders=("frozen", "last:1"),
-                        finetune=FineTuneSettings(max_length=24, eval_batch_size=24, stats_rows=48, cache_prefix=True))
+                        finetune=FineTuneSettings(max_length=24, eval_batch_size=24, stats_rows=16, cache_prefix=True))
     summary = run(RunConfig(suite=suite, out=tmp_path / "run", data_dir=str(data_root), device="cpu"))
     assert summary.cells_failed == 0 and summary.cells_ok == 2
     records = {r.strategy: r for r in load_records(tmp_path / "run" / "results.jsonl")}
@@ -76,7 +76,7 @@ def test_frozen_and_fine_tuned_rows_side_by_side(tmp_path, data_root):
     board = (tmp_path / "run" / "leaderboard.md").read_text()
     assert "| `concat+ft:last:1` |" in board and "| `concat` |" in board
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert meta["suite"]["encoders"] == ["frozen", "last:1"]
+    assert meta["config"]["suite"]["encoders"] == ["frozen", "last:1"]
 
 
 @pytest.mark.parametrize("view", ["text", "image"])
