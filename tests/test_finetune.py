@@ -125,8 +125,17 @@ def test_frozen_submodules_stay_in_eval_mode():
     model = model_for("concat", EncoderMode.parse("last:1"))
     model.train()
     image = model.towers["image"]
-    assert image.encoder._blocks[-1].training and image.encoder._bn1.training
+    assert image.encoder._blocks[-1].training and image.encoder._conv_head.training
     assert not image.encoder._blocks[0].training and not image.encoder._bn0.training
+    assert not image.encoder._bn1.training and not image.encoder._blocks[-1]._bn0.training  # pretrained statistics
+    assert image.encoder._bn1.weight.requires_grad
+    x = raw_pixels(8)
+    with torch.no_grad():
+        train_out = image(x)
+        image.eval()
+        eval_out = image(x)
+    torch.testing.assert_close(train_out, eval_out)  # the head trains on the features it is evaluated on
+    image.train()
     before = image.encoder._bn0.running_mean.clone()
     loss_of(model, batch()).backward()
     assert torch.equal(before, image.encoder._bn0.running_mean)  # frozen BatchNorm statistics never move

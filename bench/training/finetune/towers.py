@@ -8,7 +8,9 @@ padding rows, z-scored with statistics fixed once from the pretrained encoder on
 
 `apply_mode(mode)`: `frozen` nothing trains; `last:N` the last N blocks (transformer layers,
 EfficientNet MBConv blocks) plus the final norm/head layers; `full` everything. Frozen submodules
-stay in eval mode whatever `train()` says, so their BatchNorm statistics and dropout never change.
+stay in eval mode whatever `train()` says, so their BatchNorm statistics and dropout never change;
+BatchNorm layers stay in eval mode in the unfrozen part too (pretrained statistics, affine weights
+trained), so that the features a head learns on in training are the ones it sees in evaluation.
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ class Tower(nn.Module):
         self.encoder.eval()
         for m in self._trainable:
             m.train(mode)
+        for m in self.encoder.modules():  # BatchNorm keeps the pretrained statistics (its affine weights train):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):  # batch statistics of small batches made
+                m.eval()  # train-time features differ from eval-time ones (chance-level AUROC on finetune-smoke)
         return self
 
     def run_block(self, block: nn.Module, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
