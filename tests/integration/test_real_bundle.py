@@ -40,21 +40,19 @@ def test_esc50_splits_never_share_a_source_recording(data_root):
     t = build_tables(catalog.get_dataset("esc50"), data_root, "full")
     groups = {s: set(t.splits[s]["group"]) for s in ("train", "val", "test")}
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"] and not groups["val"] & groups["test"]
-    assert sum(len(t.splits[s]) for s in groups) == 400
+    assert sum(len(t.splits[s]) for s in groups) == 400 - 16  # classes 35 and 48 (8 clips each) excluded
 
 
-def test_esc50_split_is_stratified_every_class_in_train(data_root):
-    """The fold-4 split used to leave a class out of train and the train-majority class out of test."""
+def test_esc50_split_is_stratified_every_class_in_every_split(data_root):
+    """The fold-4 split used to leave a class out of train and the train-majority class out of test.
+    Classes 35 (one recording) and 48 (two) cannot reach all three splits grouped by recording: they
+    are excluded (data.min_groups_per_class: 3), the other 48 renumbered 0..47, each in every split."""
     t = build_tables(catalog.get_dataset("esc50"), data_root, "full")
+    assert set(t.excluded_classes) == {"35", "48"} and t.classes is not None and len(t.classes) == 48
+    assert 35 not in t.classes and 48 not in t.classes and list(t.classes) == sorted(t.classes)
     labels = {s: np.asarray(t.splits[s]["label"]) for s in ("train", "val", "test")}
-    groups = {s: np.asarray(t.splits[s]["group"]) for s in labels}
-    all_labels, all_groups = np.concatenate(list(labels.values())), np.concatenate(list(groups.values()))
-    assert set(labels["train"]) == set(range(50))
-    for cls in range(50):
-        if len(set(all_groups[all_labels == cls])) >= 2:
-            assert cls in set(labels["test"]), f"class {cls} has >= 2 recordings but none in test"
-    # Fold 4's class 35 is one recording (8 takes): grouped, it cannot reach test; it is the only one.
-    assert np.flatnonzero(np.bincount(labels["test"], minlength=50) == 0).tolist() == [35]
+    for split, ys in labels.items():
+        assert set(ys) == set(range(48)), split
     assert abs(len(labels["test"]) - 80) <= 10 and abs(len(labels["val"]) - 48) <= 10
 
 
