@@ -13,6 +13,7 @@ owning `fusebench run` evaluates the best params. Missing server binaries are a 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -52,7 +53,8 @@ def _as_postgres(*cmd: str) -> subprocess.CompletedProcess:
         assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         return proc
     runner = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else ["su", "postgres", "-c"]
-    full = [*runner, *cmd] if runner[0] == "runuser" else [*runner, " ".join(cmd)]
+    # `su -c` takes one shell string: quote it (pg_ctl's `-o "-p PORT -k DIR ..."` is one argument)
+    full = [*runner, *cmd] if runner[0] == "runuser" else [*runner, shlex.join(cmd)]
     proc = subprocess.run(full, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc

@@ -40,6 +40,20 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: 
     return proc
 
 
+def _same_versions(base: Path) -> Path:
+    """Constraints pinning every distribution of the test's own environment.
+
+    The wheel's venv then gets exactly the versions the suite runs with — the pinned CPU torch where
+    bootstrap found it, the plain torch it fell back to on a fresh machine, the CUDA build on a GPU
+    machine — straight from the uv cache, instead of a pin that only some machines can satisfy.
+    """
+    frozen = _run([*_uv(), "pip", "freeze", "--python", sys.executable], cwd=base).stdout
+    pins = [line for line in frozen.splitlines() if "==" in line and not line.lower().startswith("fusebench")]
+    path = base / "same-versions.txt"
+    path.write_text("\n".join(pins) + "\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(bin folder of a fresh venv holding only the built wheel and its dependencies, a work dir outside the repo)."""
@@ -52,11 +66,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     wheels = sorted(dist.glob("fusebench-*.whl"))
     assert len(wheels) == 1, f"expected one wheel, got {wheels}"
     _run([*_uv(), "venv", "-q", "--python", sys.executable, str(venv)], cwd=base)
-    extra: list[str] = []
+    extra: list[str] = ["-c", str(_same_versions(base))]
     if os.environ.get("PIP_FIND_LINKS"):
         extra += ["--find-links", os.environ["PIP_FIND_LINKS"]]
-    if not shutil.which("nvidia-smi"):
-        extra += ["-c", str(REPO / "constraints-cpu.txt")]
     _run([*_uv(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), *extra, str(wheels[0])], cwd=base)
     return venv / "bin", work
 
