@@ -374,3 +374,13 @@ def test_finetune_throughput_splits_encoder_and_fusion_time(monkeypatch):
     assert set(r.train_ms) == {"encoder_forward", "fusion_forward", "backward_step"} and all(v > 0 for v in r.train_ms.values())
     assert 0 < r.encoder_share_train < 1 and r.encoder_trainable_params > 0 and r.timer == "perf_counter"
     assert r.peak_mem_kind.startswith("cpu_peak_rss") and not r.amp_bf16
+
+
+def test_standardisation_floors_constant_dimensions():
+    """A dimension constant on the pretrained encoder must not be divided by 1e-6 (its drift during
+    fine-tuning would reach the head amplified a million times)."""
+    from fusebench.training.finetune.towers import _floored
+
+    assert _floored(torch.tensor([0.0, 1.0, 2.0, 3.0])).tolist() == pytest.approx([0.01, 1.0, 2.0, 3.0])  # torch: the lower median
+    tower = towers(EncoderMode(), image=False)["text"]
+    assert float(tower.pooled_std.min()) >= 0.01 * float(tower.pooled_std.median()) - 1e-9

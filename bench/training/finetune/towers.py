@@ -26,6 +26,14 @@ from torch.utils.checkpoint import checkpoint
 from fusebench.core.encmode import EncoderMode
 
 
+def _floored(std: Tensor) -> Tensor:
+    """Per-dimension std, floored at 1% of the median: a dimension (near) constant on the pretrained
+    encoder (MiniLM's pooled vector has one with std 0 on Flickr8k) would otherwise be divided by
+    1e-6, and once the encoder trains, its drift reaches the head amplified a million times. At
+    initialisation the floor changes nothing (such a dimension is its mean, so z = 0 either way)."""
+    return std.clamp_min(max(1e-6, 0.01 * float(std.median())))
+
+
 def _pad_rows(seqs: Tensor, mask: Tensor, n_tokens: int) -> Tensor:
     """First n_tokens positions, padding rows zeroed, zero-padded up to n_tokens (as the cache stores them)."""
     seqs = seqs[:, :n_tokens] * mask[:, :n_tokens, None].to(seqs.dtype)
@@ -117,11 +125,11 @@ class Tower(nn.Module):
         self.train(was)
         p, t = torch.cat(pooled), torch.cat(tokens)
         self.pooled_mean.copy_(p.mean(0))
-        self.pooled_std.copy_(p.std(0).clamp_min(1e-6))
+        self.pooled_std.copy_(_floored(p.std(0)))
         real = t[t.abs().amax(-1) > 0]
         if len(real) > 1:
             self.tok_mean.copy_(real.mean(0))
-            self.tok_std.copy_(real.std(0).clamp_min(1e-6))
+            self.tok_std.copy_(_floored(real.std(0)))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         pooled, tokens = self.raw(x)
