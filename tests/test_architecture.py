@@ -94,3 +94,23 @@ def test_strategies_import_only_core_and_torch():
         if module.startswith("fusebench.strategies"):
             bad = sorted(i for i in _imports(path) if i in MODULES and _layer(i) not in (0, 4))
             assert not bad, f"{module} imports {bad}: a strategy knows nothing of data, search, runs or reports"
+
+
+def test_every_package_folder_is_shipped():
+    """Every folder with an `__init__.py` is in pyproject's `packages` list, or the wheel lacks it.
+
+    The wheel test (integration) would catch it too, minutes later: `fusebench.training.finetune` was
+    missing from the list, and `fusebench run` from an installed wheel failed with ModuleNotFoundError.
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    roots = {**ROOTS, "fusebench.datasets_cfg": REPO / "datasets_cfg"}
+    found = set()
+    for pkg, folder in roots.items():
+        for init in folder.rglob("__init__.py"):
+            rel = init.parent.relative_to(folder)
+            found.add(".".join([pkg, *rel.parts]))
+    assert found - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"
