@@ -211,6 +211,15 @@ def register_strategy(
     return decorate
 
 
+def input_norm(d: int, affine: bool = True) -> nn.Module:
+    """LayerNorm over a modality's `d` input features, or the identity when `d` is 1.
+
+    LayerNorm over a single feature maps every value to 0 (x − mean(x) = 0): a one-feature view
+    (a score, a scalar measurement) would reach the model as a constant and carry no signal.
+    """
+    return nn.LayerNorm(d, elementwise_affine=affine) if d > 1 else nn.Identity()
+
+
 def mlp_head(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
     """The classifier head shared by strategies: Linear → GELU → Dropout → Linear."""
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))

@@ -14,6 +14,7 @@ from fusebench.strategies.base import (
     FusionSpec,
     ModalityAloneLogits,
     SharedParams,
+    input_norm,
     mlp_head,
     padding_mask,
     register_strategy,
@@ -36,7 +37,7 @@ class ConcatFusion(FusionModel):
 
     def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
         super().__init__(spec, params)
-        self.norms = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in spec.dims.items()})
+        self.norms = nn.ModuleDict({m: input_norm(d) for m, d in spec.dims.items()})
         self.head = mlp_head(sum(spec.dims.values()), params.hidden_dim, spec.num_classes, params.dropout)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
@@ -66,7 +67,7 @@ class EarlySum(FusionModel):
     def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
         super().__init__(spec, params)
         h = params.hidden_dim
-        self.maps = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, h)) for m, d in spec.dims.items()})
+        self.maps = nn.ModuleDict({m: nn.Sequential(input_norm(d), nn.Linear(d, h)) for m, d in spec.dims.items()})
         self.head = mlp_head(h, h, spec.num_classes, params.dropout)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusebench.strategies.base import FusionModel, FusionSpec, SharedParams, mlp_head, presence, register_strategy
+from fusebench.strategies.base import FusionModel, FusionSpec, SharedParams, input_norm, mlp_head, presence, register_strategy
 
 
 class PerModalityHeads(FusionModel):
@@ -21,7 +21,7 @@ class PerModalityHeads(FusionModel):
         super().__init__(spec, params)
         self.heads = nn.ModuleDict(
             {
-                m: nn.Sequential(nn.LayerNorm(d), mlp_head(d, params.hidden_dim, spec.num_classes, params.dropout))
+                m: nn.Sequential(input_norm(d), mlp_head(d, params.hidden_dim, spec.num_classes, params.dropout))
                 for m, d in spec.dims.items()
             }
         )
@@ -94,7 +94,7 @@ class ProductOfExperts(PerModalityHeads):
 
     def __init__(self, spec: FusionSpec, params: SharedParams) -> None:
         super().__init__(spec, params)
-        self.precision = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d, elementwise_affine=False), nn.Linear(d, 1))
+        self.precision = nn.ModuleDict({m: nn.Sequential(input_norm(d, affine=False), nn.Linear(d, 1))
                                         for m, d in spec.dims.items()})
         for net in self.precision.values():  # start at α = 1: the plain product of experts
             nn.init.zeros_(net[1].weight)

@@ -15,6 +15,7 @@ from fusebench.strategies.base import (
     FusionModel,
     FusionSpec,
     SharedParams,
+    input_norm,
     mlp_head,
     presence,
     register_strategy,
@@ -29,7 +30,7 @@ class ProjectedModalities(FusionModel):
         h = out_dim or params.hidden_dim
         self.out_dim = h
         self.proj = nn.ModuleDict(
-            {m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, h), *([nn.GELU()] if act else [])) for m, d in spec.dims.items()}
+            {m: nn.Sequential(input_norm(d), nn.Linear(d, h), *([nn.GELU()] if act else [])) for m, d in spec.dims.items()}
         )
 
     def project(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:

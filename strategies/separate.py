@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusebench.strategies.base import FusionSpec, SharedParams, presence, register_strategy
+from fusebench.strategies.base import FusionSpec, SharedParams, input_norm, presence, register_strategy
 from fusebench.strategies.late import PerModalityHeads
 
 
@@ -128,7 +128,7 @@ class FoldHeads(nn.Module):
 
     def __init__(self, d: int, hidden: int, classes: int, folds: int, dropout: float) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.norm = input_norm(d, affine=False)
         self.w1 = nn.Parameter(torch.randn(folds, d, hidden) * d**-0.5)
         self.b1 = nn.Parameter(torch.zeros(folds, 1, hidden))
         self.w2 = nn.Parameter(torch.randn(folds, hidden, classes) * hidden**-0.5)

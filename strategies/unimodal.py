@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fusebench.strategies.base import FusionModel, FusionSpec, SharedParams, mlp_head, register_strategy
+from fusebench.strategies.base import FusionModel, FusionSpec, SharedParams, input_norm, mlp_head, register_strategy
 
 
 @register_strategy(
@@ -30,7 +30,7 @@ class Unimodal(FusionModel):
             raise ValueError(f"unimodal needs exactly one modality, got {spec.modalities}")
         (self.modality,) = spec.modalities
         d = spec.dims[self.modality]
-        self.net = nn.Sequential(nn.LayerNorm(d), mlp_head(d, params.hidden_dim, spec.num_classes, params.dropout))
+        self.net = nn.Sequential(input_norm(d), mlp_head(d, params.hidden_dim, spec.num_classes, params.dropout))
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         return self.net(inputs[self.present(inputs)[0]])
