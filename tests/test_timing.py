@@ -3,6 +3,7 @@ memory, FLOPs, the `fusebench throughput` command, training flags and the Pareto
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import sys
@@ -123,6 +124,34 @@ def test_cpu_peak_memory_is_the_measured_regions():
     with PeakMemory(CPU) as small:
         torch.ones(16)
     assert small.delta_mb < 32  # the earlier 64 MiB peak is not carried over
+
+
+class _Cycle:
+    """An object in a reference cycle: only the cyclic garbage collector frees it."""
+
+    def __init__(self, mib: int) -> None:
+        self.me = self
+        self.payload = torch.ones(mib * 2**20 // 4)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="region peak RSS needs /proc/self/clear_refs")
+def test_garbage_freed_inside_the_region_does_not_hide_its_peak():
+    """CI failure (stop 9): a cyclic-GC pass inside the region freed earlier tests' garbage, so RSS
+    fell below the reset high-water mark and a 64 MiB allocation showed as a 0 MiB peak. The region
+    now starts from a collected heap."""
+    gc.disable()  # the collection must happen inside the region, as the automatic one did
+    try:
+        garbage = _Cycle(128)
+        del garbage
+        with PeakMemory(CPU) as pm:
+            gc.collect()  # what an automatic collection at any allocation in the region does
+            x = torch.ones(64 * 2**20 // 4)
+            del x
+    finally:
+        gc.enable()
+    if pm.kind == "cpu_peak_rss_process":
+        pytest.skip("this kernel does not allow resetting VmHWM")
+    assert pm.delta_mb is not None and pm.delta_mb >= 48, pm.delta_mb
 
 
 def test_flops_per_sample_counts_the_matmuls():

@@ -22,6 +22,7 @@ Nothing here calls `.cuda()`: every tensor goes through `torch.device`.
 
 from __future__ import annotations
 
+import gc
 import platform
 import re
 import resource
@@ -154,14 +155,16 @@ class PeakMemory:
             self._start_mb = torch.cuda.memory_allocated(self.device) / 2**20
             self.kind = "cuda_max_allocated"
             return self
-        rss = _proc_kb("VmRSS")
+        # Collect garbage first: a cyclic-GC pass inside the region would free memory counted in
+        # the reset high-water mark, and the region's own allocations could then peak below it.
+        gc.collect()
         try:
             _PROC_CLEAR_REFS.write_text("5")  # Linux >= 4.0: resets VmHWM to the current RSS
-            ok = rss is not None and _proc_kb("VmHWM") is not None
+            start = _proc_kb("VmHWM")  # the reset value itself, not an RSS read at another moment
         except OSError:
-            ok = False
-        self.kind = "cpu_peak_rss_region" if ok else "cpu_peak_rss_process"
-        self._start_mb = (rss or 0.0) / 1024
+            start = None
+        self.kind = "cpu_peak_rss_region" if start is not None else "cpu_peak_rss_process"
+        self._start_mb = (start or 0.0) / 1024
         return self
 
     def __exit__(self, *exc: object) -> None:
