@@ -9,9 +9,11 @@ size, mtime_ns and inode); any change of those rehashes the file. A read-only ca
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import threading
+import tokenize
 from pathlib import Path
 
 from fusebench.core.io import atomic_write_bytes
@@ -73,10 +75,60 @@ def forget() -> None:
         _MEMO = None
 
 
+def _code_tokens(source: str) -> str:
+    """The source's tokens without comments, blank lines, formatting or statement-level strings
+    (docstrings): what the interpreter runs. Stable across Python versions (f-strings are taken as
+    their source text, as Python < 3.12 tokenizes them). Unparseable source: the text itself."""
+    out: list[str] = []
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+
+    def at(pos: tuple[int, int]) -> int:
+        return offsets[pos[0] - 1] + pos[1]
+
+    fstring_start = getattr(tokenize, "FSTRING_START", None)
+    fstring_end = getattr(tokenize, "FSTRING_END", None)
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return source
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
+    i, statement_start = 0, True
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.type in skip:
+            i += 1
+            continue
+        if tok.type == fstring_start:  # Python >= 3.12: one f-string is many tokens; keep its source text
+            depth, j = 0, i
+            while j < len(tokens):
+                depth += (tokens[j].type == fstring_start) - (tokens[j].type == fstring_end)
+                if depth == 0:
+                    break
+                j += 1
+            text = source[at(tok.start):at(tokens[j].end)]
+            out.append(text)
+            statement_start, i = False, j + 1
+            continue
+        j = next((k for k in range(i + 1, len(tokens)) if tokens[k].type not in skip), len(tokens))
+        if statement_start and tok.type == tokenize.STRING and (j == len(tokens) or tokens[j].type == tokenize.NEWLINE):
+            i = j + 1  # a docstring or other bare string statement, with its NEWLINE: no effect on what runs
+            continue
+        out.append(tok.string if tok.type not in (tokenize.INDENT, tokenize.DEDENT) else f"<{tok.type}>")
+        statement_start = tok.type in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT) or (
+            tok.type == tokenize.OP and tok.string == ";")
+        i += 1
+    return "\x00".join(out)
+
+
 def source_version(folder: Path) -> str:
-    """sha256 (12 hex) of a package folder's Python sources (names and bytes): a code version that
-    changes whenever the code that built or encoded data changes, so fingerprints cannot go stale."""
+    """sha256 (12 hex) of a package folder's Python code (file names and code tokens): a code version
+    that changes whenever the code that built or encoded data changes, so fingerprints cannot go
+    stale, but not when only comments, docstrings or formatting change (re-encoding hours of
+    features for a reworded docstring would make the cache useless to the people editing it)."""
     h = hashlib.sha256()
     for src in sorted(Path(folder).glob("*.py")):
-        h.update(src.name.encode() + src.read_bytes())
+        h.update(src.name.encode() + b"\x00" + _code_tokens(src.read_text(encoding="utf-8")).encode() + b"\x01")
     return h.hexdigest()[:12]

@@ -21,6 +21,7 @@ from fusebench.data.builders import SPLITS, TaskTables
 from fusebench.features.cache import FeatureCache, cache_key
 from fusebench.features.encoders import Features, build_encoder
 from fusebench.features.identity import encoder_identity
+from fusebench.features.partial import EncodeCheckpoint, concat, every_s
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +90,35 @@ def _dedupe(values: list[Any]) -> tuple[list[Any], Tensor]:
 ENCODE_CHUNK = 256  # items per encoder call: the progress view advances this often
 
 
-def _encode_with_progress(encoder: Any, values: list[Any], key: str, label: str) -> Features:
+def _encode_with_progress(encoder: Any, values: list[Any], key: str, label: str,
+                          checkpoint: EncodeCheckpoint | None = None) -> tuple[Features, int]:
     """encoder.encode over chunks of the split, reporting items/s and ETA as it goes (encoders are
-    row-wise, token widths are fixed, so chunking does not change the features)."""
+    row-wise, token widths are fixed, so chunking does not change the features). With a checkpoint,
+    the chunks done are saved as it goes and a resumed encode starts after the saved ones. Returns
+    the features and how many items this call encoded (not the ones loaded from checkpoints)."""
+    checkpoint = checkpoint or EncodeCheckpoint(None)
+    parts = checkpoint.load()
+    done = sum(len(p.pooled) for p in parts)
+    if done:
+        log.info("%s: resuming after %d of %d items encoded by an earlier run", label, done, len(values))
     progress.start(key, label, len(values), "items")
     try:
-        parts = []
-        for i in range(0, len(values), ENCODE_CHUNK):
+        progress.advance(key, done)
+        pending: list[Features] = []
+        pending_start, last = done, time.monotonic()
+        for i in range(done, len(values), ENCODE_CHUNK):
             chunk = values[i:i + ENCODE_CHUNK]
-            parts.append(encoder.encode(chunk))
+            feats = encoder.encode(chunk)
+            parts.append(feats)
+            pending.append(feats)
             progress.advance(key, len(chunk))
+            more = i + ENCODE_CHUNK < len(values)
+            if more and time.monotonic() - last >= checkpoint.every_s:
+                checkpoint.save(pending_start, concat(pending))
+                pending, pending_start, last = [], i + len(chunk), time.monotonic()
     finally:
         progress.finish(key)
-    if len(parts) == 1:
-        return parts[0]
-    tokens = None if parts[0].tokens is None else torch.cat([p.tokens for p in parts])
-    return Features(torch.cat([p.pooled for p in parts]), tokens)
+    return concat(parts), len(values) - done
 
 
 def _expand(feat: Features, index: Tensor) -> Features:
@@ -188,16 +202,19 @@ def encode_task(
             for split in missing:
                 values, index = _dedupe(list(tables.splits[split][view.column]))
                 t0 = time.perf_counter()
-                feat = _encode_with_progress(encoder, values, f"encode:{cfg.name}/{split}/{view_name}",
-                                             f"encode {cfg.name}/{split}/{view_name} ({view.encoder})")
+                checkpoint = EncodeCheckpoint(cache.path(cfg.name, keys[split]).with_suffix(".partial"), every_s())
+                feat, encoded = _encode_with_progress(encoder, values, f"encode:{cfg.name}/{split}/{view_name}",
+                                                      f"encode {cfg.name}/{split}/{view_name} ({view.encoder})",
+                                                      checkpoint)
                 took = time.perf_counter() - t0
-                rate = len(values) / max(took, 1e-9)
-                items, busy = items + len(values), busy + took
+                rate = encoded / max(took, 1e-9)
+                items, busy = items + encoded, busy + took
                 log.info("encoded %s/%s/%s: %d items with %s at %.1f items/s",
-                         cfg.name, split, view_name, len(values), view.encoder, rate)
+                         cfg.name, split, view_name, encoded, view.encoder, rate)
                 expanded = _expand(feat, index)
                 cached[split] = expanded
                 cache.put(cfg.name, keys[split], expanded, {"encoder": encoder.id, "items_per_s": rate})
+                checkpoint.clear()
             rates[view_name] = {"encoder": view.encoder, "items": items, "seconds": round(busy, 3),
                                 "items_per_s": round(items / max(busy, 1e-9), 1)}
         encoder_ids[view_name] = f"{view.encoder}:{json.dumps(view.options, sort_keys=True)}"

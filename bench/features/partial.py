@@ -1,0 +1,95 @@
+"""Encoding checkpoints: a long split's encode resumes where a killed or interrupted run stopped.
+
+Encoding the full IMDB or Flickr8k caption splits takes most of an hour on a CPU; losing that to a
+kill, a reboot or the end of a working session would make "features are cached once" untrue. While
+a split is encoded, the chunks done so far are written every `every_s` seconds next to the split's
+cache entry, as `<key>.partial/<start>.pt` (atomic, with a checksum). The key names the data, the
+code and the encoder, so a later run with the same key loads them, encodes only the rest with the
+same chunk boundaries (the features equal an uninterrupted encode's), and removes them once the
+entry is stored. Unreadable or non-contiguous parts are dropped and their items encoded again.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fusebench.core.io import atomic_write_bytes
+from fusebench.features.cache import checksum
+from fusebench.features.encoders import Features
+
+log = logging.getLogger(__name__)
+ENV_EVERY_S = "FUSEBENCH_ENCODE_CHECKPOINT_S"
+DEFAULT_EVERY_S = 60.0
+
+
+def every_s() -> float:
+    """Seconds of encoding between checkpoints (`$FUSEBENCH_ENCODE_CHECKPOINT_S`, default 60; 0 = every chunk)."""
+    raw = os.environ.get(ENV_EVERY_S, "")
+    try:
+        return max(float(raw), 0.0) if raw else DEFAULT_EVERY_S
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds; using %s", ENV_EVERY_S, raw, DEFAULT_EVERY_S)
+        return DEFAULT_EVERY_S
+
+
+@dataclass
+class EncodeCheckpoint:
+    """The partial encode of one cache entry; `folder` None turns checkpointing off. The first failed
+    write (a read-only or full cache) turns it off too, with one warning."""
+
+    folder: Path | None
+    every_s: float = DEFAULT_EVERY_S
+
+    def load(self) -> list[Features]:
+        """The parts saved so far, contiguous from item 0, in order; anything after a gap or a bad part is dropped."""
+        if self.folder is None or not self.folder.is_dir():
+            return []
+        parts: list[Features] = []
+        at = 0
+        for path in sorted(self.folder.glob("*.pt")):
+            try:
+                start = int(path.stem)
+                blob = torch.load(path, map_location="cpu", weights_only=True)
+                feats = Features(blob["pooled"], blob.get("tokens"))
+                ok = start == at and blob.get("sha256") == checksum(feats)
+            except Exception as exc:  # unreadable, truncated, a foreign file: encode its items again
+                log.warning("encode checkpoint %s is unreadable (%s): its items are encoded again", path,
+                            type(exc).__name__)
+                ok = False
+            if not ok:
+                break
+            parts.append(feats)
+            at += len(feats.pooled)
+        return parts
+
+    def save(self, start: int, feats: Features) -> None:
+        """Store items `start .. start + len(feats)` (best effort: a full disk only costs the resume)."""
+        if self.folder is None:
+            return
+        buf = io.BytesIO()
+        torch.save({"pooled": feats.pooled, "tokens": feats.tokens, "sha256": checksum(feats)}, buf)
+        try:
+            atomic_write_bytes(self.folder / f"{start:010d}.pt", buf.getvalue())
+        except OSError as exc:
+            log.warning("encode checkpoints not written to %s (%s); an interrupted encode restarts from item %d",
+                        self.folder, exc.strerror or exc, start)
+            self.folder = None
+
+    def clear(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def concat(parts: list[Features]) -> Features:
+    """One Features from consecutive parts (rows in order)."""
+    if len(parts) == 1:
+        return parts[0]
+    tokens = None if parts[0].tokens is None else torch.cat([p.tokens for p in parts])
+    return Features(torch.cat([p.pooled for p in parts]), tokens)

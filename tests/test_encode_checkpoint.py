@@ -1,0 +1,156 @@
+"""Encoding checkpoints: an interrupted encode resumes after the chunks it saved, and the features
+equal an uninterrupted encode's (bench/features/partial.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusebench.config import catalog
+from fusebench.data.builders import build_tables
+from fusebench.features import extract
+from fusebench.features.cache import FeatureCache
+from fusebench.features.encoders import Features
+from fusebench.features.extract import _encode_with_progress, encode_task
+from fusebench.features.partial import EncodeCheckpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Encoder:
+    """Row-wise and deterministic: item i → [i, 2i, ...] tokens; counts what it encoded; can fail."""
+
+    def __init__(self, fail_at_call: int | None = None) -> None:
+        self.calls, self.items, self.fail_at_call = 0, 0, fail_at_call
+
+    def encode(self, chunk: list[int]) -> Features:
+        self.calls += 1
+        if self.calls == self.fail_at_call:
+            raise KeyboardInterrupt  # what a Ctrl-C or the end of a session does mid-encode
+        self.items += len(chunk)
+        x = torch.tensor(chunk, dtype=torch.float32)[:, None] * torch.arange(1, 5)
+        return Features(x, x[:, None, :].repeat(1, 3, 1))
+
+
+@pytest.fixture()
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(extract, "ENCODE_CHUNK", 10)
+
+
+def test_an_interrupted_encode_resumes_after_its_saved_chunks(tmp_path, small_chunks, caplog):
+    values = list(range(95))
+    whole, n = _encode_with_progress(Encoder(), values, "k", "whole")
+    assert n == 95
+    ckpt = EncodeCheckpoint(tmp_path / "key.partial", every_s=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        _encode_with_progress(Encoder(fail_at_call=5), values, "k", "first", ckpt)
+    assert len(list(ckpt.folder.glob("*.pt"))) == 4  # chunks 0-39 saved, one file per chunk at every_s=0
+    again = Encoder()
+    with caplog.at_level(logging.INFO, logger="fusebench.features.extract"):
+        feats, n = _encode_with_progress(again, values, "k", "second", EncodeCheckpoint(ckpt.folder, 0.0))
+    assert again.items == 55 and n == 55  # only items 40..94
+    assert "resuming after 40 of 95 items" in caplog.text
+    assert torch.equal(feats.pooled, whole.pooled) and torch.equal(feats.tokens, whole.tokens)
+
+
+def test_a_bad_or_missing_part_is_encoded_again(tmp_path, small_chunks, caplog):
+    values = list(range(60))
+    whole, _ = _encode_with_progress(Encoder(), values, "k", "whole")
+    ckpt = EncodeCheckpoint(tmp_path / "key.partial", every_s=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        _encode_with_progress(Encoder(fail_at_call=6), values, "k", "first", ckpt)
+    parts = sorted(ckpt.folder.glob("*.pt"))
+    assert [p.stem for p in parts] == ["0000000000", "0000000010", "0000000020", "0000000030", "0000000040"]
+    parts[2].write_bytes(parts[2].read_bytes()[:100])  # truncated: parts 2.. are not trusted
+    parts[4].unlink()
+    again = Encoder()
+    with caplog.at_level(logging.WARNING):
+        feats, n = _encode_with_progress(again, values, "k", "second", EncodeCheckpoint(ckpt.folder, 0.0))
+    assert n == 40 and again.items == 40
+    assert "0000000020.pt is unreadable" in caplog.text
+    assert torch.equal(feats.pooled, whole.pooled)
+
+
+def test_an_unwritable_checkpoint_folder_warns_once_and_the_encode_finishes(tmp_path, small_chunks, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    ckpt = EncodeCheckpoint(blocker / "key.partial", every_s=0.0)
+    with caplog.at_level(logging.WARNING):
+        feats, n = _encode_with_progress(Encoder(), list(range(50)), "k", "x", ckpt)
+    assert n == 50 and len(feats.pooled) == 50
+    assert caplog.text.count("encode checkpoints not written") == 1 and ckpt.folder is None
+
+
+def test_checkpoints_are_written_at_the_configured_interval(tmp_path, small_chunks):
+    ckpt = EncodeCheckpoint(tmp_path / "key.partial", every_s=3600.0)
+    with pytest.raises(KeyboardInterrupt):
+        _encode_with_progress(Encoder(fail_at_call=5), list(range(95)), "k", "x", ckpt)
+    assert not ckpt.folder.exists()  # nothing due within an hour
+
+
+def _worker_script(data: Path, cfg_dir: Path, cache: Path) -> str:
+    """Encode the toy task with 8-item chunks, slowly, so that SIGKILL lands mid-split."""
+    return textwrap.dedent(
+        f"""
+        import os, time, torch
+        os.environ["FUSEBENCH_CONFIG_DIR"] = {str(cfg_dir)!r}
+        os.environ["FUSEBENCH_ENCODE_CHECKPOINT_S"] = "0"
+        from fusebench.config import catalog
+        from fusebench.data.builders import build_tables
+        from fusebench.features import extract
+        from fusebench.features.cache import FeatureCache
+        from fusebench.features.encoders import HFTextEncoder
+        extract.ENCODE_CHUNK = 8
+        slow = HFTextEncoder.encode
+        def encode(self, chunk):
+            time.sleep(0.3)
+            return slow(self, chunk)
+        HFTextEncoder.encode = encode
+        cfg = catalog.get_dataset("toy")
+        from pathlib import Path
+        extract.encode_task(cfg, build_tables(cfg, Path({str(data)!r}), "full"), FeatureCache(Path({str(cache)!r})),
+                            torch.device("cpu"), views={{"neural"}})
+        """
+    )
+
+
+def test_kill_9_mid_encode_then_resume_equals_an_uninterrupted_encode(synthetic_bundle, tmp_path, monkeypatch, caplog):
+    data, cfg_dir = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg_dir))
+    cache_dir = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", _worker_script(data, cfg_dir, cache_dir)], cwd=REPO,
+                            env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(cache_dir.glob("features/toy/*.partial/*.pt")):
+            assert proc.poll() is None, f"the encode ended before a checkpoint was written: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = list(cache_dir.glob("features/toy/*.partial/*.pt"))
+    monkeypatch.setattr(extract, "ENCODE_CHUNK", 8)
+    cfg = catalog.get_dataset("toy")
+    tables = build_tables(cfg, data, "full")
+    with caplog.at_level(logging.INFO, logger="fusebench.features.extract"):
+        resumed = encode_task(cfg, tables, FeatureCache(cache_dir), torch.device("cpu"), views={"neural"})
+    assert f"resuming after {len(saved) * 8} of" in caplog.text
+    assert not list(cache_dir.glob("features/toy/*.partial"))  # removed once the entries are stored
+    fresh = encode_task(cfg, tables, FeatureCache(tmp_path / "fresh"), torch.device("cpu"), views={"neural"})
+    for split in ("train", "val", "test"):
+        assert torch.equal(resumed.splits[split].pooled["neural"], fresh.splits[split].pooled["neural"])
+        assert torch.equal(resumed.splits[split].tokens["neural"], fresh.splits[split].tokens["neural"])
+    first_split_items = len(saved) * 8
+    assert 0 < first_split_items < len(tables.splits["train"])  # killed mid-split, after ≥ 1 saved chunk
