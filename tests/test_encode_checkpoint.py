@@ -48,23 +48,23 @@ def small_chunks(monkeypatch):
 
 def test_an_interrupted_encode_resumes_after_its_saved_chunks(tmp_path, small_chunks, caplog):
     values = list(range(95))
-    whole, n = _encode_with_progress(Encoder(), values, "k", "whole")
-    assert n == 95
+    whole = _encode_with_progress(Encoder(), values, "k", "whole").features
     ckpt = EncodeCheckpoint(tmp_path / "key.partial", every_s=0.0)
     with pytest.raises(KeyboardInterrupt):
         _encode_with_progress(Encoder(fail_at_call=5), values, "k", "first", ckpt)
     assert len(list(ckpt.folder.glob("*.pt"))) == 4  # chunks 0-39 saved, one file per chunk at every_s=0
     again = Encoder()
     with caplog.at_level(logging.INFO, logger="fusebench.features.extract"):
-        feats, n = _encode_with_progress(again, values, "k", "second", EncodeCheckpoint(ckpt.folder, 0.0))
-    assert again.items == 55 and n == 55  # only items 40..94
+        enc = _encode_with_progress(again, values, "k", "second", EncodeCheckpoint(ckpt.folder, 0.0))
+    feats = enc.features
+    assert again.items == 55 and enc.resumed == 40 and enc.items == 95  # encoded now: items 40..94 only
     assert "resuming after 40 of 95 items" in caplog.text
     assert torch.equal(feats.pooled, whole.pooled) and torch.equal(feats.tokens, whole.tokens)
 
 
 def test_a_bad_or_missing_part_is_encoded_again(tmp_path, small_chunks, caplog):
     values = list(range(60))
-    whole, _ = _encode_with_progress(Encoder(), values, "k", "whole")
+    whole = _encode_with_progress(Encoder(), values, "k", "whole").features
     ckpt = EncodeCheckpoint(tmp_path / "key.partial", every_s=0.0)
     with pytest.raises(KeyboardInterrupt):
         _encode_with_progress(Encoder(fail_at_call=6), values, "k", "first", ckpt)
@@ -74,8 +74,9 @@ def test_a_bad_or_missing_part_is_encoded_again(tmp_path, small_chunks, caplog):
     parts[4].unlink()
     again = Encoder()
     with caplog.at_level(logging.WARNING):
-        feats, n = _encode_with_progress(again, values, "k", "second", EncodeCheckpoint(ckpt.folder, 0.0))
-    assert n == 40 and again.items == 40
+        enc = _encode_with_progress(again, values, "k", "second", EncodeCheckpoint(ckpt.folder, 0.0))
+    feats = enc.features
+    assert enc.resumed == 20 and again.items == 40
     assert "0000000020.pt is unreadable" in caplog.text
     assert torch.equal(feats.pooled, whole.pooled)
 
@@ -85,9 +86,25 @@ def test_an_unwritable_checkpoint_folder_warns_once_and_the_encode_finishes(tmp_
     blocker.write_text("not a folder")
     ckpt = EncodeCheckpoint(blocker / "key.partial", every_s=0.0)
     with caplog.at_level(logging.WARNING):
-        feats, n = _encode_with_progress(Encoder(), list(range(50)), "k", "x", ckpt)
-    assert n == 50 and len(feats.pooled) == 50
+        enc = _encode_with_progress(Encoder(), list(range(50)), "k", "x", ckpt)
+    assert enc.resumed == 0 and len(enc.features.pooled) == 50
     assert caplog.text.count("encode checkpoints not written") == 1 and ckpt.folder is None
+
+
+class SlowEncoder(Encoder):
+    def encode(self, chunk: list[int]) -> Features:
+        time.sleep(0.05)
+        return super().encode(chunk)
+
+
+def test_the_seconds_of_saved_chunks_count_in_the_resumed_encode(tmp_path, small_chunks):
+    """Rates and phase times must include the interrupted run's encoding, not only the resumed part."""
+    ckpt = EncodeCheckpoint(tmp_path / "key.partial", every_s=0.0)
+    slow = SlowEncoder(fail_at_call=7)
+    with pytest.raises(KeyboardInterrupt):
+        _encode_with_progress(slow, list(range(80)), "k", "first", ckpt)
+    enc = _encode_with_progress(Encoder(), list(range(80)), "k", "second", EncodeCheckpoint(ckpt.folder, 0.0))
+    assert enc.resumed == 60 and enc.seconds >= 6 * 0.05  # six saved chunks of at least 50 ms each
 
 
 def test_checkpoints_are_written_at_the_configured_interval(tmp_path, small_chunks):

@@ -121,6 +121,8 @@ def test_kill_9_twice_then_resume_equals_an_uninterrupted_run(toy, tmp_path):
     second = _run_until(_args(data, out), out, _results_written_and_later_search_running(out))
     print(f"kill 2 at +{time.perf_counter() - t0:.1f}s; lock left: {list(out.glob('*lock*'))}")
     assert second["records"] == 2  # concat's two seeds were written, then the kill hit a later search
+    phases_at_kill = json.loads((out / "run.json").read_text())["phases"]
+    assert phases_at_kill["encoding"] > 0 and phases_at_kill["cells"] > 0  # the killed processes' time is kept
     proc = subprocess.run([sys.executable, "-m", "fusebench", *_args(data, out)], cwd=REPO, env=os.environ.copy(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -135,6 +137,8 @@ def test_kill_9_twice_then_resume_equals_an_uninterrupted_run(toy, tmp_path):
     assert all(r["status"] == "ok" and r["stats"] for r in parsed)
     assert {(r["strategy"], r["n_trials"]) for r in parsed} == {(r.strategy, r.n_trials) for r in ref_records}
     assert {r["n_trials"] for r in parsed} == {TRIALS}
+    phases = json.loads((out / "run.json").read_text())["phases"]
+    assert phases["cells"] > phases_at_kill["cells"] and phases["encoding"] >= phases_at_kill["encoding"]
 
     storage = open_storage(f"journal:///{(out / 'optuna.journal').resolve()}")
     by_number = {name: {t.number: t for t in _trials(storage, name)} for name in STUDIES}

@@ -90,18 +90,29 @@ def _dedupe(values: list[Any]) -> tuple[list[Any], Tensor]:
 ENCODE_CHUNK = 256  # items per encoder call: the progress view advances this often
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A split's features, with the items encoded and the seconds it took, interrupted runs' saved
+    chunks included (`resumed` of the items came from their checkpoints)."""
+
+    features: Features
+    items: int
+    seconds: float
+    resumed: int = 0
+
+
 def _encode_with_progress(encoder: Any, values: list[Any], key: str, label: str,
-                          checkpoint: EncodeCheckpoint | None = None) -> tuple[Features, int]:
+                          checkpoint: EncodeCheckpoint | None = None) -> Encoded:
     """encoder.encode over chunks of the split, reporting items/s and ETA as it goes (encoders are
     row-wise, token widths are fixed, so chunking does not change the features). With a checkpoint,
-    the chunks done are saved as it goes and a resumed encode starts after the saved ones. Returns
-    the features and how many items this call encoded (not the ones loaded from checkpoints)."""
+    the chunks done are saved as it goes and a resumed encode starts after the saved ones."""
     checkpoint = checkpoint or EncodeCheckpoint(None)
-    parts = checkpoint.load()
+    parts, earlier_s = checkpoint.load()
     done = sum(len(p.pooled) for p in parts)
     if done:
         log.info("%s: resuming after %d of %d items encoded by an earlier run", label, done, len(values))
     progress.start(key, label, len(values), "items")
+    t0 = time.perf_counter()
     try:
         progress.advance(key, done)
         pending: list[Features] = []
@@ -114,11 +125,12 @@ def _encode_with_progress(encoder: Any, values: list[Any], key: str, label: str,
             progress.advance(key, len(chunk))
             more = i + ENCODE_CHUNK < len(values)
             if more and time.monotonic() - last >= checkpoint.every_s:
-                checkpoint.save(pending_start, concat(pending))
-                pending, pending_start, last = [], i + len(chunk), time.monotonic()
+                now = time.monotonic()
+                checkpoint.save(pending_start, concat(pending), now - last)
+                pending, pending_start, last = [], i + len(chunk), now
     finally:
         progress.finish(key)
-    return concat(parts), len(values) - done
+    return Encoded(concat(parts), len(values), earlier_s + time.perf_counter() - t0, done)
 
 
 def _expand(feat: Features, index: Tensor) -> Features:
@@ -201,17 +213,15 @@ def encode_task(
                     encoder.fit(train_values)
             for split in missing:
                 values, index = _dedupe(list(tables.splits[split][view.column]))
-                t0 = time.perf_counter()
                 checkpoint = EncodeCheckpoint(cache.path(cfg.name, keys[split]).with_suffix(".partial"), every_s())
-                feat, encoded = _encode_with_progress(encoder, values, f"encode:{cfg.name}/{split}/{view_name}",
-                                                      f"encode {cfg.name}/{split}/{view_name} ({view.encoder})",
-                                                      checkpoint)
-                took = time.perf_counter() - t0
-                rate = encoded / max(took, 1e-9)
-                items, busy = items + encoded, busy + took
-                log.info("encoded %s/%s/%s: %d items with %s at %.1f items/s",
-                         cfg.name, split, view_name, encoded, view.encoder, rate)
-                expanded = _expand(feat, index)
+                enc = _encode_with_progress(encoder, values, f"encode:{cfg.name}/{split}/{view_name}",
+                                            f"encode {cfg.name}/{split}/{view_name} ({view.encoder})", checkpoint)
+                rate = enc.items / max(enc.seconds, 1e-9)
+                items, busy = items + enc.items, busy + enc.seconds
+                log.info("encoded %s/%s/%s: %d items with %s at %.1f items/s%s", cfg.name, split, view_name,
+                         enc.items, view.encoder, rate,
+                         f" ({enc.resumed} of them, and their seconds, from an interrupted run)" if enc.resumed else "")
+                expanded = _expand(enc.features, index)
                 cached[split] = expanded
                 cache.put(cfg.name, keys[split], expanded, {"encoder": encoder.id, "items_per_s": rate})
                 checkpoint.clear()

@@ -47,18 +47,21 @@ class EncodeCheckpoint:
     folder: Path | None
     every_s: float = DEFAULT_EVERY_S
 
-    def load(self) -> list[Features]:
-        """The parts saved so far, contiguous from item 0, in order; anything after a gap or a bad part is dropped."""
+    def load(self) -> tuple[list[Features], float]:
+        """The parts saved so far, contiguous from item 0, in order, and the encoding seconds they took
+        (so rates and phase times count the interrupted runs' work); anything after a gap or a bad part
+        is dropped."""
         if self.folder is None or not self.folder.is_dir():
-            return []
+            return [], 0.0
         parts: list[Features] = []
-        at = 0
+        at, seconds = 0, 0.0
         for path in sorted(self.folder.glob("*.pt")):
             try:
                 start = int(path.stem)
                 blob = torch.load(path, map_location="cpu", weights_only=True)
                 feats = Features(blob["pooled"], blob.get("tokens"))
                 ok = start == at and blob.get("sha256") == checksum(feats)
+                took = float(blob.get("seconds", 0.0))
             except Exception as exc:  # unreadable, truncated, a foreign file: encode its items again
                 log.warning("encode checkpoint %s is unreadable (%s): its items are encoded again", path,
                             type(exc).__name__)
@@ -67,14 +70,16 @@ class EncodeCheckpoint:
                 break
             parts.append(feats)
             at += len(feats.pooled)
-        return parts
+            seconds += took
+        return parts, seconds
 
-    def save(self, start: int, feats: Features) -> None:
-        """Store items `start .. start + len(feats)` (best effort: a full disk only costs the resume)."""
+    def save(self, start: int, feats: Features, seconds: float) -> None:
+        """Store items `start .. start + len(feats)`, encoded in `seconds` (best effort: a full disk
+        only costs the resume)."""
         if self.folder is None:
             return
         buf = io.BytesIO()
-        torch.save({"pooled": feats.pooled, "tokens": feats.tokens, "sha256": checksum(feats)}, buf)
+        torch.save({"pooled": feats.pooled, "tokens": feats.tokens, "sha256": checksum(feats), "seconds": seconds}, buf)
         try:
             atomic_write_bytes(self.folder / f"{start:010d}.pt", buf.getvalue())
         except OSError as exc:

@@ -292,6 +292,7 @@ def _run(cfg: RunConfig) -> RunSummary:
                 "prepare_seconds": round(time.perf_counter() - t0, 2),
                 "encode_items_per_s": data.encode_items_per_s,
             }
+            meta["phases"] = clock.as_dict(previous_phases)  # kept if this process is killed later
             atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
             log.info("%s ready in %.1fs: %s", ds_name, time.perf_counter() - t0, meta["data"][ds_name]["rows"])
             encode_threads = torch.get_num_threads()
@@ -332,6 +333,10 @@ def _run(cfg: RunConfig) -> RunSummary:
                 records = merge_records(records, new)
                 write_records(results, records)
                 progress.advance("sweep", 1, status=f"last: {cell.dataset}/{cell.strategy}")
+                # The phases so far, with the running sweep's wall time, survive a kill of this process.
+                meta["phases"] = clock.as_dict(previous_phases)
+                meta["phases"]["cells"] = round(meta["phases"].get("cells", 0.0) + time.perf_counter() - cells_t0, 3)
+                atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
             clock.seconds["cells"] = clock.seconds.get("cells", 0.0) + time.perf_counter() - cells_t0
             with clock.phase("statistics"):
                 records = _with_stats(records, out, ds_name, results, ds_cfg.task)
