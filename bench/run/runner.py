@@ -236,6 +236,8 @@ def _run(cfg: RunConfig) -> RunSummary:
     ok = failed = skipped = 0
     pool = CellPool(cfg.jobs if device.type == "cpu" else 1, train_threads())
     by_dataset, plan_line = plan(cfg)
+    meta["plan"] = {ds: [c.strategy for c in cells] for ds, cells in by_dataset.items()}  # `fusebench timing status`
+    atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())  # status works from the start
     total = sum(len(c) for c in by_dataset.values())
     already = sum(1 for cs in by_dataset.values() for c in cs if (c.dataset, c.strategy) in done)
     log.info("%s%s", plan_line, f" ({already} already done)" if already else "")

@@ -1,4 +1,4 @@
-"""`fusebench timing record|compare RUN_DIR`: keep the time-to-leaderboard history and check a run against it.
+"""`fusebench timing record|compare|status RUN_DIR`: keep the time-to-leaderboard history and check a run against it.
 
 The history is a CSV (default `benchmarks/time_to_leaderboard.csv` in the current directory, the
 committed file when run from the checkout); see bench/results/timing_history.py for its columns and
@@ -25,9 +25,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cmp.add_argument("--factor", type=float, default=1.5, help="slowdown when total > FACTOR × median (default 1.5)")
     cmp.add_argument("--last", type=int, default=5, help="median over the last N rows of this machine+suite (default 5)")
     cmp.add_argument("--fail", action="store_true", help="exit 1 on a slowdown (default: print a warning, exit 0)")
+    st = sub.add_parser("status", help="where a run (running, stopped or finished) stands: cells done per task, "
+                        "phases so far, encoding rates, measured cell time and the time left")
+    st.add_argument("run_dir", metavar="RUN_DIR", help="directory of a `fusebench run` (its --out)")
+    st.add_argument("--json", metavar="FILE", help="also write the status as JSON to FILE")
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.timing_command == "status":
+        import json
+
+        from fusebench.core.io import atomic_write_bytes
+        from fusebench.run.status import format_status, run_status
+
+        status = run_status(Path(args.run_dir))
+        print(format_status(status))
+        if args.json:
+            atomic_write_bytes(Path(args.json), json.dumps(status, indent=2).encode())
+        return 0
     from fusebench.results import timing_history as th
 
     run_dir, history = Path(args.run_dir), Path(args.history)

@@ -1,0 +1,110 @@
+"""`fusebench timing status RUN_DIR`: where a long run stands, and what the rest would take.
+
+The standard suite takes days on a CPU and is resumed across interruptions, so "how far is it, how
+fast does it go, how long is left" must be answerable from the run directory alone, while it runs
+or after it stopped: cells done / planned per task (run.json `plan`, written by `fusebench run`),
+the wall time per phase so far (run.json `phases`, kept by killed processes too), each task's
+encoding rates, and the measured process-seconds of its finished cells (search per replicate +
+evaluation, robustness, throughput from the records). The time left is each task's remaining cells
+× the mean of its finished cells; a task with no finished cell has no estimate (None), never a guess.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fusebench.core.errors import UsageError
+from fusebench.results.records import Record, load_records
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    dataset: str
+    cells_planned: int
+    cells_done: int
+    cells_failed: int
+    encode_items_per_s: dict[str, Any]
+    prepare_seconds: float | None
+    cell_seconds_mean: float | None  # process-seconds of one finished cell (all replicates and seeds)
+    seconds_left: float | None  # remaining cells × the mean; None without a finished cell
+
+    @property
+    def complete(self) -> bool:
+        return self.cells_done == self.cells_planned
+
+
+def _cell_seconds(records: list[Record]) -> float:
+    """A finished cell's process-seconds: each replicate's search once, every record's in-cell phases."""
+    searched = {r.replicate: r.search_seconds for r in records}
+    return sum(searched.values()) + sum(sum(r.phase_seconds.values()) for r in records)
+
+
+def run_status(run_dir: Path) -> dict[str, Any]:
+    run_json = run_dir / "run.json"
+    try:
+        meta = json.loads(run_json.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{run_json}: no run.json; give the directory of a `fusebench run` (its --out)") from None
+    except ValueError as exc:
+        raise UsageError(f"{run_json}: not JSON ({exc}); restore it or start the run again with --new-run") from None
+    plan = meta.get("plan")
+    if not isinstance(plan, dict):
+        raise UsageError(f"{run_json}: no `plan` (written by fusebench run since this command exists); "
+                         "resume the run once (`fusebench run ... --out RUN_DIR`) to record it")
+    suite = (meta.get("config") or {}).get("suite") or {}
+    want = max(1, int(suite.get("replicates", 1))) * max(1, int(suite.get("seeds", 1)))
+    records = load_records(run_dir / "results.jsonl") if (run_dir / "results.jsonl").is_file() else []
+    by_cell: dict[tuple[str, str], list[Record]] = {}
+    failed: set[tuple[str, str]] = set()
+    for r in records:
+        if r.status == "ok":
+            by_cell.setdefault((r.dataset, r.strategy), []).append(r)
+        else:
+            failed.add((r.dataset, r.strategy))
+    tasks = []
+    for ds, strategies in plan.items():
+        done = [s for s in strategies if len({(r.replicate, r.seed) for r in by_cell.get((ds, s), [])}) >= want]
+        times = [_cell_seconds(by_cell[(ds, s)]) for s in done]
+        mean = statistics.fmean(times) if times else None
+        data = (meta.get("data") or {}).get(ds) or {}
+        tasks.append(TaskStatus(
+            dataset=ds, cells_planned=len(strategies), cells_done=len(done),
+            cells_failed=sum((ds, s) in failed and s not in done for s in strategies),
+            encode_items_per_s=data.get("encode_items_per_s") or {}, prepare_seconds=data.get("prepare_seconds"),
+            cell_seconds_mean=None if mean is None else round(mean, 1),
+            seconds_left=None if mean is None else round(mean * (len(strategies) - len(done)), 1),
+        ))
+    lefts = [t.seconds_left for t in tasks if not t.complete]
+    return {
+        "run_dir": str(run_dir), "suite": suite.get("name"), "started_at": meta.get("started_at"),
+        "finished_at": meta.get("finished_at"), "phases": meta.get("phases") or {},
+        "cells_planned": sum(t.cells_planned for t in tasks), "cells_done": sum(t.cells_done for t in tasks),
+        "seconds_left": None if any(v is None for v in lefts) else round(sum(v for v in lefts if v is not None), 1),
+        "tasks": [asdict(t) for t in tasks],
+    }
+
+
+def _hours(seconds: float | None) -> str:
+    return "unknown (no finished cell yet)" if seconds is None else f"{seconds / 3600:.1f} h"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """Markdown: one line per task, then the phases and the total time left."""
+    lines = [f"run {status['run_dir']} (suite {status['suite']}): {status['cells_done']}/{status['cells_planned']} "
+             f"cells done; started {status['started_at']}, finished {status['finished_at'] or 'not yet'}", "",
+             "| task | cells done | failed | encode items/s | one cell (process s) | left |",
+             "|---|---|---|---|---|---|"]
+    for t in status["tasks"]:
+        rates = ", ".join(f"{v}: {r['items_per_s']}" for v, r in sorted(t["encode_items_per_s"].items())
+                          if isinstance(r, dict) and "items_per_s" in r) or "cached / not yet"
+        left = "done" if t["cells_done"] == t["cells_planned"] else _hours(t["seconds_left"])
+        lines.append(f"| {t['dataset']} | {t['cells_done']}/{t['cells_planned']} | {t['cells_failed']} | {rates} | "
+                     f"{t['cell_seconds_mean'] if t['cell_seconds_mean'] is not None else '-'} | {left} |")
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in status["phases"].items())
+    lines += ["", f"wall time per phase so far: {phases or 'none recorded yet'}",
+              f"time left at the measured rates (one process): {_hours(status['seconds_left'])}"]
+    return "\n".join(lines)

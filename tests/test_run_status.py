@@ -1,0 +1,66 @@
+"""`fusebench timing status`: cells done per task, phases so far and the time left, from a run
+directory alone (bench/run/status.py), on a real toy run and on hand-made records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fusebench.cli import main
+from fusebench.results.records import Record, write_records
+from fusebench.run.status import run_status
+
+
+@pytest.fixture()
+def toy(synthetic_bundle, monkeypatch):
+    data, cfg = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    return data, cfg
+
+
+def test_status_of_a_finished_toy_run(toy, tmp_path, capsys):
+    data, _ = toy
+    out = tmp_path / "run"
+    assert main(["run", "--suite", "toy", "--data-dir", str(data), "--out", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["timing", "status", str(out), "--json", str(tmp_path / "s.json")]) == 0
+    text = capsys.readouterr().out
+    status = json.loads((tmp_path / "s.json").read_text())
+    planned = json.loads((out / "run.json").read_text())["plan"]["toy"]
+    assert status["cells_planned"] == status["cells_done"] == len(planned) >= 3
+    assert status["seconds_left"] == 0.0
+    task = status["tasks"][0]
+    assert task["cell_seconds_mean"] > 0 and task["prepare_seconds"] > 0 and task["encode_items_per_s"]
+    assert {"encoding", "cells", "leaderboard"} <= set(status["phases"])
+    assert "| toy | " in text and "| done |" in text
+
+
+def _rec(strategy: str, replicate: int, seed: int, search_s: float, eval_s: float, status: str = "ok") -> Record:
+    return Record(dataset="d", task="classification", strategy=strategy, family="early", modalities=["a"],
+                  seed=seed, status=status, replicate=replicate, search_seconds=search_s,
+                  phase_seconds={"evaluation": eval_s})
+
+
+def test_time_left_is_remaining_cells_times_the_mean_finished_cell(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    meta = {"config": {"suite": {"name": "s", "replicates": 2, "seeds": 2}}, "phases": {"encoding": 5.0},
+            "plan": {"d": ["a", "b", "c", "e"], "other": ["a"]}}
+    (out / "run.json").write_text(json.dumps(meta))
+    recs = [_rec("a", r, s, 100.0, 10.0) for r in (0, 1) for s in (0, 1)]  # 2 searches + 4 evals = 240 s
+    recs += [_rec("b", r, s, 50.0, 5.0) for r in (0, 1) for s in (0, 1)]  # 120 s
+    recs += [_rec("c", 0, 0, 1.0, 1.0)]  # one seed of four: not done
+    recs += [Record(dataset="d", task="classification", strategy="e", family="early", modalities=["a"], seed=None,
+                    status="failed", error="boom")]
+    write_records(out / "results.jsonl", recs)
+    status = run_status(out)
+    d, other = status["tasks"]
+    assert (d["cells_done"], d["cells_planned"], d["cells_failed"]) == (2, 4, 1)
+    assert d["cell_seconds_mean"] == 180.0 and d["seconds_left"] == 360.0
+    assert other["seconds_left"] is None and status["seconds_left"] is None  # no finished cell: no estimate
+
+
+def test_a_directory_without_run_json_is_a_usage_error(tmp_path, capsys):
+    assert main(["timing", "status", str(tmp_path)]) == 2
+    assert "no run.json" in capsys.readouterr().err
