@@ -9,8 +9,9 @@ element-wise, updates each member exactly as K separate optimisers would.
 What stays per member, so that member k is the sequential fit of seed k:
 - initialisation: member k is built after `torch.manual_seed(seed_k)`, as in the sequential loop;
 - data order: member k's permutation comes from its own generator seeded with `seed_k`;
-- dropout: `vmap(randomness="different")` draws an independent mask per member (the masks are not
-  the sequential run's masks, so with dropout > 0 members agree in distribution, not bitwise);
+- dropout: masks are keyed by (seed, step, module, call, element) in both loops
+  (bench/training/dropout.py), so member k draws exactly the masks of the sequential fit of seed k
+  (attention-weight dropout inside `nn.MultiheadAttention` excepted: it agrees in distribution);
 - early stopping: each member has its own `EarlyStopper` (the sequential loop's rule, in optimiser
   steps), best state and patience; a member that stops is frozen
   (its loss is masked to zero and its best state is what it returns), not dropped; the batch stops

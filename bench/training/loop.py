@@ -25,6 +25,7 @@ from torch import Tensor
 from fusebench.core import metrics as metric_lib
 from fusebench.strategies.base import FusionModel
 from fusebench.strategies.training_options import GradientBlender, TrainingOptions, drop_modalities
+from fusebench.training.dropout import DropoutClock, restore_dropout, swap_dropout
 from fusebench.training.stopping import EarlyStopper, Monitor, StopRule, nll
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,21 @@ def train_model(
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train `model` in place with AdamW on `train`, select the best epoch on `val`'s main metric."""
+    """Train `model` in place with AdamW on `train`, select the best epoch on `val`'s main metric.
+
+    While it trains, its `nn.Dropout` modules are keyed by `seed` (bench/training/dropout.py), so the
+    fit of a seed does not depend on what trained before it and equals member `seed` of a batched fit."""
+    clock = DropoutClock()
+    swapped = [] if cfg.compile else swap_dropout(model, seed, clock)  # compiled graphs keep nn.Dropout
+    try:
+        return _train(model, train, val, cfg, main_metric, seed, on_epoch, clock)
+    finally:
+        restore_dropout(swapped)
+
+
+def _train(model: FusionModel, train: Batch, val: Batch, cfg: TrainConfig, main_metric: str, seed: int,
+           on_epoch: Callable[[int, float], None] | None, clock: DropoutClock) -> TrainResult:
+    """`train_model`'s body; `clock.tick(step)` before each optimiser step's forward."""
     device = train.labels.device
     metric = metric_lib.METRICS.get(main_metric)
     val_labels = val.labels.cpu().numpy()
@@ -197,6 +212,7 @@ def train_model(
             if cfg.modality_dropout > 0:
                 batch = Batch(drop_modalities(batch.inputs, cfg.modality_dropout, generator), batch.labels)
             optimizer.zero_grad(set_to_none=True)
+            clock.tick(steps)
             backward_batch(model, batch, cfg, blender, step_model)
             optimizer.step()
             samples += idx.numel()

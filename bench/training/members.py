@@ -13,17 +13,18 @@ What stays per member, so that member k is `train_model(member_k.model, ..., mem
   coefficients. (The alternative, per-member leaves in one param group each, `torch.stack`-ed into
   the vmapped call every step, was measured slower: a copy per step and K× the optimizer's
   per-tensor loop; docs/throughput.md.)
-- dropout probability: every `nn.Dropout` is swapped, for the batched fit only, for `_BufferDropout`
-  whose `p` is a (non-persistent) buffer, which `stack_module_state` stacks per member; the original
-  modules are put back afterwards. Other module attributes are not stacked: members whose
+- dropout probability and masks: every `nn.Dropout` is swapped, for the fit only, for a
+  `KeyedDropout` (bench/training/dropout.py) whose `p` and seed are (non-persistent) buffers, which
+  `stack_module_state` stacks per member; its masks are a hash of (member seed, step, module, call,
+  element), exactly those of the member's sequential fit. The original modules are put back afterwards. Other module attributes are not stacked: members whose
   non-tensor attributes differ (e.g. `nn.MultiheadAttention.dropout`) must not share a batch, which
   `structure_key` encodes;
 - early stopping, pruning and failure: each member has its own `EarlyStopper`; `on_epoch` may raise
   (optuna's `TrialPruned`, say) and a member whose training loss goes non-finite fails with
   `NonFiniteLoss`. A stopped, pruned or failed member is frozen (its loss masked out), never dropped;
-  the batch ends when no member is active. Dropout masks are drawn per member
-  (`randomness="different"`) but are not the sequential run's masks, so with dropout > 0 members
-  agree in distribution, not bitwise.
+  the batch ends when no member is active. (Attention-weight dropout inside `nn.MultiheadAttention`
+  still draws from the global generator, per member under `randomness="different"`: with it > 0
+  such members agree with their sequential fits in distribution only.)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from fusebench.core import metrics as metric_lib
 from fusebench.strategies.base import FusionModel
+from fusebench.training.dropout import DropoutClock, restore_dropout, swap_dropout
 from fusebench.training.loop import Batch, TrainConfig, TrainResult, loss_of
 from fusebench.training.stopping import EarlyStopper, nll
 
@@ -66,37 +68,6 @@ class MemberFit:
 
     result: TrainResult | None
     error: Exception | None = None
-
-
-class _BufferDropout(nn.Module):
-    """Inverted dropout whose probability is a buffer, so that vmapped members can each have their own."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.register_buffer("p", torch.tensor(float(p)), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training:
-            return x
-        keep = 1.0 - self.p.to(x.dtype)
-        return x * (torch.rand_like(x) < keep).to(x.dtype) / keep  # p = 0: rand < 1 always, exactly x
-
-
-def _swap_dropout(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    """Replace every `nn.Dropout` under `model` by a `_BufferDropout`; returns what to put back."""
-    swapped = []
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Dropout:
-                device = next(child.buffers(), next(model.parameters(), torch.empty(0))).device
-                parent._modules[name] = _BufferDropout(child.p).to(device)
-                swapped.append((parent, name, child))
-    return swapped
-
-
-def _restore(swapped: list[tuple[nn.Module, str, nn.Module]]) -> None:
-    for parent, name, child in swapped:
-        parent._modules[name] = child
 
 
 def structure_key(model: FusionModel) -> str:
@@ -209,16 +180,17 @@ def fit_members(members: Sequence[Member], train: Batch, val: Batch, cfg: TrainC
     """Fit the members (same `structure_key`, at least two) as one vmapped model; see the module doc.
 
     Raises what vmap raises when a forward cannot be traced (the caller falls back to sequential)."""
-    models = [m.model for m in members]
-    swapped = [_swap_dropout(m) for m in models]
+    clock = DropoutClock()  # one clock for every member: they step together
+    swapped = [swap_dropout(m.model, m.seed, clock) for m in members]
     try:
-        return _fit(members, train, val, cfg, main_metric)
+        return _fit(members, train, val, cfg, main_metric, clock)
     finally:
         for s in swapped:
-            _restore(s)
+            restore_dropout(s)
 
 
-def _fit(members: Sequence[Member], train: Batch, val: Batch, cfg: TrainConfig, main_metric: str) -> list[MemberFit]:
+def _fit(members: Sequence[Member], train: Batch, val: Batch, cfg: TrainConfig, main_metric: str,
+         clock: DropoutClock) -> list[MemberFit]:
     device = train.labels.device
     models = [m.model for m in members]
     k_members = len(models)
@@ -245,7 +217,7 @@ def _fit(members: Sequence[Member], train: Batch, val: Batch, cfg: TrainConfig, 
     n = len(train)
     steps_per_epoch = sum(1 for start in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - start) >= 2 or n < 2)
     max_epochs = cfg.stop_rule.epochs_for(cfg.epochs, steps_per_epoch)
-    train_seconds, val_seconds = 0.0, 0.0
+    train_seconds, val_seconds, batches = 0.0, 0.0, 0
     for epoch in range(max_epochs):
         skeleton.train()
         _sync(device)
@@ -257,6 +229,8 @@ def _fit(members: Sequence[Member], train: Batch, val: Batch, cfg: TrainConfig, 
                 continue
             live = active.nonzero().flatten().tolist()
             trainable, frozen = stacked.current()
+            clock.tick(batches)  # = the step count of every active member, as in its sequential fit
+            batches += 1
             losses = batched_loss(trainable, frozen, stacked.buffers, {k: v[idx] for k, v in train.inputs.items()},
                                   train.labels[idx])
             finite = torch.isfinite(losses.detach())
