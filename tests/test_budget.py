@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as real_datetime
 import json
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
@@ -105,16 +107,49 @@ def test_run_with_replicates_and_cap(synthetic_bundle, monkeypatch, tmp_path):
     assert {"toy/concat", "toy/concat/r1"} <= set(studies)
 
 
-def test_the_cap_binding_is_visible(tmp_path):
-    import time
+class FakeClock:
+    """Seconds that pass only when a test says so; stands in for `time` in bench/search/study.py and
+    for `datetime` in optuna's optimize loop (its `timeout=`), so a timeout test needs no sleeping."""
 
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def datetime_module(self) -> SimpleNamespace:
+        """A stand-in for the `datetime` module whose `datetime.now()` follows this clock."""
+        clock = self
+
+        class _DateTime(real_datetime.datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return real_datetime.datetime(2026, 1, 1, tzinfo=tz) + real_datetime.timedelta(seconds=clock.now)
+
+        return SimpleNamespace(datetime=_DateTime, timedelta=real_datetime.timedelta)
+
+
+def test_the_cap_binding_is_visible(tmp_path, monkeypatch):
+    """A 0.5 s cap and 0.4 s trials: the second trial starts before the cap, no third one. On a fake
+    clock: with wall-clock sleeps a loaded machine could spend the whole 0.5 s before the first trial
+    (no trial at all) or stretch the run past any bound."""
+    import optuna.study._optimize as optuna_optimize
+
+    import fusebench.search.study as study_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(study_module, "time", clock)
+    monkeypatch.setattr(optuna_optimize, "datetime", clock.datetime_module())
     storage = f"sqlite:///{tmp_path / 's.db'}"
 
     def slow(trial: optuna.Trial) -> float:
-        time.sleep(0.4)
+        clock.sleep(0.4)
         return trial.suggest_float("x", 0, 1)
 
     budget = Budget(trials=20, timeout_s=0.5, seeds=1)
     study, seconds = run_search(open_study("t/c", storage, 0), slow, budget)
     counts = trial_counts(study, budget.trials)
-    assert 1 <= counts.spent < budget.trials and seconds < 5  # the cell marks this cap_bound=True
+    assert counts.spent == 2 and seconds == pytest.approx(0.8)  # the cell marks this cap_bound=True
