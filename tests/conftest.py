@@ -8,10 +8,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Hypothesis runs the same examples on every run and machine (docs/testing.md): derandomized (the
+# examples are a function of the test, not of a random seed), no example database (a failure seen
+# once on one machine does not make the next run differ), no per-example deadline and no "too slow"
+# health check (both are wall-clock bounds that a loaded 2-core runner trips). A failure prints the
+# falsifying example; `HYPOTHESIS_PROFILE=explore` searches fresh random examples on purpose.
+settings.register_profile(
+    "deterministic", derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("explore", settings.get_profile("deterministic"), derandomize=False, max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 @pytest.fixture(scope="session", autouse=True)
