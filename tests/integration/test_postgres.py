@@ -60,6 +60,23 @@ def _as_postgres(*cmd: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def _start_on_a_free_port(pgdata: Path, log: Path, socket_dir: Path, attempts: int = 5) -> int:
+    """`pg_ctl start` on a port that was free a moment ago; another process may take it in between
+    (the port is only reserved by binding it), so a start refused for a port in use retries on another."""
+    for _ in range(attempts):
+        port = _free_port()
+        try:
+            _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(pgdata), "-l", str(log), "-w", "-t", "60", "-o",
+                         f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+                         "start")
+            return port
+        except AssertionError:
+            if "already in use" not in (log.read_text() if log.is_file() else ""):
+                raise
+            log.write_text("")  # a fresh log for the next port
+    raise AssertionError(f"PostgreSQL found no free port in {attempts} attempts; see {log}")
+
+
 def _given_server(url: str):
     """A fresh database on the server of `url` (dropped afterwards)."""
     import psycopg
@@ -101,13 +118,12 @@ def postgres_url():
     os.chmod(base, 0o755)
     if as_root:
         shutil.chown(base, "postgres", "postgres")
-    pgdata, port = base / "data", _free_port()
+    pgdata = base / "data"
     log = base / "server.log"
     _as_postgres(str(PG_BIN / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
     running = False
     try:
-        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(pgdata), "-l", str(log), "-w", "-t", "60", "-o",
-                     f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100", "start")
+        port = _start_on_a_free_port(pgdata, log, base)
         running = True
         import psycopg
 
