@@ -25,6 +25,15 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _cmdline(pid: int) -> bytes:
+    """The command line of `pid`; empty when it has exited since it was listed (a short-lived child
+    such as the `git` of the provenance envelope)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -46,8 +55,7 @@ def test_jobs_workers_die_after_kill_9_of_the_parent(synthetic_bundle, tmp_path:
         workers: list[int] = []
         while time.monotonic() < deadline and proc.poll() is None:
             # spawn's resource tracker is a child too; the pool's workers run the spawn main
-            workers = [c for c in _children(proc.pid)
-                       if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            workers = [c for c in _children(proc.pid) if b"spawn_main" in _cmdline(c)]
             if len(workers) >= 2 and (out / "optuna.journal").is_file() and (out / "optuna.journal").stat().st_size:
                 break
             time.sleep(0.5)
