@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from optuna.trial import TrialState
 
 from fusebench.results.records import load_records
 from fusebench.search.storage import open_storage
+from tests.killpoint import kill_at
 
 REPO = Path(__file__).resolve().parent.parent
 TRIALS = 4
@@ -51,27 +51,22 @@ def _trials(storage: optuna.storages.BaseStorage, name: str) -> list[optuna.tria
 
 
 def _run_until(args: list[str], out: Path, condition, timeout: float = 120.0) -> dict:
-    """Start the CLI; SIGKILL it as soon as condition(storage) holds; return what was seen at the kill."""
+    """Start the CLI; SIGKILL it as soon as condition(storage) holds (checked again with the run
+    frozen, tests/killpoint.py); return what was seen at the kill."""
     proc = subprocess.Popen([sys.executable, "-m", "fusebench", *args], cwd=REPO, env=os.environ.copy(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     journal = out / "optuna.journal"
     storage = None
-    deadline = time.monotonic() + timeout
+
+    def seen():
+        nonlocal storage
+        if not journal.is_file():
+            return None
+        storage = storage or open_storage(f"journal:///{journal.resolve()}")
+        return condition(storage)
+
     try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"the run finished (rc={proc.returncode}) before the kill point:\n"
-                                     f"{proc.stderr.read()[-3000:]}")
-            if journal.is_file():
-                storage = storage or open_storage(f"journal:///{journal.resolve()}")
-                seen = condition(storage)
-                if seen:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
-                    assert proc.returncode == -signal.SIGKILL
-                    return seen
-            time.sleep(0.02)
-        raise AssertionError("kill point never reached")
+        return kill_at(proc, seen, timeout, settled=lambda: not Path(f"{journal}.lock").exists())
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -210,14 +210,13 @@ def test_batched_search_resumes_after_kill_9(tmp_path, synthetic_bundle, monkeyp
     trial of the batch RUNNING); the re-run marks those trials stale (FAIL, not counted), retries them
     and ends with exactly the budget of finished trials and the records of an uninterrupted run."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     from fusebench.results.records import load_records
     from fusebench.search.storage import open_storage
+    from tests.killpoint import kill_at
 
     data, cfg = synthetic_bundle
     monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
@@ -227,22 +226,23 @@ def test_batched_search_resumes_after_kill_9(tmp_path, synthetic_bundle, monkeyp
     repo = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(args, cwd=repo, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    journal, running, deadline = out / "optuna.journal", [], time.monotonic() + 180
+    journal, storage = out / "optuna.journal", []
+
+    def live_batch() -> list[int] | None:
+        """Two or more trials of a batch RUNNING (read again with the run frozen before the kill). The
+        storage is opened once: opening takes the journal's lock, which the frozen run may hold."""
+        if not journal.is_file():
+            return None
+        storage[:] = storage or [open_storage(f"journal:///{journal}")]
+        try:
+            trials = optuna.load_study(study_name="toy/concat", storage=storage[0]).get_trials(deepcopy=False)
+        except KeyError:
+            return None
+        live = [t.number for t in trials if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
+        return live if len(live) >= 2 else None
+
     try:
-        while time.monotonic() < deadline and not running:
-            assert proc.poll() is None, f"finished before the kill point: {proc.stderr.read()[-2000:]}"
-            if journal.is_file():
-                try:
-                    trials = optuna.load_study(study_name="toy/concat",
-                                               storage=open_storage(f"journal:///{journal}")).get_trials(deepcopy=False)
-                except KeyError:
-                    trials = []
-                live = [t.number for t in trials if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
-                if len(live) >= 2:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
-                    running = live
-            time.sleep(0.02)
+        running = kill_at(proc, live_batch, timeout_s=180, settled=lambda: not Path(f"{journal}.lock").exists())
     finally:
         if proc.poll() is None:
             proc.kill()
