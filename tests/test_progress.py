@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 
 from fusebench.cli import main
 from fusebench.core import progress
@@ -157,8 +158,10 @@ def test_worker_command_shows_its_trials(synthetic_bundle, monkeypatch, tmp_path
     assert main(["run", "--suite", "toy", "--strategies", "unimodal:lexical", "--data-dir", str(data), "--out", str(out),
                  "--storage", url, "--prepare-only", "-q"]) == 0
     log_file = tmp_path / "worker.log"
+    torch.set_num_threads(3)  # the caller's setting, whatever the worker trains with
     assert main(["worker", "--study", "toy/unimodal:lexical", "--storage", url, "--data-dir", str(data),
                  "--log-file", str(log_file)]) == 0
+    assert torch.get_num_threads() == 3  # before: left at FUSEBENCH_TRAIN_THREADS for every later test
     text = log_file.read_text()
     assert "started worker toy/unimodal:lexical | 0/2 trials (0%)" in text
     assert "finished worker toy/unimodal:lexical | 2/2 trials (100%)" in text

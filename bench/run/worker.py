@@ -108,6 +108,7 @@ def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir
     if not mode.frozen:  # the raw inputs of the fine-tuned views, as the owning run prepared them
         data = attach_raw(data, tables, attrs["views"], finetune, dev)
     cell = Cell(attrs["dataset"], attrs["strategy"], info, tuple(attrs["views"]), mode)
+    threads = torch.get_num_threads()
     if dev.type == "cpu":
         from fusebench.run.runner import train_threads
 
@@ -120,6 +121,7 @@ def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir
                           finetune)
     finally:
         progress.finish(key)
+        torch.set_num_threads(threads)  # called in-process (tests, notebooks), the caller keeps its threads
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     here = sum(1 for t in study.get_trials(deepcopy=False, states=done_states)
                if t.user_attrs.get("pid") == os.getpid() and t.user_attrs.get("host") == socket.gethostname())
