@@ -35,6 +35,35 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def no_global_state_leaks():
+    """What one test changes in the process stays with it (docs/testing.md): `fusebench worker` run
+    in-process left torch at 1 intra-op thread for every later test, and each CLI call left its
+    root-logger level and stderr handler (bound to that test's captured stderr) behind, so a test's
+    numbers and logs depended on which tests ran before it."""
+    import logging
+
+    import optuna
+    import torch
+
+    from fusebench.core import progress
+
+    threads, root = torch.get_num_threads(), logging.getLogger()
+    level, verbosity = root.level, optuna.logging.get_verbosity()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    file_only = logging.getLogger("fusebench.progress.file")
+    for logger in (root, file_only):
+        for handler in [h for h in logger.handlers if getattr(h, "_fusebench", False) or logger is file_only]:
+            logger.removeHandler(handler)
+            handler.close()
+    file_only.propagate = True
+    root.setLevel(level)
+    optuna.logging.set_verbosity(verbosity)
+    progress.set_backend(progress.NullBackend())
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: intra-op threads only add overhead (and spin under a loaded machine)."""
