@@ -115,10 +115,12 @@ def test_checkpoints_are_written_at_the_configured_interval(tmp_path, small_chun
 
 
 def _worker_script(data: Path, cfg_dir: Path, cache: Path) -> str:
-    """Encode the toy task with 8-item chunks, slowly, so that SIGKILL lands mid-split."""
+    """Encode the toy task with 8-item chunks and stop (SIGSTOP) at the start of the third chunk, when
+    exactly two checkpoints are saved: the test kills it there. A kill timed by polling the cache
+    could land after the whole first split if the test process was not scheduled for ~2 s."""
     return textwrap.dedent(
         f"""
-        import os, time, torch
+        import os, signal, torch
         os.environ["FUSEBENCH_CONFIG_DIR"] = {str(cfg_dir)!r}
         os.environ["FUSEBENCH_ENCODE_CHECKPOINT_S"] = "0"
         from fusebench.config import catalog
@@ -127,10 +129,12 @@ def _worker_script(data: Path, cfg_dir: Path, cache: Path) -> str:
         from fusebench.features.cache import FeatureCache
         from fusebench.features.encoders import HFTextEncoder
         extract.ENCODE_CHUNK = 8
-        slow = HFTextEncoder.encode
+        plain, calls = HFTextEncoder.encode, []
         def encode(self, chunk):
-            time.sleep(0.3)
-            return slow(self, chunk)
+            calls.append(len(chunk))
+            if len(calls) == 3:  # chunks 0-7 and 8-15 of the first split are checkpointed
+                os.kill(os.getpid(), signal.SIGSTOP)
+            return plain(self, chunk)
         HFTextEncoder.encode = encode
         cfg = catalog.get_dataset("toy")
         from pathlib import Path
@@ -138,6 +142,14 @@ def _worker_script(data: Path, cfg_dir: Path, cache: Path) -> str:
                             torch.device("cpu"), views={{"neural"}})
         """
     )
+
+
+def _state(pid: int) -> str:
+    """The process state letter of /proc/PID/stat (T: stopped); "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
 
 
 def test_kill_9_mid_encode_then_resume_equals_an_uninterrupted_encode(synthetic_bundle, tmp_path, monkeypatch, caplog):
@@ -148,9 +160,9 @@ def test_kill_9_mid_encode_then_resume_equals_an_uninterrupted_encode(synthetic_
                             env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not list(cache_dir.glob("features/toy/*.partial/*.pt")):
-            assert proc.poll() is None, f"the encode ended before a checkpoint was written: {proc.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        while _state(proc.pid) != "T":  # stopped itself mid-split
+            assert proc.poll() is None, f"the encode ended before its stop point: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "the encode did not reach its stop point within 120 s"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(10) == -signal.SIGKILL
@@ -170,4 +182,4 @@ def test_kill_9_mid_encode_then_resume_equals_an_uninterrupted_encode(synthetic_
         assert torch.equal(resumed.splits[split].pooled["neural"], fresh.splits[split].pooled["neural"])
         assert torch.equal(resumed.splits[split].tokens["neural"], fresh.splits[split].tokens["neural"])
     first_split_items = len(saved) * 8
-    assert 0 < first_split_items < len(tables.splits["train"])  # killed mid-split, after ≥ 1 saved chunk
+    assert first_split_items == 16 < len(tables.splits["train"])  # killed mid-split, after two saved chunks
