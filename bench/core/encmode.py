@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from fusebench.core.space import FloatRange
+
 ModeKind = Literal["frozen", "last", "full"]
 _PATTERN = re.compile(r"^(frozen|full|last:(\d+))$")
 
@@ -61,12 +63,22 @@ def split_mode(strategy: str) -> tuple[str, str]:
     return (base, mode) if sep else (strategy, "frozen")
 
 
+# The encoder learning rate is searched in fine-tuning modes only (frozen cells have no encoder to
+# train, so their search space is unchanged): log-uniform over the usual range for fine-tuning
+# pretrained transformers (BERT's recipe tries 2e-5..5e-5), which also covers EfficientNet's
+# unfrozen blocks at the low end of their usual rates. Trials, best params and records carry it
+# under this name, next to the strategy's own params.
+ENCODER_LR_PARAM = "encoder_lr"
+ENCODER_LR_SPACE = FloatRange(1e-5, 1e-4, log=True)
+
+
 @dataclass(frozen=True)
 class FineTuneSettings:
     """The fixed (not searched) part of fine-tuning, a suite setting (`finetune:`) shared by every cell.
 
-    The head keeps its searched `lr`; the encoder trains with `encoder_lr` (a fixed suite setting,
-    not searched, so frozen and fine-tuned rows have the same search space and budget)."""
+    The head's `lr` and the encoder's (`ENCODER_LR_SPACE`) are searched; `encoder_lr` is the encoder's
+    rate only where nothing was searched (`fusebench throughput`, a study none of whose trials
+    completed, a study written before the encoder rate was searched)."""
 
     encoder_lr: float = 2e-5
     accumulate: int = 1  # optimiser step every `accumulate` micro-batches of batch_size/accumulate rows

@@ -22,7 +22,7 @@ import torch
 
 from fusebench.core import metrics as metric_lib
 from fusebench.core import progress, space
-from fusebench.core.encmode import FROZEN, EncoderMode, FineTuneSettings
+from fusebench.core.encmode import ENCODER_LR_PARAM, ENCODER_LR_SPACE, FROZEN, EncoderMode, FineTuneSettings
 from fusebench.core.errors import UsageError
 from fusebench.features.extract import TaskData
 from fusebench.measure.timing import TimingConfig, device_name, flops_per_sample, measure
@@ -208,9 +208,10 @@ def build_objective(cell: Cell, data: TaskData, train_cfg: TrainConfig, budget: 
 
     def objective(trial: optuna.Trial) -> float:
         params = space.sample_params(trial, cell.info.params)
+        encoder_lr = ENCODER_LR_SPACE.suggest(trial, ENCODER_LR_PARAM) if setup.fine_tuned else None  # frozen: no draw
         seed = budget.search_seed * 100_000 + trial.number
         torch.manual_seed(seed)
-        model = setup.wrap(cell.info.build(spec, params).to(device))
+        model = setup.wrap(cell.info.build(spec, params).to(device), encoder_lr)
 
         def report(epoch: int, value: float) -> None:
             trial.report(value, epoch)
@@ -313,7 +314,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
     setup = _setup(data, cell, ctx.device, ctx.finetune)
     train_cfg = setup.train_config(ctx.train)
     train, val, test = (setup.batch(s) for s in ("train", "val", "test"))
-    best = search.best
+    best, encoder_lr = setup.split_params(search.best)  # fine-tuning: the searched encoder rate (frozen: None)
     params = space.params_from_dict(cell.info.params, best) if best else cell.info.params()
     budget = ctx.budget.for_replicate(search.replicate)
     records = []
@@ -323,7 +324,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
 
     def build(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
-        return setup.wrap(cell.info.build(spec, params).to(ctx.device))
+        return setup.wrap(cell.info.build(spec, params).to(ctx.device), encoder_lr)
 
     # fine-tuned seeds train one after another (each holds its own encoder copies)
     fits = fit_seeds(build, seeds, train, val, train_cfg, cfg.main_metric, batched=ctx.batch_seeds and not setup.fine_tuned)
@@ -361,7 +362,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
                 seed=seed,
                 replicate=search.replicate,
                 status="ok",
-                params=dataclasses.asdict(params),
+                params={**dataclasses.asdict(params), **({} if encoder_lr is None else {ENCODER_LR_PARAM: encoder_lr})},
                 metrics=scores,
                 main_metric_name=cfg.main_metric,
                 main_metric=scores[cfg.main_metric],

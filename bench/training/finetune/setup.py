@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from fusebench.core.encmode import EncoderMode, FineTuneSettings
+from fusebench.core.encmode import ENCODER_LR_PARAM, EncoderMode, FineTuneSettings
 from fusebench.data.builders import SPLITS, TaskTables
 from fusebench.features.extract import TaskData
 from fusebench.strategies.base import FusionModel
@@ -130,12 +130,22 @@ class CellSetup:
             inputs[v] = self.data.raw[split][v] if cached is None else cached  # type: ignore[attr-defined]
         return Batch({k: v.to(self.device) for k, v in inputs.items()}, s.labels.to(self.device))
 
-    def wrap(self, fusion: FusionModel) -> nn.Module:
-        """The strategy as trained in this mode: itself when frozen, else on top of fresh towers."""
+    def wrap(self, fusion: FusionModel, encoder_lr: float | None = None) -> nn.Module:
+        """The strategy as trained in this mode: itself when frozen, else on top of fresh towers whose
+        weights train at `encoder_lr` (the searched rate; None: the suite's `finetune.encoder_lr`)."""
         if not self.fine_tuned:
             return fusion
         towers = {v: build_tower(self.data, v, self.mode, self.settings, self.device) for v in self.tower_views}
-        return FineTuneModel(fusion, towers, self.settings.encoder_lr).to(self.device)
+        lr = self.settings.encoder_lr if encoder_lr is None else encoder_lr
+        return FineTuneModel(fusion, towers, lr).to(self.device)
+
+    def split_params(self, values: dict | None) -> tuple[dict | None, float | None]:
+        """A study's best params → (the strategy's, the encoder rate): the searched rate, the suite's
+        `finetune.encoder_lr` when they carry none, None when frozen."""
+        if values is None or ENCODER_LR_PARAM not in values:
+            return values, self.settings.encoder_lr if self.fine_tuned else None
+        rest = {k: v for k, v in values.items() if k != ENCODER_LR_PARAM}
+        return rest, float(values[ENCODER_LR_PARAM]) if self.fine_tuned else None
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         """The suite's TrainConfig, with the fine-tuning batch settings when the cell fine-tunes."""
