@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from fusebench.core.io import atomic_write_bytes
-from fusebench.reports.verdicts import fmt_p, ranking_sentence, task_verdict
+from fusebench.reports.verdicts import fmt_p, fmt_trials, ranking_sentence, task_verdict
 from fusebench.results.records import Record
 
 __all__ = ["fmt_p", "leaderboard", "ranking_sentence", "task_verdict", "to_markdown", "write_leaderboard"]
@@ -155,17 +155,8 @@ def _fmt(x: float, digits: int = 4) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _count(x: float) -> str:
-    return "–" if x is None or not np.isfinite(x) else f"{int(x)}"
-
-
 def _budget(r: pd.Series) -> str:
-    if not np.isfinite(r.trials_budget) or r.trials_budget == 0:
-        return "–"  # not searched (a fixed baseline)
-    extra = [f"{_count(r.trials_pruned)} pruned" if np.isfinite(r.trials_pruned) else "",
-             f"{_count(r.trials_failed)} failed" if np.isfinite(r.trials_failed) else ""]
-    extra = [e for e in extra if e]
-    return f"{_count(r.trials_complete)}/{_count(r.trials_budget)}" + (f" ({', '.join(extra)})" if extra else "")
+    return fmt_trials(r.trials_complete, r.trials_budget, r.trials_pruned, r.trials_failed)
 
 
 def _flags(r: pd.Series) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusebench.reports.verdicts import fmt_trials
 from fusebench.results.records import Record
 
 COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
@@ -18,6 +19,18 @@ def _by_strategy(records: list[Record], dataset: str) -> dict[str, list[Record]]
         if r.dataset == dataset and r.status == "ok":
             out.setdefault(r.strategy, []).append(r)
     return out
+
+
+def search_budget(records: list[Record]) -> str:
+    """The cell's trials as the main leaderboard prints them: completed/budgeted (pruned, failed),
+    each a per-search figure (repeated on every seed's record) summed over the search replicates."""
+    first = {r.replicate: r for r in reversed(records)}.values()  # one record per replicate
+    total = {f: float(sum(getattr(r, f) or 0 for r in first))
+             for f in ("n_trials_complete", "n_trials_budget", "n_trials_pruned", "n_trials_failed")}
+    if not total["n_trials_complete"] + total["n_trials_pruned"] + total["n_trials_failed"]:
+        total["n_trials_complete"] = float(sum(r.n_trials for r in first))  # records from before the counts
+    return fmt_trials(total["n_trials_complete"], total["n_trials_budget"], total["n_trials_pruned"],
+                      total["n_trials_failed"])
 
 
 def retrieval_verdict(records: list[Record], dataset: str) -> str:
@@ -43,8 +56,8 @@ def retrieval_markdown(records: list[Record]) -> str:
         order = sorted(cells, key=lambda s: -float(np.mean([r.main_metric for r in cells[s]])))
         lines = [f"## {ds} — retrieval detail", "",
                  ("| strategy | rsum (mean ± std) | 95% CI | Δ vs dual encoder | p | beats dual encoder | "
-                  + " | ".join(COLUMNS) + " | R×K | train samples/s | queries/s |"),
-                 "|---|---|---|---:|---:|:---:|" + "---:|" * len(COLUMNS) + "---:|---:|---:|"]
+                  + " | ".join(COLUMNS) + " | R×K | trials | search s | train samples/s | queries/s |"),
+                 "|---|---|---|---:|---:|:---:|" + "---:|" * len(COLUMNS) + "---:|---|---:|---:|---:|"]
         for s in order:
             rs, st = cells[s], cells[s][0].stats
             ci = f"[{st['ci95_low']:.1f}, {st['ci95_high']:.1f}]" if "ci95_low" in st else "–"
@@ -57,13 +70,16 @@ def retrieval_markdown(records: list[Record]) -> str:
             tp = next((r.throughput for r in rs if r.throughput is not None), None)
             speed = (f"{tp.train_samples_per_s:,.0f} | {tp.infer_samples_per_s:,.0f}" if tp else "– | –")
             units = f"{len({r.replicate for r in rs})}×{len({r.seed for r in rs})}"
+            search_s = sum({r.replicate: r.search_seconds for r in rs}.values())
             lines.append(f"| `{s}` | {np.mean(main):.1f} ± {std:.1f} | {ci} | {delta} | {p} | {beats} | {vals} | {units} "
-                         f"| {speed} |")
+                         f"| {search_budget(rs)} | {search_s:.1f} | {speed} |")
         lines += ["", retrieval_verdict(records, ds), "",
                   ("R@k in percent; medr = median rank of the first correct item; rsum = R@1+R@5+R@10 of both "
                    "directions. Re-rankers re-score the dual encoder's top-k (params.rerank_k); p: paired hierarchical "
                    "bootstrap (search replicates, seeds, then images) against the dual encoder alone. R×K: search "
-                   "replicates × evaluation seeds. train samples/s: the trained model's training pairs per second; "
+                   "replicates × evaluation seeds. trials: completed/budgeted optuna trials summed over the search "
+                   "replicates (pruned, failed), as in the main table; search s: their search wall time. "
+                   "train samples/s: the trained model's training pairs per second; "
                    "queries/s: test queries (images + captions) ranked per second by the whole pipeline "
                    "(embedding, top-k, re-scoring). Bands: docs/retrieval.md."), ""]
         parts.append("\n".join(lines))

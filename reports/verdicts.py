@@ -24,6 +24,18 @@ def fmt_p(p: SupportsFloat | None) -> str:
     return "<0.001" if float(p) < 0.001 else f"{float(p):.3g}"
 
 
+def fmt_trials(complete: float, budget: float, pruned: float = float("nan"), failed: float = float("nan")) -> str:
+    """A search budget as every table prints it: `complete/budget (p pruned, f failed)`; '–' when not
+    searched (a fixed baseline); pruned/failed only when recorded (finite)."""
+    def count(x: float) -> str:
+        return "–" if x is None or not np.isfinite(x) else f"{int(x)}"
+
+    if budget is None or not np.isfinite(budget) or budget == 0:
+        return "–"
+    extra = [f"{count(v)} {word}" for v, word in ((pruned, "pruned"), (failed, "failed")) if v is not None and np.isfinite(v)]
+    return f"{count(complete)}/{count(budget)}" + (f" ({', '.join(extra)})" if extra else "")
+
+
 def _delta(r: pd.Series) -> str:
     d, lo, hi = r.get("delta_vs_best_unimodal"), r.get("delta_ci95_low"), r.get("delta_ci95_high")
     if d is None or not np.isfinite(d):

@@ -81,3 +81,36 @@ def test_rerank_negatives_is_checked_in_suites_and_on_the_command_line(tmp_path:
     with pytest.raises(SystemExit) as exc:
         main(["run", "--datasets", "flickr8k-retrieval", "--strategies", "concat", "--rerank-negatives", "hardest"])
     assert exc.value.code == 2
+
+
+def test_retrieval_records_carry_the_search_budget_and_the_leaderboard_shows_it(tmp_path: Path, one_thread) -> None:
+    """Retrieval records carry the trial counts classification records carry (spent, budget, complete,
+    pruned, failed, retried, cap bound), equal to their studies' own counts; the leaderboard's main
+    table and its retrieval detail print them the same way, summed over the search replicates."""
+    from fusebench.reports.leaderboard import _budget, leaderboard
+    from fusebench.reports.retrieval import retrieval_markdown
+    from fusebench.search.study import open_study, replicate_study_name, trial_counts
+
+    data, tables = _task({"train": 60, "val": 20, "test": 20})
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    ctx = CellContext(budget=Budget(trials=3, timeout_s=120, seeds=1, replicates=2),
+                      train=TrainConfig(epochs=2, patience=2, batch_size=64), timing=TimingConfig(),
+                      device=torch.device("cpu"), storage=storage, out_dir=tmp_path, rerank_k=5)
+    out = dict(RetrievalRun(data, tables, ctx).execute(expand_retrieval_cells("flickr8k-retrieval", ["concat"])))
+    records = [r for rs in out.values() for r in rs]  # type: ignore[union-attr]
+    assert {r.strategy for r in records} == {"dual_encoder", "rerank:concat"}
+    for r in records:
+        study = open_study(replicate_study_name(f"flickr8k-retrieval/{r.strategy}", r.replicate),
+                           storage, 0, create=False)
+        want = trial_counts(study, 3)
+        assert (r.n_trials, r.n_trials_budget, r.n_trials_complete, r.n_trials_pruned, r.n_trials_failed,
+                r.n_trials_retried) == (want.spent, 3, want.complete, want.pruned, want.failed, want.retried)
+        assert r.n_trials == 3 and r.n_trials_complete + r.n_trials_pruned == 3 and r.cap_bound is False
+    board = leaderboard(records)
+    detail = retrieval_markdown(records)
+    for _, row in board.iterrows():
+        assert row.trials_budget == 6  # 3 per search replicate, 2 replicates
+        cell = _budget(row)
+        assert cell.startswith(f"{int(row.trials_complete)}/6 (") and "pruned" in cell and "failed" in cell
+        line = next(x for x in detail.splitlines() if x.startswith(f"| `{row.strategy}` |"))
+        assert f"| {cell} |" in line, (cell, line)

@@ -42,12 +42,12 @@ from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
 from fusebench.search.study import (
     best_params_or_none,
-    n_done,
     open_study,
     pruner_settings,
     replicate_study_name,
     run_search,
     sampler_settings,
+    trial_counts,
 )
 from fusebench.strategies.base import STRATEGIES, FusionSpec, StrategyInfo
 from fusebench.training.loop import Batch, train_model
@@ -132,7 +132,8 @@ def _search_dual(splits: dict[str, RetrievalSplit], data: TaskData, ctx: CellCon
     study, seconds = run_search(study, objective, budget)
     export_history(study, ctx.out_dir)  # reports read this file, never the storage
     best = best_params_or_none(study)
-    return (space.params_from_dict(DualEncoderParams, best) if best else DualEncoderParams()), n_done(study), seconds
+    counts = trial_counts(study, budget.trials)
+    return (space.params_from_dict(DualEncoderParams, best) if best else DualEncoderParams()), counts, seconds
 
 
 def _search_reranker(cell: RetrievalCell, pairs: tuple[Batch, Batch], spec: FusionSpec, data: TaskData,
@@ -155,7 +156,7 @@ def _search_reranker(cell: RetrievalCell, pairs: tuple[Batch, Batch], spec: Fusi
     study, seconds = run_search(study, objective, budget)
     export_history(study, ctx.out_dir)
     best = best_params_or_none(study)
-    return (space.params_from_dict(info.params, best) if best else info.params()), n_done(study), seconds
+    return (space.params_from_dict(info.params, best) if best else info.params()), trial_counts(study, budget.trials), seconds
 
 
 def _spec(split: RetrievalSplit, kind: str) -> FusionSpec:
@@ -238,7 +239,7 @@ class RetrievalRun:
         budget = ctx.budget.for_replicate(replicate)
         n_queries = test.n_images + test.n_captions
         if cell.info is None:
-            self._dual_params[replicate], n_trials, search_s = _search_dual(self.splits, self.data, ctx, replicate)
+            self._dual_params[replicate], counts, search_s = _search_dual(self.splits, self.data, ctx, replicate)
             params: dict = dataclasses.asdict(self._dual_params[replicate])
             family = "baseline"
         else:
@@ -246,7 +247,7 @@ class RetrievalRun:
             # search pairs: seeds 0/1 as before; hard negatives come from the replicate's first evaluation seed
             search_pairs = (self.pairs(cell.info.input_kind, replicate, budget.eval_seeds[0]) if
                             ctx.rerank_negatives == "hard" else self.pairs(cell.info.input_kind, replicate, 0))
-            r_params, n_trials, search_s = _search_reranker(cell, search_pairs, spec, self.data, ctx, replicate)
+            r_params, counts, search_s = _search_reranker(cell, search_pairs, spec, self.data, ctx, replicate)
             params = {"reranker": dataclasses.asdict(r_params),
                       "dual_encoder": dataclasses.asdict(self.dual_params(replicate)), "rerank_k": ctx.rerank_k,
                       "rerank_negatives": ctx.rerank_negatives}
@@ -277,7 +278,7 @@ class RetrievalRun:
                 dataset=cell.dataset, task="retrieval", strategy=cell.strategy, family=family,
                 modalities=[IMAGE, TEXT], seed=seed, replicate=replicate, status="ok", params=params, metrics=scores,
                 main_metric_name="rsum", main_metric=scores["rsum"], val_main_metric=val_score,
-                n_trials=n_trials, n_trials_budget=budget.trials, search_timeout_s=budget.timeout_s,
+                **counts.record_fields(), search_timeout_s=budget.timeout_s,
                 search_seconds=search_s, sampler=sampler_settings(budget.search_seed), pruner=pruner_settings(),
                 train_seconds=train_s, best_epoch=best_epoch, params_count=n_params, device=device_name(ctx.device),
                 encoders=dict(self.data.encoders), data_fingerprint=self.data.fingerprint, throughput=throughput,

@@ -234,6 +234,13 @@ class TrialCounts:
     def spent(self) -> int:
         return self.complete + self.pruned + self.failed
 
+    def record_fields(self) -> dict[str, Any]:
+        """The `n_trials*` and `cap_bound` fields of a record (classification and retrieval alike);
+        `cap_bound`: the wall-clock cap stopped the search before its budget was spent."""
+        return {"n_trials": self.spent, "n_trials_budget": self.budget, "n_trials_complete": self.complete,
+                "n_trials_pruned": self.pruned, "n_trials_failed": self.failed, "n_trials_retried": self.retried,
+                "cap_bound": self.spent < self.budget}
+
 
 def trial_counts(study: optuna.Study, budget: int) -> TrialCounts:
     trials = study.get_trials(deepcopy=False)
