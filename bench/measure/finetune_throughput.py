@@ -14,6 +14,7 @@ peak RSS over the region (VmHWM, reset at its start) on CPU. Median over the tim
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ class FineTuneThroughput:
     batch_size: int
     train_samples_per_s: float
     infer_samples_per_s: float
-    train_ms: dict[str, float]  # median per batch: encoder_forward, fusion_forward, backward_step
+    train_ms: dict[str, float]  # median per batch: encoder_forward, fusion_forward, backward_step (loss + backward + step)
     infer_ms: dict[str, float]  # median per batch: encoder_forward, fusion_forward
     encoder_share_train: float  # encoder forward / (encoder + fusion forward) while training
     peak_mem_mb: float
@@ -92,6 +93,17 @@ def _inputs(n: int, max_length: int, vocab: int, device: torch.device) -> dict[s
     return {"image": pixels.to(device), "text": text.to(device)}
 
 
+def _timed(step: Callable[[_Clock], object], device: torch.device, warmup: int, repetitions: int) -> list[list[float]]:
+    """Run `step` `warmup + repetitions` times, each with a fresh clock; the intervals (ms) of the timed runs."""
+    out = []
+    for i in range(warmup + repetitions):
+        clock = _Clock(device)
+        step(clock)
+        if i >= warmup:
+            out.append(clock.intervals_ms())
+    return out
+
+
 def measure_finetune(name: str, mode: EncoderMode, batch_size: int, device: torch.device, *, max_length: int = 32,
                      repetitions: int = 10, warmup: int = 2, encoder_lr: float = 2e-5) -> FineTuneThroughput:
     """Train and inference throughput of strategy `name` on fine-tuned MiniLM + EfficientNet-Lite0 towers."""
@@ -106,36 +118,30 @@ def measure_finetune(name: str, mode: EncoderMode, batch_size: int, device: torc
     x = _inputs(batch_size, max_length, vocab, device)
     y = (torch.arange(batch_size, device=device) % 2)
     amp = device.type == "cuda"
-    train: list[list[float]] = []
-    infer: list[list[float]] = []
+
+    def forward(clock: _Clock) -> torch.Tensor:
+        """The whole model's forward, marked before the towers, between towers and fusion, and after."""
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            clock.mark()
+            feats = model.features(x)
+            clock.mark()
+            logits = model.fusion(feats)
+            clock.mark()
+        return logits
+
+    def train_step(clock: _Clock) -> None:
+        loss = F.cross_entropy(forward(clock).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        clock.mark()
+
     with PeakMemory(device) as mem:
         model.train()
-        for i in range(warmup + repetitions):
-            clock = _Clock(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                clock.mark()
-                feats = model.features(x)
-                clock.mark()
-                loss = F.cross_entropy(model.fusion(feats).float(), y)
-                clock.mark()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            clock.mark()
-            if i >= warmup:
-                train.append(clock.intervals_ms())
+        train = _timed(train_step, device, warmup, repetitions)
         model.eval()
         with torch.inference_mode():
-            for i in range(warmup + repetitions):
-                clock = _Clock(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    clock.mark()
-                    feats = model.features(x)
-                    clock.mark()
-                    model.fusion(feats)
-                    clock.mark()
-                if i >= warmup:
-                    infer.append(clock.intervals_ms())
+            infer = _timed(forward, device, warmup, repetitions)
     t, v = np.median(np.array(train), 0), np.median(np.array(infer), 0)
     return FineTuneThroughput(
         strategy=f"{name}{mode.suffix()}", mode=str(mode), batch_size=batch_size,

@@ -269,15 +269,43 @@ def _guarded(objective: Callable[[optuna.Trial], float], budget: Budget) -> Call
     return run
 
 
+def drive_search(study: optuna.Study, budget: Budget, work: Callable[[int, int, float], None],
+                 failures: Callable[[], int], poll_s: float = 0.5) -> float:
+    """The search loop that `run_search` and `run_batched_search` share; returns the seconds spent here.
+
+    Until the study has spent `budget.trials` (COMPLETE + PRUNED + objective FAIL, counting other
+    processes and earlier runs): while slots are free and time is left, `work(done, running, left_s)`
+    trains some of them; when the rest is claimed by other processes it waits (`poll_s`) and marks
+    the trials of dead processes stale, so that it takes over what they left; it stops when its
+    `budget.timeout_s` is spent and nobody else is running a trial, or when `failures()` (trials that
+    failed here) reaches the budget — a strategy that fails every trial."""
+    started = time.perf_counter()
+    deadline = started + budget.timeout_s
+    fail_stale_running(study)
+    while True:
+        done, running = _counts(study)
+        if done >= budget.trials:
+            break
+        left = deadline - time.perf_counter()
+        if failures() >= budget.trials:
+            log.warning("study %s: %d trial(s) failed here; stopping the search", study.study_name, failures())
+            break
+        if done + running < budget.trials and left > 0:
+            work(done, running, left)
+            continue
+        if running == 0:
+            break  # out of time and nobody else is working on it
+        time.sleep(poll_s)  # the rest is claimed by other processes: wait, and take over what fails
+        fail_stale_running(study)
+    return time.perf_counter() - started
+
+
 def run_search(
     study: optuna.Study, objective: Callable[[optuna.Trial], float], budget: Budget, *, poll_s: float = 0.5
 ) -> tuple[optuna.Study, float]:
     """Run trials until the study has spent `budget.trials` (counting those of other processes and of
     earlier runs), or this process's `budget.timeout_s` is spent and nobody else is running one.
     Returns the study and the seconds spent here; `cap_bound(study, budget)` tells which it was."""
-    started = time.perf_counter()
-    deadline = started + budget.timeout_s
-    fail_stale_running(study)
     guarded = _guarded(objective, budget)
     failures: list[int] = []
 
@@ -289,23 +317,11 @@ def run_search(
         if _counts(st)[0] >= budget.trials:
             st.stop()
 
-    while True:
-        done, running = _counts(study)
-        if done >= budget.trials:
-            break
-        left = deadline - time.perf_counter()
-        if len(failures) >= budget.trials:  # a strategy that fails every trial: give up, as one pass would
-            log.warning("study %s: %d trial(s) failed here; stopping the search", study.study_name, len(failures))
-            break
-        if done + running < budget.trials and left > 0:
-            study.optimize(guarded, n_trials=budget.trials - done - running, timeout=left,
-                           catch=(RuntimeError, ValueError, _Surplus), callbacks=[stop_at_budget, count_failures])
-            continue
-        if running == 0:
-            break  # out of time and nobody else is working on it
-        time.sleep(poll_s)  # the rest is claimed by other processes: wait, and take over what fails
-        fail_stale_running(study)
-    return study, time.perf_counter() - started
+    def optimize(done: int, running: int, left: float) -> None:
+        study.optimize(guarded, n_trials=budget.trials - done - running, timeout=left,
+                       catch=(RuntimeError, ValueError, _Surplus), callbacks=[stop_at_budget, count_failures])
+
+    return study, drive_search(study, budget, optimize, lambda: len(failures), poll_s)
 
 
 def best_params_or_none(study: optuna.Study) -> dict | None:

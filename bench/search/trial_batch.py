@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from fusebench.search.study import Budget, _counts, _spent_flags, fail_stale_running
+from fusebench.search.study import Budget, _spent_flags, drive_search
 
 log = logging.getLogger(__name__)
 
@@ -82,43 +81,31 @@ def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: B
     returns the study and the seconds spent here, as `run_search` does."""
     if trial_batch < 1:
         raise ValueError(f"trial_batch must be >= 1, got {trial_batch}")
-    started = time.perf_counter()
-    deadline = started + budget.timeout_s
     host, pid = socket.gethostname(), os.getpid()
-    fail_stale_running(study)
-    failures = 0
-    while True:
-        done, running = _counts(study)
-        if done >= budget.trials:
-            break
-        if failures >= budget.trials:  # a strategy that fails every trial: give up, as run_search does
-            log.warning("study %s: %d trial(s) failed here; stopping the search", study.study_name, failures)
-            break
-        if done + running < budget.trials and deadline - time.perf_counter() > 0:
-            trials, proposals = [], []
-            for _ in range(min(trial_batch, budget.trials - done - running)):
-                trial = _claim(study, budget, host, pid)
-                if trial is None:
-                    break  # another process took the last slot
-                trials.append(trial)
-                try:
-                    proposals.append(objective.propose(trial))
-                except (RuntimeError, ValueError) as exc:  # invalid params: the trial fails, the others go on
-                    trials.pop()
-                    _tell(study, trial, exc)
-                    failures += 1
-            if trials:
-                outcomes = objective.train(trials, proposals)
-                if len(outcomes) != len(trials):
-                    raise RuntimeError(f"the batch objective returned {len(outcomes)} outcomes for {len(trials)} trials")
-                for trial, outcome in zip(trials, outcomes):
-                    failures += _tell(study, trial, outcome) == TrialState.FAIL
-            continue
-        if running == 0:
-            break  # out of time and nobody else is working on it
-        time.sleep(poll_s)  # the rest is claimed by other processes: wait, and take over what fails
-        fail_stale_running(study)
-    return study, time.perf_counter() - started
+    failures = [0]
+
+    def round_(done: int, running: int, _left: float) -> None:
+        """Ask up to `trial_batch` trials (each proposed right after its ask), train them, tell each once."""
+        trials, proposals = [], []
+        for _ in range(min(trial_batch, budget.trials - done - running)):
+            trial = _claim(study, budget, host, pid)
+            if trial is None:
+                break  # another process took the last slot
+            trials.append(trial)
+            try:
+                proposals.append(objective.propose(trial))
+            except (RuntimeError, ValueError) as exc:  # invalid params: the trial fails, the others go on
+                trials.pop()
+                _tell(study, trial, exc)
+                failures[0] += 1
+        if trials:
+            outcomes = objective.train(trials, proposals)
+            if len(outcomes) != len(trials):
+                raise RuntimeError(f"the batch objective returned {len(outcomes)} outcomes for {len(trials)} trials")
+            for trial, outcome in zip(trials, outcomes):
+                failures[0] += _tell(study, trial, outcome) == TrialState.FAIL
+
+    return study, drive_search(study, budget, round_, lambda: failures[0], poll_s)
 
 
 def trials_batched(study: optuna.Study) -> int:
