@@ -11,8 +11,10 @@ decision for element i of call c of module m at optimiser step t of the member w
 hash of (s, t, m, c, i): counter-based, so it needs no generator state, works unchanged under
 `vmap` (the seed and the probability are buffers, which `stack_module_state` stacks per member) and
 gives member k of a batched fit exactly the masks of the sequential fit of seed k. The hash is the
-well-known 32-bit "lowbias" integer mix (xor-shift / multiply, in int64 so nothing overflows), a
-bijection of the element index under each key; the
+well-known 32-bit "lowbias" integer mix (xor-shift / multiply, in int64 so nothing overflows) for
+the key of each call, and one multiply / xor-shift / multiply round per element (a bijection of the
+element index under each key, cheap enough to cost about what torch's fused dropout kernel costs
+on pooled heads); the
 masks keep a fraction 1 - p (to within 2^-32) and look independent across seeds, steps and calls (tests
 check both). The original modules are put back after the fit, so a saved or evaluated model is
 unchanged. Not covered: dropout inside `nn.MultiheadAttention` (its attention-weight dropout is a
@@ -35,6 +37,15 @@ def mix32(x: Tensor) -> Tensor:
     x = x ^ (x >> 16)
     x = (x * _MULT) & _MASK32
     x = x ^ (x >> 16)
+    x = (x * _MULT) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _py_mix(x: int) -> int:
+    """`mix32` on a Python int (the parts of a key that every member shares: step, module, call)."""
+    x ^= x >> 16
+    x = (x * _MULT) & _MASK32
+    x ^= x >> 16
     x = (x * _MULT) & _MASK32
     return x ^ (x >> 16)
 
@@ -80,13 +91,32 @@ class KeyedDropout(nn.Module):
         if not self.training:
             return x
         call = self.clock.call(self.index)
-        key = mix32(self.seed ^ mix32(torch.tensor(self.clock.step & _MASK32, device=x.device)))
-        key = mix32(key ^ ((self.index << 16) + call) & _MASK32)
-        element = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
-        draw = mix32(element ^ key)  # uniform on [0, 2**32): a bijection of the element index
+        key = mix32(self.seed ^ _py_mix(_py_mix(self.clock.step & _MASK32) ^ (((self.index << 16) + call) & _MASK32)))
+        draw = _element_hash(_elements(x.numel(), x.device).view(x.shape) ^ key)  # uniform on [0, 2**32)
         keep = 1.0 - self.p.to(torch.float64)
         mask = draw < (keep * 2.0**32).to(torch.int64)  # p = 0: always kept, exactly x
-        return x * mask.to(x.dtype) / keep.clamp_min(1e-12).to(x.dtype)  # p = 1: zeros, as nn.Dropout
+        return torch.where(mask, x / keep.clamp_min(1e-12).to(x.dtype), 0.0)  # p = 1: zeros, as nn.Dropout
+
+
+_ELEMENTS: dict[tuple[int, str], Tensor] = {}
+
+
+def _elements(n: int, device: torch.device) -> Tensor:
+    """`arange(n)` as int64, kept per (n, device): the shapes of a fit repeat every step."""
+    key = (n, str(device))
+    if key not in _ELEMENTS:
+        if len(_ELEMENTS) > 64:
+            _ELEMENTS.clear()
+        _ELEMENTS[key] = torch.arange(n, device=device, dtype=torch.int64)
+    return _ELEMENTS[key]
+
+
+def _element_hash(x: Tensor) -> Tensor:
+    """The per-element mix (multiply, xor-shift, multiply: fewer passes than `mix32`, enough once the
+    key itself is fully mixed); the comparison reads its high bits."""
+    x = (x * _MULT) & _MASK32
+    x = x ^ (x >> 15)
+    return (x * _MULT) & _MASK32
 
 
 Swapped = list[tuple[nn.Module, str, nn.Module]]
