@@ -33,6 +33,7 @@ from fusebench.core.errors import UsageError
 from fusebench.measure.timing import TimingConfig, device_name, flops_per_sample, measure, synchronize
 from fusebench.results.records import Throughput
 from fusebench.strategies import STRATEGIES, FusionSpec
+from fusebench.training.dropout import DropoutClock, restore_dropout, swap_dropout
 from fusebench.training.loop import Batch, TrainConfig, train_model
 
 
@@ -197,8 +198,21 @@ def format_table(rows: list[InferenceRow]) -> str:
 
 
 def _bare_loop(model: torch.nn.Module, train: Batch, cfg: TrainConfig, seed: int) -> float:
-    """The hand-written reference: what a careful user writes without a harness. Returns samples/s."""
+    """The hand-written reference: what a careful user writes without a harness. Returns samples/s.
+
+    Its dropout is the harness's keyed dropout (training/dropout.py), so that the ratio measures the
+    harness's bookkeeping, not the price of reproducible masks (README, "Batched seeds")."""
+    clock = DropoutClock()
+    swapped = swap_dropout(model, seed, clock)
+    try:
+        return _bare_steps(model, train, cfg, seed, clock)
+    finally:
+        restore_dropout(swapped)
+
+
+def _bare_steps(model: torch.nn.Module, train: Batch, cfg: TrainConfig, seed: int, clock: DropoutClock) -> float:
     device = train.labels.device
+    step = 0
     opt = torch.optim.AdamW(model.parameters(), lr=model.params.lr, weight_decay=model.params.weight_decay)
     gen = torch.Generator(device=device).manual_seed(seed)
     n = train.labels.shape[0]
@@ -212,6 +226,8 @@ def _bare_loop(model: torch.nn.Module, train: Batch, cfg: TrainConfig, seed: int
         order = torch.randperm(n, device=device, generator=gen)
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
+            clock.tick(step)
+            step += 1
             loss = F.cross_entropy(model({k: t[idx] for k, t in zip(names, tensors)}), train.labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
