@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${STANDARD_CPU_OUT:-runs/standard-cpu}
 PUB=reports/published/standard-cpu
-bash scripts/bootstrap.sh >/dev/null
+FUSEBENCH_LOCKED=1 bash scripts/bootstrap.sh >/dev/null  # requirements.lock: library versions are part of the cache keys
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p "$PUB"
 publish_status() {

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import threading
 import tokenize
 from pathlib import Path
@@ -75,12 +76,23 @@ def forget() -> None:
         _MEMO = None
 
 
+_CODING = re.compile(r"^[ \t\f]*#.*?coding[:=][ \t]*[-\w.]+")
+
+
+def _prefix(literal: str) -> str:
+    """The lower-cased prefix letters of a string literal (`rb`, `f`, ...)."""
+    return literal[: len(literal) - len(literal.lstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"))].lower()
+
+
 def _code_tokens(source: str) -> str:
     """The source's tokens without comments, blank lines, formatting or statement-level strings
-    (docstrings): what the interpreter runs. Stable across Python versions (f-strings are taken as
-    their source text, as Python < 3.12 tokenizes them). Unparseable source: the text itself."""
+    (docstrings, but not f-strings, which run their expressions): what the interpreter runs. PEP 263
+    coding comments are kept. Stable across Python versions (f-strings are taken as their source
+    text, as Python < 3.12 tokenizes them). Unparseable source: the text itself. Code that reads
+    `__doc__` would see a docstring edit that this version ignores; bench/data and bench/features
+    do not (tests/test_source_version.py checks it)."""
     out: list[str] = []
-    lines = source.splitlines(keepends=True)
+    lines = io.StringIO(source).readlines()  # the lines tokenize sees (str.splitlines also splits on \f, \x1c, ...)
     offsets = [0]
     for line in lines:
         offsets.append(offsets[-1] + len(line))
@@ -98,6 +110,10 @@ def _code_tokens(source: str) -> str:
     i, statement_start = 0, True
     while i < len(tokens):
         tok = tokens[i]
+        if tok.type == tokenize.COMMENT and tok.start[0] <= 2 and _CODING.match(tok.string):
+            out.append(tok.string)  # a PEP 263 encoding declaration changes how the file decodes
+            i += 1
+            continue
         if tok.type in skip:
             i += 1
             continue
@@ -113,9 +129,10 @@ def _code_tokens(source: str) -> str:
             statement_start, i = False, j + 1
             continue
         j = next((k for k in range(i + 1, len(tokens)) if tokens[k].type not in skip), len(tokens))
-        if statement_start and tok.type == tokenize.STRING and (j == len(tokens) or tokens[j].type == tokenize.NEWLINE):
+        if (statement_start and tok.type == tokenize.STRING and "f" not in _prefix(tok.string)
+                and (j == len(tokens) or tokens[j].type == tokenize.NEWLINE)):
             i = j + 1  # a docstring or other bare string statement, with its NEWLINE: no effect on what runs
-            continue
+            continue  # (an f-string statement runs its {expressions}: it is kept)
         out.append(tok.string if tok.type not in (tokenize.INDENT, tokenize.DEDENT) else f"<{tok.type}>")
         statement_start = tok.type in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT) or (
             tok.type == tokenize.OP and tok.string == ";")

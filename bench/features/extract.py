@@ -103,9 +103,11 @@ class Encoded:
 
 def _encode_with_progress(encoder: Any, values: list[Any], key: str, label: str,
                           checkpoint: EncodeCheckpoint | None = None) -> Encoded:
-    """encoder.encode over chunks of the split, reporting items/s and ETA as it goes (encoders are
-    row-wise, token widths are fixed, so chunking does not change the features). With a checkpoint,
-    the chunks done are saved as it goes and a resumed encode starts after the saved ones."""
+    """encoder.encode over chunks of the split, reporting items/s and ETA as it goes. Encoders are
+    row-wise and token widths fixed, but a text encoder pads each batch to its longest item, so a
+    different chunking can move features in the last bits (MiniLM: ~1e-7 pooled). With a checkpoint,
+    the chunks done are saved as it goes and a resumed encode starts after the saved ones, on the
+    same chunk boundaries, so its features equal an uninterrupted encode's bitwise."""
     checkpoint = checkpoint or EncodeCheckpoint(None)
     parts, earlier_s = checkpoint.load()
     done = sum(len(p.pooled) for p in parts)

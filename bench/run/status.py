@@ -3,7 +3,8 @@
 The standard suite takes days on a CPU and is resumed across interruptions, so "how far is it, how
 fast does it go, how long is left" must be answerable from the run directory alone, while it runs
 or after it stopped: cells done / planned per task (run.json `plan`, written by `fusebench run`),
-the wall time per phase so far (run.json `phases`, kept by killed processes too), each task's
+the wall time per phase so far (run.json `phases`, saved after each dataset and cell, so a killed
+process loses only its unfinished dataset's encode time and its running cell's), each task's
 encoding rates, and the measured process-seconds of its finished cells (search per replicate +
 evaluation, robustness, throughput from the records). The time left is each task's remaining cells
 × the mean of its finished cells; a task with no finished cell has no estimate (None), never a guess.

@@ -16,9 +16,9 @@ What stays per member, so that member k is `train_model(member_k.model, ..., mem
 - dropout probability and masks: every `nn.Dropout` is swapped, for the fit only, for a
   `KeyedDropout` (bench/training/dropout.py) whose `p` and seed are (non-persistent) buffers, which
   `stack_module_state` stacks per member; its masks are a hash of (member seed, step, module, call,
-  element), exactly those of the member's sequential fit. The original modules are put back afterwards. Other module attributes are not stacked: members whose
-  non-tensor attributes differ (e.g. `nn.MultiheadAttention.dropout`) must not share a batch, which
-  `structure_key` encodes;
+  element), exactly those of the member's sequential fit. The original modules are put back
+  afterwards. Other module attributes are not stacked: members whose non-tensor attributes differ
+  (e.g. `nn.MultiheadAttention.dropout`) must not share a batch, which `structure_key` encodes;
 - early stopping, pruning and failure: each member has its own `EarlyStopper`; `on_epoch` may raise
   (optuna's `TrialPruned`, say) and a member whose training loss goes non-finite fails with
   `NonFiniteLoss`. A stopped, pruned or failed member is frozen (its loss masked out), never dropped;
