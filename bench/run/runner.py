@@ -6,6 +6,7 @@ the same command is re-run on the same output directory (records are never dupli
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -86,6 +87,22 @@ def train_threads() -> int:
     import os
 
     return max(1, int(os.environ.get("FUSEBENCH_TRAIN_THREADS", "1")))
+
+
+@contextlib.contextmanager
+def threads_restored() -> Iterator[None]:
+    """Give torch back the caller's intra-op thread count however the block ends.
+
+    A run lowers the count while it trains a dataset's cells (`train_threads`); without this an
+    error mid-dataset (a refused study, a storage failure, Ctrl-C) left a library caller, or the
+    next command of the same process, with a 1-thread torch.
+    """
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,7 +191,7 @@ def run(cfg: RunConfig) -> RunSummary:
     if out != cfg.out:
         log.info("--new-run: %s holds a run; writing to %s", cfg.out, out)
     rundir.check_out_dir(out)
-    with rundir.RunDirLock(out):
+    with rundir.RunDirLock(out), threads_restored():
         return _run(dataclasses.replace(cfg, out=out))
 
 
