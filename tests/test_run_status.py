@@ -53,9 +53,9 @@ def test_time_left_is_remaining_cells_times_the_mean_finished_cell(tmp_path):
     meta = {"config": {"suite": {"name": "s", "replicates": 2, "seeds": 2}}, "phases": {"encoding": 5.0},
             "plan": {"d": ["a", "b", "c", "e"], "other": ["a"]}}
     (out / "run.json").write_text(json.dumps(meta))
-    recs = [_rec("a", r, s, 100.0, 10.0) for r in (0, 1) for s in (0, 1)]  # 2 searches + 4 evals = 240 s
-    recs += [_rec("b", r, s, 50.0, 5.0) for r in (0, 1) for s in (0, 1)]  # 120 s
-    recs += [_rec("c", 0, 0, 1.0, 1.0)]  # one seed of four: not done
+    recs = [_rec("a", r, s, 100.0, 10.0) for r in (0, 1) for s in (1000, 1001)]  # 2 searches + 4 evals = 240 s
+    recs += [_rec("b", r, s, 50.0, 5.0) for r in (0, 1) for s in (1000, 1001)]  # 120 s
+    recs += [_rec("c", 0, 1000, 1.0, 1.0)]  # one seed of four: not done
     recs += [Record(dataset="d", task="classification", strategy="e", family="early", modalities=["a"], seed=None,
                     status="failed", error="boom")]
     write_records(out / "results.jsonl", recs)
@@ -69,3 +69,27 @@ def test_time_left_is_remaining_cells_times_the_mean_finished_cell(tmp_path):
 def test_a_directory_without_run_json_is_a_usage_error(tmp_path, capsys):
     assert main(["timing", "status", str(tmp_path)]) == 2
     assert "no run.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("protocol", [True, False], ids=["run.json-protocol", "suite-settings-only"])
+def test_a_cell_is_done_exactly_when_the_runner_would_skip_it(tmp_path, protocol):
+    """R × K records are not enough: status counts a cell done only with every (replicate, seed)
+    pair the runner wants (`done_cells`, the runner's resume test), so "done" means the same in both."""
+    from fusebench.results.records import done_cells, load_records
+
+    out = tmp_path / "run"
+    out.mkdir()
+    meta = {"config": {"suite": {"name": "s", "replicates": 2, "seeds": 2}}, "plan": {"d": ["exact", "dup", "stray"]}}
+    if protocol:  # what the runner writes: the seeds and replicates it compares against
+        meta["protocol"] = {"eval_seeds": [1000, 1001], "replicates": 2}
+    (out / "run.json").write_text(json.dumps(meta))
+    pairs = {"exact": [(0, 1000), (0, 1001), (1, 1000), (1, 1001)],
+             "dup": [(0, 1000), (0, 1000), (0, 1001), (1, 1000)],  # (0, 1000) twice, (1, 1001) missing
+             "stray": [(0, 1000), (0, 1001), (1, 1000), (2, 1001)]}  # four pairs, one of a replicate the run has not
+    write_records(out / "results.jsonl", [_rec(s, r, seed, 1.0, 1.0) for s, ps in pairs.items() for r, seed in ps])
+    assert len(load_records(out / "results.jsonl")) == 12  # R × K = 4 records for each cell
+    task = run_status(out)["tasks"][0]
+    assert (task["cells_done"], task["cells_planned"]) == (1, 3)
+    runner_done = done_cells(load_records(out / "results.jsonl"), [1000, 1001], 2)
+    assert runner_done == {("d", "exact")} and task["cells_done"] == len(runner_done)
+    assert task["cell_seconds_mean"] == 6.0  # the exact cell's 2 searches + 4 evaluations, nothing of the others

@@ -6,8 +6,10 @@ or after it stopped: cells done / planned per task (run.json `plan`, written by 
 the wall time per phase so far (run.json `phases`, saved after each dataset and cell, so a killed
 process loses only its unfinished dataset's encode time and its running cell's), each task's
 encoding rates, and the measured process-seconds of its finished cells (search per replicate +
-evaluation, robustness, throughput from the records). The time left is each task's remaining cells
-× the mean of its finished cells; a task with no finished cell has no estimate (None), never a guess.
+evaluation, robustness, throughput from the records). A cell counts as done exactly when the
+runner would skip it on resume (`done_cells`: an ok record for every search replicate ×
+evaluation seed, not merely as many records). The time left is each task's remaining cells × the
+mean of its finished cells; a task with no finished cell has no estimate (None), never a guess.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from fusebench.core.errors import UsageError
-from fusebench.results.records import Record, load_records
+from fusebench.results.records import Record, done_cells, load_records
+from fusebench.search.study import Budget
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,20 @@ def _cell_seconds(records: list[Record]) -> float:
     return sum(searched.values()) + sum(sum(r.phase_seconds.values()) for r in records)
 
 
+def _wanted(meta: dict[str, Any], suite: dict[str, Any]) -> tuple[list[int], int]:
+    """The evaluation seeds and search replicates every cell of this run needs.
+
+    run.json's `protocol` holds what the runner itself compared against (its `Budget`); a run.json
+    written before `protocol` existed gets the same `Budget` rebuilt from its suite settings.
+    """
+    protocol = meta.get("protocol") or {}
+    if isinstance(protocol.get("eval_seeds"), list) and "replicates" in protocol:
+        return [int(s) for s in protocol["eval_seeds"]], max(1, int(protocol["replicates"]))
+    budget = Budget(int(suite.get("trials", 0)), float(suite.get("timeout_s", 0.0)), max(1, int(suite.get("seeds", 1))),
+                    int(suite.get("search_seed", 0)), replicates=max(1, int(suite.get("replicates", 1))))
+    return budget.eval_seeds, budget.replicates
+
+
 def run_status(run_dir: Path) -> dict[str, Any]:
     run_json = run_dir / "run.json"
     try:
@@ -57,8 +74,9 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         raise UsageError(f"{run_json}: no `plan` (written by fusebench run since this command exists); "
                          "resume the run once (`fusebench run ... --out RUN_DIR`) to record it")
     suite = (meta.get("config") or {}).get("suite") or {}
-    want = max(1, int(suite.get("replicates", 1))) * max(1, int(suite.get("seeds", 1)))
+    eval_seeds, replicates = _wanted(meta, suite)
     records = load_records(run_dir / "results.jsonl") if (run_dir / "results.jsonl").is_file() else []
+    finished = done_cells(records, eval_seeds, replicates)  # the runner's own test of a finished cell
     by_cell: dict[tuple[str, str], list[Record]] = {}
     failed: set[tuple[str, str]] = set()
     for r in records:
@@ -68,7 +86,7 @@ def run_status(run_dir: Path) -> dict[str, Any]:
             failed.add((r.dataset, r.strategy))
     tasks = []
     for ds, strategies in plan.items():
-        done = [s for s in strategies if len({(r.replicate, r.seed) for r in by_cell.get((ds, s), [])}) >= want]
+        done = [s for s in strategies if (ds, s) in finished]
         times = [_cell_seconds(by_cell[(ds, s)]) for s in done]
         mean = statistics.fmean(times) if times else None
         data = (meta.get("data") or {}).get(ds) or {}
