@@ -165,3 +165,28 @@ def test_worker_command_shows_its_trials(synthetic_bundle, monkeypatch, tmp_path
     text = log_file.read_text()
     assert "started worker toy/unimodal:lexical | 0/2 trials (0%)" in text
     assert "finished worker toy/unimodal:lexical | 2/2 trials (100%)" in text
+
+
+
+def test_a_resumed_cell_counts_the_trials_done_before(synthetic_bundle, monkeypatch, tmp_path):
+    """A cell resumed after its searches finished (killed during its seed fits) starts its progress
+    where it stopped: the trials done before count, so the bar reaches its total and the ETA is true.
+    Before, the count restarted at 0 and the cell finished at 4/8 steps."""
+    data, cfg = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    monkeypatch.setenv("FUSEBENCH_PROGRESS", "plain")
+    monkeypatch.setenv("FUSEBENCH_PROGRESS_INTERVAL", "0")  # a line for every event
+    out = tmp_path / "run"
+    argv = ["run", "--suite", "toy", "--strategies", "unimodal:lexical", "--replicates", "2", "--data-dir", str(data),
+            "--out", str(out)]
+    assert main(argv) == 0
+    first = (out / "results.jsonl").read_text()
+    (out / "results.jsonl").write_text("")  # the records are gone, the finished studies stay in the journal
+    log_file = tmp_path / "resumed.log"
+    assert main([*argv, "--log-file", str(log_file)]) == 0
+    text = log_file.read_text()
+    assert "finished toy/unimodal:lexical | 8/8 steps (100%)" in text  # 2 replicates × (2 trials + 2 seeds)
+    assert "replicate 1: 2 trial(s) done before" in text
+    assert "replicate 2: 2 trial(s) done before" in text
+    assert "trial #" not in text  # no search trial ran again
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(first.splitlines()) == 4

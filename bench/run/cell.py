@@ -40,6 +40,7 @@ from fusebench.search.study import (
     run_search,
     sampler_settings,
     trial_counts,
+    trial_status,
 )
 from fusebench.search.trial_batch import run_batched_search, trials_batched
 from fusebench.strategies.base import STRATEGIES, FusionSpec, StrategyInfo
@@ -221,7 +222,7 @@ def build_objective(cell: Cell, data: TaskData, train_cfg: TrainConfig, budget: 
         try:
             result = train_model(model, train, val, train_cfg, cfg.main_metric, seed, on_epoch=report)
         finally:
-            progress.advance(progress_key(cell), 1, status=f"trial {trial.number + 1}/{budget.trials}")
+            progress.advance(progress_key(cell), 1, status=trial_status(budget, trial))
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("best_step", result.best_step)
         trial.set_user_attr("seed", seed)
@@ -276,6 +277,9 @@ def search_replicate(cell: Cell, data: TaskData, ctx: CellContext, replicate: in
     """Run (or resume, or wait for workers on) the study of one search replicate."""
     budget = ctx.budget.for_replicate(replicate)
     study = open_cell_study(cell, data, ctx, replicate)
+    done_before = min(trial_counts(study, budget.trials).spent, budget.trials)
+    if done_before:  # resumed: the steps already done count, so that the progress and its ETA are true
+        progress.advance(progress_key(cell), done_before, status=f"replicate {replicate + 1}: {done_before} trial(s) done before")
     study, seconds = search(study, cell, data, ctx.train, budget, ctx.device, ctx.trial_batch,
                             ctx.finetune)  # waits for other workers' trials too
     export_history(study, ctx.out_dir)  # reports read this file, never the storage

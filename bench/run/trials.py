@@ -24,7 +24,7 @@ import optuna
 import torch
 
 from fusebench.core import progress, space
-from fusebench.search.study import Budget
+from fusebench.search.study import Budget, trial_status
 from fusebench.search.trial_batch import BatchObjective, Outcome
 from fusebench.strategies.base import FusionModel, FusionSpec
 from fusebench.training.batched import not_batchable
@@ -115,7 +115,7 @@ def build_batch_objective(cell: Any, inputs: TrialInputs, train_cfg: TrainConfig
         out: list[Outcome] = []
         for i, trial in enumerate(trials):
             result = outcomes[i]
-            progress.advance(inputs.progress_key, 1, status=f"trial {trial.number + 1}/{budget.trials}")
+            progress.advance(inputs.progress_key, 1, status=trial_status(budget, trial))
             trial.set_user_attr("seed", trial_seed(budget, trial))
             if isinstance(result, TrainResult):
                 trial.set_user_attr("best_epoch", result.best_epoch)

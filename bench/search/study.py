@@ -81,6 +81,13 @@ class Budget:
         return replace(self, search_seed=base + REPLICATE_SEED_STRIDE * r, replicate=r)
 
 
+def trial_status(budget: Budget, trial: optuna.trial.BaseTrial) -> str:
+    """The progress label of a search trial: its replicate and optuna number. A number, not a count:
+    failed, surplus and resumed-over trials take numbers too, so "trial 21/20" would be a false count."""
+    rep = f"replicate {budget.replicate + 1}/{budget.replicates}, " if budget.replicates > 1 else ""
+    return f"{rep}trial #{trial.number + 1}"
+
+
 def replicate_study_name(name: str, r: int) -> str:
     """Replicate 0 keeps the plain name (runs before replicates existed resume into it)."""
     return name if r == 0 else f"{name}/r{r}"
