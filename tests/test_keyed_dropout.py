@@ -128,3 +128,56 @@ def test_p_zero_is_identity_and_eval_is_identity():
     x = torch.randn(8, 5)
     assert torch.equal(KeyedDropout(0.0, 3, 0, clock).train()(x), x)
     assert torch.equal(KeyedDropout(0.7, 3, 0, clock).eval()(x), x)
+
+
+def _one_mask(p: float, seed: int, n: int) -> torch.Tensor:
+    clock = DropoutClock()
+    clock.tick(7)
+    return KeyedDropout(p, seed, 0, clock).train()(torch.ones(n)) != 0
+
+
+@pytest.mark.parametrize("seed", [1000, 31337])
+def test_elements_of_one_mask_are_uncorrelated_at_every_power_of_two_stride(seed):
+    """Within one mask, element i and element i + 2^k (k = 0..21) are uncorrelated. Hashing the raw
+    index left elements whose indices differ in one bit correlated (at p = 0.5, 2^20 pairs: c ~ +0.005
+    at 2^10, -0.01 at 2^14, +0.019 at 2^21, 5 to 19 standard errors), growing to 0.5 at 2^31; the
+    mixed index leaves noise (standard error 2^-10 ~ 0.001). 3 * 2^20 elements, well under a second."""
+    pairs = 1 << 20
+    mask = _one_mask(0.5, seed, (1 << 21) + pairs).double()
+    worst = 0.0
+    for k in range(22):
+        a, b = mask[:pairs], mask[1 << k:(1 << k) + pairs]
+        c = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+        worst = max(worst, abs(c))
+    assert worst < 0.005, f"max |correlation| over strides 2^0..2^21 is {worst:.4f} (noise: ~0.001)"
+
+
+def test_a_mask_is_the_prefix_of_a_longer_masks_whichever_size_came_first(monkeypatch):
+    """The cached mixed indices grow with the largest input seen; a mask never depends on what the
+    cache held (the mask of n elements is the first n of a longer input's mask under the same key)."""
+    from fusebench.training import dropout
+
+    monkeypatch.setattr(dropout, "_MIXED", {})
+    short_first = _one_mask(0.5, 3, 1000), _one_mask(0.5, 3, 5000)
+    monkeypatch.setattr(dropout, "_MIXED", {})
+    long_first = _one_mask(0.5, 3, 5000), _one_mask(0.5, 3, 1000)
+    assert torch.equal(short_first[0], long_first[1]) and torch.equal(short_first[1], long_first[0])
+    assert torch.equal(short_first[1][:1000], short_first[0])
+
+
+def test_inputs_beyond_one_block_draw_each_block_under_its_own_key(monkeypatch):
+    """Indices are hashed as 32-bit values, so elements i and i + 2^32 would share a draw; each block
+    of 2^32 elements gets its own key (here a block of 2^12 stands in for 2^32). Block 0 keeps the
+    call's key, so inputs below one block are unchanged."""
+    from fusebench.training import dropout
+
+    below = _one_mask(0.5, 9, 1 << 12)
+    monkeypatch.setattr(dropout, "BLOCK", 1 << 12)
+    monkeypatch.setattr(dropout, "_MIXED", {})
+    mask = _one_mask(0.5, 9, 3 * (1 << 12) + 100)
+    blocks = [mask[:1 << 12], mask[1 << 12:2 << 12], mask[2 << 12:3 << 12]]
+    assert torch.equal(blocks[0], below)
+    for later in blocks[1:]:
+        assert abs((later == blocks[0]).double().mean().item() - 0.5) < 0.04  # independent: agree on half
+    assert not torch.equal(blocks[1], blocks[2])
+    assert abs(mask.double().mean().item() - 0.5) < 0.02
