@@ -97,9 +97,10 @@ class FeatureCache:
         self.misses += 1
         return None
 
-    def explain(self, dataset: str, slot: str, key: str, parts: dict[str, Any]) -> None:
+    def explain(self, dataset: str, slot: str, key: str, parts: dict[str, Any]) -> str | None:
         """Remember what `slot` (split/view) of `dataset` was keyed on; when the key changed since the last
-        run, say which inputs changed (the entry is then recomputed: nothing stale is reused silently)."""
+        run, say which inputs changed (the entry is then recomputed: nothing stale is reused silently)
+        and return the previous key (None when it is unchanged or unknown)."""
         index_path = self.root / "features" / dataset / "index.json"
         try:
             index = json.loads(index_path.read_text())
@@ -117,6 +118,8 @@ class FeatureCache:
                 atomic_write_bytes(index_path, json.dumps(index, sort_keys=True, default=str).encode())
             except OSError:
                 pass  # a read-only cache: nothing to remember
+        previous = before.get("key") if before else None
+        return previous if isinstance(previous, str) and previous != key else None
 
     def put(self, dataset: str, key: str, features: Features, meta: dict[str, Any]) -> None:
         """Store an entry; in a read-only cache, warn once and go on without storing."""

@@ -22,6 +22,7 @@ from fusebench.features.cache import FeatureCache, cache_key
 from fusebench.features.encoders import Features, build_encoder
 from fusebench.features.identity import encoder_identity
 from fusebench.features.partial import EncodeCheckpoint, concat, every_s
+from fusebench.features.partial_owner import SUFFIX, sweep
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,15 @@ def _encode_with_progress(encoder: Any, values: list[Any], key: str, label: str,
     the chunks done are saved as it goes and a resumed encode starts after the saved ones, on the
     same chunk boundaries, so its features equal an uninterrupted encode's bitwise."""
     checkpoint = checkpoint or EncodeCheckpoint(None)
+    checkpoint.claim()
+    try:
+        return _resume_encode(encoder, values, key, label, checkpoint)
+    finally:
+        checkpoint.release()
+
+
+def _resume_encode(encoder: Any, values: list[Any], key: str, label: str, checkpoint: EncodeCheckpoint) -> Encoded:
+    """`_encode_with_progress` while this process holds the checkpoint folder's lock."""
     parts, earlier_s = checkpoint.load()
     done = sum(len(p.pooled) for p in parts)
     if done:
@@ -193,14 +203,17 @@ def encode_task(
     for view_name in wanted:
         view = cfg.views[view_name]
         encoder = None
-        keys = {}
+        keys, previous = {}, {}
         ident = identities[view_name]
         for split in SPLITS:
             parts = {"dataset": cfg.name, "revision": tables.fingerprint, "split": split, "view": view_name,
                      "column": view.column, "encoder": ident}
             keys[split] = cache_key(parts)
-            cache.explain(cfg.name, f"{split}/{view_name}", keys[split], parts)
+            previous[split] = cache.explain(cfg.name, f"{split}/{view_name}", keys[split], parts)
         cached = {s: cache.get(cfg.name, k) for s, k in keys.items()}
+        for split, key in keys.items():  # before encoding: a changed key's old partial folder frees its space
+            sweep(cache.path(cfg.name, key).parent, f"{split}/{view_name}", key, previous[split],
+                  stored=cached[split] is not None)
         missing = [s for s, f in cached.items() if f is None]
         started = time.perf_counter()
         rates[view_name] = None
@@ -215,7 +228,8 @@ def encode_task(
                     encoder.fit(train_values)
             for split in missing:
                 values, index = _dedupe(list(tables.splits[split][view.column]))
-                checkpoint = EncodeCheckpoint(cache.path(cfg.name, keys[split]).with_suffix(".partial"), every_s())
+                checkpoint = EncodeCheckpoint(cache.path(cfg.name, keys[split]).with_suffix(SUFFIX), every_s(),
+                                              f"{split}/{view_name}")
                 enc = _encode_with_progress(encoder, values, f"encode:{cfg.name}/{split}/{view_name}",
                                             f"encode {cfg.name}/{split}/{view_name} ({view.encoder})", checkpoint)
                 rate = enc.items / max(enc.seconds, 1e-9)

@@ -7,6 +7,9 @@ cache entry, as `<key>.partial/<start>.pt` (atomic, with a checksum). The key na
 code and the encoder, so a later run with the same key loads them, encodes only the rest with the
 same chunk boundaries (the features equal an uninterrupted encode's), and removes them once the
 entry is stored. Unreadable or non-contiguous parts are dropped and their items encoded again.
+While it encodes, a process holds the folder's shared lock; folders no encode will resume (the
+slot's key changed, or a kill landed between storing the entry and removing them) are removed by
+the next encode of the same slot when no live process holds them (bench/features/partial_owner.py).
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +25,7 @@ import torch
 from fusebench.core.io import atomic_write_bytes
 from fusebench.features.cache import checksum
 from fusebench.features.encoders import Features
+from fusebench.features.partial_owner import claim, remove_if_unused
 
 log = logging.getLogger(__name__)
 ENV_EVERY_S = "FUSEBENCH_ENCODE_CHECKPOINT_S"
@@ -42,10 +45,37 @@ def every_s() -> float:
 @dataclass
 class EncodeCheckpoint:
     """The partial encode of one cache entry; `folder` None turns checkpointing off. The first failed
-    write (a read-only or full cache) turns it off too, with one warning."""
+    write (a read-only or full cache) turns it off too, with one warning. `slot` (split/view) is
+    recorded in the folder, so that a later key of the same slot knows the folder is abandoned."""
 
     folder: Path | None
     every_s: float = DEFAULT_EVERY_S
+    slot: str = ""
+    _lock: int | None = field(default=None, repr=False)
+
+    def claim(self) -> None:
+        """Hold the folder's shared lock while encoding (bench/features/partial_owner.py)."""
+        if self.folder is None or self._lock is not None:
+            return
+        try:
+            self._lock = claim(self.folder, self.slot)
+        except OSError as exc:
+            self._off(exc, 0)
+
+    def release(self) -> None:
+        """Let go of the lock; a folder left without saved parts is removed unless another writer holds it."""
+        if self._lock is None:
+            return
+        fd, self._lock = self._lock, None
+        if self.folder is None or any(self.folder.glob("*.pt")):
+            os.close(fd)
+        else:
+            remove_if_unused(self.folder, fd)
+
+    def _off(self, exc: OSError, start: int) -> None:
+        log.warning("encode checkpoints not written to %s (%s); an interrupted encode restarts from item %d",
+                    self.folder, exc.strerror or exc, start)
+        self.folder = None
 
     def load(self) -> tuple[list[Features], float]:
         """The parts saved so far, contiguous from item 0, in order, and the encoding seconds they took
@@ -83,13 +113,15 @@ class EncodeCheckpoint:
         try:
             atomic_write_bytes(self.folder / f"{start:010d}.pt", buf.getvalue())
         except OSError as exc:
-            log.warning("encode checkpoints not written to %s (%s); an interrupted encode restarts from item %d",
-                        self.folder, exc.strerror or exc, start)
-            self.folder = None
+            self._off(exc, start)
 
     def clear(self) -> None:
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        """Remove the folder once the entry is stored, unless another live writer of the same key still
+        holds it (that writer removes it when it stores the entry, or the next encode of the slot does)."""
+        if self.folder is None:
+            return
+        fd, self._lock = self._lock, None
+        remove_if_unused(self.folder, fd)
 
 
 def concat(parts: list[Features]) -> Features:

@@ -1,0 +1,129 @@
+"""Who a `<key>.partial/` encode checkpoint folder belongs to, and removing the abandoned ones.
+
+A partial folder is abandoned when no encode will ever resume it: its slot (split/view of a
+dataset) is now keyed differently (the code, the data or the encoder options changed mid-encode),
+or its entry was stored and the process was killed before it removed the folder. Without a sweep
+such folders stay forever (gigabytes for IMDB's token features).
+
+Ownership is decided by the kernel, not by guessing from times: every process that encodes into a
+folder holds a *shared* `flock` on `<folder>/.lock` for as long as it encodes (several writers of
+one key may share it), and a folder is removed only under an *exclusive* non-blocking `flock` on
+the same file, which the kernel grants only when no live process holds the shared one (a killed
+process's locks die with it, kill -9 included). A writer that took its lock on a file the sweep had
+just unlinked sees the inode change and takes it again. Each folder records its slot and key in
+`slot.json`, so a later encode of the same slot under another key knows it is that slot's.
+
+Folders written before this existed (no `slot.json`, no lock taken by their writers) are removed
+only when the feature index says the slot's previous key was theirs and nothing in them changed for
+`LEGACY_IDLE_S` seconds (a live writer saves every `every_s`, 60 s by default).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from fusebench.core.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+SUFFIX = ".partial"
+LOCK = ".lock"
+OWNER = "slot.json"
+LEGACY_IDLE_S = 3600.0
+
+
+def claim(folder: Path, slot: str) -> int:
+    """Create `folder`, hold a shared lock on its lock file and record `slot` in it; returns the
+    lock's file descriptor (close it to let go). Raises OSError when the folder cannot be written."""
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a sweep removed the folder between mkdir and open
+            continue
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a sweep holds the exclusive lock
+        try:
+            same = os.stat(folder / LOCK).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # locked a file the sweep had unlinked: the folder is gone, make it again
+    try:
+        owner = json.dumps({"slot": slot, "key": folder.name.removesuffix(SUFFIX)}).encode()
+        atomic_write_bytes(folder / OWNER, owner)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_if_unused(folder: Path, fd: int | None = None) -> bool:
+    """Remove `folder` unless a live process holds its lock (`fd`: this process's own shared lock,
+    upgraded; it is closed either way). True when the folder is gone."""
+    own = fd is not None
+    try:
+        if fd is None:
+            fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return not folder.exists()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.debug("%s is in use by another process (%s lock held): left in place", folder,
+                  "its" if own else "a writer's")
+        os.close(fd)
+        return False
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(fd)
+    return not folder.exists()
+
+
+def _owner(folder: Path) -> dict[str, str] | None:
+    try:
+        data = json.loads((folder / OWNER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _idle_s(folder: Path) -> float:
+    """Seconds since anything in `folder` (or the folder itself) was last written."""
+    try:
+        newest = max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.iterdir())])
+    except OSError:
+        return 0.0
+    return time.time() - newest
+
+
+def sweep(dataset_dir: Path, slot: str, key: str, previous: str | None, stored: bool) -> list[Path]:
+    """Remove the abandoned partial folders of `slot` (split/view) in `dataset_dir`, where `key` is the
+    slot's key now, `previous` its key before (when the feature index saw it change) and `stored`
+    whether `key`'s entry is in the cache. Never removes `key`'s own folder while its entry is
+    missing (an encode of it resumes from there), nor a folder a live process holds. Returns the
+    folders removed."""
+    removed = []
+    for folder in sorted(dataset_dir.glob(f"*{SUFFIX}")):
+        name = folder.name.removesuffix(SUFFIX)
+        owner = _owner(folder)
+        if name == key:
+            why = "its entry is stored" if stored else ""
+        elif owner is not None:
+            why = f"{slot} is keyed {key} now" if owner.get("slot") == slot else ""
+        else:
+            why = f"{slot} was keyed {name} before, now {key}" if (
+                name == previous and _idle_s(folder) >= LEGACY_IDLE_S) else ""
+        if not why:
+            continue
+        size = sum(p.stat().st_size for p in folder.glob("*") if p.is_file())
+        if remove_if_unused(folder):
+            log.info("removed the abandoned encode checkpoint %s (%.1f MB; %s)", folder, size / 2**20, why)
+            removed.append(folder)
+    return removed
