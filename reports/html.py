@@ -15,7 +15,7 @@ import pandas as pd
 
 from fusebench.core.io import atomic_write_bytes
 from fusebench.reports import plots
-from fusebench.reports.leaderboard import _stars, leaderboard
+from fusebench.reports.leaderboard import _stars, leaderboard, row_flags, trials_text
 from fusebench.reports.ranking import rank
 from fusebench.reports.verdicts import fmt_p, ranking_sentence, task_verdict
 from fusebench.results.records import Record, load_records
@@ -81,14 +81,19 @@ COLUMN_NOTE = ("<b>mean ± std</b>: main test metric over evaluation seeds (and 
                "interval of the mean; <b>Δ vs best unimodal</b>: difference from the best unimodal baseline (chosen on "
                "validation) with its 95% interval; <b>p</b>: paired test against it, <b>p Holm</b>: Holm-adjusted over "
                "the task's fusion strategies (* &lt; 0.05, ** &lt; 0.01, *** &lt; 0.001); <b>beats</b>: Δ &gt; 0 and "
-               "p Holm &lt; 0.05; <b>runs</b>: replicates × seeds; samples/s measured on the run's device; grey rows: "
+               "p Holm &lt; 0.05; <b>runs</b>: replicates × seeds; <b>trials</b>: completed/budgeted optuna trials "
+               "summed over the search replicates (pruned, failed when recorded; –: a fixed baseline, not searched); "
+               "<b>search s</b>: search wall time; <b>flags</b>: <i>degenerate</i> = a trainable row whose mean lies "
+               "inside the <code>random</code> floor's 95% interval, <i>cap bound</i> = the wall-clock cap stopped the "
+               "search before its trial budget (an unequal comparison); samples/s measured on the run's device; grey rows: "
                "unimodal baselines and floors. Details: leaderboard.md and docs/statistics.md.")
 
 
 def _table(g: pd.DataFrame) -> str:
     head = ("<tr><th>rank</th><th class=l>strategy</th><th class=l>family</th><th>mean ± std</th><th>95% CI</th>"
             "<th>Δ vs best unimodal [95% CI]</th><th>p</th><th>p Holm</th><th>beats best unimodal</th><th>runs</th>"
-            "<th>train samples/s</th><th>infer samples/s</th><th>params</th></tr>")
+            "<th>trials</th><th>search s</th><th>train samples/s</th><th>infer samples/s</th><th>params</th>"
+            "<th class=l>flags</th></tr>")
     rows = []
     for _, r in g.iterrows():
         beats = {True: '<span class=yes>yes</span>', False: '<span class=no>no</span>'}.get(r.get("beats_best_unimodal"), "")
@@ -102,8 +107,9 @@ def _table(g: pd.DataFrame) -> str:
             f"<td class=l>{html.escape(r.family)}</td><td>{_fmt(r['mean'])} ± {_fmt(r['std'])}</td><td>{ci}</td>"
             f"<td>{_delta(r)}</td><td>{_p(p)}</td><td>{_p(r.get('p_adj_vs_best_unimodal', np.nan))}</td>"
             f"<td>{beats if r.status == 'ok' else 'failed'}</td>"
-            f"<td>{int(r.n_seeds)}</td><td>{_fmt(r.train_samples_per_s, 0)}</td><td>{_fmt(r.infer_samples_per_s, 0)}</td>"
-            f"<td>{int(r.params_count):,}</td></tr>"
+            f"<td>{int(r.n_seeds)}</td><td>{html.escape(trials_text(r))}</td><td>{_fmt(r.search_seconds, 1)}</td>"
+            f"<td>{_fmt(r.train_samples_per_s, 0)}</td><td>{_fmt(r.infer_samples_per_s, 0)}</td>"
+            f"<td>{int(r.params_count):,}</td><td class=l>{html.escape(row_flags(r, symbols=False))}</td></tr>"
         )
     return f"<div class=tw><table>{head}{''.join(rows)}</table></div><p class=note>{COLUMN_NOTE}</p>"
 

@@ -155,17 +155,20 @@ def _fmt(x: float, digits: int = 4) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _budget(r: pd.Series) -> str:
+def trials_text(r: pd.Series) -> str:
+    """A board row's search budget as every leaderboard (Markdown, HTML) prints it (`fmt_trials`)."""
     return fmt_trials(r.trials_complete, r.trials_budget, r.trials_pruned, r.trials_failed)
 
 
-def _flags(r: pd.Series) -> str:
+def row_flags(r: pd.Series, symbols: bool = True) -> str:
+    """A board row's warnings (degenerate, cap bound); `symbols=False` drops the ⚠/⏱ marks (the HTML
+    report: a browser without an emoji font draws them as empty boxes)."""
     flags = []
     if r.get("degenerate") is True:
         epoch = f", best epoch {int(r.best_epoch)}" if np.isfinite(r.best_epoch) else ""
-        flags.append(f"⚠ degenerate{epoch}")
+        flags.append(("⚠ " if symbols else "") + f"degenerate{epoch}")
     if r.get("cap_bound") is True:
-        flags.append("⏱ cap bound")
+        flags.append(("⏱ " if symbols else "") + "cap bound")
     return "; ".join(flags)
 
 
@@ -227,9 +230,9 @@ def to_markdown(board: pd.DataFrame, title: str = "fusebench leaderboard") -> st
             lines.append(
                 f"| {rank} | `{r.strategy}` | {r.family} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {ci} | {_delta_cell(r)} | "
                 f"{_p_cell(r.p_vs_best_unimodal, r.test_note)} | {_p_cell(r.p_adj_vs_best_unimodal)} | {beats} | "
-                f"{_p_cell(r.p_vs_late_fusion)} | {max(1, r.n_replicates)}×{k} | {_budget(r)} | "
+                f"{_p_cell(r.p_vs_late_fusion)} | {max(1, r.n_replicates)}×{k} | {trials_text(r)} | "
                 f"{_fmt(r.search_seconds, 1)} | {_fmt(r.train_samples_per_s, 0)} | {_fmt(r.infer_samples_per_s, 0)} | "
-                f"{r.params_count:,} | {_flags(r)} |"
+                f"{r.params_count:,} | {row_flags(r)} |"
             )
         lines.append("")
     return "\n".join(lines + LEGEND)

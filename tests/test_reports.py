@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -218,3 +219,70 @@ def test_no_critical_difference_diagram_when_friedman_does_not_reject(tmp_path):
     assert critical_difference(Ranking(ranks, n_tasks=6, friedman_p=0.30, critical_difference=None), tmp_path) is None
     drawn = critical_difference(Ranking(ranks, n_tasks=6, friedman_p=0.01, critical_difference=1.0), tmp_path)
     assert drawn is not None and drawn.is_file()
+
+
+class _Tables(HTMLParser):
+    """The <table>s of an HTML page as lists of rows of cell texts (th and td alike)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self.tables and self.tables[-1]:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_html_leaderboard_shows_each_rows_trials(tmp_path):
+    """The HTML board has the Markdown board's trials column: completed/budgeted summed over the search
+    replicates, pruned and failed (a fixed baseline: '–'), the search seconds and the cap-bound flag."""
+    records = []
+    for rep in (0, 1):
+        for seed in (1000, 1001):
+            for name, fam, counts in (("concat", "early", dict(n_trials=10, n_trials_complete=7, n_trials_pruned=2,
+                                                                n_trials_failed=1, n_trials_budget=10)),
+                                      ("gmu", "mid", dict(n_trials=6, n_trials_complete=6, n_trials_budget=10,
+                                                          cap_bound=True)),
+                                      ("unimodal:a", "unimodal", dict(n_trials=10, n_trials_complete=10,
+                                                                      n_trials_budget=10)),
+                                      ("majority", "baseline", {})):
+                if name == "majority" and rep:
+                    continue
+                score = 0.6 + 0.01 * (seed % 7) + 0.02 * rep
+                records.append(Record(dataset="d1", task="classification", strategy=name, family=fam,
+                                      modalities=["a"], seed=seed, replicate=rep, status="ok",
+                                      metrics={"accuracy": score}, main_metric_name="accuracy", main_metric=score,
+                                      params_count=10, search_seconds=3.0 if counts else 0.0, **counts))
+    text = write_report(_run_dir(tmp_path, records)).read_text()
+    board = next(t for t in _tables_of(text) if t and "strategy" in t[0] and "runs" in t[0])
+    head = board[0]
+    assert "trials" in head, head
+    trials = {row[head.index("strategy")]: row[head.index("trials")] for row in board[1:]}
+    assert trials == {"concat": "14/20 (4 pruned, 2 failed)", "gmu": "12/20 (0 pruned, 0 failed)",
+                      "unimodal:a": "20/20 (0 pruned, 0 failed)", "majority": "–"}
+    flags = {row[head.index("strategy")]: row[head.index("flags")] for row in board[1:]}
+    assert flags["gmu"] == "cap bound" and flags["concat"] == ""
+    searched = {row[head.index("strategy")]: row[head.index("search s")] for row in board[1:]}
+    assert searched["concat"] == "6.0" and searched["majority"] == "0.0"
+    md = (tmp_path / "run" / "leaderboard.md").read_text()
+    assert "| 14/20 (4 pruned, 2 failed) |" in md  # the same text as the Markdown board
+
+
+def _tables_of(text: str) -> list[list[list[str]]]:
+    parser = _Tables()
+    parser.feed(text)
+    return parser.tables

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -75,6 +76,17 @@ def test_report_renders_in_chromium(tiny_run, tmp_path, capsys):
         for ds in ("avmnist", "esc50", "flickr8k-itm", "imdb"):
             assert any(h.startswith(ds) for h in headings), headings
         assert driver.execute_script("return document.querySelectorAll('tr.failed').length") == 0
+        # every task's board has the trials column, visible, and each searched row says completed/budgeted
+        trials = driver.execute_script(
+            "return Array.from(document.querySelectorAll('table')).filter(t => t.rows[0].textContent.includes('runs'))"
+            ".map(t => { const i = Array.from(t.rows[0].cells).findIndex(c => c.textContent === 'trials');"
+            " return i < 0 ? null : Array.from(t.rows).slice(1).map(r => [r.cells[1].textContent, r.cells[i].innerText,"
+            " r.cells[i].getBoundingClientRect().width]); })")
+        assert len(trials) == 4 and all(t is not None for t in trials), trials
+        cells = [c for t in trials for c in t]
+        assert all(width > 0 for _, _, width in cells), cells
+        searched = [text for name, text, _ in cells if name not in ("majority", "random")]
+        assert searched and all(re.match(r"\d+/\d+", text) for text in searched), cells
         height = driver.execute_script("return document.body.scrollHeight")
         driver.set_window_size(1280, min(int(height) + 100, 16000))  # the whole page in one screenshot
         shot = tmp_path / "report.png"
