@@ -183,3 +183,42 @@ def test_kill_9_mid_encode_then_resume_equals_an_uninterrupted_encode(synthetic_
         assert torch.equal(resumed.splits[split].tokens["neural"], fresh.splits[split].tokens["neural"])
     first_split_items = len(saved) * 8
     assert first_split_items == 16 < len(tables.splits["train"])  # killed mid-split, after two saved chunks
+
+
+def test_overlapping_parts_of_two_writers_are_used_and_gaps_still_stop_the_resume(tmp_path, small_chunks):
+    """Two writers of one key with different checkpoint intervals: parts 0-19 and 20-39 from one, 10-19
+    and 10-29 from the other (same chunk boundaries). The load used to stop at the first part that did
+    not start where the covered range ended (10 after 0-19) and lost 20-39; now a covered part is
+    skipped, an overlapping one contributes its uncovered rows and their share of its seconds."""
+    values = list(range(60))
+    whole = _encode_with_progress(Encoder(), values, "k", "whole").features
+    rows = lambda a, b: Features(whole.pooled[a:b], whole.tokens[a:b])  # noqa: E731
+    folder = tmp_path / "key.partial"
+    ckpt = EncodeCheckpoint(folder, every_s=0.0)
+    ckpt.save(0, rows(0, 20), 2.0)
+    ckpt.save(10, rows(10, 30), 4.0)  # the other writer: 10-19 covered, 20-29 new
+    ckpt.save(20, rows(20, 40), 6.0)  # 20-29 covered by now, 30-39 new
+    ckpt.save(50, rows(50, 60), 1.0)  # after a gap (40-49 missing): not used
+    parts, seconds = EncodeCheckpoint(folder, 0.0).load()
+    assert [len(p.pooled) for p in parts] == [20, 10, 10] and seconds == pytest.approx(2.0 + 4.0 / 2 + 6.0 / 2)
+    again = Encoder()
+    enc = _encode_with_progress(again, values, "k", "resume", EncodeCheckpoint(folder, 0.0))
+    assert enc.resumed == 40 and again.items == 20  # only 40..59 encoded now
+    assert torch.equal(enc.features.pooled, whole.pooled) and torch.equal(enc.features.tokens, whole.tokens)
+    assert 7.0 <= enc.seconds < 8.0  # each saved row's seconds counted once, plus this run's encoding
+
+
+def test_a_part_whose_values_do_not_match_its_checksum_is_skipped_not_used(tmp_path, small_chunks, caplog):
+    values = list(range(40))
+    whole = _encode_with_progress(Encoder(), values, "k", "whole").features
+    folder = tmp_path / "key.partial"
+    ckpt = EncodeCheckpoint(folder, every_s=0.0)
+    ckpt.save(0, Features(whole.pooled[:10], whole.tokens[:10]), 1.0)
+    ckpt.save(10, Features(whole.pooled[10:20], whole.tokens[10:20]), 1.0)
+    blob = torch.load(folder / "0000000010.pt", weights_only=True)
+    blob["pooled"] = blob["pooled"] + 1  # well-formed, wrong values
+    torch.save(blob, folder / "0000000010.pt")
+    with caplog.at_level(logging.WARNING):
+        enc = _encode_with_progress(Encoder(), values, "k", "resume", EncodeCheckpoint(folder, 0.0))
+    assert enc.resumed == 10 and "0000000010.pt does not match its checksum" in caplog.text
+    assert torch.equal(enc.features.pooled, whole.pooled)

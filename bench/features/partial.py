@@ -6,7 +6,9 @@ a split is encoded, the chunks done so far are written every `every_s` seconds n
 cache entry, as `<key>.partial/<start>.pt` (atomic, with a checksum). The key names the data, the
 code and the encoder, so a later run with the same key loads them, encodes only the rest with the
 same chunk boundaries (the features equal an uninterrupted encode's), and removes them once the
-entry is stored. Unreadable or non-contiguous parts are dropped and their items encoded again.
+entry is stored. Parts of several writers of one key (different checkpoint intervals) may overlap:
+covered rows are skipped, the rest used; unreadable parts are skipped, and after the first gap in
+the covered range the rest is dropped, their items encoded again.
 While it encodes, a process holds the folder's shared lock; folders no encode will resume (the
 slot's key changed, or a kill landed between storing the entry and removing them) are removed by
 the next encode of the same slot when no live process holds them (bench/features/partial_owner.py).
@@ -79,8 +81,11 @@ class EncodeCheckpoint:
 
     def load(self) -> tuple[list[Features], float]:
         """The parts saved so far, contiguous from item 0, in order, and the encoding seconds they took
-        (so rates and phase times count the interrupted runs' work); anything after a gap or a bad part
-        is dropped."""
+        (so rates and phase times count the interrupted runs' work). Two writers of one key with
+        different checkpoint intervals leave overlapping parts: a part whose items are already
+        covered is skipped, one that overlaps the covered range contributes its remaining rows (and
+        their share of its seconds); parts start on chunk boundaries, so the rows are those of an
+        uninterrupted encode. A bad part is skipped; at the first gap the rest is dropped."""
         if self.folder is None or not self.folder.is_dir():
             return [], 0.0
         parts: list[Features] = []
@@ -90,14 +95,24 @@ class EncodeCheckpoint:
                 start = int(path.stem)
                 blob = torch.load(path, map_location="cpu", weights_only=True)
                 feats = Features(blob["pooled"], blob.get("tokens"))
-                ok = start == at and blob.get("sha256") == checksum(feats)
                 took = float(blob.get("seconds", 0.0))
+                good = blob.get("sha256") == checksum(feats)
             except Exception as exc:  # unreadable, truncated, a foreign file: encode its items again
                 log.warning("encode checkpoint %s is unreadable (%s): its items are encoded again", path,
                             type(exc).__name__)
-                ok = False
-            if not ok:
+                continue
+            if not good:
+                log.warning("encode checkpoint %s does not match its checksum: its items are encoded again", path)
+                continue
+            if start > at:  # a gap: what follows cannot be used
                 break
+            n = len(feats.pooled)
+            if start + n <= at:  # covered by an earlier part (another writer's)
+                continue
+            if start < at:
+                skip = at - start
+                feats = Features(feats.pooled[skip:], None if feats.tokens is None else feats.tokens[skip:])
+                took *= (n - skip) / n
             parts.append(feats)
             at += len(feats.pooled)
             seconds += took

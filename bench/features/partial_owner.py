@@ -122,7 +122,10 @@ def sweep(dataset_dir: Path, slot: str, key: str, previous: str | None, stored: 
                 name == previous and _idle_s(folder) >= LEGACY_IDLE_S) else ""
         if not why:
             continue
-        size = sum(p.stat().st_size for p in folder.glob("*") if p.is_file())
+        try:
+            size = sum(p.stat().st_size for p in folder.glob("*") if p.is_file())
+        except OSError:  # a file removed meanwhile (another sweep): the size is only for the log
+            size = 0
         if remove_if_unused(folder):
             log.info("removed the abandoned encode checkpoint %s (%.1f MB; %s)", folder, size / 2**20, why)
             removed.append(folder)
