@@ -3,6 +3,7 @@ equal an uninterrupted encode's (bench/features/partial.py)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -222,3 +223,79 @@ def test_a_part_whose_values_do_not_match_its_checksum_is_skipped_not_used(tmp_p
         enc = _encode_with_progress(Encoder(), values, "k", "resume", EncodeCheckpoint(folder, 0.0))
     assert enc.resumed == 10 and "0000000010.pt does not match its checksum" in caplog.text
     assert torch.equal(enc.features.pooled, whole.pooled)
+
+
+def _run_script(data: Path, cfg_dir: Path, cache: Path, out: Path) -> str:
+    """`fusebench run --suite toy` whose neural encoder takes 1 s per 8-item chunk and stops itself
+    (SIGSTOP) at the start of the third chunk of the first split, two chunks checkpointed."""
+    return textwrap.dedent(
+        f"""
+        import os, signal, sys, time
+        os.environ["FUSEBENCH_CONFIG_DIR"] = {str(cfg_dir)!r}
+        os.environ["FUSEBENCH_CACHE"] = {str(cache)!r}
+        os.environ["FUSEBENCH_ENCODE_CHECKPOINT_S"] = "0"
+        from fusebench.cli import main
+        from fusebench.features import extract
+        from fusebench.features.encoders import HFTextEncoder
+        extract.ENCODE_CHUNK = 8
+        plain, calls = HFTextEncoder.encode, []
+        def encode(self, chunk):
+            calls.append(len(chunk))
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGSTOP)
+            time.sleep(1.0)
+            return plain(self, chunk)
+        HFTextEncoder.encode = encode
+        sys.exit(main(["run", "--suite", "toy", "--data-dir", {str(data)!r}, "--out", {str(out)!r}, "-q"]))
+        """
+    )
+
+
+def test_a_run_killed_mid_encode_keeps_the_saved_chunks_seconds_in_its_encoding_phase(
+        synthetic_bundle, tmp_path, monkeypatch):
+    """run.json `phases.encoding` of a resumed run = the resumed process's encoding wall time + the
+    seconds of the chunks the killed process saved (>= 2 s here). Before, the killed process's
+    encoding was lost from `phases` (it was saved only once a dataset's encode finished)."""
+    from fusebench.cli import main
+    from fusebench.run import runner
+
+    data, cfg_dir = synthetic_bundle
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", _run_script(data, cfg_dir, cache, out)], cwd=REPO,
+                            env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while _state(proc.pid) != "T":
+            assert proc.poll() is None, f"the run ended before its stop point: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "the run did not reach its stop point within 180 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = list(cache.glob("features/toy/*.partial/*.pt"))
+    saved_s = sum(torch.load(p, weights_only=True)["seconds"] for p in saved)
+    assert len(saved) == 2 and saved_s >= 2.0
+    assert "encoding" not in (json.loads((out / "run.json").read_text()).get("phases") or {})  # lost with the kill
+
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg_dir))
+    monkeypatch.setenv("FUSEBENCH_CACHE", str(cache))
+    monkeypatch.setenv("FUSEBENCH_ENCODE_CHECKPOINT_S", "0")
+    monkeypatch.setattr(extract, "ENCODE_CHUNK", 8)
+    walls: list[float] = []
+    plain = runner.encode_task
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return plain(*args, **kwargs)
+        finally:
+            walls.append(time.perf_counter() - t0)
+
+    monkeypatch.setattr(runner, "encode_task", timed)
+    assert main(["run", "--suite", "toy", "--data-dir", str(data), "--out", str(out), "-q"]) == 0
+    phases = json.loads((out / "run.json").read_text())["phases"]
+    assert len(walls) == 1
+    assert phases["encoding"] >= walls[0] + saved_s - 0.01  # the killed process's saved chunks counted
+    assert phases["encoding"] < walls[0] + saved_s + 1.0  # and only once

@@ -65,6 +65,9 @@ class TaskData:
     # view → {"encoder", "items", "seconds", "items_per_s"} of the encoding done by this process (unique
     # items, one batched inference_mode pass per split); None for a view read whole from the cache
     encode_items_per_s: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    # view → seconds of the chunks resumed from interrupted encodes' checkpoints: spent by processes
+    # that were killed before recording them, so the run's encoding phase adds them (bench/run/runner.py)
+    resumed_encode_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def views(self) -> list[str]:
@@ -94,12 +97,14 @@ ENCODE_CHUNK = 256  # items per encoder call: the progress view advances this of
 @dataclass(frozen=True)
 class Encoded:
     """A split's features, with the items encoded and the seconds it took, interrupted runs' saved
-    chunks included (`resumed` of the items came from their checkpoints)."""
+    chunks included (`resumed` of the items came from their checkpoints, encoded in `resumed_seconds`
+    by the processes that saved them: wall time a killed run never got to record as its phase)."""
 
     features: Features
     items: int
     seconds: float
     resumed: int = 0
+    resumed_seconds: float = 0.0
 
 
 def _encode_with_progress(encoder: Any, values: list[Any], key: str, label: str,
@@ -142,7 +147,7 @@ def _resume_encode(encoder: Any, values: list[Any], key: str, label: str, checkp
                 pending, pending_start, last = [], i + len(chunk), now
     finally:
         progress.finish(key)
-    return Encoded(concat(parts), len(values), earlier_s + time.perf_counter() - t0, done)
+    return Encoded(concat(parts), len(values), earlier_s + time.perf_counter() - t0, done, earlier_s)
 
 
 def _expand(feat: Features, index: Tensor) -> Features:
@@ -190,6 +195,7 @@ def encode_task(
     encoder_ids: dict[str, str] = {}
     seconds: dict[str, float] = {}
     rates: dict[str, dict[str, Any] | None] = {}
+    resumed_s: dict[str, float] = {}
     # Every view's identity enters the fingerprint, whichever views this run encodes, so that the
     # fingerprint names the task's data and encoders, not the subset a command needed.
     identities = {v: encoder_identity(view.encoder, view.options, f"datasets_cfg/{cfg.name}.yaml: views.{v}.options")
@@ -234,6 +240,8 @@ def encode_task(
                                             f"encode {cfg.name}/{split}/{view_name} ({view.encoder})", checkpoint)
                 rate = enc.items / max(enc.seconds, 1e-9)
                 items, busy = items + enc.items, busy + enc.seconds
+                if enc.resumed_seconds:
+                    resumed_s[view_name] = resumed_s.get(view_name, 0.0) + enc.resumed_seconds
                 log.info("encoded %s/%s/%s: %d items with %s at %.1f items/s%s", cfg.name, split, view_name,
                          enc.items, view.encoder, rate,
                          f" ({enc.resumed} of them, and their seconds, from an interrupted run)" if enc.resumed else "")
@@ -266,4 +274,4 @@ def encode_task(
     if bad:
         raise RuntimeError(f"{cfg.name}: {bad} train labels outside [0, {cfg.num_classes}); fix num_classes in its YAML")
     fingerprint = cache_key({"tables": tables.fingerprint, "encoders": identities})[:16]
-    return TaskData(cfg, splits, fingerprint, encoder_ids, seconds, tables.sources, rates)
+    return TaskData(cfg, splits, fingerprint, encoder_ids, seconds, tables.sources, rates, resumed_s)

@@ -1,7 +1,8 @@
 """Time to leaderboard: wall time per phase of a run, recorded in `run.json` (issue 15).
 
 Phases measured in the run process: `data` (tables built from parquet), `encoding` (features,
-cached or computed), `cells` (wall time of the sweep: search + evaluation of every cell, in
+cached or computed; with the seconds of chunks resumed from an interrupted encode's checkpoints,
+which the killed process never recorded), `cells` (wall time of the sweep: search + evaluation of every cell, in
 parallel when `--jobs` > 1), `statistics` (intervals and tests), `leaderboard`; `report` is added
 by `fusebench report`. Inside cells the records carry each phase's seconds, and `cell_seconds`
 sums them over the run (`search`, `evaluation`, `robustness`, `throughput`): process-seconds, which
@@ -36,6 +37,11 @@ class PhaseClock:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def add(self, name: str, seconds: float) -> None:
+        """Count `seconds` spent outside this process's clock (an interrupted encode's saved chunks)."""
+        if seconds:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     def as_dict(self, previous: dict[str, float] | None = None) -> dict[str, float]:
         """This process's phases added to those of earlier (resumed) processes of the same run."""

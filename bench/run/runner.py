@@ -277,6 +277,7 @@ def _run(cfg: RunConfig) -> RunSummary:
                     tables = build_tables(ds_cfg, root, suite.size)
                 with clock.phase("encoding"):
                     data = encode_task(ds_cfg, tables, cache, device, views=needed_views(todo))
+                    clock.add("encoding", sum(data.resumed_encode_seconds.values()))  # killed processes' share
                     tuned = [c for c in todo if isinstance(c, Cell) and not c.mode.frozen]
                     if tuned:  # raw inputs (token ids, pixels) of the views whose encoders train
                         data = attach_raw(data, tables, needed_views(tuned), suite.finetune, device)

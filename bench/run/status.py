@@ -4,7 +4,8 @@ The standard suite takes days on a CPU and is resumed across interruptions, so "
 fast does it go, how long is left" must be answerable from the run directory alone, while it runs
 or after it stopped: cells done / planned per task (run.json `plan`, written by `fusebench run`),
 the wall time per phase so far (run.json `phases`, saved after each dataset and cell, so a killed
-process loses only its unfinished dataset's encode time and its running cell's), each task's
+process loses only its running cell's time and the part of its unfinished dataset's encode that no
+checkpoint saved: a resumed encode adds the saved chunks' seconds to `encoding`), each task's
 encoding rates, and the measured process-seconds of its finished cells (search per replicate +
 evaluation, robustness, throughput from the records). A cell counts as done exactly when the
 runner would skip it on resume (`done_cells`: an ok record for every search replicate ×
