@@ -338,7 +338,7 @@ def test_suite_setting_cli_flag_and_config_hash(tmp_path):
 
 def test_cells_per_mode_and_old_records_read_as_frozen():
     from fusebench.results.records import Record
-    from fusebench.run.cell import expand_cells
+    from fusebench.run.selection import expand_cells
 
     modes = (EncoderMode(), EncoderMode.parse("last:1"))
     cells = expand_cells("d", ["audio", "text"], ["concat", "unimodal", "majority"], modes, frozenset({"text"}))

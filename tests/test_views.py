@@ -9,7 +9,7 @@ import pytest
 from fusebench.cli import main
 from fusebench.core.errors import UsageError
 from fusebench.results.records import load_records
-from fusebench.run.cell import expand_cells, needed_views, parse_selection
+from fusebench.run.selection import expand_cells, needed_views, parse_selection
 
 VIEWS = ["audio", "image", "text"]
 
@@ -66,3 +66,17 @@ def test_run_encodes_only_the_views_its_cells_read(synthetic_bundle, monkeypatch
     meta = json.loads((out / "run.json").read_text())
     assert set(meta["data"]["toy"]["encoders"]) == {"lexical"}
     assert len(list((cache / "features" / "toy").glob("*.pt"))) == 3  # train/val/test of one view
+
+
+def test_planning_cells_loads_no_search_or_training_code():
+    """Expanding selections into cells (bench/run/selection.py) is planning: it imports the registry,
+    not the search, the trainer or the cell runner, so plan paths stay light and cell.py keeps one job."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from fusebench.run.selection import expand_cells; "
+            "print(sorted(m for m in ('fusebench.run.cell', 'fusebench.training.loop', 'fusebench.search.study')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

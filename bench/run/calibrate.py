@@ -31,7 +31,8 @@ from fusebench.features.extract import encode_task
 from fusebench.measure.timing import TimingConfig
 from fusebench.results.resample import Predictions, prediction_path
 from fusebench.results.stats import ALPHA, paired_test
-from fusebench.run.cell import CellContext, expand_cells, run_cell
+from fusebench.run.cell import CellContext, run_cell
+from fusebench.run.selection import expand_cells
 from fusebench.search.storage import default_url
 from fusebench.search.study import Budget
 from fusebench.training.loop import TrainConfig

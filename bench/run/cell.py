@@ -10,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import optuna
@@ -22,11 +20,12 @@ import torch
 
 from fusebench.core import metrics as metric_lib
 from fusebench.core import progress, space
-from fusebench.core.encmode import ENCODER_LR_PARAM, ENCODER_LR_SPACE, FROZEN, EncoderMode, FineTuneSettings
+from fusebench.core.encmode import ENCODER_LR_PARAM, ENCODER_LR_SPACE, FineTuneSettings
 from fusebench.core.errors import UsageError
 from fusebench.features.extract import TaskData
 from fusebench.measure.timing import TimingConfig, device_name, flops_per_sample, measure
 from fusebench.results.records import Record
+from fusebench.run.selection import Cell, expand_cells, needed_views, parse_selection  # noqa: F401 (their old home)
 from fusebench.run.trials import TrialInputs, build_batch_objective
 from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
@@ -43,70 +42,13 @@ from fusebench.search.study import (
     trial_status,
 )
 from fusebench.search.trial_batch import run_batched_search, trials_batched
-from fusebench.strategies.base import STRATEGIES, FusionSpec, StrategyInfo
+from fusebench.strategies.base import FusionSpec
 from fusebench.training.batched import fit_seeds
 from fusebench.training.finetune.setup import CellSetup
 from fusebench.training.loop import TrainConfig, predict_proba, train_model
 from fusebench.training.robustness import evaluate_robustness
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Cell:
-    dataset: str
-    strategy: str  # record name: the registry name, or "unimodal:<view>"
-    info: StrategyInfo
-    views: tuple[str, ...]
-    mode: EncoderMode = FROZEN  # encoder training mode; a fine-tuned cell's strategy ends in "+ft:<mode>"
-
-
-def parse_selection(name: str) -> tuple[str, tuple[str, ...] | None]:
-    """`unimodal:text_lexical` → ("unimodal", ("text_lexical",)); `concat:image+text` → ("concat", ("image",
-    "text")); a bare name → (name, None), meaning every view of the task."""
-    base, sep, rest = name.partition(":")
-    if not sep:
-        return name, None
-    views = tuple(v.strip() for v in rest.replace(",", "+").split("+") if v.strip())
-    if not views:
-        raise UsageError(f"strategy {name!r}: name the views after ':' (e.g. unimodal:text or concat:image+text)")
-    return base, views
-
-
-def expand_cells(dataset: str, views: list[str], names: list[str], modes: tuple[EncoderMode, ...] = (FROZEN,),
-                 tunable: frozenset[str] = frozenset()) -> list[Cell]:
-    """Strategy selections → cells for a task. Per-modality strategies get one cell per view (or per
-    selected view: `unimodal:VIEW`, `unimodal:A+B`); fusion strategies fuse every view, or the selected
-    ones (`concat:A+B`, recorded under that name), and are skipped when the task has fewer than
-    `min_modalities` of them. Selected views the task lacks are skipped for this task. Each mode of
-    `modes` other than frozen adds `<strategy>+ft:<mode>` cells for trainable strategies reading at
-    least one view of `tunable` (views whose encoder can be fine-tuned); the others would repeat
-    their frozen row."""
-    cells = []
-    for name in names:
-        base, chosen = parse_selection(name)
-        info = STRATEGIES.get(base)
-        use = list(views) if chosen is None else [v for v in chosen if v in views]
-        if chosen is not None and len(use) < len(chosen) and not info.per_modality:
-            continue  # the fusion asked for a view this task does not have
-        if info.per_modality:
-            cells += [Cell(dataset, f"{base}:{v}", info, (v,)) for v in use]
-        elif len(use) >= info.min_modalities:
-            record = base if sorted(use) == sorted(views) else f"{base}:{'+'.join(sorted(use))}"
-            cells.append(Cell(dataset, record, info, tuple(sorted(use))))
-    tuned = [dataclasses.replace(c, strategy=c.strategy + m.suffix(), mode=m) for m in modes if not m.frozen
-             for c in cells if c.info.trainable and set(c.views) & tunable]
-    return [c for c in cells if FROZEN in modes] + tuned
-
-
-class _Viewed(Protocol):
-    @property
-    def views(self) -> tuple[str, ...]: ...
-
-
-def needed_views(cells: Iterable[_Viewed]) -> set[str]:
-    """The views the cells read: only these are encoded."""
-    return {v for c in cells for v in c.views}
 
 
 @dataclass(frozen=True)

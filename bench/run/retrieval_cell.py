@@ -37,7 +37,8 @@ from fusebench.measure.pipeline_timing import time_pipeline
 from fusebench.measure.timing import device_name
 from fusebench.results.records import Record, Throughput
 from fusebench.results.retrieval_stats import BASE, prediction_path
-from fusebench.run.cell import CellContext, parse_selection
+from fusebench.run.cell import CellContext
+from fusebench.run.selection import parse_selection
 from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
 from fusebench.search.study import (

@@ -35,10 +35,11 @@ from fusebench.results.records import Record, done_cells, load_records, merge_re
 from fusebench.results.retrieval_stats import attach_retrieval_stats
 from fusebench.results.stats import attach_stats
 from fusebench.run import rundir
-from fusebench.run.cell import Cell, CellContext, expand_cells, needed_views, parse_selection
+from fusebench.run.cell import CellContext
 from fusebench.run.parallel import CellPool
 from fusebench.run.phases import PhaseClock, cell_seconds
 from fusebench.run.retrieval_cell import RetrievalCell, RetrievalRun, expand_retrieval_cells
+from fusebench.run.selection import Cell, expand_cells, needed_views, parse_selection
 from fusebench.search.storage import default_url, kind, redact
 from fusebench.search.study import Budget, pruner_settings, sampler_settings
 from fusebench.strategies import STRATEGIES

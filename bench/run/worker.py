@@ -133,8 +133,8 @@ def prepare_studies(cfg: RunConfig) -> list[str]:
     attrs, by the run's own code path, without searching; returns the study names."""
     import dataclasses
 
-    from fusebench.run.cell import expand_cells
     from fusebench.run.runner import run
+    from fusebench.run.selection import expand_cells
 
     run(dataclasses.replace(cfg, prepare_only=True))
     names = []

@@ -1,0 +1,73 @@
+"""Which cells a task has: strategy selections (`concat`, `unimodal:VIEW`, `concat:A+B`, fine-tuning
+modes) expanded against the task's views, and the views those cells read (only these are encoded).
+
+Planning only: nothing here trains, searches or touches data (bench/run/cell.py runs a cell).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from fusebench.core.encmode import FROZEN, EncoderMode
+from fusebench.core.errors import UsageError
+from fusebench.strategies.base import STRATEGIES, StrategyInfo
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    strategy: str  # record name: the registry name, or "unimodal:<view>"
+    info: StrategyInfo
+    views: tuple[str, ...]
+    mode: EncoderMode = FROZEN  # encoder training mode; a fine-tuned cell's strategy ends in "+ft:<mode>"
+
+
+def parse_selection(name: str) -> tuple[str, tuple[str, ...] | None]:
+    """`unimodal:text_lexical` → ("unimodal", ("text_lexical",)); `concat:image+text` → ("concat", ("image",
+    "text")); a bare name → (name, None), meaning every view of the task."""
+    base, sep, rest = name.partition(":")
+    if not sep:
+        return name, None
+    views = tuple(v.strip() for v in rest.replace(",", "+").split("+") if v.strip())
+    if not views:
+        raise UsageError(f"strategy {name!r}: name the views after ':' (e.g. unimodal:text or concat:image+text)")
+    return base, views
+
+
+def expand_cells(dataset: str, views: list[str], names: list[str], modes: tuple[EncoderMode, ...] = (FROZEN,),
+                 tunable: frozenset[str] = frozenset()) -> list[Cell]:
+    """Strategy selections → cells for a task. Per-modality strategies get one cell per view (or per
+    selected view: `unimodal:VIEW`, `unimodal:A+B`); fusion strategies fuse every view, or the selected
+    ones (`concat:A+B`, recorded under that name), and are skipped when the task has fewer than
+    `min_modalities` of them. Selected views the task lacks are skipped for this task. Each mode of
+    `modes` other than frozen adds `<strategy>+ft:<mode>` cells for trainable strategies reading at
+    least one view of `tunable` (views whose encoder can be fine-tuned); the others would repeat
+    their frozen row."""
+    cells = []
+    for name in names:
+        base, chosen = parse_selection(name)
+        info = STRATEGIES.get(base)
+        use = list(views) if chosen is None else [v for v in chosen if v in views]
+        if chosen is not None and len(use) < len(chosen) and not info.per_modality:
+            continue  # the fusion asked for a view this task does not have
+        if info.per_modality:
+            cells += [Cell(dataset, f"{base}:{v}", info, (v,)) for v in use]
+        elif len(use) >= info.min_modalities:
+            record = base if sorted(use) == sorted(views) else f"{base}:{'+'.join(sorted(use))}"
+            cells.append(Cell(dataset, record, info, tuple(sorted(use))))
+    tuned = [dataclasses.replace(c, strategy=c.strategy + m.suffix(), mode=m) for m in modes if not m.frozen
+             for c in cells if c.info.trainable and set(c.views) & tunable]
+    return [c for c in cells if FROZEN in modes] + tuned
+
+
+class _Viewed(Protocol):
+    @property
+    def views(self) -> tuple[str, ...]: ...
+
+
+def needed_views(cells: Iterable[_Viewed]) -> set[str]:
+    """The views the cells read: only these are encoded."""
+    return {v for c in cells for v in c.views}
