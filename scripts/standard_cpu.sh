@@ -6,7 +6,8 @@
 #   2. the sweep; 3. the report; 4. publish leaderboard, report, run.json (wall time per phase) and
 #      the status (cells done, encoding rates, measured cell time, time left) to
 #      reports/published/standard-cpu/.
-# `scripts/standard_cpu.sh status` only publishes the status of the run so far.
+# `scripts/standard_cpu.sh status` publishes the run so far: the leaderboard and report of the finished
+# cells (made on a copy of the run directory) and the status.
 # Meant for the background: `nohup nice -n 19 bash scripts/standard_cpu.sh > standard-cpu.out 2>&1 &`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,11 +19,25 @@ mkdir -p "$PUB"
 publish_status() {
   .venv/bin/fusebench timing status "$OUT" --json "$PUB/status.json" | tee "$PUB/status.md"
 }
-if [ "${1:-}" = status ]; then publish_status; exit 0; fi
+publish_report() {  # leaderboard and HTML report of what $1 holds (the finished cells)
+  .venv/bin/fusebench report "$1" --html -q
+  cp "$1/leaderboard.md" "$1/leaderboard.csv" "$1/run.json" "$1/report.html" "$PUB/"
+  if [ -d "$1/plots" ]; then rm -rf "$PUB/plots"; cp -R "$1/plots" "$PUB/"; fi
+}
+if [ "${1:-}" = status ]; then
+  # while the sweep runs: the report of the cells finished so far, made on a copy of the run directory
+  # (the sweep keeps writing its own), then the status
+  if [ -s "$OUT/results.jsonl" ]; then
+    SNAP=$(mktemp -d)
+    trap 'rm -rf "$SNAP"' EXIT
+    cp -R "$OUT/." "$SNAP/"
+    publish_report "$SNAP"
+  fi
+  publish_status
+  exit 0
+fi
 .venv/bin/fusebench run --suite standard --prepare-only --device cpu --out "$OUT" --log-file "$OUT.prepare.log"
 .venv/bin/fusebench run --suite standard --device cpu --out "$OUT" --log-file "$OUT.log"
-.venv/bin/fusebench report "$OUT" --html
-cp "$OUT/leaderboard.md" "$OUT/leaderboard.csv" "$OUT/run.json" "$OUT/report.html" "$PUB/"
-if [ -d "$OUT/plots" ]; then cp -R "$OUT/plots" "$PUB/"; fi
+publish_report "$OUT"
 publish_status
 echo "standard_cpu.sh: done; commit $PUB"
