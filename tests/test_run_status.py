@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import optuna
 import pytest
 
 from fusebench.cli import main
+from fusebench.run.cell import STUDY_ATTR
 from fusebench.results.records import Record, write_records
 from fusebench.run.status import run_status
+from fusebench.search.storage import default_url, open_storage
 
 
 @pytest.fixture()
@@ -39,6 +42,26 @@ def test_status_of_a_finished_toy_run(toy, tmp_path, capsys, monkeypatch):
     assert all(r["items_per_s"] > 0 for r in task["encode_items_per_s"].values())
     assert {"encoding", "cells", "leaderboard"} <= set(status["phases"])
     assert "| toy | " in text and "| done |" in text
+
+
+def test_a_resumed_run_is_not_finished_until_it_finishes(toy, tmp_path, capsys):
+    """run.json's finished_at of --prepare-only (or of an earlier finish) is cleared when the run goes
+    on: here the sweep that follows stops on an error mid-dataset, and its status must not say
+    "finished". Before, the sweep kept the prepare step's finish time (seen on the standard run)."""
+    data, _ = toy
+    out = tmp_path / "run"
+    base = ["run", "--suite", "toy", "--strategies", "majority,concat", "--seeds", "1", "--trials", "1",
+            "--data-dir", str(data), "--out", str(out), "-q"]
+    assert main([*base, "--prepare-only"]) == 0
+    assert json.loads((out / "run.json").read_text())["finished_at"]
+    study = optuna.load_study(study_name="toy/concat", storage=open_storage(default_url(out)))
+    study.set_user_attr(STUDY_ATTR, {"data_fingerprint": "another-revision"})  # the sweep refuses it (exit 2)
+    assert main(base) == 2
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["resumed_at"] and "finished_at" not in meta
+    capsys.readouterr()
+    assert main(["timing", "status", str(out)]) == 0
+    assert "finished not yet" in capsys.readouterr().out
 
 
 def _rec(strategy: str, replicate: int, seed: int, search_s: float, eval_s: float, status: str = "ok") -> Record:

@@ -234,6 +234,7 @@ def _run(cfg: RunConfig) -> RunSummary:
         device,
     )
     meta["resumed_at"] = now() if run_json.is_file() else None
+    meta.pop("finished_at", None)  # a resumed run (after --prepare-only, a kill or a finish) is running again
     meta["identity"] = {**rundir.identity(suite), "data_fingerprints": (meta.get("identity") or {}).get("data_fingerprints", {})}
     meta["protocol"] = {"sampler": sampler_settings(suite.search_seed), "pruner": pruner_settings(),
                         "trials_per_study": suite.trials, "search_timeout_s": suite.timeout_s,
