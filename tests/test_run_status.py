@@ -9,8 +9,8 @@ import optuna
 import pytest
 
 from fusebench.cli import main
-from fusebench.run.cell import STUDY_ATTR
 from fusebench.results.records import Record, write_records
+from fusebench.run.cell import STUDY_ATTR
 from fusebench.run.status import run_status
 from fusebench.search.storage import default_url, open_storage
 
