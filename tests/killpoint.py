@@ -12,6 +12,11 @@ still holds the journal's lock file for the fsync, so a kill right after the rea
 append often leaves the lock behind, and the re-run then waits optuna's 30 s grace period before
 taking it over (a slower test, not a different one). Freezing only where `settled()` holds (no lock
 file) makes every kill leave the same on-disk state.
+
+`LoggedPopen` starts the child with its stdout and stderr in a file, never a pipe: a pipe holds
+64 KiB, and a child that logs more than that blocks in write() until someone reads the pipe. These
+tests only poll files while the child runs, so a chatty child (a debug log, a long traceback, a
+warning per trial) would never reach its kill point and the test would hang until its timeout.
 """
 
 from __future__ import annotations
@@ -20,10 +25,30 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+class LoggedPopen(subprocess.Popen):
+    """A child process whose stdout and stderr (merged) go to `log`, which the test reads afterwards."""
+
+    def __init__(self, args: Sequence[str], log: Path, **kwargs: Any) -> None:
+        self.log = Path(log)
+        with open(self.log, "wb") as fh:  # the child holds its own descriptor; ours closes here
+            super().__init__(args, stdout=fh, stderr=subprocess.STDOUT, **kwargs)
+
+    def output_tail(self, chars: int = 3000) -> str:
+        """The last `chars` characters the child wrote (for failure messages)."""
+        return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
+
+
+def _tail(proc: subprocess.Popen) -> str:
+    if isinstance(proc, LoggedPopen):
+        return proc.output_tail()
+    return proc.stderr.read()[-3000:] if proc.stderr else ""
 
 
 def kill_at(proc: subprocess.Popen, seen: Callable[[], T | None], timeout_s: float, poll_s: float = 0.02,
@@ -36,8 +61,7 @@ def kill_at(proc: subprocess.Popen, seen: Callable[[], T | None], timeout_s: flo
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = proc.stderr.read()[-3000:] if proc.stderr else ""
-            raise AssertionError(f"the run finished (rc={proc.returncode}) before the kill point:\n{err}")
+            raise AssertionError(f"the run finished (rc={proc.returncode}) before the kill point:\n{_tail(proc)}")
         if seen() is not None:
             os.kill(proc.pid, signal.SIGSTOP)
             frozen = seen() if settled() else None  # nothing changes now: the state the kill leaves

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -23,6 +22,7 @@ from fusebench.features.cache import FeatureCache
 from fusebench.features.encoders import Features
 from fusebench.features.extract import _encode_with_progress, encode_task
 from fusebench.features.partial import EncodeCheckpoint
+from tests.killpoint import LoggedPopen
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,12 +157,12 @@ def test_kill_9_mid_encode_then_resume_equals_an_uninterrupted_encode(synthetic_
     data, cfg_dir = synthetic_bundle
     monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg_dir))
     cache_dir = tmp_path / "cache"
-    proc = subprocess.Popen([sys.executable, "-c", _worker_script(data, cfg_dir, cache_dir)], cwd=REPO,
-                            env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+    proc = LoggedPopen([sys.executable, "-c", _worker_script(data, cfg_dir, cache_dir)], tmp_path / "encode.log", cwd=REPO,
+                       env=os.environ.copy())
     try:
         deadline = time.monotonic() + 120
         while _state(proc.pid) != "T":  # stopped itself mid-split
-            assert proc.poll() is None, f"the encode ended before its stop point: {proc.stderr.read()[-2000:]}"
+            assert proc.poll() is None, f"the encode ended before its stop point: {proc.output_tail(2000)}"
             assert time.monotonic() < deadline, "the encode did not reach its stop point within 120 s"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
@@ -261,12 +261,12 @@ def test_a_run_killed_mid_encode_keeps_the_saved_chunks_seconds_in_its_encoding_
 
     data, cfg_dir = synthetic_bundle
     cache, out = tmp_path / "cache", tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", _run_script(data, cfg_dir, cache, out)], cwd=REPO,
-                            env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+    proc = LoggedPopen([sys.executable, "-c", _run_script(data, cfg_dir, cache, out)], tmp_path / "run.log", cwd=REPO,
+                       env=os.environ.copy())
     try:
         deadline = time.monotonic() + 180
         while _state(proc.pid) != "T":
-            assert proc.poll() is None, f"the run ended before its stop point: {proc.stderr.read()[-2000:]}"
+            assert proc.poll() is None, f"the run ended before its stop point: {proc.output_tail(2000)}"
             assert time.monotonic() < deadline, "the run did not reach its stop point within 180 s"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from fusebench.results.records import load_records
 from fusebench.search.storage import open_storage
-from tests.killpoint import kill_at
+from tests.killpoint import LoggedPopen, kill_at
 
 REPO = Path(__file__).resolve().parent.parent
 TRIALS = 4
@@ -53,8 +53,8 @@ def _trials(storage: optuna.storages.BaseStorage, name: str) -> list[optuna.tria
 def _run_until(args: list[str], out: Path, condition, timeout: float = 120.0) -> dict:
     """Start the CLI; SIGKILL it as soon as condition(storage) holds (checked again with the run
     frozen, tests/killpoint.py); return what was seen at the kill."""
-    proc = subprocess.Popen([sys.executable, "-m", "fusebench", *args], cwd=REPO, env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = out.parent / f"{out.name}-{time.monotonic_ns()}.log"  # one per start: the output of each killed process
+    proc = LoggedPopen([sys.executable, "-m", "fusebench", *args], log, cwd=REPO, env=os.environ.copy())
     journal = out / "optuna.journal"
     storage = None
 

@@ -216,7 +216,7 @@ def test_batched_search_resumes_after_kill_9(tmp_path, synthetic_bundle, monkeyp
 
     from fusebench.results.records import load_records
     from fusebench.search.storage import open_storage
-    from tests.killpoint import kill_at
+    from tests.killpoint import LoggedPopen, kill_at
 
     data, cfg = synthetic_bundle
     monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
@@ -224,8 +224,7 @@ def test_batched_search_resumes_after_kill_9(tmp_path, synthetic_bundle, monkeyp
     args = [sys.executable, "-m", "fusebench", "run", "--datasets", "toy", "--strategies", "concat", "--trials", "6",
             "--seeds", "2", "--epochs", "30", "--trial-batch", "3", "--data-dir", str(data), "--out", str(out)]
     repo = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(args, cwd=repo, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = LoggedPopen(args, tmp_path / "killed.log", cwd=repo, env=os.environ.copy())
     journal, storage = out / "optuna.journal", []
 
     def live_batch() -> list[int] | None:
