@@ -87,7 +87,7 @@ def test_retrieval_records_carry_the_search_budget_and_the_leaderboard_shows_it(
     """Retrieval records carry the trial counts classification records carry (spent, budget, complete,
     pruned, failed, retried, cap bound), equal to their studies' own counts; the leaderboard's main
     table and its retrieval detail print them the same way, summed over the search replicates."""
-    from fusebench.reports.leaderboard import _budget, leaderboard
+    from fusebench.reports.leaderboard import leaderboard, trials_text
     from fusebench.reports.retrieval import retrieval_markdown
     from fusebench.search.study import open_study, replicate_study_name, trial_counts
 
@@ -110,7 +110,34 @@ def test_retrieval_records_carry_the_search_budget_and_the_leaderboard_shows_it(
     detail = retrieval_markdown(records)
     for _, row in board.iterrows():
         assert row.trials_budget == 6  # 3 per search replicate, 2 replicates
-        cell = _budget(row)
+        cell = trials_text(row)
         assert cell.startswith(f"{int(row.trials_complete)}/6 (") and "pruned" in cell and "failed" in cell
         line = next(x for x in detail.splitlines() if x.startswith(f"| `{row.strategy}` |"))
         assert f"| {cell} |" in line, (cell, line)
+
+
+def test_retrieval_records_carry_their_seconds_so_timing_status_counts_the_whole_cell(tmp_path: Path,
+                                                                                      one_thread) -> None:
+    """Each retrieval record has its seed's evaluation seconds and the cell's one throughput timing, as
+    classification records do; the status's process-seconds of a cell (searches + every record's
+    phases) then account for the cell's wall time. Before, retrieval records had no phase seconds and
+    `timing status` counted only the searches (on the standard run: 49 of the dual encoder's 95 s)."""
+    import time
+
+    from fusebench.run.status import _cell_seconds
+
+    data, tables = _task({"train": 60, "val": 20, "test": 20})
+    ctx = CellContext(budget=Budget(trials=2, timeout_s=120, seeds=2, replicates=2),
+                      train=TrainConfig(epochs=2, patience=2, batch_size=64), timing=TimingConfig(),
+                      device=torch.device("cpu"), storage=f"sqlite:///{tmp_path / 'o.db'}", out_dir=tmp_path,
+                      rerank_k=5)
+    outcomes = RetrievalRun(data, tables, ctx).execute(expand_retrieval_cells("flickr8k-retrieval", ["concat"]))
+    t0 = time.perf_counter()
+    for _cell, records in outcomes:
+        wall = time.perf_counter() - t0
+        assert not isinstance(records, BaseException), records
+        assert all(r.phase_seconds["evaluation"] > 0 for r in records)
+        assert [r.phase_seconds["throughput"] > 0 for r in records] == [True, False, False, False]  # once per cell
+        counted = _cell_seconds(records)
+        assert 0.5 * wall <= counted <= wall, (counted, wall)  # the rest: opening studies, writing predictions
+        t0 = time.perf_counter()
