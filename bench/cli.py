@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from fusebench.core import diskfull
 from fusebench.core.errors import UsageError
 from fusebench.run import calibrate_cli, extensions, throughput_cli, timing_cli
 
@@ -318,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
             return handler(args)
     except UsageError as exc:
         print(f"fusebench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if not diskfull.is_disk_full(exc):
+            raise
+        print(f"fusebench: error: {diskfull.message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fusebench: interrupted; re-run the same command to resume", file=sys.stderr)

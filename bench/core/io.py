@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from fusebench.core.diskfull import is_disk_full, naming
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -21,7 +23,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        if is_disk_full(exc):  # no inode left: name the file being written, not the temporary one
+            raise naming(exc, path) from exc
+        raise
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -29,8 +36,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)  # on a full disk: the old file stays whole, the partial copy's space comes back
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise naming(exc, path) from exc
         raise
 
 

@@ -21,6 +21,7 @@ import torch
 from fusebench.config import catalog
 from fusebench.config.loader import SuiteConfig
 from fusebench.core import progress
+from fusebench.core.diskfull import is_disk_full
 from fusebench.core.errors import UsageError
 from fusebench.core.io import atomic_write_bytes
 from fusebench.core.paths import cache_root, resolve_data_root
@@ -286,6 +287,8 @@ def _run(cfg: RunConfig) -> RunSummary:
             except UsageError:
                 raise
             except Exception as exc:
+                if is_disk_full(exc):  # not this dataset's fault: stop (exit 2, bench/cli.py), don't fail every cell
+                    raise
                 log.error("dataset %s failed to build/encode: %s", ds_name, exc)
                 records = merge_records(records, [_failed(c, ds_cfg.task, exc) for c in todo])
                 write_records(results, records)
@@ -340,8 +343,8 @@ def _run(cfg: RunConfig) -> RunSummary:
             else:
                 outcomes = pool.execute([c for c in todo if isinstance(c, Cell)], data, ctx)
             for cell, outcome in outcomes:
-                if isinstance(outcome, UsageError):
-                    raise outcome
+                if isinstance(outcome, BaseException) and (isinstance(outcome, UsageError) or is_disk_full(outcome)):
+                    raise outcome  # the next cells would fail the same way
                 if isinstance(outcome, BaseException):
                     log.error("  %-28s FAILED: %s", cell.strategy, outcome)
                     log.debug("%s", "".join(traceback.format_exception(outcome)))

@@ -30,6 +30,7 @@ from typing import Any
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 
+from fusebench.core.diskfull import is_disk_full, naming
 from fusebench.core.errors import UsageError
 from fusebench.core.io import atomic_write_bytes
 
@@ -134,7 +135,12 @@ class RepairingJournalFileBackend(JournalFileBackend):
         with get_lock_file(self._lock):
             _cut_partial_tail(self._path)
             what = "\n".join(json.dumps(entry, separators=(",", ":")) for entry in logs) + "\n"
-            with open(self._path, "ab") as fh:
-                fh.write(what.encode("utf-8"))
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                with open(self._path, "ab") as fh:
+                    fh.write(what.encode("utf-8"))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:  # a full disk: the partial record is cut by the next append or open
+                if is_disk_full(exc):
+                    raise naming(exc, self._path) from exc
+                raise
