@@ -64,6 +64,22 @@ def test_a_resumed_run_is_not_finished_until_it_finishes(toy, tmp_path, capsys):
     assert "finished not yet" in capsys.readouterr().out
 
 
+def test_a_resumed_run_keeps_the_encode_rates_an_earlier_process_measured(toy, tmp_path, monkeypatch):
+    """The sweep after --prepare-only (or any resume) finds every view cached; the encode rates the
+    prepare step measured must stay in run.json, not turn into "cached". Before, the standard run's
+    resumed sweep wiped the rates of 5 tasks' encodes (hours of measurement) from its run.json."""
+    data, _ = toy
+    monkeypatch.setenv("FUSEBENCH_CACHE", str(tmp_path / "cache"))  # cold: the prepare step encodes
+    out = tmp_path / "run"
+    base = ["run", "--suite", "toy", "--strategies", "majority", "--seeds", "1", "--data-dir", str(data),
+            "--out", str(out), "-q"]
+    assert main([*base, "--prepare-only"]) == 0
+    measured = json.loads((out / "run.json").read_text())["data"]["toy"]["encode_items_per_s"]
+    assert all(r["items_per_s"] > 0 for r in measured.values()) and len(measured) == 2
+    assert main(base) == 0  # every view a cache hit now
+    assert json.loads((out / "run.json").read_text())["data"]["toy"]["encode_items_per_s"] == measured
+
+
 def _rec(strategy: str, replicate: int, seed: int, search_s: float, eval_s: float, status: str = "ok") -> Record:
     return Record(dataset="d", task="classification", strategy=strategy, family="early", modalities=["a"],
                   seed=seed, status=status, replicate=replicate, search_seconds=search_s,

@@ -304,6 +304,8 @@ def _run(cfg: RunConfig) -> RunSummary:
                 log.warning("%s: class %s excluded: %s", ds_name, label, why)
             rundir.check_data(out, meta, ds_name, data.fingerprint)
             meta["identity"]["data_fingerprints"][ds_name] = data.fingerprint
+            earlier = meta["data"].get(ds_name) or {}
+            measured = (earlier.get("encode_items_per_s") or {}) if earlier.get("fingerprint") == data.fingerprint else {}
             meta["data"][ds_name] = {
                 "fingerprint": data.fingerprint,
                 "class_counts": counts,
@@ -315,7 +317,8 @@ def _run(cfg: RunConfig) -> RunSummary:
                 "encoders": data.encoders,
                 "rows": {s: len(d) for s, d in data.splits.items()},
                 "prepare_seconds": round(time.perf_counter() - t0, 2),
-                "encode_items_per_s": data.encode_items_per_s,
+                # a view this process found cached keeps the rate an earlier process of this run measured
+                "encode_items_per_s": {v: r if r is not None else measured.get(v) for v, r in data.encode_items_per_s.items()},
             }
             meta["phases"] = clock.as_dict(previous_phases)  # kept if this process is killed later
             atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())

@@ -23,6 +23,7 @@ from typing import Any
 
 from fusebench.core.errors import UsageError
 from fusebench.results.records import Record, done_cells, load_records
+from fusebench.run.probe_estimate import CellRate, TaskEstimate, estimate_cells, probe_rates
 from fusebench.search.study import Budget
 
 
@@ -36,6 +37,7 @@ class TaskStatus:
     prepare_seconds: float | None
     cell_seconds_mean: float | None  # process-seconds of one finished cell (all replicates and seeds)
     seconds_left: float | None  # remaining cells × the mean; None without a finished cell
+    probe: dict[str, Any] | None = None  # with --probe: TaskEstimate of the remaining cells at the probe's rates
 
     @property
     def complete(self) -> bool:
@@ -48,21 +50,35 @@ def _cell_seconds(records: list[Record]) -> float:
     return sum(searched.values()) + sum(sum(r.phase_seconds.values()) for r in records)
 
 
-def _wanted(meta: dict[str, Any], suite: dict[str, Any]) -> tuple[list[int], int]:
-    """The evaluation seeds and search replicates every cell of this run needs.
+def _wanted(meta: dict[str, Any], suite: dict[str, Any]) -> tuple[list[int], int, int]:
+    """The evaluation seeds, search replicates and trials per search every cell of this run needs.
 
     run.json's `protocol` holds what the runner itself compared against (its `Budget`); a run.json
     written before `protocol` existed gets the same `Budget` rebuilt from its suite settings.
     """
     protocol = meta.get("protocol") or {}
+    trials = int(protocol.get("trials_per_study", suite.get("trials", 0)))
     if isinstance(protocol.get("eval_seeds"), list) and "replicates" in protocol:
-        return [int(s) for s in protocol["eval_seeds"]], max(1, int(protocol["replicates"]))
+        return [int(s) for s in protocol["eval_seeds"]], max(1, int(protocol["replicates"])), trials
     budget = Budget(int(suite.get("trials", 0)), float(suite.get("timeout_s", 0.0)), max(1, int(suite.get("seeds", 1))),
                     int(suite.get("search_seed", 0)), replicates=max(1, int(suite.get("replicates", 1))))
-    return budget.eval_seeds, budget.replicates
+    return budget.eval_seeds, budget.replicates, trials
 
 
-def run_status(run_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunFiles:
+    """A run directory's run.json, its protocol and its records."""
+
+    meta: dict[str, Any]
+    plan: dict[str, list[str]]
+    suite: dict[str, Any]
+    eval_seeds: list[int]
+    replicates: int
+    trials: int
+    records: list[Record]
+
+
+def read_run(run_dir: Path) -> RunFiles:
     run_json = run_dir / "run.json"
     try:
         meta = json.loads(run_json.read_text())
@@ -75,9 +91,28 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         raise UsageError(f"{run_json}: no `plan` (written by fusebench run since this command exists); "
                          "resume the run once (`fusebench run ... --out RUN_DIR`) to record it")
     suite = (meta.get("config") or {}).get("suite") or {}
-    eval_seeds, replicates = _wanted(meta, suite)
+    eval_seeds, replicates, trials = _wanted(meta, suite)
     records = load_records(run_dir / "results.jsonl") if (run_dir / "results.jsonl").is_file() else []
-    finished = done_cells(records, eval_seeds, replicates)  # the runner's own test of a finished cell
+    return RunFiles(meta, plan, suite, eval_seeds, replicates, trials, records)
+
+
+def _probe_rates(probe_dir: Path) -> dict[str, list[CellRate]]:
+    probe = read_run(probe_dir)
+    rates = probe_rates(probe.records, probe.eval_seeds, probe.replicates)
+    if not rates:
+        raise UsageError(f"{probe_dir}: no finished probe cell with in-cell seconds; let the probe run finish at "
+                         "least one cell per task (`fusebench run --suite ... --out PROBE_DIR`)")
+    return rates
+
+
+def run_status(run_dir: Path, probe_dir: Path | None = None) -> dict[str, Any]:
+    """The status of a run; with `probe_dir`, each task's remaining cells are also estimated at a
+    probe run's rates (bench/run/probe_estimate.py), and the cells both runs finished are compared
+    (the estimate's own check)."""
+    run = read_run(run_dir)
+    meta, records = run.meta, run.records
+    finished = done_cells(records, run.eval_seeds, run.replicates)  # the runner's own test of a finished cell
+    rates = _probe_rates(probe_dir) if probe_dir is not None else None
     by_cell: dict[tuple[str, str], list[Record]] = {}
     failed: set[tuple[str, str]] = set()
     for r in records:
@@ -85,46 +120,86 @@ def run_status(run_dir: Path) -> dict[str, Any]:
             by_cell.setdefault((r.dataset, r.strategy), []).append(r)
         else:
             failed.add((r.dataset, r.strategy))
-    tasks = []
-    for ds, strategies in plan.items():
+    tasks, checks = [], []
+    for ds, strategies in run.plan.items():
         done = [s for s in strategies if (ds, s) in finished]
         times = [_cell_seconds(by_cell[(ds, s)]) for s in done]
         mean = statistics.fmean(times) if times else None
         data = (meta.get("data") or {}).get(ds) or {}
+        estimate: TaskEstimate | None = None
+        if rates is not None:
+            task_rates = rates.get(ds, [])
+            estimate = estimate_cells([s for s in strategies if s not in done], task_rates, run.trials,
+                                      len(run.eval_seeds), run.replicates)
+            for s, measured in zip(done, times):
+                probed = [r for r in task_rates if r.strategy == s]
+                if probed:
+                    predicted = probed[0].cell_seconds(run.trials, len(run.eval_seeds), run.replicates)
+                    checks.append({"dataset": ds, "strategy": s, "predicted_s": round(predicted, 1),
+                                   "measured_s": round(measured, 1), "ratio": round(measured / predicted, 3)})
         tasks.append(TaskStatus(
             dataset=ds, cells_planned=len(strategies), cells_done=len(done),
             cells_failed=sum((ds, s) in failed and s not in done for s in strategies),
             encode_items_per_s=data.get("encode_items_per_s") or {}, prepare_seconds=data.get("prepare_seconds"),
             cell_seconds_mean=None if mean is None else round(mean, 1),
             seconds_left=None if mean is None else round(mean * (len(strategies) - len(done)), 1),
+            probe=None if estimate is None else estimate.as_dict(),
         ))
     lefts = [t.seconds_left for t in tasks if not t.complete]
-    return {
-        "run_dir": str(run_dir), "suite": suite.get("name"), "started_at": meta.get("started_at"),
+    status = {
+        "run_dir": str(run_dir), "suite": run.suite.get("name"), "started_at": meta.get("started_at"),
         "finished_at": meta.get("finished_at"), "phases": meta.get("phases") or {},
         "cells_planned": sum(t.cells_planned for t in tasks), "cells_done": sum(t.cells_done for t in tasks),
         "seconds_left": None if any(v is None for v in lefts) else round(sum(v for v in lefts if v is not None), 1),
         "tasks": [asdict(t) for t in tasks],
     }
+    if rates is not None:
+        # each unfinished task at its own measured mean where it has one, else at the probe's rates
+        best: list[float | None] = [t.seconds_left if t.seconds_left is not None else (t.probe or {}).get("seconds")
+                                    for t in tasks if not t.complete]
+        known = [v for v in best if v is not None]
+        status["probe"] = {"run_dir": str(probe_dir), "checks": checks,
+                           "seconds_left": round(sum(known), 1) if len(known) == len(best) else None}
+    return status
 
 
-def _hours(seconds: float | None) -> str:
-    return "unknown (no finished cell yet)" if seconds is None else f"{seconds / 3600:.1f} h"
+def _hours(seconds: float | None, unknown: str = "unknown (no finished cell yet)") -> str:
+    if seconds is None:
+        return unknown
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 def format_status(status: dict[str, Any]) -> str:
-    """Markdown: one line per task, then the phases and the total time left."""
+    """Markdown: one line per task, then the phases and the total time left (and, with a probe, its
+    estimate per task, its check against the cells both runs finished, and the combined total)."""
+    probe = status.get("probe")
     lines = [f"run {status['run_dir']} (suite {status['suite']}): {status['cells_done']}/{status['cells_planned']} "
              f"cells done; started {status['started_at']}, finished {status['finished_at'] or 'not yet'}", "",
-             "| task | cells done | failed | encode items/s | one cell (process s) | left |",
-             "|---|---|---|---|---|---|"]
+             "| task | cells done | failed | encode items/s | one cell (process s) | left |"
+             + (" left (probe) |" if probe else ""),
+             "|---|---|---|---|---|---|" + ("---|" if probe else "")]
     for t in status["tasks"]:
         rates = ", ".join(f"{v}: {r['items_per_s']}" for v, r in sorted(t["encode_items_per_s"].items())
                           if isinstance(r, dict) and "items_per_s" in r) or "cached / not yet"
-        left = "done" if t["cells_done"] == t["cells_planned"] else _hours(t["seconds_left"])
-        lines.append(f"| {t['dataset']} | {t['cells_done']}/{t['cells_planned']} | {t['cells_failed']} | {rates} | "
-                     f"{t['cell_seconds_mean'] if t['cell_seconds_mean'] is not None else '-'} | {left} |")
+        done = t["cells_done"] == t["cells_planned"]
+        left = "done" if done else _hours(t["seconds_left"])
+        row = (f"| {t['dataset']} | {t['cells_done']}/{t['cells_planned']} | {t['cells_failed']} | {rates} | "
+               f"{t['cell_seconds_mean'] if t['cell_seconds_mean'] is not None else '-'} | {left} |")
+        if probe:
+            est = t["probe"] or {}
+            names = est.get("unmatched") or []
+            unknown = f"unknown (no probe cell for {', '.join(names) if len(names) <= 3 else f'{len(names)} cells'})"
+            row += " done |" if done else f" {_hours(est.get('seconds'), unknown)} |"
+        lines.append(row)
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in status["phases"].items())
     lines += ["", f"wall time per phase so far: {phases or 'none recorded yet'}",
               f"time left at the measured rates (one process): {_hours(status['seconds_left'])}"]
+    if probe:
+        trivial = sorted({s for t in status["tasks"] for s in (t["probe"] or {}).get("trivial", [])})
+        lines.append(f"time left, each task at its measured rate or else the probe's ({probe['run_dir']}): "
+                     f"{_hours(probe['seconds_left'], 'unknown (a task with neither)')}"
+                     + (f"; counted 0 s: {', '.join(trivial)} (no search, no training)" if trivial else ""))
+        for c in probe["checks"]:
+            lines.append(f"probe check, {c['dataset']}/{c['strategy']} finished in both runs: predicted "
+                         f"{c['predicted_s']:.0f} s, measured {c['measured_s']:.0f} s (× {c['ratio']:.2f})")
     return "\n".join(lines)

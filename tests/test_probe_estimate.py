@@ -1,0 +1,90 @@
+"""`fusebench timing status RUN_DIR --probe PROBE_DIR`: a long run's remaining cells estimated at a
+short probe run's per-trial and per-seed rates (bench/run/probe_estimate.py), on hand-made records
+whose arithmetic is known, and checked against a cell both runs finished."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fusebench.cli import main
+from fusebench.core.errors import UsageError
+from fusebench.results.records import Record, write_records
+from fusebench.run.status import format_status, run_status
+
+
+def _rec(ds: str, strategy: str, replicate: int, seed: int, search_s: float, n_trials: int,
+         phases: dict[str, float]) -> Record:
+    return Record(dataset=ds, task="classification", strategy=strategy, family="early", modalities=["a"], seed=seed,
+                  status="ok", replicate=replicate, search_seconds=search_s, n_trials=n_trials, phase_seconds=phases)
+
+
+def _run_dir(path: Path, plan: dict[str, list[str]], trials: int, seeds: list[int], replicates: int,
+             records: list[Record]) -> Path:
+    path.mkdir()
+    meta = {"config": {"suite": {"name": path.name}}, "plan": plan,
+            "protocol": {"trials_per_study": trials, "eval_seeds": seeds, "replicates": replicates}}
+    (path / "run.json").write_text(json.dumps(meta))
+    write_records(path / "results.jsonl", records)
+    return path
+
+
+@pytest.fixture()
+def probe(tmp_path: Path) -> Path:
+    """5 trials, 1 replicate, 2 seeds. d/concat: 50 s / 5 trials = 10 s a trial, 10 s a seed.
+    r/dual_encoder: 2 s a trial, 3 s a seed; r/rerank:concat: 4 s a trial, 6 s a seed (2 + 4 phases)."""
+    recs = [_rec("d", "concat", 0, s, 50.0, 5, {"evaluation": 10.0}) for s in (1000, 1001)]
+    recs += [_rec("r", "dual_encoder", 0, s, 10.0, 5, {"evaluation": 3.0}) for s in (1000, 1001)]
+    recs += [_rec("r", "rerank:concat", 0, s, 20.0, 5, {"evaluation": 2.0, "throughput": 4.0}) for s in (1000, 1001)]
+    recs += [_rec("d", "gmu", 0, 1000, 50.0, 5, {"evaluation": 1.0})]  # unfinished (1 of 2 seeds): no rate
+    plan = {"d": ["concat", "gmu"], "r": ["dual_encoder", "rerank:concat"]}
+    return _run_dir(tmp_path / "probe", plan, 5, [1000, 1001], 1, recs)
+
+
+SEEDS = [1000, 1001, 1002, 1003, 1004]
+
+
+def test_remaining_cells_at_the_probe_rates(tmp_path: Path, probe: Path) -> None:
+    # the run: 20 trials, 3 replicates, 5 seeds; d/concat finished in 900 s (3 searches of 200 + 15 × 20)
+    done = [_rec("d", "concat", r, s, 200.0, 20, {"evaluation": 20.0}) for r in range(3) for s in SEEDS]
+    plan = {"d": ["concat", "gmu", "majority", "unimodal:a"], "r": ["dual_encoder", "rerank:gmu"]}
+    run = _run_dir(tmp_path / "run", plan, 20, SEEDS, 3, done)
+    status = run_status(run, probe)
+    d, r = status["tasks"]
+    # gmu (not probed: the task's probed cells stand in) and unimodal:a (no probed unimodal cell: same):
+    # 3 × (20 × 10 + 5 × 10) = 750 s each; majority: trivial, 0 s
+    assert d["probe"] == {"seconds": 1500.0, "trivial": ["majority"], "unmatched": []}
+    # dual_encoder: 3 × (20 × 2 + 5 × 3) = 165; rerank:gmu at rerank:concat's rates: 3 × (20 × 4 + 5 × 6) = 330
+    assert r["probe"] == {"seconds": 495.0, "trivial": [], "unmatched": []}
+    # d's own measured mean (900 s × 3 cells left) wins over the probe where the run has one
+    assert d["seconds_left"] == 2700.0 and r["seconds_left"] is None
+    assert status["probe"]["seconds_left"] == 2700.0 + 495.0
+    # the check: d/concat predicted 750 s at the probe's rates, measured 900 s
+    assert status["probe"]["checks"] == [{"dataset": "d", "strategy": "concat", "predicted_s": 750.0,
+                                          "measured_s": 900.0, "ratio": 1.2}]
+    text = format_status(status)
+    assert "| d | 1/4 | 0 | cached / not yet | 900.0 | 45 min | 25 min |" in text
+    assert "probe check, d/concat finished in both runs: predicted 750 s, measured 900 s (× 1.20)" in text
+    assert "counted 0 s: majority" in text
+
+
+def test_a_task_the_probe_did_not_reach_has_no_estimate(tmp_path: Path, probe: Path, capsys) -> None:
+    run = _run_dir(tmp_path / "run", {"d": ["gmu"], "x": ["concat", "random"]}, 20, SEEDS, 3, [])
+    assert main(["timing", "status", str(run), "--probe", str(probe), "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    status = json.loads((tmp_path / "s.json").read_text())
+    assert status["tasks"][1]["probe"] == {"seconds": None, "trivial": ["random"], "unmatched": ["concat"]}
+    assert status["probe"]["seconds_left"] is None
+    assert "unknown (no probe cell for concat)" in out and "unknown (a task with neither)" in out
+
+
+def test_probe_records_without_in_cell_seconds_give_no_rate(tmp_path: Path) -> None:
+    """Retrieval records written before they carried phase_seconds: the evaluation time is unknown, so
+    the cell gives no rate (not a rate that counts only its searches)."""
+    recs = [_rec("r", "dual_encoder", 0, s, 10.0, 5, {}) for s in (1000, 1001)]
+    old = _run_dir(tmp_path / "probe", {"r": ["dual_encoder"]}, 5, [1000, 1001], 1, recs)
+    run = _run_dir(tmp_path / "run", {"r": ["dual_encoder"]}, 20, SEEDS, 3, [])
+    with pytest.raises(UsageError, match="no finished probe cell with in-cell seconds"):
+        run_status(run, old)
