@@ -51,7 +51,7 @@ def test_remaining_cells_at_the_probe_rates(tmp_path: Path, probe: Path) -> None
     done = [_rec("d", "concat", r, s, 200.0, 20, {"evaluation": 20.0}) for r in range(3) for s in SEEDS]
     plan = {"d": ["concat", "gmu", "majority", "unimodal:a"], "r": ["dual_encoder", "rerank:gmu"]}
     run = _run_dir(tmp_path / "run", plan, 20, SEEDS, 3, done)
-    status = run_status(run, probe)
+    status = run_status(run, [probe])
     d, r = status["tasks"]
     # gmu (not probed: the task's probed cells stand in) and unimodal:a (no probed unimodal cell: same):
     # 3 × (20 × 10 + 5 × 10) = 750 s each; majority: trivial, 0 s
@@ -87,4 +87,19 @@ def test_probe_records_without_in_cell_seconds_give_no_rate(tmp_path: Path) -> N
     old = _run_dir(tmp_path / "probe", {"r": ["dual_encoder"]}, 5, [1000, 1001], 1, recs)
     run = _run_dir(tmp_path / "run", {"r": ["dual_encoder"]}, 20, SEEDS, 3, [])
     with pytest.raises(UsageError, match="no finished probe cell with in-cell seconds"):
-        run_status(run, old)
+        run_status(run, [old])
+
+
+def test_probes_pool_their_cells(tmp_path: Path, probe: Path, capsys) -> None:
+    """Two --probe directories: the second reaches task x (3 × (20 × 1 + 5 × 2) = 90 s) and probes d/gmu
+    itself (3 × (20 × 4 + 5 × 4) = 300 s), which then stands for gmu instead of d/concat."""
+    recs = [_rec("x", "concat", 0, s, 5.0, 5, {"evaluation": 2.0}) for s in (1000, 1001)]
+    recs += [_rec("d", "gmu", 0, s, 20.0, 5, {"evaluation": 4.0}) for s in (1000, 1001)]
+    second = _run_dir(tmp_path / "probe2", {"x": ["concat"], "d": ["gmu"]}, 5, [1000, 1001], 1, recs)
+    run = _run_dir(tmp_path / "run", {"d": ["gmu"], "x": ["concat", "random"]}, 20, SEEDS, 3, [])
+    assert main(["timing", "status", str(run), "--probe", str(probe), "--probe", str(second),
+                 "--json", str(tmp_path / "s.json")]) == 0
+    status = json.loads((tmp_path / "s.json").read_text())
+    assert [t["probe"]["seconds"] for t in status["tasks"]] == [300.0, 90.0]
+    assert status["probe"]["seconds_left"] == 390.0 and status["probe"]["run_dirs"] == [str(probe), str(second)]
+    assert "time left, each task at its measured rate or else the probe's" in capsys.readouterr().out

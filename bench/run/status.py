@@ -96,23 +96,28 @@ def read_run(run_dir: Path) -> RunFiles:
     return RunFiles(meta, plan, suite, eval_seeds, replicates, trials, records)
 
 
-def _probe_rates(probe_dir: Path) -> dict[str, list[CellRate]]:
-    probe = read_run(probe_dir)
-    rates = probe_rates(probe.records, probe.eval_seeds, probe.replicates)
+def _probe_rates(probe_dirs: list[Path]) -> dict[str, list[CellRate]]:
+    """Every probe directory's rates together (a strategy probed twice: both count)."""
+    rates: dict[str, list[CellRate]] = {}
+    for d in probe_dirs:
+        probe = read_run(d)
+        for task, found in probe_rates(probe.records, probe.eval_seeds, probe.replicates).items():
+            rates.setdefault(task, []).extend(found)
     if not rates:
-        raise UsageError(f"{probe_dir}: no finished probe cell with in-cell seconds; let the probe run finish at "
+        raise UsageError(f"{', '.join(map(str, probe_dirs))}: no finished probe cell with in-cell seconds; let the "
+                         "probe run finish at "
                          "least one cell per task (`fusebench run --suite ... --out PROBE_DIR`)")
     return rates
 
 
-def run_status(run_dir: Path, probe_dir: Path | None = None) -> dict[str, Any]:
-    """The status of a run; with `probe_dir`, each task's remaining cells are also estimated at a
-    probe run's rates (bench/run/probe_estimate.py), and the cells both runs finished are compared
+def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str, Any]:
+    """The status of a run; with `probe_dirs`, each task's remaining cells are also estimated at
+    probe runs' rates (bench/run/probe_estimate.py), and the cells both runs finished are compared
     (the estimate's own check)."""
     run = read_run(run_dir)
     meta, records = run.meta, run.records
     finished = done_cells(records, run.eval_seeds, run.replicates)  # the runner's own test of a finished cell
-    rates = _probe_rates(probe_dir) if probe_dir is not None else None
+    rates = _probe_rates(probe_dirs) if probe_dirs else None
     by_cell: dict[tuple[str, str], list[Record]] = {}
     failed: set[tuple[str, str]] = set()
     for r in records:
@@ -158,7 +163,7 @@ def run_status(run_dir: Path, probe_dir: Path | None = None) -> dict[str, Any]:
         best: list[float | None] = [t.seconds_left if t.seconds_left is not None else (t.probe or {}).get("seconds")
                                     for t in tasks if not t.complete]
         known = [v for v in best if v is not None]
-        status["probe"] = {"run_dir": str(probe_dir), "checks": checks,
+        status["probe"] = {"run_dirs": [str(d) for d in probe_dirs or []], "checks": checks,
                            "seconds_left": round(sum(known), 1) if len(known) == len(best) else None}
     return status
 
@@ -196,7 +201,7 @@ def format_status(status: dict[str, Any]) -> str:
               f"time left at the measured rates (one process): {_hours(status['seconds_left'])}"]
     if probe:
         trivial = sorted({s for t in status["tasks"] for s in (t["probe"] or {}).get("trivial", [])})
-        lines.append(f"time left, each task at its measured rate or else the probe's ({probe['run_dir']}): "
+        lines.append(f"time left, each task at its measured rate or else the probe's ({', '.join(probe['run_dirs'])}): "
                      f"{_hours(probe['seconds_left'], 'unknown (a task with neither)')}"
                      + (f"; counted 0 s: {', '.join(trivial)} (no search, no training)" if trivial else ""))
         for c in probe["checks"]:

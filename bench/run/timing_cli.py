@@ -29,10 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "phases so far, encoding rates, measured cell time and the time left")
     st.add_argument("run_dir", metavar="RUN_DIR", help="directory of a `fusebench run` (its --out)")
     st.add_argument("--json", metavar="FILE", help="also write the status as JSON to FILE")
-    st.add_argument("--probe", metavar="PROBE_DIR",
+    st.add_argument("--probe", metavar="PROBE_DIR", action="append",
                     help="a short run of the same tasks on this machine (few trials, one replicate, a strategy or two "
                          "per task): estimate each task's remaining cells at its rates too, and check the estimate "
-                         "on the cells both runs finished")
+                         "on the cells both runs finished; repeatable (their cells pool)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -42,7 +42,7 @@ def command(args: argparse.Namespace) -> int:
         from fusebench.core.io import atomic_write_bytes
         from fusebench.run.status import format_status, run_status
 
-        status = run_status(Path(args.run_dir), Path(args.probe) if args.probe else None)
+        status = run_status(Path(args.run_dir), [Path(p) for p in args.probe or []])
         print(format_status(status))
         if args.json:
             atomic_write_bytes(Path(args.json), json.dumps(status, indent=2).encode())
