@@ -16,9 +16,10 @@ from fusebench.run.status import format_status, run_status
 
 
 def _rec(ds: str, strategy: str, replicate: int, seed: int, search_s: float, n_trials: int,
-         phases: dict[str, float]) -> Record:
+         phases: dict[str, float], retried: int = 0) -> Record:
     return Record(dataset=ds, task="classification", strategy=strategy, family="early", modalities=["a"], seed=seed,
-                  status="ok", replicate=replicate, search_seconds=search_s, n_trials=n_trials, phase_seconds=phases)
+                  status="ok", replicate=replicate, search_seconds=search_s, n_trials=n_trials, phase_seconds=phases,
+                  n_trials_retried=retried)
 
 
 def _run_dir(path: Path, plan: dict[str, list[str]], trials: int, seeds: list[int], replicates: int,
@@ -63,7 +64,7 @@ def test_remaining_cells_at_the_probe_rates(tmp_path: Path, probe: Path) -> None
     assert status["probe"]["seconds_left"] == 2700.0 + 495.0
     # the check: d/concat predicted 750 s at the probe's rates, measured 900 s
     assert status["probe"]["checks"] == [{"dataset": "d", "strategy": "concat", "predicted_s": 750.0,
-                                          "measured_s": 900.0, "ratio": 1.2}]
+                                          "measured_s": 900.0, "ratio": 1.2, "resumed": False}]
     text = format_status(status)
     assert "| d | 1/4 | 0 | cached / not yet | 900.0 | 45 min | 25 min |" in text
     assert "probe check, d/concat finished in both runs: predicted 750 s, measured 900 s (× 1.20)" in text
@@ -103,3 +104,22 @@ def test_probes_pool_their_cells(tmp_path: Path, probe: Path, capsys) -> None:
     assert [t["probe"]["seconds"] for t in status["tasks"]] == [300.0, 90.0]
     assert status["probe"]["seconds_left"] == 390.0 and status["probe"]["run_dirs"] == [str(probe), str(second)]
     assert "time left, each task at its measured rate or else the probe's" in capsys.readouterr().out
+
+
+def test_a_cell_resumed_after_a_kill_is_left_out_of_the_mean(tmp_path: Path, probe: Path) -> None:
+    """A search resumed after a kill records only the last process's seconds (its killed trials show
+    as retried): its cell time is too low, so the task's mean uses the cells that ran whole, and the
+    probe check says so. Seen on the standard run: a resumed avmnist cell measured 2846 s."""
+    whole = [_rec("d", "concat", r, s, 200.0, 20, {"evaluation": 20.0}) for r in range(3) for s in SEEDS]  # 900 s
+    cut = [_rec("d", "gmu", r, s, 20.0, 20, {"evaluation": 2.0}, retried=5 if r == 0 else 0)
+           for r in range(3) for s in SEEDS]  # 90 s counted
+    run = _run_dir(tmp_path / "run", {"d": ["concat", "gmu", "lmf"]}, 20, SEEDS, 3, whole + cut)
+    (d,) = run_status(run, [probe])["tasks"]
+    assert d["cells_done"] == 2 and d["cells_resumed"] == 1
+    assert d["cell_seconds_mean"] == 900.0 and d["seconds_left"] == 900.0
+    only_cut = _run_dir(tmp_path / "run2", {"d": ["gmu", "lmf"]}, 20, SEEDS, 3, cut)
+    status = run_status(only_cut, [probe])
+    assert status["tasks"][0]["cell_seconds_mean"] == 90.0  # nothing better: kept, and flagged
+    text = format_status(status)
+    assert "90.0 (resumed cells only: too low)" in text
+    assert status["probe"]["checks"] == []  # the probe has no d/gmu

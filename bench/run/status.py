@@ -37,6 +37,7 @@ class TaskStatus:
     prepare_seconds: float | None
     cell_seconds_mean: float | None  # process-seconds of one finished cell (all replicates and seeds)
     seconds_left: float | None  # remaining cells × the mean; None without a finished cell
+    cells_resumed: int = 0  # finished cells whose search resumed after a kill (time undercounted; out of the mean)
     probe: dict[str, Any] | None = None  # with --probe: TaskEstimate of the remaining cells at the probe's rates
 
     @property
@@ -129,7 +130,11 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
     for ds, strategies in run.plan.items():
         done = [s for s in strategies if (ds, s) in finished]
         times = [_cell_seconds(by_cell[(ds, s)]) for s in done]
-        mean = statistics.fmean(times) if times else None
+        # a search resumed after a kill records only its last process's seconds (`search_seconds` is
+        # "spent here"): such a cell's time is too low, so the mean leaves it out when it can
+        resumed = {s for s in done if any(r.n_trials_retried for r in by_cell[(ds, s)])}
+        whole = [t for s, t in zip(done, times) if s not in resumed] or times
+        mean = statistics.fmean(whole) if whole else None
         data = (meta.get("data") or {}).get(ds) or {}
         estimate: TaskEstimate | None = None
         if rates is not None:
@@ -141,12 +146,13 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
                 if probed:
                     predicted = probed[0].cell_seconds(run.trials, len(run.eval_seeds), run.replicates)
                     checks.append({"dataset": ds, "strategy": s, "predicted_s": round(predicted, 1),
-                                   "measured_s": round(measured, 1), "ratio": round(measured / predicted, 3)})
+                                   "measured_s": round(measured, 1), "ratio": round(measured / predicted, 3),
+                                   "resumed": s in resumed})
         tasks.append(TaskStatus(
             dataset=ds, cells_planned=len(strategies), cells_done=len(done),
             cells_failed=sum((ds, s) in failed and s not in done for s in strategies),
             encode_items_per_s=data.get("encode_items_per_s") or {}, prepare_seconds=data.get("prepare_seconds"),
-            cell_seconds_mean=None if mean is None else round(mean, 1),
+            cell_seconds_mean=None if mean is None else round(mean, 1), cells_resumed=len(resumed),
             seconds_left=None if mean is None else round(mean * (len(strategies) - len(done)), 1),
             probe=None if estimate is None else estimate.as_dict(),
         ))
@@ -174,6 +180,13 @@ def _hours(seconds: float | None, unknown: str = "unknown (no finished cell yet)
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
+def _resumed_note(t: dict[str, Any]) -> str:
+    n, done = t.get("cells_resumed", 0), t["cells_done"]
+    if not n:
+        return ""
+    return f" ({n} resumed cell(s) left out)" if n < done else " (resumed cells only: too low)"
+
+
 def format_status(status: dict[str, Any]) -> str:
     """Markdown: one line per task, then the phases and the total time left (and, with a probe, its
     estimate per task, its check against the cells both runs finished, and the combined total)."""
@@ -189,7 +202,7 @@ def format_status(status: dict[str, Any]) -> str:
         done = t["cells_done"] == t["cells_planned"]
         left = "done" if done else _hours(t["seconds_left"])
         row = (f"| {t['dataset']} | {t['cells_done']}/{t['cells_planned']} | {t['cells_failed']} | {rates} | "
-               f"{t['cell_seconds_mean'] if t['cell_seconds_mean'] is not None else '-'} | {left} |")
+               f"{t['cell_seconds_mean'] if t['cell_seconds_mean'] is not None else '-'}{_resumed_note(t)} | {left} |")
         if probe:
             est = t["probe"] or {}
             names = est.get("unmatched") or []
@@ -206,5 +219,7 @@ def format_status(status: dict[str, Any]) -> str:
                      + (f"; counted 0 s: {', '.join(trivial)} (no search, no training)" if trivial else ""))
         for c in probe["checks"]:
             lines.append(f"probe check, {c['dataset']}/{c['strategy']} finished in both runs: predicted "
-                         f"{c['predicted_s']:.0f} s, measured {c['measured_s']:.0f} s (× {c['ratio']:.2f})")
+                         f"{c['predicted_s']:.0f} s, measured {c['measured_s']:.0f} s (× {c['ratio']:.2f})"
+                         + (" — resumed after a kill: the measured time lacks the killed process's search"
+                            if c.get("resumed") else ""))
     return "\n".join(lines)
