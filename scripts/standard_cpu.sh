@@ -16,8 +16,10 @@ PUB=reports/published/standard-cpu
 FUSEBENCH_LOCKED=1 bash scripts/bootstrap.sh >/dev/null  # requirements.lock: library versions are part of the cache keys
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p "$PUB"
-publish_status() {
-  .venv/bin/fusebench timing status "$OUT" --json "$PUB/status.json" | tee "$PUB/status.md"
+publish_status() {  # $STANDARD_CPU_PROBES: probe run directories (space-separated) for `timing status --probe`
+  local probes=()
+  for p in ${STANDARD_CPU_PROBES:-}; do probes+=(--probe "$p"); done
+  .venv/bin/fusebench timing status "$OUT" "${probes[@]}" --json "$PUB/status.json" | tee "$PUB/status.md"
 }
 publish_report() {  # leaderboard and HTML report of what $1 holds (the finished cells)
   .venv/bin/fusebench report "$1" --html -q
