@@ -22,7 +22,7 @@ from fusebench.features import extract
 from fusebench.features.cache import FeatureCache
 from fusebench.features.encoders import HFTextEncoder
 from fusebench.features.partial import EncodeCheckpoint
-from fusebench.features.partial_owner import LEGACY_IDLE_S, claim, sweep
+from fusebench.features.partial_owner import ABANDONED_IDLE_S, claim, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +56,13 @@ def _interrupt_at_call(monkeypatch, n: int) -> None:
     monkeypatch.setattr(HFTextEncoder, "encode", encode)
 
 
+def _age(folder: Path) -> None:
+    """Make `folder` look idle for longer than ABANDONED_IDLE_S (nothing written to it since)."""
+    past = time.time() - ABANDONED_IDLE_S - 60
+    for p in [*folder.iterdir(), folder]:
+        os.utime(p, (past, past))
+
+
 def _partials(cache_dir: Path) -> list[str]:
     return sorted(p.name for p in cache_dir.glob("features/toy/*.partial"))
 
@@ -71,8 +78,14 @@ def test_a_key_change_mid_encode_removes_the_old_keys_partial_folder(toy, tmp_pa
     assert len(old) == 1 and len(list((cache_dir / "features/toy" / old[0]).glob("*.pt"))) == 2
     assert json.loads((cache_dir / "features/toy" / old[0] / "slot.json").read_text())["slot"] == "train/neural"
     changed = _with_max_length(cfg, 12)  # the config changed before the resume: a new key for every split
+    # Another key is not enough: a run at another size or version keys the slot differently and its
+    # killed encode will resume (the reviewer's case: a smoke run deleted a killed full run's chunks).
+    extract.encode_task(changed, tables, FeatureCache(cache_dir), torch.device("cpu"), views={"neural"})
+    assert _partials(cache_dir) == old and len(list((cache_dir / "features/toy" / old[0]).glob("*.pt"))) == 2
+    _age(cache_dir / "features/toy" / old[0])  # ...idle for over a week: abandoned
     with caplog.at_level(logging.INFO, logger="fusebench.features.partial_owner"):
-        extract.encode_task(changed, tables, FeatureCache(cache_dir), torch.device("cpu"), views={"neural"})
+        extract.encode_task(_with_max_length(cfg, 10), tables, FeatureCache(cache_dir), torch.device("cpu"),
+                            views={"neural"})
     assert _partials(cache_dir) == []
     assert f"removed the abandoned encode checkpoint {cache_dir / 'features/toy' / old[0]}" in caplog.text
     assert "train/neural is keyed" in caplog.text
@@ -127,6 +140,7 @@ def test_a_folder_held_by_a_live_process_is_kept_until_that_process_dies(tmp_pat
     try:
         assert proc.stdout.readline().strip() == "held"
         (folder / "0000000000.pt").write_bytes(b"saved chunk")
+        _age(folder)
         assert sweep(folder.parent, "train/neural", "newkey", None, stored=False) == []
         assert (folder / "0000000000.pt").is_file()
     finally:
@@ -143,6 +157,7 @@ def test_a_writer_that_locked_a_swept_folder_takes_a_lock_on_the_new_one(tmp_pat
     fd = claim(folder, "train/x")
     try:
         assert os.fstat(fd).st_ino == os.stat(folder / ".lock").st_ino
+        _age(folder)
         assert sweep(tmp_path, "train/x", "other", None, stored=False) == []  # held: kept
     finally:
         os.close(fd)
@@ -154,16 +169,14 @@ def test_a_writer_that_locked_a_swept_folder_takes_a_lock_on_the_new_one(tmp_pat
 
 def test_folders_of_older_versions_go_only_when_the_index_names_them_and_they_are_idle(tmp_path):
     """A folder with no slot.json was written by a version that took no lock: removed only when the
-    feature index says it was the slot's previous key and nothing in it changed for an hour."""
+    feature index says it was the slot's previous key and nothing in it changed for a week."""
     old, unrelated = tmp_path / "prevkey.partial", tmp_path / "otherkey.partial"
     for folder in (old, unrelated):
         folder.mkdir()
         (folder / "0000000000.pt").write_bytes(b"chunk")
     assert sweep(tmp_path, "train/neural", "newkey", "prevkey", stored=False) == []  # just written
-    past = time.time() - LEGACY_IDLE_S - 60
     for folder in (old, unrelated):
-        for p in (folder / "0000000000.pt", folder):
-            os.utime(p, (past, past))
+        _age(folder)
     assert sweep(tmp_path, "train/neural", "newkey", None, stored=False) == []  # the index knows no previous key
     assert sweep(tmp_path, "train/neural", "newkey", "prevkey", stored=False) == [old]
     assert unrelated.is_dir()

@@ -1,9 +1,12 @@
 """Who a `<key>.partial/` encode checkpoint folder belongs to, and removing the abandoned ones.
 
-A partial folder is abandoned when no encode will ever resume it: its slot (split/view of a
-dataset) is now keyed differently (the code, the data or the encoder options changed mid-encode),
-or its entry was stored and the process was killed before it removed the folder. Without a sweep
-such folders stay forever (gigabytes for IMDB's token features).
+A partial folder is abandoned when no encode will ever resume it: its entry was stored and the
+process was killed before it removed the folder (removed at once), or its slot (split/view of a
+dataset) is keyed differently now and nothing wrote to it for `ABANDONED_IDLE_S` (a week). A
+different key alone proves nothing: the key holds the data fingerprint, so a run at another size
+(smoke vs full) or from a checkout at another version keys the same slot differently, and its killed
+encode will resume; the cache is shared by every run. Without a sweep abandoned folders stay forever
+(gigabytes for IMDB's token features).
 
 Ownership is decided by the kernel, not by guessing from times: every process that encodes into a
 folder holds a *shared* `flock` on `<folder>/.lock` for as long as it encodes (several writers of
@@ -14,8 +17,7 @@ just unlinked sees the inode change and takes it again. Each folder records its 
 `slot.json`, so a later encode of the same slot under another key knows it is that slot's.
 
 Folders written before this existed (no `slot.json`, no lock taken by their writers) are removed
-only when the feature index says the slot's previous key was theirs and nothing in them changed for
-`LEGACY_IDLE_S` seconds (a live writer saves every `every_s`, 60 s by default).
+only when the feature index says the slot's previous key was theirs and they are as idle.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".partial"
 LOCK = ".lock"
 OWNER = "slot.json"
-LEGACY_IDLE_S = 3600.0
+ABANDONED_IDLE_S = 7 * 24 * 3600.0  # a killed run resumed within a week keeps its saved chunks
 
 
 def claim(folder: Path, slot: str) -> int:
@@ -115,11 +117,12 @@ def sweep(dataset_dir: Path, slot: str, key: str, previous: str | None, stored: 
         owner = _owner(folder)
         if name == key:
             why = "its entry is stored" if stored else ""
-        elif owner is not None:
-            why = f"{slot} is keyed {key} now" if owner.get("slot") == slot else ""
+        elif (owner is not None and owner.get("slot") == slot) or (owner is None and name == previous):
+            idle = _idle_s(folder)
+            why = f"{slot} is keyed {key} now and this folder was idle {idle / 86400:.0f} days" if (
+                idle >= ABANDONED_IDLE_S) else ""
         else:
-            why = f"{slot} was keyed {name} before, now {key}" if (
-                name == previous and _idle_s(folder) >= LEGACY_IDLE_S) else ""
+            why = ""
         if not why:
             continue
         try:
