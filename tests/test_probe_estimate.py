@@ -19,7 +19,7 @@ def _rec(ds: str, strategy: str, replicate: int, seed: int, search_s: float, n_t
          phases: dict[str, float], retried: int = 0) -> Record:
     return Record(dataset=ds, task="classification", strategy=strategy, family="early", modalities=["a"], seed=seed,
                   status="ok", replicate=replicate, search_seconds=search_s, n_trials=n_trials, phase_seconds=phases,
-                  n_trials_retried=retried)
+                  n_trials_retried=retried, sampler={"name": "TPESampler"} if n_trials else {})
 
 
 def _run_dir(path: Path, plan: dict[str, list[str]], trials: int, seeds: list[int], replicates: int,
@@ -59,14 +59,14 @@ def test_remaining_cells_at_the_probe_rates(tmp_path: Path, probe: Path) -> None
     assert d["probe"] == {"seconds": 1500.0, "trivial": ["majority"], "unmatched": []}
     # dual_encoder: 3 × (20 × 2 + 5 × 3) = 165; rerank:gmu at rerank:concat's rates: 3 × (20 × 4 + 5 × 6) = 330
     assert r["probe"] == {"seconds": 495.0, "trivial": [], "unmatched": []}
-    # d's own measured mean (900 s × 3 cells left) wins over the probe where the run has one
-    assert d["seconds_left"] == 2700.0 and r["seconds_left"] is None
-    assert status["probe"]["seconds_left"] == 2700.0 + 495.0
+    # d's own measured mean (900 s × 2 trainable cells left; majority counts 0) wins over the probe
+    assert d["seconds_left"] == 1800.0 and r["seconds_left"] is None
+    assert status["probe"]["seconds_left"] == 1800.0 + 495.0
     # the check: d/concat predicted 750 s at the probe's rates, measured 900 s
     assert status["probe"]["checks"] == [{"dataset": "d", "strategy": "concat", "predicted_s": 750.0,
                                           "measured_s": 900.0, "ratio": 1.2, "resumed": False}]
     text = format_status(status)
-    assert "| d | 1/4 | 0 | cached / not yet | 900.0 | 45 min | 25 min |" in text
+    assert "| d | 1/4 | 0 | cached / not yet | 900.0 | 30 min | 25 min |" in text
     assert "probe check, d/concat finished in both runs: predicted 750 s, measured 900 s (× 1.20)" in text
     assert "counted 0 s: majority" in text
 
@@ -123,3 +123,29 @@ def test_a_cell_resumed_after_a_kill_is_left_out_of_the_mean(tmp_path: Path, pro
     text = format_status(status)
     assert "90.0 (resumed cells only: too low)" in text
     assert status["probe"]["checks"] == []  # the probe has no d/gmu
+
+
+def test_trivial_baselines_neither_set_the_mean_nor_count_as_cells_left(tmp_path: Path, probe: Path) -> None:
+    """A task whose finished cells are only majority/random (seconds each) must not read as nearly
+    done: they are out of the mean, and without a trainable finished cell the task has no measured
+    estimate (the reviewer's case: 2/22 cells, "0 min" left)."""
+    trivial = [_rec("d", s, 0, seed, 0.0, 0, {"evaluation": 0.05}) for s in ("majority", "random") for seed in SEEDS]
+    run = _run_dir(tmp_path / "run", {"d": ["majority", "random", "concat", "gmu"]}, 20, SEEDS, 3, trivial)
+    status = run_status(run, [probe])
+    (d,) = status["tasks"]
+    assert d["cells_done"] == 2 and d["cell_seconds_mean"] is None and d["seconds_left"] is None
+    assert d["probe"]["seconds"] == 1500.0  # concat and gmu at the probe's d/concat rates
+    assert status["probe"]["checks"] == []  # no "predicted 0 s, measured 0 s" for a trivial cell
+
+
+def test_fine_tuned_and_frozen_cells_do_not_stand_in_for_each_other() -> None:
+    from fusebench.run.probe_estimate import CellRate, estimate_cells, stand_ins
+
+    rates = [CellRate("concat", 1.0, 1.0), CellRate("concat+ft:last:2", 100.0, 50.0),
+             CellRate("unimodal:text", 2.0, 2.0)]
+    assert [r.strategy for r in stand_ins("gmu", rates)] == ["concat", "unimodal:text"]
+    assert [r.strategy for r in stand_ins("gmu+ft:last:2", rates)] == ["concat+ft:last:2"]
+    assert [r.strategy for r in stand_ins("unimodal:image", rates)] == ["unimodal:text"]
+    assert stand_ins("unimodal:text+ft:full", rates) == []  # no probe cell in mode full
+    assert estimate_cells(["gmu"], rates[:2], 20, 3, 1).seconds == 23.0  # 20 × 1 + 3 × 1
+    assert estimate_cells(["majority+ft:last:2"], rates, 20, 3, 1).trivial == ["majority+ft:last:2"]

@@ -122,3 +122,23 @@ def test_the_message_without_a_file_name_still_says_what_to_free(monkeypatch, tm
     assert str(tmp_path / "cache") in text and "re-run the same command" in text
     quota = message(OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(tmp_path / "x.json")))
     assert quota.startswith(f"the disk quota is exhausted while writing {tmp_path / 'x.json'} (")
+
+
+def test_a_full_disk_while_handing_a_dataset_to_the_jobs_pool_is_exit_2(toy_run, monkeypatch, capsys, tmp_path):
+    """--jobs N saves the prepared dataset for its worker processes in a temporary folder. torch.save to a
+    path raises a bare RuntimeError when the disk is full (no errno), which came out as a traceback; the
+    save goes through a file object now, so the real ENOSPC reaches the CLI. The disk here is /dev/full."""
+    import tempfile
+
+    from fusebench.run import parallel
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "toy.pt").symlink_to("/dev/full")  # what the pool writes is a device that is always full
+    monkeypatch.setattr(parallel.tempfile, "mkdtemp", lambda **_: str(scratch))
+    assert parallel.tempfile is tempfile
+    _out, argv = toy_run
+    assert main([*argv, "--jobs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"no space left on device while writing {scratch / 'toy.pt'}" in err
+    assert "Traceback" not in err

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from fusebench.cli import main
-from fusebench.results.records import Record, write_records
+from fusebench.results.records import Record, load_records, write_records
 from fusebench.run.cell import STUDY_ATTR
 from fusebench.run.status import run_status
 from fusebench.search.storage import default_url, open_storage
@@ -83,7 +83,7 @@ def test_a_resumed_run_keeps_the_encode_rates_an_earlier_process_measured(toy, t
 def _rec(strategy: str, replicate: int, seed: int, search_s: float, eval_s: float, status: str = "ok") -> Record:
     return Record(dataset="d", task="classification", strategy=strategy, family="early", modalities=["a"],
                   seed=seed, status=status, replicate=replicate, search_seconds=search_s,
-                  phase_seconds={"evaluation": eval_s})
+                  phase_seconds={"evaluation": eval_s}, sampler={"name": "TPESampler"})  # a cell that searched
 
 
 def test_time_left_is_remaining_cells_times_the_mean_finished_cell(tmp_path):
@@ -132,3 +132,38 @@ def test_a_cell_is_done_exactly_when_the_runner_would_skip_it(tmp_path, protocol
     runner_done = done_cells(load_records(out / "results.jsonl"), [1000, 1001], 2)
     assert runner_done == {("d", "exact")} and task["cells_done"] == len(runner_done)
     assert task["cell_seconds_mean"] == 6.0  # the exact cell's 2 searches + 4 evaluations, nothing of the others
+
+
+def test_a_trivial_baseline_is_done_after_one_run_whatever_r_is(toy, tmp_path, capsys):
+    """majority/random do not search: they run once, as replicate 0. With R = 2 the runner's own
+    done-test used to want replicates 0 and 1 from them, so they ran again on every resume and
+    `timing status` never counted them (the standard suite, R = 3, would have stopped at 97/107)."""
+    data, _ = toy
+    out = tmp_path / "run"
+    argv = ["run", "--suite", "toy", "--strategies", "majority,unimodal:lexical", "--replicates", "2",
+            "--data-dir", str(data), "--out", str(out), "-q"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "0 cell(s) ok, 0 failed, 2 already done" in capsys.readouterr().out
+    assert main(["timing", "status", str(out), "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["cells_done"] == 2
+
+
+def test_a_resume_that_needs_fewer_views_keeps_the_others_rates_and_encoders(toy, tmp_path, monkeypatch):
+    """Only the unfinished cells' views are built on resume; run.json must keep what the earlier
+    process recorded for the other views (the reviewer's case: lexical's rate and encoder vanished)."""
+    data, _ = toy
+    monkeypatch.setenv("FUSEBENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    argv = ["run", "--suite", "toy", "--strategies", "unimodal:lexical,unimodal:neural", "--seeds", "1",
+            "--trials", "1", "--data-dir", str(data), "--out", str(out), "-q"]
+    assert main(argv) == 0
+    first = json.loads((out / "run.json").read_text())["data"]["toy"]
+    assert set(first["encode_items_per_s"]) == set(first["encoders"]) == {"lexical", "neural"}
+    records = [r for r in load_records(out / "results.jsonl") if r.strategy != "unimodal:neural"]
+    write_records(out / "results.jsonl", records)  # neural's cell is redone, lexical's is not
+    assert main(argv) == 0
+    again = json.loads((out / "run.json").read_text())["data"]["toy"]
+    assert again["encoders"] == first["encoders"]
+    assert again["encode_items_per_s"]["lexical"] == first["encode_items_per_s"]["lexical"]

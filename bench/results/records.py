@@ -176,14 +176,21 @@ def done_cells(records: Iterable[Record], eval_seeds: Iterable[int], replicates:
     """(dataset, strategy) cells whose every search replicate × evaluation seed has an ok record.
 
     One ok seed is not enough: a cell missing any seed (a torn record, a crash between seeds) is
-    recomputed, otherwise its statistics would rest on fewer seeds than the others'.
+    recomputed, otherwise its statistics would rest on fewer seeds than the others'. A cell that did
+    not search (its records carry no sampler: a trivial baseline) runs once, as replicate 0, whatever
+    R is; before, such cells were never done with R > 1 and ran again on every resume.
     """
-    want = {(rep, seed) for rep in range(max(1, replicates)) for seed in eval_seeds}
+    seeds = list(eval_seeds)
+    want = {(rep, seed) for rep in range(max(1, replicates)) for seed in seeds}
+    once = {(0, seed) for seed in seeds}  # a cell without a search (majority, random) has one "replicate"
     have: dict[tuple[str, str], set[tuple[int, int | None]]] = {}
+    searched: set[tuple[str, str]] = set()
     for r in records:
         if r.status == "ok":
             have.setdefault((r.dataset, r.strategy), set()).add((int(getattr(r, "replicate", 0) or 0), r.seed))
-    return {cell for cell, got in have.items() if want <= got}
+            if r.sampler:  # the runner records its sampler settings exactly when the cell searched
+                searched.add((r.dataset, r.strategy))
+    return {cell for cell, got in have.items() if (want if cell in searched else once) <= got}
 
 
 def write_records(path: Path, records: Iterable[Record]) -> None:

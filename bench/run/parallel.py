@@ -18,10 +18,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
 from fusebench.core import progress
+from fusebench.core.diskfull import naming
 from fusebench.features.extract import TaskData
 from fusebench.results.records import Record
 from fusebench.run.cell import Cell, CellContext, run_cell
@@ -66,6 +68,37 @@ def _job(prepared: str, cell: Cell, ctx: CellContext) -> list[Record]:
         _LOADED[prepared] = torch.load(prepared, weights_only=False)
     return run_cell(cell, _LOADED[prepared], ctx)
 
+
+
+class _WriteErrors:
+    """A file for torch.save that keeps the OSError of a failed write: torch turns it into a bare
+    RuntimeError ("iostream error", no errno), and a full disk must reach the CLI as ENOSPC."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, cast("OSError | None", None)
+
+    def write(self, b: bytes) -> int:
+        try:
+            return self.fh.write(b)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _save(data: TaskData, path: Path) -> None:
+    sink: _WriteErrors | None = None
+    try:
+        with open(path, "wb") as fh:  # closing flushes: a full disk may show only there
+            sink = _WriteErrors(fh)
+            torch.save(data, sink)
+    except (OSError, RuntimeError) as exc:
+        err = exc if isinstance(exc, OSError) else (sink.error if sink is not None else None)
+        if err is None:
+            raise
+        raise naming(err, path) from exc
 
 class CellPool:
     """Runs cells in `jobs` spawned worker processes (kept for the whole run), or inline when jobs <= 1."""
@@ -112,7 +145,7 @@ class CellPool:
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="fusebench-prepared-"))
         prepared = self._scratch / f"{data.config.name}.pt"
-        torch.save(data, prepared)
+        _save(data, prepared)
         try:
             # longest first (token strategies), so that no worker idles at the end of a dataset
             ordered = sorted(cells, key=lambda c: c.info.input_kind != "tokens")

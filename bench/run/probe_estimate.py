@@ -11,9 +11,10 @@ strategy or two per task. Its records carry the two rates a cell's time is made 
 
 A trainable cell of the run then costs R × (trials × trial_s) + R × K × seed_s, with the run's own
 R, trials and K (run.json `protocol`). Which probe cell stands for which planned cell: the same
-strategy if probed; else the probed cells of that task sharing its prefix before ':' (`rerank:`,
-`unimodal:`); else the task's other probed cells (never `dual_encoder`, whose search has no fusion
-model). Trivial baselines (`majority`, `random`: no search, no training) count 0 s and are named.
+strategy if probed; else, among the probed cells of that task with the same encoder mode (frozen,
+`+ft:last:2`, ...), those sharing its prefix before ':' (`rerank:`, `unimodal:`), else all of them
+(never `dual_encoder`, whose search has no fusion model). Trivial baselines (`majority`, `random`:
+no search, no training) count 0 s and are named.
 
 What the estimate assumes, and the status says: per-trial cost does not depend on which params the
 sampler proposes or on pruning, and the probed strategies stand for the others of their task. The
@@ -36,6 +37,7 @@ from fusebench.run.selection import parse_selection
 from fusebench.strategies.base import STRATEGIES
 
 NO_FUSION_MODEL = "dual_encoder"
+FT_MARK = "+ft:"  # a fine-tuned cell's name: <strategy>+ft:<mode> (bench/run/selection.py)
 
 
 @dataclass(frozen=True)
@@ -77,19 +79,28 @@ def probe_rates(records: list[Record], eval_seeds: list[int], replicates: int) -
     return rates
 
 
+def _mode(strategy: str) -> tuple[str, str]:
+    """(the name without its encoder mode, the mode): `gmu+ft:last:2` → ("gmu", "last:2"); frozen → ""."""
+    name, _, mode = strategy.partition(FT_MARK)
+    return name, mode
+
+
 def is_trivial(strategy: str) -> bool:
-    base, _ = parse_selection(strategy)
+    base, _ = parse_selection(_mode(strategy)[0])
     return base in STRATEGIES and not STRATEGIES.get(base).trainable
 
 
 def stand_ins(strategy: str, rates: list[CellRate]) -> list[CellRate]:
-    """The probe cells that stand for a planned cell (see the module docstring)."""
+    """The probe cells that stand for a planned cell (see the module docstring); only cells of the
+    same encoder mode (a fine-tuned cell costs far more than its frozen twin)."""
     same = [r for r in rates if r.strategy == strategy]
     if same:
         return same
-    prefix = strategy.partition(":")[0] if ":" in strategy else None
-    family = [r for r in rates if prefix and r.strategy.partition(":")[0] == prefix and ":" in r.strategy]
-    return family or [r for r in rates if r.strategy != NO_FUSION_MODEL]
+    name, mode = _mode(strategy)
+    peers = [(r, _mode(r.strategy)[0]) for r in rates if _mode(r.strategy)[1] == mode]
+    prefix = name.partition(":")[0] if ":" in name else None
+    family = [r for r, n in peers if prefix and ":" in n and n.partition(":")[0] == prefix]
+    return family or [r for r, n in peers if n != NO_FUSION_MODEL]
 
 
 @dataclass(frozen=True)

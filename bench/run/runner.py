@@ -314,11 +314,12 @@ def _run(cfg: RunConfig) -> RunSummary:
                 "num_classes": data.config.num_classes,
                 "label_of_class": None if tables.classes is None else list(tables.classes),
                 "sources": data.sources,
-                "encoders": data.encoders,
+                "encoders": {**(earlier.get("encoders") or {}), **data.encoders},  # views this process skipped too
                 "rows": {s: len(d) for s, d in data.splits.items()},
                 "prepare_seconds": round(time.perf_counter() - t0, 2),
                 # a view this process found cached keeps the rate an earlier process of this run measured
-                "encode_items_per_s": {v: r if r is not None else measured.get(v) for v, r in data.encode_items_per_s.items()},
+                "encode_items_per_s": {**dict.fromkeys(data.encode_items_per_s), **measured,
+                                       **{v: r for v, r in data.encode_items_per_s.items() if r is not None}},
             }
             meta["phases"] = clock.as_dict(previous_phases)  # kept if this process is killed later
             atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())

@@ -23,7 +23,7 @@ from typing import Any
 
 from fusebench.core.errors import UsageError
 from fusebench.results.records import Record, done_cells, load_records
-from fusebench.run.probe_estimate import CellRate, TaskEstimate, estimate_cells, probe_rates
+from fusebench.run.probe_estimate import CellRate, TaskEstimate, estimate_cells, is_trivial, probe_rates
 from fusebench.search.study import Budget
 
 
@@ -133,8 +133,13 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
         # a search resumed after a kill records only its last process's seconds (`search_seconds` is
         # "spent here"): such a cell's time is too low, so the mean leaves it out when it can
         resumed = {s for s in done if any(r.n_trials_retried for r in by_cell[(ds, s)])}
-        whole = [t for s, t in zip(done, times) if s not in resumed] or times
+        # trivial baselines (no search, no training) take seconds, not minutes: they neither enter the
+        # mean nor count among the cells left at that mean
+        trivial = {s for s in strategies if is_trivial(s)}
+        whole = [t for s, t in zip(done, times) if s not in resumed and s not in trivial] or \
+            [t for s, t in zip(done, times) if s not in trivial]
         mean = statistics.fmean(whole) if whole else None
+        left_cells = sum(s not in done and s not in trivial for s in strategies)
         data = (meta.get("data") or {}).get(ds) or {}
         estimate: TaskEstimate | None = None
         if rates is not None:
@@ -143,8 +148,9 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
                                       len(run.eval_seeds), run.replicates)
             for s, measured in zip(done, times):
                 probed = [r for r in task_rates if r.strategy == s]
-                if probed:
-                    predicted = probed[0].cell_seconds(run.trials, len(run.eval_seeds), run.replicates)
+                if probed and s not in trivial:
+                    predicted = statistics.fmean(p.cell_seconds(run.trials, len(run.eval_seeds), run.replicates)
+                                                 for p in probed)  # as the estimate pools them
                     checks.append({"dataset": ds, "strategy": s, "predicted_s": round(predicted, 1),
                                    "measured_s": round(measured, 1), "ratio": round(measured / predicted, 3),
                                    "resumed": s in resumed})
@@ -153,7 +159,7 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
             cells_failed=sum((ds, s) in failed and s not in done for s in strategies),
             encode_items_per_s=data.get("encode_items_per_s") or {}, prepare_seconds=data.get("prepare_seconds"),
             cell_seconds_mean=None if mean is None else round(mean, 1), cells_resumed=len(resumed),
-            seconds_left=None if mean is None else round(mean * (len(strategies) - len(done)), 1),
+            seconds_left=(0.0 if left_cells == 0 else None) if mean is None else round(mean * left_cells, 1),
             probe=None if estimate is None else estimate.as_dict(),
         ))
     lefts = [t.seconds_left for t in tasks if not t.complete]
