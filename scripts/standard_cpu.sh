@@ -39,7 +39,11 @@ if [ "${1:-}" = status ]; then
   exit 0
 fi
 .venv/bin/fusebench run --suite standard --prepare-only --device cpu --out "$OUT" --log-file "$OUT.prepare.log"
-.venv/bin/fusebench run --suite standard --device cpu --out "$OUT" --log-file "$OUT.log"
+# $STANDARD_CPU_JOBS cell processes (default 1). Each trains on one thread (small fusion models run
+# faster on one than on two), so one process uses one core; 2 uses both on an otherwise idle machine
+# (jobs is not part of the run's identity: a run resumes under another value). Each process holds a
+# copy of the dataset being swept: watch the memory on IMDB's token features.
+.venv/bin/fusebench run --suite standard --device cpu --out "$OUT" --log-file "$OUT.log" --jobs "${STANDARD_CPU_JOBS:-1}"
 publish_report "$OUT"
 publish_status
 echo "standard_cpu.sh: done; commit $PUB"
