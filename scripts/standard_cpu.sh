@@ -30,7 +30,8 @@ if [ "${1:-}" = status ]; then
   # while the sweep runs: the report of the cells finished so far, made on a copy of the run directory
   # (the sweep keeps writing its own), then the status
   if [ -s "$OUT/results.jsonl" ]; then
-    SNAP=$(mktemp -d)
+    SNAP="$OUT.snapshot"  # beside the run: the report names this path
+    rm -rf "$SNAP" && mkdir -p "$SNAP"
     trap 'rm -rf "$SNAP"' EXIT
     cp -R "$OUT/." "$SNAP/"
     publish_report "$SNAP"
