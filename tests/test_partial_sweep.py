@@ -63,6 +63,14 @@ def _age(folder: Path) -> None:
         os.utime(p, (past, past))
 
 
+def _interrupted_encode(cfg, tables, cache_dir: Path, monkeypatch) -> None:
+    """Encode the neural view until its third chunk, then interrupt it (two chunks saved)."""
+    with monkeypatch.context() as m:
+        _interrupt_at_call(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            extract.encode_task(cfg, tables, FeatureCache(cache_dir), torch.device("cpu"), views={"neural"})
+
+
 def _partials(cache_dir: Path) -> list[str]:
     return sorted(p.name for p in cache_dir.glob("features/toy/*.partial"))
 
@@ -70,10 +78,7 @@ def _partials(cache_dir: Path) -> list[str]:
 def test_a_key_change_mid_encode_removes_the_old_keys_partial_folder(toy, tmp_path, monkeypatch, caplog):
     cfg, tables = toy
     cache_dir = tmp_path / "cache"
-    with monkeypatch.context() as m:
-        _interrupt_at_call(m, 3)
-        with pytest.raises(KeyboardInterrupt):
-            extract.encode_task(cfg, tables, FeatureCache(cache_dir), torch.device("cpu"), views={"neural"})
+    _interrupted_encode(cfg, tables, cache_dir, monkeypatch)
     old = _partials(cache_dir)
     assert len(old) == 1 and len(list((cache_dir / "features/toy" / old[0]).glob("*.pt"))) == 2
     assert json.loads((cache_dir / "features/toy" / old[0] / "slot.json").read_text())["slot"] == "train/neural"
@@ -110,10 +115,7 @@ def test_the_partial_folder_of_a_key_being_resumed_is_kept(toy, tmp_path, monkey
     """The same key after an interruption: its folder is what the resume reads, not garbage."""
     cfg, tables = toy
     cache_dir = tmp_path / "cache"
-    with monkeypatch.context() as m:
-        _interrupt_at_call(m, 3)
-        with pytest.raises(KeyboardInterrupt):
-            extract.encode_task(cfg, tables, FeatureCache(cache_dir), torch.device("cpu"), views={"neural"})
+    _interrupted_encode(cfg, tables, cache_dir, monkeypatch)
     folder = cache_dir / "features/toy" / _partials(cache_dir)[0]
     key = folder.name.removesuffix(".partial")
     assert sweep(folder.parent, "train/neural", key, None, stored=False) == []
