@@ -239,13 +239,14 @@ def pick_heads(hidden_dim: int, preferred: int = 4) -> int:
 
 def key_padding(x: Tensor) -> Tensor:
     """`[B, T, D]` → bool `[B, T]` for nn.MultiheadAttention: True where the position is padding.
-    A row that is all padding keeps its first position unmasked so attention never sees only -inf."""
+    A row that is all padding keeps its first position unmasked so attention never sees only -inf.
+    Branch-free, so that `torch.func.vmap` (batched seeds and trials, bench/training/members.py) can
+    trace it: a data-dependent `if` made every token strategy fall back to one-member-at-a-time
+    training, and made `fusebench throughput --trial-batching` crash."""
     pad = ~padding_mask(x)
-    all_pad = pad.all(dim=1)
-    if all_pad.any():
-        pad = pad.clone()
-        pad[all_pad, 0] = False
-    return pad
+    first = torch.zeros_like(pad)
+    first[..., 0] = True
+    return pad & ~(first & pad.all(dim=-1, keepdim=True))
 
 
 class ModalityAloneLogits:

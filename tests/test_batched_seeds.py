@@ -12,10 +12,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fusebench.strategies import STRATEGIES, FusionSpec
-from fusebench.training.batched import fit_seeds, not_batchable
+from fusebench.strategies.base import key_padding
+from fusebench.training.batched import ATTENTION_ON_CPU, fit_seeds, not_batchable
 from fusebench.training.loop import Batch, TrainConfig, predict_proba, train_model
+from fusebench.training.members import Member, fit_members
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,3 +129,41 @@ def test_run_records_batching_and_phases(tmp_path, synthetic_bundle, monkeypatch
     for seed, rec in runs["batched"].items():
         assert set(rec.phase_seconds) == {"evaluation", "robustness", "throughput"}
         assert rec.main_metric == pytest.approx(runs["sequential"][seed].main_metric, abs=1e-6)
+
+
+TOKEN_NAMES = [n for n in NAMES if STRATEGIES.get(n).input_kind == "tokens"]
+
+
+@pytest.mark.parametrize("name", TOKEN_NAMES)
+def test_attention_models_batch_under_vmap_and_equal_sequential(name):
+    """The batched engine itself (used as is on a GPU) traces the token strategies and gives each member
+    its sequential fit. Failed before key_padding was made branch-free: vmap refused its data-dependent `if`."""
+    spec, train, val = _data("tokens")
+    build, _ = _builder(name, spec)
+    fits = fit_members([Member(build(s), s) for s in SEEDS], train, val, CFG, "accuracy")
+    for seed, fit in zip(SEEDS, fits):
+        want = train_model(build(seed), train, val, CFG, "accuracy", seed)
+        assert fit.result is not None and (fit.result.best_step, fit.result.steps_run) == (want.best_step, want.steps_run)
+        np.testing.assert_allclose(predict_proba(fit.result.model, val.inputs), predict_proba(want.model, val.inputs),
+                                   atol=1e-3, err_msg=f"{name} seed {seed}")
+
+
+def test_attention_models_train_one_after_another_on_a_cpu_only():
+    spec, _, _ = _data("tokens")
+    build, _ = _builder("mult", spec)
+    assert not_batchable([build(s) for s in SEEDS], CFG) == ATTENTION_ON_CPU
+    build, _ = _builder("concat", _data("pooled")[0])
+    assert not_batchable([build(s) for s in SEEDS], CFG) == ""
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 6), st.data())
+def test_key_padding_matches_its_definition_and_traces_under_vmap(batch, steps, data):
+    """Padding positions (all-zero tokens) are masked, except the first position of an all-padding row."""
+    present = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=steps, max_size=steps),
+                                              min_size=batch, max_size=batch)))
+    x = torch.randn(batch, steps, 3) * present[..., None]
+    want = ~present.clone()
+    want[~present.any(dim=1), 0] = False
+    assert torch.equal(key_padding(x), want)
+    assert torch.equal(torch.func.vmap(key_padding)(x[None].expand(2, -1, -1, -1)), want[None].expand(2, -1, -1))

@@ -99,14 +99,18 @@ def measure_trial_batching(strategy: str, members: list[int], n: int = 1024, epo
         return info.build(spec, config)
 
     warm = trial_configs(strategy, 2)
-    fit_members([Member(build(c, s), s) for s, c in enumerate(warm)], train, val,
-                dataclasses.replace(cfg, epochs=1), "accuracy")
+    untraceable = ""  # a forward vmap cannot trace: every batched row falls back, saying why (it used to crash)
+    try:
+        fit_members([Member(build(c, s), s) for s, c in enumerate(warm)], train, val,
+                    dataclasses.replace(cfg, epochs=1), "accuracy")
+    except (RuntimeError, NotImplementedError, ValueError) as exc:
+        untraceable = f"vmap failed: {str(exc).splitlines()[0][:120]}"
     rows = []
     for b in members:
         configs = trial_configs(strategy, b)
         for mode in ("sequential", "batched"):
             t0 = time.perf_counter()
-            reason, batched = "", mode == "batched" and b > 1
+            reason, batched = untraceable, mode == "batched" and b > 1 and not untraceable
             if batched:
                 try:
                     fit_members([Member(build(c, s), s) for s, c in enumerate(configs)], train, val, cfg, "accuracy")

@@ -19,7 +19,8 @@ What stays per member, so that member k is the sequential fit of seed k:
 
 A configuration or strategy that cannot be batched (modality dropout and gradient blending draw
 from the sequential generator; `torch.compile`; a forward that `vmap` cannot trace) falls back to
-sequential training, and the reason is returned so that records and logs can say so. The vmapped
+sequential training, and so do attention (token) models on a CPU, where batching them is slower;
+the reason is returned so that records and logs can say so. The vmapped
 engine itself (shared with batched trials, whose members also differ in lr, weight decay and
 dropout) is bench/training/members.py.
 """
@@ -31,6 +32,8 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from torch import nn
 
 from fusebench.strategies.base import FusionModel
 from fusebench.training.loop import Batch, TrainConfig, TrainResult, train_model
@@ -49,6 +52,17 @@ class SeedFits:
     seconds: float = 0.0  # wall time of the whole fit (all members)
 
 
+ATTENTION_ON_CPU = ("attention models train faster one after another on a CPU "
+                    "(batched 0.76-0.98x of sequential in `fusebench throughput --seed-batching`; docs/gpu.md)")
+
+
+def uses_attention(model: nn.Module) -> bool:
+    """Whether the model holds `nn.MultiheadAttention` (the token strategies: coattention,
+    early_transformer, mbt, mult). On a CPU their batched fit is compute-bound and measured slower
+    than one member after another, so they batch on a GPU only; pooled heads batch everywhere."""
+    return any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+
+
 def not_batchable(models: Sequence[FusionModel], cfg: TrainConfig) -> str:
     """Why these members cannot train as one batched model ("" when they can)."""
     if len(models) < 2:
@@ -59,6 +73,8 @@ def not_batchable(models: Sequence[FusionModel], cfg: TrainConfig) -> str:
         return "torch.compile of a vmap-ed functional model is not supported here"
     if not any(p.requires_grad for p in models[0].parameters()):
         return "nothing to train"
+    if uses_attention(models[0]) and next(models[0].parameters()).device.type == "cpu":
+        return ATTENTION_ON_CPU
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in models]
     if any(s != shapes[0] for s in shapes[1:]):
         return "members differ in shape"
