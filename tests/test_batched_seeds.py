@@ -24,6 +24,7 @@ from fusebench.training.members import Member, fit_members
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 N, C = 160, 3
+CPU = torch.device("cpu")
 SEEDS = [1000, 1001, 1002]
 CFG = TrainConfig(epochs=4, patience=2, batch_size=32)
 NAMES = [n for n in STRATEGIES.names() if STRATEGIES.get(n).trainable]
@@ -96,9 +97,9 @@ def test_unbatchable_configurations_say_why():
     spec, train, val = _data("pooled")
     build, _ = _builder("concat", spec)
     models = [build(s) for s in SEEDS]
-    assert "modality dropout" in not_batchable(models, dataclasses.replace(CFG, modality_dropout=0.2))
-    assert "single member" in not_batchable(models[:1], CFG)
-    assert not_batchable(models, CFG) == ""
+    assert "modality dropout" in not_batchable(models, dataclasses.replace(CFG, modality_dropout=0.2), CPU)
+    assert "single member" in not_batchable(models[:1], CFG, CPU)
+    assert not_batchable(models, CFG, CPU) == ""
     fits = fit_seeds(build, SEEDS, train, val, dataclasses.replace(CFG, modality_dropout=0.2), "accuracy")
     assert not fits.batched and "modality dropout" in fits.reason and len(fits.results) == 3
 
@@ -149,11 +150,16 @@ def test_attention_models_batch_under_vmap_and_equal_sequential(name):
 
 
 def test_attention_models_train_one_after_another_on_a_cpu_only():
+    """Decided by where the data trains, not where the fresh models sit: fit_seeds builds them on the
+    CPU and moves them later, so the first version of this rule kept every attention model sequential
+    on an H200 too (seen in `fusebench throughput --seed-batching` there)."""
     spec, _, _ = _data("tokens")
     build, _ = _builder("mult", spec)
-    assert not_batchable([build(s) for s in SEEDS], CFG) == ATTENTION_ON_CPU
+    models = [build(s) for s in SEEDS]  # built on the CPU, as fit_seeds builds them
+    assert not_batchable(models, CFG, CPU) == ATTENTION_ON_CPU
+    assert not_batchable(models, CFG, torch.device("cuda")) == ""
     build, _ = _builder("concat", _data("pooled")[0])
-    assert not_batchable([build(s) for s in SEEDS], CFG) == ""
+    assert not_batchable([build(s) for s in SEEDS], CFG, CPU) == ""
 
 
 @settings(max_examples=60, deadline=None)

@@ -79,7 +79,7 @@ def build_batch_objective(cell: Any, inputs: TrialInputs, train_cfg: TrainConfig
             return exc
 
     def fit_group(trials: list[optuna.Trial], params: list[Any], models: list[FusionModel]) -> list[Outcome | TrainResult]:
-        reason = not_batchable(models, train_cfg)
+        reason = not_batchable(models, train_cfg, train.labels.device)
         if not reason:
             members = [Member(m, trial_seed(budget, t), _reporter(t)) for t, m in zip(trials, models)]
             try:

@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from fusebench.strategies.base import FusionModel
@@ -63,8 +64,9 @@ def uses_attention(model: nn.Module) -> bool:
     return any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
 
 
-def not_batchable(models: Sequence[FusionModel], cfg: TrainConfig) -> str:
-    """Why these members cannot train as one batched model ("" when they can)."""
+def not_batchable(models: Sequence[FusionModel], cfg: TrainConfig, device: torch.device) -> str:
+    """Why these members cannot train as one batched model ("" when they can). `device` is where they
+    will train, i.e. the data's device: the models may still sit on the CPU (fit_seeds moves them)."""
     if len(models) < 2:
         return "a single member"
     if cfg.modality_dropout > 0 or cfg.gradient_blending:
@@ -73,7 +75,7 @@ def not_batchable(models: Sequence[FusionModel], cfg: TrainConfig) -> str:
         return "torch.compile of a vmap-ed functional model is not supported here"
     if not any(p.requires_grad for p in models[0].parameters()):
         return "nothing to train"
-    if uses_attention(models[0]) and next(models[0].parameters()).device.type == "cpu":
+    if uses_attention(models[0]) and device.type == "cpu":
         return ATTENTION_ON_CPU
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in models]
     if any(s != shapes[0] for s in shapes[1:]):
@@ -94,7 +96,7 @@ def fit_seeds(
     possible. Each result is what `train_model(build(seed), ..., seed)` would return for that seed."""
     t0 = time.perf_counter()
     models = [build(seed) for seed in seeds]
-    reason = not_batchable(models, cfg) if batched else "batching switched off"
+    reason = not_batchable(models, cfg, train.labels.device) if batched else "batching switched off"
     if not reason:
         try:
             with warnings.catch_warnings():  # torch's "no batching rule, falling back to a loop" notes
