@@ -15,6 +15,7 @@ examples, same clusters) sees the same draws — the pairing the paired test rel
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fusebench.core import metrics as metric_lib
+from fusebench.core.io import atomic_write_bytes
 
 N_RESAMPLES = 1000
 STATS_SEED = 20240531
@@ -33,6 +35,15 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 
 def prediction_path(run_dir: Path, dataset: str, strategy: str) -> Path:
     return run_dir / "predictions" / dataset / f"{strategy.replace(':', '__')}.parquet"
+
+
+def write_predictions(frames: list[pd.DataFrame], path: Path) -> None:
+    """One cell's test predictions, written atomically like every run file (bench/core/io.py): a full
+    disk names this file and leaves neither a partial file nor a temporary copy behind (a plain
+    `to_parquet` to a .tmp sibling did both, and its error named no file)."""
+    buf = io.BytesIO()
+    pd.concat(frames).to_parquet(buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 @dataclass(frozen=True)

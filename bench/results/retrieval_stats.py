@@ -24,16 +24,13 @@ import pandas as pd
 
 from fusebench.core.retrieval_math import RECALL_KS
 from fusebench.results.records import Record
+from fusebench.results.resample import prediction_path
 
 log = logging.getLogger(__name__)
 
 N_BOOT = 1000
 ALPHA = 0.05
 BASE = "dual_encoder"
-
-
-def prediction_path(run_dir: Path, dataset: str, strategy: str) -> Path:
-    return run_dir / "predictions" / dataset / f"{strategy.replace(':', '__')}.parquet"
 
 
 def _units(frame: pd.DataFrame) -> pd.DataFrame:

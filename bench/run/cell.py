@@ -25,6 +25,7 @@ from fusebench.core.errors import UsageError
 from fusebench.features.extract import TaskData
 from fusebench.measure.timing import TimingConfig, device_name, flops_per_sample, measure
 from fusebench.results.records import Record
+from fusebench.results.resample import prediction_path, write_predictions
 from fusebench.run.selection import Cell, expand_cells, needed_views, parse_selection  # noqa: F401 (their old home)
 from fusebench.run.trials import TrialInputs, build_batch_objective
 from fusebench.search.history import export_history
@@ -244,11 +245,7 @@ def _run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
     predictions: list[pd.DataFrame] = []
     for search in searches:
         records += _evaluate(cell, data, ctx, search, predictions)
-    pred_path = ctx.out_dir / "predictions" / cell.dataset / f"{cell.strategy.replace(':', '__')}.parquet"
-    pred_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pred_path.with_suffix(".tmp")
-    pd.concat(predictions).to_parquet(tmp)
-    tmp.replace(pred_path)
+    write_predictions(predictions, prediction_path(ctx.out_dir, cell.dataset, cell.strategy))
     return records
 
 

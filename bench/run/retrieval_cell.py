@@ -37,7 +37,8 @@ from fusebench.features.extract import TaskData
 from fusebench.measure.pipeline_timing import time_pipeline
 from fusebench.measure.timing import device_name
 from fusebench.results.records import Record, Throughput
-from fusebench.results.retrieval_stats import BASE, prediction_path
+from fusebench.results.resample import prediction_path, write_predictions
+from fusebench.results.retrieval_stats import BASE
 from fusebench.run.cell import CellContext
 from fusebench.run.selection import parse_selection
 from fusebench.search.history import export_history
@@ -227,11 +228,7 @@ class RetrievalRun:
         throughput: Throughput | None = None
         for replicate in range(self.ctx.budget.replicates):
             throughput = self._replicate(cell, replicate, records, frames, throughput)
-        path = prediction_path(self.ctx.out_dir, cell.dataset, cell.strategy)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        pd.concat(frames).to_parquet(tmp)
-        tmp.replace(path)
+        write_predictions(frames, prediction_path(self.ctx.out_dir, cell.dataset, cell.strategy))
         return records
 
     def _replicate(self, cell: RetrievalCell, replicate: int, records: list[Record], frames: list[pd.DataFrame],
