@@ -108,7 +108,7 @@ def test_run_with_replicates_and_cap(synthetic_bundle, monkeypatch, tmp_path):
 
 
 class FakeClock:
-    """Seconds that pass only when a test says so; stands in for `time` in bench/search/study.py and
+    """Seconds that pass only when a test says so; stands in for `time` in bench/search/clock.py and
     for `datetime` in optuna's optimize loop (its `timeout=`), so a timeout test needs no sleeping."""
 
     def __init__(self) -> None:
@@ -138,10 +138,10 @@ def test_the_cap_binding_is_visible(tmp_path, monkeypatch):
     (no trial at all) or stretch the run past any bound."""
     import optuna.study._optimize as optuna_optimize
 
-    import fusebench.search.study as study_module
+    import fusebench.search.clock as clock_module
 
     clock = FakeClock()
-    monkeypatch.setattr(study_module, "time", clock)
+    monkeypatch.setattr(clock_module, "time", clock)
     monkeypatch.setattr(optuna_optimize, "datetime", clock.datetime_module())
     storage = f"sqlite:///{tmp_path / 's.db'}"
 

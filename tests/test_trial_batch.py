@@ -141,7 +141,7 @@ def _toy_objective(log: list[list[int]]) -> BatchObjective:
     def propose(trial: optuna.Trial) -> float:
         return trial.suggest_float("x", 0.0, 1.0)
 
-    def train(trials: list[optuna.Trial], xs: list[float]) -> list:
+    def train(trials: list[optuna.Trial], xs: list[float], may_start) -> list:
         log.append([t.number for t in trials])
         out: list = []
         for t, x in zip(trials, xs):
@@ -258,6 +258,12 @@ def test_batched_search_resumes_after_kill_9(tmp_path, synthetic_bundle, monkeyp
     assert [t.state for t in study.trials].count(TrialState.RUNNING) == 0
     records = load_records(out / "results.jsonl")
     assert len(records) == 2 and {r.n_trials for r in records} == {6}
+    # both processes kept their search seconds in the study, and the records carry their sum
+    from fusebench.search.clock import KEY_PREFIX, search_time
+
+    assert len([k for k in study.user_attrs if k.startswith(KEY_PREFIX)]) == 2
+    assert {r.search_seconds for r in records} == {search_time(study).seconds}
+    assert all(r.search_seconds_complete for r in records)
 
 
 def test_batched_member_adamw_equals_torch_adamw_per_member():

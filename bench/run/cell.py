@@ -28,6 +28,7 @@ from fusebench.results.records import Record
 from fusebench.results.resample import prediction_path, write_predictions
 from fusebench.run.selection import Cell, expand_cells, needed_views, parse_selection  # noqa: F401 (their old home)
 from fusebench.run.trials import TrialInputs, build_batch_objective
+from fusebench.search.clock import search_time
 from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
 from fusebench.search.study import (
@@ -211,9 +212,10 @@ class SearchOutcome:
     replicate: int
     best: dict | None
     counts: TrialCounts
-    seconds: float
+    seconds: float  # search seconds of the replicate over every process (bench/search/clock.py)
     cap_bound: bool  # the wall-clock cap stopped the search before its budget was spent
     trials_batched: int = 0  # trials that trained inside a batch of two or more
+    seconds_complete: bool = True  # False: part of the search ran before seconds were kept in the study
 
 
 def search_replicate(cell: Cell, data: TaskData, ctx: CellContext, replicate: int) -> SearchOutcome:
@@ -223,15 +225,16 @@ def search_replicate(cell: Cell, data: TaskData, ctx: CellContext, replicate: in
     done_before = min(trial_counts(study, budget.trials).spent, budget.trials)
     if done_before:  # resumed: the steps already done count, so that the progress and its ETA are true
         progress.advance(progress_key(cell), done_before, status=f"replicate {replicate + 1}: {done_before} trial(s) done before")
-    study, seconds = search(study, cell, data, ctx.train, budget, ctx.device, ctx.trial_batch,
-                            ctx.finetune)  # waits for other workers' trials too
+    study, _ = search(study, cell, data, ctx.train, budget, ctx.device, ctx.trial_batch,
+                      ctx.finetune)  # waits for other workers' trials too
+    spent = search_time(study)  # every process's seconds, the killed ones' included
     export_history(study, ctx.out_dir)  # reports read this file, never the storage
     counts = trial_counts(study, budget.trials)
     if counts.spent < budget.trials:
         log.warning("  %s replicate %d: the %.0fs cap stopped the search at %d/%d trials", cell.strategy, replicate,
                     budget.timeout_s, counts.spent, budget.trials)
-    return SearchOutcome(replicate, best_params_or_none(study), counts, seconds, counts.spent < budget.trials,
-                         trials_batched(study))
+    return SearchOutcome(replicate, best_params_or_none(study), counts, spent.seconds, counts.spent < budget.trials,
+                         trials_batched(study), spent.complete)
 
 
 def _run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
@@ -313,6 +316,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
                 **search.counts.record_fields(),  # n_trials* and cap_bound
                 search_timeout_s=ctx.budget.timeout_s,
                 search_seconds=search.seconds,
+                search_seconds_complete=search.seconds_complete,
                 sampler=sampler_settings(budget.search_seed) if cell.info.trainable else {},
                 pruner=pruner_settings() if cell.info.trainable else {},
                 train_seconds=result.train_seconds,

@@ -41,6 +41,7 @@ from fusebench.results.resample import prediction_path, write_predictions
 from fusebench.results.retrieval_stats import BASE
 from fusebench.run.cell import CellContext
 from fusebench.run.selection import parse_selection
+from fusebench.search.clock import search_time
 from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
 from fusebench.search.study import (
@@ -132,11 +133,11 @@ def _search_dual(splits: dict[str, RetrievalSplit], data: TaskData, ctx: CellCon
         trial.set_user_attr("best_epoch", res.best_epoch)
         return res.val_rsum
 
-    study, seconds = run_search(study, objective, budget)
+    study, _ = run_search(study, objective, budget)
     export_history(study, ctx.out_dir)  # reports read this file, never the storage
     best = best_params_or_none(study)
     counts = trial_counts(study, budget.trials)
-    return (space.params_from_dict(DualEncoderParams, best) if best else DualEncoderParams()), counts, seconds
+    return (space.params_from_dict(DualEncoderParams, best) if best else DualEncoderParams()), counts, search_time(study)
 
 
 def _search_reranker(cell: RetrievalCell, pairs: tuple[Batch, Batch], spec: FusionSpec, data: TaskData,
@@ -156,10 +157,11 @@ def _search_reranker(cell: RetrievalCell, pairs: tuple[Batch, Batch], spec: Fusi
         trial.set_user_attr("best_epoch", res.best_epoch)
         return res.val_metric
 
-    study, seconds = run_search(study, objective, budget)
+    study, _ = run_search(study, objective, budget)
     export_history(study, ctx.out_dir)
     best = best_params_or_none(study)
-    return (space.params_from_dict(info.params, best) if best else info.params()), trial_counts(study, budget.trials), seconds
+    return ((space.params_from_dict(info.params, best) if best else info.params()), trial_counts(study, budget.trials),
+            search_time(study))
 
 
 def _spec(split: RetrievalSplit, kind: str) -> FusionSpec:
@@ -283,7 +285,7 @@ class RetrievalRun:
                 modalities=[IMAGE, TEXT], seed=seed, replicate=replicate, status="ok", params=params, metrics=scores,
                 main_metric_name="rsum", main_metric=scores["rsum"], val_main_metric=val_score,
                 **counts.record_fields(), search_timeout_s=budget.timeout_s,
-                search_seconds=search_s, sampler=sampler_settings(budget.search_seed), pruner=pruner_settings(),
+                **search_s.record_fields(), sampler=sampler_settings(budget.search_seed), pruner=pruner_settings(),
                 train_seconds=train_s, best_epoch=best_epoch, params_count=n_params, device=device_name(ctx.device),
                 encoders=dict(self.data.encoders), data_fingerprint=self.data.fingerprint, throughput=throughput,
                 # wall seconds of this seed (its dual encoder's fit when not cached yet, the re-ranker's

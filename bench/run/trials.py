@@ -10,6 +10,11 @@ cannot be batched (`not_batchable`) or a group whose forward vmap cannot trace t
 another, as today. Each member reports its own epochs to its own trial and is pruned alone; a member
 whose loss goes non-finite fails its own trial only. User attrs per trial: `seed`, `best_epoch`,
 `best_step`, and `batch_size` (the size of the group it trained in; 1 = alone).
+
+Before a group, or a trial trained alone, starts, `may_start()` checks the search's wall-clock cap:
+once it is spent, what has not started ends `NotStarted` (not counted: bench/search/trial_batch.py),
+so a round of trials that cannot share a shape stops at the cap as the one-by-one search does,
+instead of training them all one after another past it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 
 from fusebench.core import progress, space
 from fusebench.search.study import Budget, trial_status
-from fusebench.search.trial_batch import BatchObjective, Outcome
+from fusebench.search.trial_batch import BatchObjective, NotStarted, Outcome
 from fusebench.strategies.base import FusionModel, FusionSpec
 from fusebench.training.batched import not_batchable
 from fusebench.training.loop import Batch, TrainConfig, TrainResult, train_model
@@ -78,9 +83,12 @@ def build_batch_objective(cell: Any, inputs: TrialInputs, train_cfg: TrainConfig
         except (optuna.TrialPruned, RuntimeError, ValueError) as exc:
             return exc
 
-    def fit_group(trials: list[optuna.Trial], params: list[Any], models: list[FusionModel]) -> list[Outcome | TrainResult]:
+    def fit_group(trials: list[optuna.Trial], params: list[Any], models: list[FusionModel],
+                  may_start: Callable[[], bool]) -> list[Outcome | TrainResult]:
         reason = not_batchable(models, train_cfg, train.labels.device)
         if not reason:
+            if not may_start():
+                return [NotStarted() for _ in trials]
             members = [Member(m, trial_seed(budget, t), _reporter(t)) for t, m in zip(trials, models)]
             try:
                 with warnings.catch_warnings():  # torch's "no batching rule, falling back to a loop" notes
@@ -97,9 +105,12 @@ def build_batch_objective(cell: Any, inputs: TrialInputs, train_cfg: TrainConfig
             t.set_user_attr("batch_size", 1)
         # rebuilt right before training, so that the global RNG (dropout masks) is where the one-by-one
         # search has it: a trial trained alone gives exactly its sequential result
-        return [sequential(t, build(t, p)) for t, p in zip(trials, params)]
+        out: list[Outcome | TrainResult] = []
+        for t, p in zip(trials, params):
+            out.append(sequential(t, build(t, p)) if may_start() else NotStarted())
+        return out
 
-    def train_batch(trials: list[optuna.Trial], proposals: list[Any]) -> list[Outcome]:
+    def train_batch(trials: list[optuna.Trial], proposals: list[Any], may_start: Callable[[], bool]) -> list[Outcome]:
         outcomes: dict[int, Outcome | TrainResult] = {}
         built: dict[int, FusionModel] = {}
         for i, (trial, params) in enumerate(zip(trials, proposals)):
@@ -110,11 +121,14 @@ def build_batch_objective(cell: Any, inputs: TrialInputs, train_cfg: TrainConfig
         order = sorted(built)
         for group in group_members([built[i] for i in order]):
             idx = [order[g] for g in group]
-            results = fit_group([trials[i] for i in idx], [proposals[i] for i in idx], [built[i] for i in idx])
+            results = fit_group([trials[i] for i in idx], [proposals[i] for i in idx], [built[i] for i in idx], may_start)
             outcomes.update(zip(idx, results))
         out: list[Outcome] = []
         for i, trial in enumerate(trials):
             result = outcomes[i]
+            if isinstance(result, NotStarted):
+                out.append(result)  # never trained: no progress step, no seed
+                continue
             progress.advance(inputs.progress_key, 1, status=trial_status(budget, trial))
             trial.set_user_attr("seed", trial_seed(budget, trial))
             if isinstance(result, TrainResult):

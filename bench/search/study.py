@@ -10,7 +10,8 @@ one study at once. The budget stays exact across them:
 - the budget counts every trial the strategy spent: COMPLETE, PRUNED, and FAIL when the objective
   itself failed (an exception in training: it used its slot, and a strategy that fails often gets
   fewer completed trials, which the record shows). Not counted: a trial failed because its process
-  was killed (user attr `stale`, retried) or one that lost the race for the last slot (`surplus`);
+  was killed (user attr `stale`, retried), one that lost the race for the last slot (`surplus`), or
+  a trial of a batched round that the wall-clock cap stopped before it started (`not_started`);
 - a process only starts a trial while `spent + running < budget`, and stops its loop once the
   budget is spent;
 - the two processes that race for the last slot both get a trial number from the storage, which
@@ -19,6 +20,14 @@ one study at once. The budget stays exact across them:
   `surplus=True`), so exactly `budget` trials are spent;
 - a process that finds the budget claimed waits for the running trials of the others, and claims
   again if one of them dies (a stale trial is retried by whoever is still there).
+
+Wall-clock cap (`Budget.timeout_s`, a safety net): on the seconds of the whole replicate, summed
+over every process that searched it, the killed ones included (bench/search/clock.py), so a resumed
+search does not get a fresh cap. It is checked before each trial starts, never during one: a trial
+that has started trains to its end (as optuna's `optimize(timeout=...)` does), and no trial starts
+once the cap is spent — in a batched round (bench/search/trial_batch.py) the trials asked with the
+round but not yet started then end FAIL with user attr `not_started`, counted neither as spent nor as
+failed nor as retried, and the record says `cap_bound`.
 
 Search replicates: a cell runs `Budget.replicates` independent studies (`study_name` + `/rN` for
 N ≥ 1), each with its own sampler seed (`Budget.for_replicate`), so that the variance of the search
@@ -46,6 +55,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+
+from fusebench.search.clock import SearchClock
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +224,13 @@ def _spent_flags(trials: list[optuna.trial.FrozenTrial]) -> list[bool]:
     """Which trials use a slot of the budget (see the module docstring)."""
     retried = _retried(trials)
     return [t.state in DONE_STATES
-            or (t.state == TrialState.FAIL and not t.user_attrs.get("surplus") and t.number not in retried)
+            or (t.state == TrialState.FAIL and not _unspent_fail(t) and t.number not in retried)
             for t in trials]
+
+
+def _unspent_fail(t: optuna.trial.FrozenTrial) -> bool:
+    """A FAIL that never trained: it lost the race for the last slot, or the cap stopped its round first."""
+    return bool(t.user_attrs.get("surplus") or t.user_attrs.get("not_started"))
 
 
 def _counts(study: optuna.Study) -> tuple[int, int]:
@@ -253,7 +269,7 @@ def trial_counts(study: optuna.Study, budget: int) -> TrialCounts:
     trials = study.get_trials(deepcopy=False)
     spent = _spent_flags(trials)
     failed = sum(t.state == TrialState.FAIL and s for t, s in zip(trials, spent))
-    stale = sum(t.state == TrialState.FAIL and not s and not t.user_attrs.get("surplus") for t, s in zip(trials, spent))
+    stale = sum(t.state == TrialState.FAIL and not s and not _unspent_fail(t) for t, s in zip(trials, spent))
     return TrialCounts(budget, sum(t.state == TrialState.COMPLETE for t in trials),
                        sum(t.state == TrialState.PRUNED for t in trials), failed, stale)
 
@@ -276,43 +292,48 @@ def _guarded(objective: Callable[[optuna.Trial], float], budget: Budget) -> Call
     return run
 
 
-def drive_search(study: optuna.Study, budget: Budget, work: Callable[[int, int, float], None],
+def drive_search(study: optuna.Study, budget: Budget, work: Callable[[int, int, SearchClock], None],
                  failures: Callable[[], int], poll_s: float = 0.5) -> float:
-    """The search loop that `run_search` and `run_batched_search` share; returns the seconds spent here.
+    """The search loop that `run_search` and `run_batched_search` share; returns the replicate's
+    search seconds over every process so far (`clock.search_time`).
 
     Until the study has spent `budget.trials` (COMPLETE + PRUNED + objective FAIL, counting other
-    processes and earlier runs): while slots are free and time is left, `work(done, running, left_s)`
-    trains some of them; when the rest is claimed by other processes it waits (`poll_s`) and marks
-    the trials of dead processes stale, so that it takes over what they left; it stops when its
-    `budget.timeout_s` is spent and nobody else is running a trial, or when `failures()` (trials that
-    failed here) reaches the budget — a strategy that fails every trial."""
-    started = time.perf_counter()
-    deadline = started + budget.timeout_s
+    processes and earlier runs): while slots are free and the replicate's cap is not spent (its
+    seconds summed over processes, this one's included: `SearchClock`), `work(done, running, clock)`
+    trains some of them and must start no trial once `clock.left()` is not positive; when the rest
+    is claimed by other processes it waits (`poll_s`, not counted as search seconds) and marks the
+    trials of dead processes stale, so that it takes over what they left; it stops when the cap is
+    spent and nobody else is running a trial, or when `failures()` (trials that failed here) reaches
+    the budget — a strategy that fails every trial."""
+    clock = SearchClock(study, budget.timeout_s)
     fail_stale_running(study)
-    while True:
-        done, running = _counts(study)
-        if done >= budget.trials:
-            break
-        left = deadline - time.perf_counter()
-        if failures() >= budget.trials:
-            log.warning("study %s: %d trial(s) failed here; stopping the search", study.study_name, failures())
-            break
-        if done + running < budget.trials and left > 0:
-            work(done, running, left)
-            continue
-        if running == 0:
-            break  # out of time and nobody else is working on it
-        time.sleep(poll_s)  # the rest is claimed by other processes: wait, and take over what fails
-        fail_stale_running(study)
-    return time.perf_counter() - started
+    with clock.ticking():
+        while True:
+            done, running = _counts(study)
+            if done >= budget.trials:
+                break
+            if failures() >= budget.trials:
+                log.warning("study %s: %d trial(s) failed here; stopping the search", study.study_name, failures())
+                break
+            if done + running < budget.trials and clock.left() > 0:
+                with clock.busy():
+                    work(done, running, clock)
+                clock.save()
+                continue
+            if running == 0:
+                break  # out of time and nobody else is working on it
+            time.sleep(poll_s)  # the rest is claimed by other processes: wait, and take over what fails
+            fail_stale_running(study)
+    return clock.spent()
 
 
 def run_search(
     study: optuna.Study, objective: Callable[[optuna.Trial], float], budget: Budget, *, poll_s: float = 0.5
 ) -> tuple[optuna.Study, float]:
     """Run trials until the study has spent `budget.trials` (counting those of other processes and of
-    earlier runs), or this process's `budget.timeout_s` is spent and nobody else is running one.
-    Returns the study and the seconds spent here; `cap_bound(study, budget)` tells which it was."""
+    earlier runs), or the replicate's cap is spent and nobody else is running one. Returns the study
+    and its search seconds over every process; `trial_counts(...).record_fields()` says whether the
+    cap bound it. A trial that has started runs to its end; none starts once the cap is spent."""
     guarded = _guarded(objective, budget)
     failures: list[int] = []
 
@@ -320,13 +341,15 @@ def run_search(
         if t.state == TrialState.FAIL and not t.user_attrs.get("surplus"):
             failures.append(t.number)
 
-    def stop_at_budget(st: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
-        if _counts(st)[0] >= budget.trials:
-            st.stop()
+    def optimize(done: int, running: int, clock: SearchClock) -> None:
+        def stop(st: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+            clock.save()  # at each trial's end (and every SAVE_EVERY_S): a kill loses little
+            # at the budget, or at the cap: optuna's own timeout sees this process's seconds only
+            if _counts(st)[0] >= budget.trials or clock.left() <= 0:
+                st.stop()
 
-    def optimize(done: int, running: int, left: float) -> None:
-        study.optimize(guarded, n_trials=budget.trials - done - running, timeout=left,
-                       catch=(RuntimeError, ValueError, _Surplus), callbacks=[stop_at_budget, count_failures])
+        study.optimize(guarded, n_trials=budget.trials - done - running, timeout=clock.left(),
+                       catch=(RuntimeError, ValueError, _Surplus), callbacks=[stop, count_failures])
 
     return study, drive_search(study, budget, optimize, lambda: len(failures), poll_s)
 

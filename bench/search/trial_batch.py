@@ -14,6 +14,15 @@ retried), and the same race rule for the last slot (`surplus`). What changes is 
 3. every trial is told exactly once: COMPLETE with its value, PRUNED (optuna takes the last reported
    value), or FAIL with the reason in user attr `fail_reason`.
 
+The wall-clock cap is checked where the unbatched search checks it: before each trial starts
+training. `train` gets `may_start()` and calls it before it starts each group of trials (a vmapped
+group trains together) and each trial trained alone; once it returns False, the trials not yet
+started get the outcome `NotStarted` and are told FAIL with user attr `not_started` — neither spent
+nor failed nor retried, so the record says `cap_bound`. A trial (or group) already training runs to
+its end, as a trial does under optuna's `optimize(timeout=...)`. Without this, a round whose trials
+cannot share a shape trained them one after another past the cap: on the standard run, avmnist
+`coattention`'s first round of 5 trials ran ~3 h against a 30-minute cap.
+
 A process killed during a round leaves up to B trials RUNNING; the next run marks them stale exactly
 as it does a single trial, so resume and the trial counts work unchanged (tests/test_trial_batch.py
 kills a real subprocess to show it).
@@ -31,6 +40,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from fusebench.search.clock import SearchClock
 from fusebench.search.study import Budget, _spent_flags, drive_search
 
 log = logging.getLogger(__name__)
@@ -38,15 +48,24 @@ log = logging.getLogger(__name__)
 Outcome = float | BaseException  # what `train` returns per trial
 
 
+class NotStarted(Exception):
+    """The outcome of a trial of a round that the wall-clock cap stopped before it started training."""
+
+    def __init__(self) -> None:
+        super().__init__("the search's wall-clock cap (timeout_s) was spent before this trial of the round started")
+
+
 @dataclass(frozen=True)
 class BatchObjective:
     """A search objective split in two so that trials can be asked one by one and trained together.
 
     `propose(trial)` samples the trial's parameters (it is called right after the trial is asked);
-    `train(trials, proposals)` trains them and returns one `Outcome` per trial, in order."""
+    `train(trials, proposals, may_start)` trains them and returns one `Outcome` per trial, in order;
+    before it starts training a trial (or a group trained together) it asks `may_start()`, and gives
+    each trial it may no longer start the outcome `NotStarted()` (see the module doc)."""
 
     propose: Callable[[optuna.Trial], Any]
-    train: Callable[[list[optuna.Trial], list[Any]], list[Outcome]]
+    train: Callable[[list[optuna.Trial], list[Any], Callable[[], bool]], list[Outcome]]
 
 
 def _claim(study: optuna.Study, budget: Budget, host: str, pid: int) -> optuna.Trial | None:
@@ -68,6 +87,10 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> TrialSt
     """Tell the trial's outcome (exactly once) and return the state it ended in."""
     if isinstance(outcome, optuna.TrialPruned):
         return study.tell(trial, state=TrialState.PRUNED).state
+    if isinstance(outcome, NotStarted):
+        trial.set_user_attr("not_started", True)
+        trial.set_user_attr("fail_reason", str(outcome))
+        return study.tell(trial, state=TrialState.FAIL).state
     if isinstance(outcome, BaseException):
         trial.set_user_attr("fail_reason", f"{type(outcome).__name__}: {str(outcome)[:300]}")
         log.warning("trial %d failed: %s: %s", trial.number, type(outcome).__name__, outcome)
@@ -84,7 +107,7 @@ def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: B
     host, pid = socket.gethostname(), os.getpid()
     failures = [0]
 
-    def round_(done: int, running: int, _left: float) -> None:
+    def round_(done: int, running: int, clock: SearchClock) -> None:
         """Ask up to `trial_batch` trials (each proposed right after its ask), train them, tell each once."""
         trials, proposals = [], []
         for _ in range(min(trial_batch, budget.trials - done - running)):
@@ -99,11 +122,15 @@ def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: B
                 _tell(study, trial, exc)
                 failures[0] += 1
         if trials:
-            outcomes = objective.train(trials, proposals)
+            outcomes = objective.train(trials, proposals, lambda: clock.left() > 0)
             if len(outcomes) != len(trials):
                 raise RuntimeError(f"the batch objective returned {len(outcomes)} outcomes for {len(trials)} trials")
+            cut = sum(isinstance(o, NotStarted) for o in outcomes)
+            if cut:
+                log.warning("study %s: the %.0fs cap was spent during a round: %d of its %d trials not started",
+                            study.study_name, budget.timeout_s, cut, len(trials))
             for trial, outcome in zip(trials, outcomes):
-                failures[0] += _tell(study, trial, outcome) == TrialState.FAIL
+                failures[0] += _tell(study, trial, outcome) == TrialState.FAIL and not isinstance(outcome, NotStarted)
 
     return study, drive_search(study, budget, round_, lambda: failures[0], poll_s)
 

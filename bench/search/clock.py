@@ -1,0 +1,139 @@
+"""The wall-clock cap of one search replicate, counted over every process that searched it.
+
+A search replicate is one optuna study. Every process that works on it — the owning run, the same
+run resumed after a kill, a `fusebench worker` — keeps its *busy* seconds (inside its trial loop:
+asking, training, telling; not the seconds it waits for other processes' trials) in a study user
+attr of its own, `search_seconds:<host>:<pid>:<token>`. It writes it when it starts working, at each
+trial's (or batched round's) end, every `SAVE_EVERY_S` seconds from a background thread while it
+works, and when it stops (an exception included). The replicate's seconds are the sum of those attrs, so that:
+
+- the cap (`Budget.timeout_s`) is on the replicate's total: a search resumed after a kill has only
+  what the killed process left of it (before, each process got a fresh cap); with concurrent
+  workers the cap is on their summed seconds — a compute budget, the same whatever the number of
+  processes that share it;
+- the record's `search_seconds` is that total (before: the last process's seconds only); a kill
+  loses at most the killed process's last `SAVE_EVERY_S` seconds (its trial in flight still counts
+  up to then, though that trial itself is retried).
+
+One attr per process (not one shared counter) because processes write concurrently and a storage's
+user attrs have no atomic add. A study searched before this count existed has trials but no such
+attr: its earlier seconds are unknown, so the first clock marks it `search_seconds_partial`, and
+its records carry `search_seconds_complete: false` (they count the later processes only).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "search_seconds:"
+PARTIAL_KEY = "search_seconds_partial"
+SAVE_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class SearchTime:
+    """The seconds every process spent on a replicate's search, and whether they are all counted."""
+
+    seconds: float
+    complete: bool  # False: the study was searched before the count existed (earlier seconds unknown)
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"search_seconds": self.seconds, "search_seconds_complete": self.complete}
+
+
+def _saved(attrs: dict[str, Any], but: str | None = None) -> float:
+    return sum(float(v) for k, v in attrs.items() if k.startswith(KEY_PREFIX) and k != but)
+
+
+def search_time(study: optuna.Study) -> SearchTime:
+    """The replicate's search seconds as saved in its study (all processes, the finished ones exactly)."""
+    attrs = study.user_attrs
+    return SearchTime(_saved(attrs), not attrs.get(PARTIAL_KEY))
+
+
+class SearchClock:
+    """This process's busy seconds on a study, saved into it, and the cap left over all processes.
+
+    `with clock.ticking(): ... with clock.busy(): work()` — `left()` is the cap minus the seconds of
+    every process (the others' as last saved, this one's up to now)."""
+
+    def __init__(self, study: optuna.Study, timeout_s: float, save_every_s: float = SAVE_EVERY_S) -> None:
+        self._study = study
+        self._timeout_s = timeout_s
+        self._save_every_s = save_every_s
+        self._key = f"{KEY_PREFIX}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lock = threading.Lock()
+        self._own = 0.0
+        self._since: float | None = None
+        self._registered = False
+        attrs = study.user_attrs
+        if not attrs.get(PARTIAL_KEY) and not any(k.startswith(KEY_PREFIX) for k in attrs) \
+                and study.get_trials(deepcopy=False):
+            study.set_user_attr(PARTIAL_KEY, True)  # searched by code that kept no seconds
+
+    def own(self) -> float:
+        """This process's busy seconds so far."""
+        with self._lock:
+            return self._own + (time.perf_counter() - self._since if self._since is not None else 0.0)
+
+    def spent(self) -> float:
+        """The replicate's seconds: the other processes' as saved in the study, plus this one's now."""
+        return _saved(self._study.user_attrs, but=self._key) + self.own()
+
+    def left(self) -> float:
+        return self._timeout_s - self.spent()
+
+    def save(self) -> None:
+        if self._registered:
+            self._study.set_user_attr(self._key, round(self.own(), 3))
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Count the seconds of the block as this process's search seconds."""
+        if not self._registered:
+            self._registered = True
+            self.save()
+        with self._lock:
+            self._since = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                assert self._since is not None
+                self._own += time.perf_counter() - self._since
+                self._since = None
+
+    @contextmanager
+    def ticking(self) -> Iterator[None]:
+        """Save this process's seconds every `save_every_s` from a daemon thread during the block, and
+        once more at its end (optuna's storages are thread-safe: `optimize(n_jobs=...)` relies on it)."""
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(self._save_every_s):
+                try:
+                    self.save()
+                except Exception as exc:  # a missed save costs at most one period; the final save retries
+                    log.warning("study %s: could not save the search seconds: %s", self._study.study_name, exc)
+
+        thread = threading.Thread(target=tick, name="fusebench-search-clock", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self.save()

@@ -1,0 +1,160 @@
+"""The wall-clock cap of a search replicate (issue 14 leftovers, found on the standard run).
+
+1. A batched round whose trials cannot share a shape trains them one after another; the cap must stop
+   the round's trials that have not started (before, the cap was checked between rounds only, and
+   avmnist `coattention`'s first round ran ~3 h against a 30-minute cap).
+2. The cap and the record's `search_seconds` count every process of a replicate: a search resumed
+   after a kill no longer gets a fresh cap, nor records only its last process's seconds.
+
+Real optuna studies (journal files) and real training; seconds come from a fake clock that only
+training advances, so the tests neither sleep nor depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import fusebench.search.clock as clock_module
+from fusebench.search.clock import KEY_PREFIX, PARTIAL_KEY, search_time
+from fusebench.search.storage import open_storage
+from fusebench.search.study import Budget, open_study, run_search, trial_counts
+from fusebench.search.trial_batch import BatchObjective, NotStarted, run_batched_search
+from tests.test_budget import FakeClock
+
+
+@pytest.fixture()
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(clock_module, "time", fake)
+    return fake
+
+
+def test_a_round_of_trials_that_cannot_batch_stops_at_the_cap(tmp_path, synthetic_bundle, monkeypatch, clock):
+    """A real `fusebench run` of the toy concat cell, 3 trials asked as one round; they differ in
+    hidden_dim, so they train one after another, each taking 10 (fake) seconds against a 5 s cap.
+    The first trial trains to its end (as under optuna's own timeout); the other two never start:
+    FAIL `not_started`, not counted as spent, failed or retried, and the record is cap bound.
+    Before the fix all three trained (3 spent trials, not cap bound)."""
+    import fusebench.run.trials as trials_module
+    from fusebench.cli import main
+    from fusebench.results.records import load_records
+
+    real_train = trials_module.train_model
+    trained: list[int] = []
+
+    def ten_seconds(*args, **kwargs):
+        trained.append(1)
+        clock.sleep(10.0)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(trials_module, "train_model", ten_seconds)
+    data, cfg = synthetic_bundle
+    (cfg / "suites" / "capped.yaml").write_text(
+        "name: capped\ndescription: a tiny cap\ndatasets: [toy]\nstrategies: [concat]\nsize: small\n"
+        "trials: 3\nseeds: 1\nepochs: 3\npatience: 2\npatience_steps: 0\nmin_steps: 12\nbatch_size: 16\n"
+        "timeout_s: 5\ntrial_batch: 3\n")
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    out = tmp_path / "run"
+    assert main(["run", "--suite", "capped", "--data-dir", str(data), "--out", str(out), "-q"]) == 0
+    study = optuna.load_study(study_name="toy/concat", storage=open_storage(f"journal:///{out / 'optuna.journal'}"))
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert len(trained) == 1 and len(trials) == 3, "one round of 3; only its first trial trains"
+    assert trials[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    for t in trials[1:]:
+        assert t.state == TrialState.FAIL and t.user_attrs["not_started"] is True and "seed" not in t.user_attrs
+        assert "cap" in t.user_attrs["fail_reason"]
+    counts = trial_counts(study, 3)
+    assert (counts.spent, counts.failed, counts.retried) == (1, 0, 0)
+    (record,) = load_records(out / "results.jsonl")
+    assert record.cap_bound is True and record.n_trials == 1 and record.n_trials_failed == 0
+    assert record.search_seconds == pytest.approx(10.0) and record.search_seconds_complete is True
+
+
+def _per_trial_seconds(clock: FakeClock):
+    """Trial n takes 5 + n fake seconds (unequal, so that no two ways of counting agree by chance)."""
+    def objective(trial: optuna.Trial) -> float:
+        clock.sleep(5.0 + trial.number)
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    return objective
+
+
+def _batched(clock: FakeClock) -> BatchObjective:
+    """Rounds whose trials train one after another (as trials that cannot share a shape do)."""
+    seq = _per_trial_seconds(clock)
+
+    def train(trials: list[optuna.Trial], xs: list[float], may_start) -> list:
+        return [seq(t) if may_start() else NotStarted() for t in trials]
+
+    return BatchObjective(lambda t: None, train)
+
+
+def _search(path: str, study: optuna.Study, budget: Budget, clock: FakeClock) -> optuna.Study:
+    if path == "sequential":
+        return run_search(study, _per_trial_seconds(clock), budget)[0]
+    return run_batched_search(study, _batched(clock), budget, 2)[0]
+
+
+@pytest.mark.parametrize("path", ["sequential", "batched"])
+def test_a_resumed_search_has_what_the_killed_one_left_of_the_cap(tmp_path, clock, path):
+    """Process 1 runs trials 0-2 (5+6+7 = 18 s) and is killed with trial 3 RUNNING (left without
+    host/pid: stale). Process 2 resumes under a 30 s cap: 12 s left, so it runs the retried trial
+    (#4, 9 s → 27 s) and one more (#5, 10 s → 37 s), then stops. The record's seconds are 37, both
+    processes'. Before the fix process 2 had a fresh 30 s cap (trials #4-#6: 6 spent in all) and
+    recorded only its own 30 s."""
+    url = f"journal:///{tmp_path / 'optuna.journal'}"
+    first = _search(path, open_study("t/r", open_storage(url), 0), Budget(trials=3, timeout_s=1000, seeds=1), clock)
+    assert trial_counts(first, 3).spent == 3 and search_time(first).seconds == pytest.approx(18.0)
+    first.ask()  # the trial the killed process was training: RUNNING, no host/pid → stale on resume
+    clock.sleep(3600.0)  # the machine was down for an hour: not search time
+
+    study = _search(path, open_study("t/r", open_storage(url), 0), Budget(trials=10, timeout_s=30, seeds=1), clock)
+    counts = trial_counts(study, 10)
+    assert (counts.spent, counts.retried) == (5, 1)  # cap bound: 5 of 10
+    spent = search_time(study)
+    assert spent.seconds == pytest.approx(18.0 + 9.0 + 10.0) and spent.complete
+    assert len([k for k in study.user_attrs if k.startswith(KEY_PREFIX)]) == 2  # one per process
+
+    # a third process finds the cap spent: it starts nothing, and the total stays
+    again = _search(path, open_study("t/r", open_storage(url), 0), Budget(trials=10, timeout_s=30, seeds=1), clock)
+    assert len(again.trials) == len(study.trials) and search_time(again).seconds == pytest.approx(37.0)
+
+
+def test_a_study_searched_before_seconds_were_kept_is_marked_partial(tmp_path, clock):
+    """Trials without any saved seconds (a study of older code): their seconds are unknown, so the
+    total is flagged incomplete — a record then says `search_seconds_complete: false`."""
+    url = f"journal:///{tmp_path / 'optuna.journal'}"
+    old = open_study("t/o", open_storage(url), 0)
+    old.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)  # no fusebench clock: as old code did
+    study = run_search(open_study("t/o", open_storage(url), 0), _per_trial_seconds(clock), Budget(4, 1000, 1))[0]
+    assert study.user_attrs[PARTIAL_KEY] is True
+    assert search_time(study) == clock_module.SearchTime(5.0 + 2 + 5.0 + 3, complete=False)
+
+
+def test_the_seconds_are_saved_while_a_trial_trains(tmp_path):
+    """A kill during a long trial loses at most one save period of seconds: the background thread
+    saves the busy seconds while the trial runs (real time here, a 0.05 s period)."""
+    import threading
+    import time
+
+    study = open_study("t/t", open_storage(f"journal:///{tmp_path / 'optuna.journal'}"), 0)
+    seen: list[float] = []
+    release = threading.Event()
+
+    def objective(trial: optuna.Trial) -> float:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not release.is_set():
+            saved = search_time(study).seconds
+            if saved >= 0.2:  # the thread saved mid-trial
+                seen.append(saved)
+                release.set()
+            time.sleep(0.02)
+        return 0.0
+
+    clock = clock_module.SearchClock(study, 1000.0, save_every_s=0.05)
+    with clock.ticking(), clock.busy():
+        objective(study.ask())
+    assert seen, "no save while the trial was training"
+    assert search_time(study).seconds >= seen[0]
