@@ -16,10 +16,11 @@ from fusebench.run.status import format_status, run_status
 
 
 def _rec(ds: str, strategy: str, replicate: int, seed: int, search_s: float, n_trials: int,
-         phases: dict[str, float], retried: int = 0) -> Record:
+         phases: dict[str, float], retried: int = 0, complete: bool = False) -> Record:
     return Record(dataset=ds, task="classification", strategy=strategy, family="early", modalities=["a"], seed=seed,
                   status="ok", replicate=replicate, search_seconds=search_s, n_trials=n_trials, phase_seconds=phases,
-                  n_trials_retried=retried, sampler={"name": "TPESampler"} if n_trials else {})
+                  n_trials_retried=retried, sampler={"name": "TPESampler"} if n_trials else {},
+                  search_seconds_complete=complete)
 
 
 def _run_dir(path: Path, plan: dict[str, list[str]], trials: int, seeds: list[int], replicates: int,
@@ -107,9 +108,10 @@ def test_probes_pool_their_cells(tmp_path: Path, probe: Path, capsys) -> None:
 
 
 def test_a_cell_resumed_after_a_kill_is_left_out_of_the_mean(tmp_path: Path, probe: Path) -> None:
-    """A search resumed after a kill records only the last process's seconds (its killed trials show
-    as retried): its cell time is too low, so the task's mean uses the cells that ran whole, and the
-    probe check says so. Seen on the standard run: a resumed avmnist cell measured 2846 s."""
+    """Records written before search seconds were summed over processes: a search resumed after a kill
+    recorded only the last process's seconds (its killed trials show as retried): its cell time is too
+    low, so the task's mean uses the cells that ran whole, and the probe check says so. Seen on the
+    standard run: a resumed avmnist cell measured 2846 s."""
     whole = [_rec("d", "concat", r, s, 200.0, 20, {"evaluation": 20.0}) for r in range(3) for s in SEEDS]  # 900 s
     cut = [_rec("d", "gmu", r, s, 20.0, 20, {"evaluation": 2.0}, retried=5 if r == 0 else 0)
            for r in range(3) for s in SEEDS]  # 90 s counted
@@ -121,8 +123,21 @@ def test_a_cell_resumed_after_a_kill_is_left_out_of_the_mean(tmp_path: Path, pro
     status = run_status(only_cut, [probe])
     assert status["tasks"][0]["cell_seconds_mean"] == 90.0  # nothing better: kept, and flagged
     text = format_status(status)
-    assert "90.0 (resumed cells only: too low)" in text
+    assert "90.0 (resumed cells without the killed process's search seconds only: too low)" in text
     assert status["probe"]["checks"] == []  # the probe has no d/gmu
+
+
+def test_a_resumed_cell_whose_seconds_count_every_process_is_in_the_mean(tmp_path: Path, probe: Path) -> None:
+    """Records whose `search_seconds` sum every process of the replicate (`search_seconds_complete`)
+    are whole even when the search was resumed after a kill: in the mean, not flagged."""
+    whole = [_rec("d", "concat", r, s, 200.0, 20, {"evaluation": 20.0}) for r in range(3) for s in SEEDS]  # 900 s
+    resumed = [_rec("d", "gmu", r, s, 100.0, 20, {"evaluation": 10.0}, retried=5 if r == 0 else 0, complete=True)
+               for r in range(3) for s in SEEDS]  # 450 s, every process counted
+    run = _run_dir(tmp_path / "run", {"d": ["concat", "gmu", "lmf"]}, 20, SEEDS, 3, whole + resumed)
+    (d,) = run_status(run, [probe])["tasks"]
+    assert d["cells_done"] == 2 and d["cells_resumed"] == 0
+    assert d["cell_seconds_mean"] == 675.0 and d["seconds_left"] == 675.0
+    assert "left out" not in format_status(run_status(run, [probe]))
 
 
 def test_trivial_baselines_neither_set_the_mean_nor_count_as_cells_left(tmp_path: Path, probe: Path) -> None:

@@ -37,7 +37,9 @@ class TaskStatus:
     prepare_seconds: float | None
     cell_seconds_mean: float | None  # process-seconds of one finished cell (all replicates and seeds)
     seconds_left: float | None  # remaining cells × the mean; None without a finished cell
-    cells_resumed: int = 0  # finished cells whose search resumed after a kill (time undercounted; out of the mean)
+    # finished cells whose search resumed after a kill and whose records lack the killed process's
+    # search seconds (written before they were summed over processes): time too low, out of the mean
+    cells_resumed: int = 0
     probe: dict[str, Any] | None = None  # with --probe: TaskEstimate of the remaining cells at the probe's rates
 
     @property
@@ -130,9 +132,11 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
     for ds, strategies in run.plan.items():
         done = [s for s in strategies if (ds, s) in finished]
         times = [_cell_seconds(by_cell[(ds, s)]) for s in done]
-        # a search resumed after a kill records only its last process's seconds (`search_seconds` is
-        # "spent here"): such a cell's time is too low, so the mean leaves it out when it can
-        resumed = {s for s in done if any(r.n_trials_retried for r in by_cell[(ds, s)])}
+        # a search resumed after a kill: its records count every process's search seconds (up to the
+        # killed one's last 30 s) when `search_seconds_complete`; records written before that (or from
+        # a study searched partly by such code) count only the last process's, so such a cell's time
+        # is too low and the mean leaves it out when it can
+        resumed = {s for s in done if any(r.n_trials_retried and not r.search_seconds_complete for r in by_cell[(ds, s)])}
         # trivial baselines (no search, no training) take seconds, not minutes: they neither enter the
         # mean nor count among the cells left at that mean
         trivial = {s for s in strategies if is_trivial(s)}
@@ -190,7 +194,8 @@ def _resumed_note(t: dict[str, Any]) -> str:
     n, done = t.get("cells_resumed", 0), t["cells_done"]
     if not n:
         return ""
-    return f" ({n} resumed cell(s) left out)" if n < done else " (resumed cells only: too low)"
+    return (f" ({n} resumed cell(s) without the killed process's search seconds left out)" if n < done
+            else " (resumed cells without the killed process's search seconds only: too low)")
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -226,6 +231,7 @@ def format_status(status: dict[str, Any]) -> str:
         for c in probe["checks"]:
             lines.append(f"probe check, {c['dataset']}/{c['strategy']} finished in both runs: predicted "
                          f"{c['predicted_s']:.0f} s, measured {c['measured_s']:.0f} s (× {c['ratio']:.2f})"
-                         + (" — resumed after a kill: the measured time lacks the killed process's search"
+                         + (" — resumed after a kill, recorded by code that kept only the last process's "
+                            "search seconds: the measured time lacks the killed process's search"
                             if c.get("resumed") else ""))
     return "\n".join(lines)
