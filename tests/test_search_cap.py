@@ -12,12 +12,14 @@ training advances, so the tests neither sleep nor depend on the machine's load.
 
 from __future__ import annotations
 
+import datetime
+
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 import fusebench.search.clock as clock_module
-from fusebench.search.clock import KEY_PREFIX, PARTIAL_KEY, search_time
+from fusebench.search.clock import BEFORE_KEY, KEY_PREFIX, PARTIAL_KEY, search_time
 from fusebench.search.storage import open_storage
 from fusebench.search.study import Budget, open_study, run_search, trial_counts
 from fusebench.search.trial_batch import BatchObjective, NotStarted, run_batched_search
@@ -122,15 +124,30 @@ def test_a_resumed_search_has_what_the_killed_one_left_of_the_cap(tmp_path, cloc
     assert len(again.trials) == len(study.trials) and search_time(again).seconds == pytest.approx(37.0)
 
 
-def test_a_study_searched_before_seconds_were_kept_is_marked_partial(tmp_path, clock):
-    """Trials without any saved seconds (a study of older code): their seconds are unknown, so the
-    total is flagged incomplete — a record then says `search_seconds_complete: false`."""
+def _old_trial(number: int, start_s: float, end_s: float, **attrs) -> optuna.trial.FrozenTrial:
+    t0 = datetime.datetime(2026, 1, 1)
+    return optuna.trial.FrozenTrial(
+        number=number, trial_id=number, state=TrialState.FAIL if attrs else TrialState.COMPLETE,
+        value=None if attrs else 0.5, datetime_start=t0 + datetime.timedelta(seconds=start_s),
+        datetime_complete=t0 + datetime.timedelta(seconds=end_s), params={"x": 0.5},
+        distributions={"x": optuna.distributions.FloatDistribution(0, 1)}, user_attrs=attrs, system_attrs={},
+        intermediate_values={})
+
+
+def test_a_study_searched_before_seconds_were_kept_counts_its_trials_and_is_marked_partial(tmp_path, clock):
+    """A study of older code has trials but no saved seconds: the cap and the total count what its
+    trials' own start/end times show (a batched round of two overlapping trials 0-10 s and 2-12 s,
+    then one 20-25 s: 17 s; a stale trial's end is when the resume marked it, so it is left out),
+    and the total is flagged incomplete: a record then says `search_seconds_complete: false`."""
     url = f"journal:///{tmp_path / 'optuna.journal'}"
     old = open_study("t/o", open_storage(url), 0)
-    old.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)  # no fusebench clock: as old code did
-    study = run_search(open_study("t/o", open_storage(url), 0), _per_trial_seconds(clock), Budget(4, 1000, 1))[0]
-    assert study.user_attrs[PARTIAL_KEY] is True
-    assert search_time(study) == clock_module.SearchTime(5.0 + 2 + 5.0 + 3, complete=False)
+    for t in (_old_trial(0, 0, 10), _old_trial(1, 2, 12), _old_trial(2, 20, 25), _old_trial(3, 30, 4000, stale=True)):
+        old.add_trial(t)
+    study = run_search(open_study("t/o", open_storage(url), 0), _per_trial_seconds(clock), Budget(10, 30, 1))[0]
+    assert study.user_attrs[PARTIAL_KEY] is True and study.user_attrs[BEFORE_KEY] == pytest.approx(17.0)
+    # 13 s of the cap left: trial #4 (9 s) and #5 (10 s) start, #6 does not
+    assert trial_counts(study, 10).spent == 5
+    assert search_time(study) == clock_module.SearchTime(17.0 + 9.0 + 10.0, complete=False)
 
 
 def test_the_seconds_are_saved_while_a_trial_trains(tmp_path):

@@ -17,8 +17,11 @@ works, and when it stops (an exception included). The replicate's seconds are th
 
 One attr per process (not one shared counter) because processes write concurrently and a storage's
 user attrs have no atomic add. A study searched before this count existed has trials but no such
-attr: its earlier seconds are unknown, so the first clock marks it `search_seconds_partial`, and
-its records carry `search_seconds_complete: false` (they count the later processes only).
+attr: the first clock gives its earlier processes the seconds optuna's own records show
+(`search_seconds:before`: the union of the finished trials' start-to-end intervals, trials failed
+as stale left out — a lower bound: it misses a killed trial's seconds and the gaps between
+trials), so the cap still counts them, and marks the study `search_seconds_partial`: its records
+carry `search_seconds_complete: false`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "search_seconds:"
 PARTIAL_KEY = "search_seconds_partial"
+BEFORE_KEY = KEY_PREFIX + "before"  # a study's seconds before they were kept (estimated from its trials)
 SAVE_EVERY_S = 30.0
 
 
@@ -56,6 +60,22 @@ class SearchTime:
 
 def _saved(attrs: dict[str, Any], but: str | None = None) -> float:
     return sum(float(v) for k, v in attrs.items() if k.startswith(KEY_PREFIX) and k != but)
+
+
+def trial_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
+    """Seconds during which at least one finished trial was running (the union of their start-to-end
+    intervals), trials failed as stale left out: their end is when a later process marked them."""
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials
+                   if t.datetime_start and t.datetime_complete and not t.user_attrs.get("stale"))
+    total, end = 0.0, None
+    for a, b in spans:
+        if end is None or a > end:
+            total += (b - a).total_seconds()
+            end = b
+        elif b > end:
+            total += (b - end).total_seconds()
+            end = b
+    return total
 
 
 def search_time(study: optuna.Study) -> SearchTime:
@@ -80,9 +100,11 @@ class SearchClock:
         self._since: float | None = None
         self._registered = False
         attrs = study.user_attrs
-        if not attrs.get(PARTIAL_KEY) and not any(k.startswith(KEY_PREFIX) for k in attrs) \
-                and study.get_trials(deepcopy=False):
-            study.set_user_attr(PARTIAL_KEY, True)  # searched by code that kept no seconds
+        trials = study.get_trials(deepcopy=False)
+        if not attrs.get(PARTIAL_KEY) and not any(k.startswith(KEY_PREFIX) for k in attrs) and trials:
+            # searched by code that kept no seconds: what optuna's records show, and marked partial
+            study.set_user_attr(BEFORE_KEY, round(trial_seconds(trials), 3))
+            study.set_user_attr(PARTIAL_KEY, True)
 
     def own(self) -> float:
         """This process's busy seconds so far."""
