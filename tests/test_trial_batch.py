@@ -29,9 +29,6 @@ CFG = TrainConfig(epochs=4, patience=2, batch_size=32)
 NAMES = [n for n in STRATEGIES.names() if STRATEGIES.get(n).trainable]
 HPS = [(1e-3, 1e-4), (3e-3, 1e-2), (5e-4, 1e-6)]  # (lr, weight_decay) per member
 SEEDS = [7, 8, 9]
-# forwards with data-dependent control flow that vmap cannot trace: their trials train one after another
-# (the batched objective catches the error and falls back; the test below fails when one starts batching)
-NOT_VMAPPABLE = {"coattention", "mbt", "mult"}
 
 
 def _data(kind: str) -> tuple[FusionSpec, Batch, Batch, Batch]:
@@ -69,10 +66,6 @@ def test_batched_trial_member_equals_its_sequential_trial(name):
     build, train, val, test = _setup(name)
     models = [build(k) for k in range(3)]
     assert group_members(models) == [[0, 1, 2]], f"{name}: one shape, lr/wd only differ: one group"
-    if name in NOT_VMAPPABLE:
-        with pytest.raises((RuntimeError, NotImplementedError, ValueError), match="vmap"):
-            fit_members([Member(m, s) for m, s in zip(models, SEEDS)], train, val, CFG, "accuracy")
-        return
     fits = fit_members([Member(m, s) for m, s in zip(models, SEEDS)], train, val, CFG, "accuracy")
     for k, fit in enumerate(fits):
         want = train_model(build(k), train, val, CFG, "accuracy", SEEDS[k])
