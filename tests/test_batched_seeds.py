@@ -149,17 +149,29 @@ def test_attention_models_batch_under_vmap_and_equal_sequential(name):
                                    atol=1e-3, err_msg=f"{name} seed {seed}")
 
 
-def test_attention_models_train_one_after_another_on_a_cpu_only():
-    """Decided by where the data trains, not where the fresh models sit: fit_seeds builds them on the
-    CPU and moves them later, so the first version of this rule kept every attention model sequential
-    on an H200 too (seen in `fusebench throughput --seed-batching` there)."""
+def test_attention_models_train_one_after_another_on_one_cpu_thread_only():
+    """Decided by where the data trains (fit_seeds builds the models on the CPU and moves them later)
+    and by the CPU threads: batched attention measured slower on one thread, faster on 16."""
     spec, _, _ = _data("tokens")
     build, _ = _builder("mult", spec)
     models = [build(s) for s in SEEDS]  # built on the CPU, as fit_seeds builds them
+    assert torch.get_num_threads() == 1  # the one_thread fixture, as in training
     assert not_batchable(models, CFG, CPU) == ATTENTION_ON_CPU
     assert not_batchable(models, CFG, torch.device("cuda")) == ""
+    torch.set_num_threads(2)
+    try:
+        assert not_batchable(models, CFG, CPU) == ""
+    finally:
+        torch.set_num_threads(1)
     build, _ = _builder("concat", _data("pooled")[0])
     assert not_batchable([build(s) for s in SEEDS], CFG, CPU) == ""
+
+
+def test_a_vmap_failure_without_a_message_still_falls_back():
+    """`str(exc).splitlines()[0]` raised IndexError for a bare exception and broke the fallback."""
+    from fusebench.training.batched import first_line
+
+    assert first_line(NotImplementedError()) == "" and first_line(RuntimeError("a\nb")) == "a"
 
 
 @settings(max_examples=60, deadline=None)
@@ -173,3 +185,25 @@ def test_key_padding_matches_its_definition_and_traces_under_vmap(batch, steps, 
     want[~present.any(dim=1), 0] = False
     assert torch.equal(key_padding(x), want)
     assert torch.equal(torch.func.vmap(key_padding)(x[None].expand(2, -1, -1, -1)), want[None].expand(2, -1, -1))
+
+
+def test_throughput_batching_rows_are_written_to_out_and_measured_where_asked(tmp_path):
+    """`--seed-batching/--trial-batching` rows go into the --out JSON (they were only printed), and the
+    members train on `device`: the data and models of the measurement follow it (they always sat on
+    the CPU, whatever --device said)."""
+    import json
+
+    from fusebench.cli import main
+    from fusebench.measure.seed_batching import SPEC, _data
+
+    out = tmp_path / "t.json"
+    assert main(["throughput", "-q", "--device", "cpu", "--strategies", "concat", "--batch-sizes", "8",
+                 "--repetitions", "1", "--warmup", "0", "--seed-batching", "2", "--trial-batching", "2",
+                 "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    for key in ("seed_batching", "trial_batching"):
+        rows = doc[key]
+        assert {(r["strategy"], r["members"], r["mode"]) for r in rows} == {("concat", 2, "sequential"), ("concat", 2, "batched")}
+        assert all(r["samples_per_s"] > 0 for r in rows)
+    train, _ = _data("pooled", SPEC, 16, device=torch.device("meta"))
+    assert train.labels.device.type == "meta" and all(v.device.type == "meta" for v in train.inputs.values())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from fusebench.strategies import STRATEGIES, FusionSpec
-from fusebench.training.batched import fit_seeds
+from fusebench.training.batched import first_line, fit_seeds
 from fusebench.training.loop import Batch, TrainConfig
 
 SPEC = FusionSpec({"audio": 128, "image": 256, "text": 384}, {"audio": 8, "image": 9, "text": 16}, 10)
@@ -31,7 +31,9 @@ class SeedBatchingRow:
     reason: str
 
 
-def _data(kind: str, spec: FusionSpec, n: int, seed: int = 0) -> tuple[Batch, Batch]:
+def _data(kind: str, spec: FusionSpec, n: int, seed: int = 0,
+          device: torch.device | None = None) -> tuple[Batch, Batch]:
+    """Generated rows on `device` (the CPU by default): the members train where their data is."""
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, spec.num_classes, (n,), generator=g)
     if kind == "pooled":
@@ -39,15 +41,18 @@ def _data(kind: str, spec: FusionSpec, n: int, seed: int = 0) -> tuple[Batch, Ba
     else:
         x = {m: torch.randn(n, spec.tokens[m], d, generator=g) for m, d in spec.dims.items()}
     cut = int(n * 0.8)
+    dev = device or torch.device("cpu")
+    x, y = {k: v.to(dev) for k, v in x.items()}, y.to(dev)
     return (Batch({k: v[:cut] for k, v in x.items()}, y[:cut]), Batch({k: v[cut:] for k, v in x.items()}, y[cut:]))
 
 
 def measure_seed_batching(strategy: str, members: list[int], n: int = 1024, epochs: int = 3,
-                          batch_size: int = 128) -> list[SeedBatchingRow]:
-    """Fit K ∈ `members` seeds of `strategy` for a fixed number of epochs (no early stop), both ways."""
+                          batch_size: int = 128, device: torch.device | None = None) -> list[SeedBatchingRow]:
+    """Fit K ∈ `members` seeds of `strategy` for a fixed number of epochs (no early stop), both ways,
+    on `device` (the CPU by default; `fusebench throughput --device` passes its own)."""
     info = STRATEGIES.get(strategy)
     spec = SPEC.restrict(["text"]) if info.per_modality else SPEC
-    train, val = _data(info.input_kind, spec, n)
+    train, val = _data(info.input_kind, spec, n, device=device)
     cfg = TrainConfig(epochs=epochs, patience=epochs + 1, batch_size=batch_size)
     params = info.params()
     if hasattr(params, "dropout"):
@@ -56,7 +61,7 @@ def measure_seed_batching(strategy: str, members: list[int], n: int = 1024, epoc
 
     def build(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
-        return info.build(spec, params)
+        return info.build(spec, params).to(train.labels.device)
 
     fit_seeds(build, [0, 1], train, val, dataclasses.replace(cfg, epochs=1), "accuracy")  # warm-up
     for k in members:
@@ -83,7 +88,7 @@ def trial_configs(strategy: str, members: int) -> list:
 
 
 def measure_trial_batching(strategy: str, members: list[int], n: int = 1024, epochs: int = 3,
-                           batch_size: int = 128) -> list[SeedBatchingRow]:
+                           batch_size: int = 128, device: torch.device | None = None) -> list[SeedBatchingRow]:
     """Fit B ∈ `members` trial configurations (per-member lr and weight decay, so the batched fit keeps
     per-member leaves stacked at every step) batched as one model vs one after another."""
     from fusebench.training.loop import train_model
@@ -91,12 +96,12 @@ def measure_trial_batching(strategy: str, members: list[int], n: int = 1024, epo
 
     info = STRATEGIES.get(strategy)
     spec = SPEC.restrict(["text"]) if info.per_modality else SPEC
-    train, val = _data(info.input_kind, spec, n)
+    train, val = _data(info.input_kind, spec, n, device=device)
     cfg = TrainConfig(epochs=epochs, patience=epochs + 1, batch_size=batch_size)
 
     def build(config, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
-        return info.build(spec, config)
+        return info.build(spec, config).to(train.labels.device)
 
     warm = trial_configs(strategy, 2)
     untraceable = ""  # a forward vmap cannot trace: every batched row falls back, saying why (it used to crash)
@@ -104,7 +109,7 @@ def measure_trial_batching(strategy: str, members: list[int], n: int = 1024, epo
         fit_members([Member(build(c, s), s) for s, c in enumerate(warm)], train, val,
                     dataclasses.replace(cfg, epochs=1), "accuracy")
     except (RuntimeError, NotImplementedError, ValueError) as exc:
-        untraceable = f"vmap failed: {str(exc).splitlines()[0][:120]}"
+        untraceable = f"vmap failed: {first_line(exc)[:120]}"
     rows = []
     for b in members:
         configs = trial_configs(strategy, b)
@@ -115,7 +120,7 @@ def measure_trial_batching(strategy: str, members: list[int], n: int = 1024, epo
                 try:
                     fit_members([Member(build(c, s), s) for s, c in enumerate(configs)], train, val, cfg, "accuracy")
                 except (RuntimeError, NotImplementedError, ValueError) as exc:
-                    reason, batched = f"vmap failed: {str(exc).splitlines()[0][:120]}", False
+                    reason, batched = f"vmap failed: {first_line(exc)[:120]}", False
             if not batched:
                 for s, c in enumerate(configs):
                     train_model(build(c, s), train, val, cfg, "accuracy", s)

@@ -322,12 +322,14 @@ def as_csv(rows: list[InferenceRow]) -> str:
 
 
 def write_output(path: Path, rows: list[InferenceRow], overhead: list[OverheadResult], device: torch.device,
-                 shapes: InputShapes | None = None, protocol: dict[str, Any] | None = None) -> None:
-    """`.csv`: the inference rows; anything else: JSON with the device/versions envelope."""
+                 shapes: InputShapes | None = None, protocol: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+    """`.csv`: the inference rows; anything else: JSON with the device/versions envelope, plus `extra`
+    (the seed/trial batching rows of `fusebench throughput --seed-batching/--trial-batching`)."""
     from fusebench.core.io import atomic_write_bytes
 
     if path.suffix.lower() == ".csv":
         atomic_write_bytes(path, as_csv(rows).encode())
     else:
-        atomic_write_bytes(path, json.dumps(as_json(rows, overhead, device, shapes, protocol), indent=2,
-                                            default=str).encode())
+        doc = {**as_json(rows, overhead, device, shapes, protocol), **(extra or {})}
+        atomic_write_bytes(path, json.dumps(doc, indent=2, default=str).encode())

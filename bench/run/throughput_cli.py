@@ -99,19 +99,23 @@ def command(args: argparse.Namespace) -> int:
             overhead.append(o)
             print(f"{o.strategy:24s} harness {o.harness_samples_per_s:10.0f}  bare {o.bare_samples_per_s:10.0f}  "
                   f"ratio {o.ratio:.3f}")
+    batching: dict[str, Any] = {}
     if args.seed_batching:
-        _seed_batching(names, args.seed_batching)
+        batching["seed_batching"] = _seed_batching(names, args.seed_batching, device)
     if args.trial_batching:
-        _seed_batching(names, args.trial_batching, trials=True)
+        batching["trial_batching"] = _seed_batching(names, args.trial_batching, device, trials=True)
     if args.out:
         protocol = {"warmup": args.warmup, "repetitions": args.repetitions, "batch_sizes": sizes,
                     "overhead_repeats": args.overhead_repeats if args.overhead else 0}
-        tp.write_output(Path(args.out), rows, overhead, device, shapes, protocol)
+        tp.write_output(Path(args.out), rows, overhead, device, shapes, protocol, extra=batching)
         print(f"fusebench: wrote {args.out}")
     return 1 if any(r.error and r.throughput is None for r in rows) else 0
 
 
-def _seed_batching(names: list[str], spec: str, trials: bool = False) -> None:
+def _seed_batching(names: list[str], spec: str, device: Any, trials: bool = False) -> list[dict[str, Any]]:
+    """Print (and return, for --out) the batched-vs-sequential rows, measured on `device`."""
+    import dataclasses
+
     from fusebench.measure.seed_batching import measure_seed_batching, measure_trial_batching
     from fusebench.strategies import STRATEGIES
 
@@ -127,16 +131,20 @@ def _seed_batching(names: list[str], spec: str, trials: bool = False) -> None:
           "(1024 generated rows, 3 epochs, dropout 0)")
     measure = measure_trial_batching if trials else measure_seed_batching
     letter = "B" if trials else "K"
+    out: list[dict[str, Any]] = []
     for n in names:
         info = STRATEGIES.get(n.partition(":")[0])
         if not info.trainable:
             continue
-        rows = {(r.members, r.mode): r for r in measure(n.partition(":")[0], members)}
+        measured = measure(n.partition(":")[0], members, device=device)
+        out += [dataclasses.asdict(r) for r in measured]
+        rows = {(r.members, r.mode): r for r in measured}
         for k in members:
             seq, bat = rows[(k, "sequential")], rows[(k, "batched")]
             note = "" if bat.batched or k == 1 else f"  (fell back: {bat.reason[:60]})"
             print(f"{n:24s} {letter}={k:<3d} sequential {seq.samples_per_s:9.0f}  batched {bat.samples_per_s:9.0f}  "
                   f"speed-up {bat.samples_per_s / seq.samples_per_s:5.2f}×{note}")
+    return out
 
 
 def _finetune(args: argparse.Namespace, names: list[str], sizes: list[int], device: Any) -> int:

@@ -19,7 +19,7 @@ What stays per member, so that member k is the sequential fit of seed k:
 
 A configuration or strategy that cannot be batched (modality dropout and gradient blending draw
 from the sequential generator; `torch.compile`; a forward that `vmap` cannot trace) falls back to
-sequential training, and so do attention (token) models on a CPU, where batching them is slower;
+sequential training, and so do attention (token) models on one CPU thread, where batching them is slower;
 the reason is returned so that records and logs can say so. The vmapped
 engine itself (shared with batched trials, whose members also differ in lr, weight decay and
 dropout) is bench/training/members.py.
@@ -53,15 +53,21 @@ class SeedFits:
     seconds: float = 0.0  # wall time of the whole fit (all members)
 
 
-ATTENTION_ON_CPU = ("attention models train faster one after another on a CPU "
-                    "(batched 0.76-0.98x of sequential in `fusebench throughput --seed-batching`; docs/gpu.md)")
+ATTENTION_ON_CPU = ("attention models train faster one after another on one CPU thread "
+                    "(batched 0.76-0.98x of sequential there; docs/gpu.md)")
 
 
 def uses_attention(model: nn.Module) -> bool:
     """Whether the model holds `nn.MultiheadAttention` (the token strategies: coattention,
-    early_transformer, mbt, mult). On a CPU their batched fit is compute-bound and measured slower
-    than one member after another, so they batch on a GPU only; pooled heads batch everywhere."""
+    early_transformer, mbt, mult). On one CPU thread their batched fit measured slower than one member
+    after another (torch has no vmap batching rule for the CPU attention kernel and loops), so there
+    they train sequentially; with more threads (1.23-1.58x at 16) and on a GPU they batch."""
     return any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" for one without a message, e.g. a bare raise)."""
+    return (str(exc).splitlines() or [""])[0]
 
 
 def not_batchable(models: Sequence[FusionModel], cfg: TrainConfig, device: torch.device) -> str:
@@ -75,7 +81,7 @@ def not_batchable(models: Sequence[FusionModel], cfg: TrainConfig, device: torch
         return "torch.compile of a vmap-ed functional model is not supported here"
     if not any(p.requires_grad for p in models[0].parameters()):
         return "nothing to train"
-    if uses_attention(models[0]) and device.type == "cpu":
+    if uses_attention(models[0]) and device.type == "cpu" and torch.get_num_threads() == 1:
         return ATTENTION_ON_CPU
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in models]
     if any(s != shapes[0] for s in shapes[1:]):
@@ -107,7 +113,7 @@ def fit_seeds(
                        for f, s in zip(fits, seeds)]
             return SeedFits(results, True, "", time.perf_counter() - t0)
         except (RuntimeError, NotImplementedError, ValueError) as exc:  # a forward vmap cannot trace
-            reason = f"vmap failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            reason = f"vmap failed: {type(exc).__name__}: {first_line(exc)[:200]}"
             log.info("training %d seeds one after another (%s)", len(models), reason)
             models = [build(seed) for seed in seeds]  # a failed batched step may have touched them
     results = [train_model(m, train, val, cfg, main_metric, s) for m, s in zip(models, seeds)]
