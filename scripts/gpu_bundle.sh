@@ -44,7 +44,6 @@ cd "$(dirname "$0")/.." || exit 2
 
 pack() {
   local py=.venv/bin/python ver=${GPU_BUNDLE_PY:-3.12}
-  [ -x "$py" ] || { echo "gpu_bundle.sh: no .venv here: run scripts/bootstrap.sh first" >&2; exit 2; }
   shift 2
   local data=${FUSEBENCH_DATA:-../shared/data} folders=() t
   for t in "$@"; do  # before anything is fetched or copied
@@ -56,6 +55,8 @@ pack() {
   done
   [ $# -eq 0 ] || [ -f "$data/MANIFEST.json" ] || {
     echo "gpu_bundle.sh: no data at $data (MANIFEST.json missing): set FUSEBENCH_DATA" >&2; exit 2; }
+  # after the arguments, so that a wrong task name is reported as such wherever the script runs
+  [ -x "$py" ] || { echo "gpu_bundle.sh: no .venv here: run scripts/bootstrap.sh first" >&2; exit 2; }
   # a DIR packed before keeps nothing of that pack (an fp16 weight copy next to an fp32 one, wheels
   # for another python, another task's data): only an earlier run's run.tar.gz stays
   rm -rf "$dir/whl" "$dir/pkgs" "$dir/data" "$dir/cfg" "$dir/SUITE" "$dir/COMMIT"
