@@ -169,9 +169,10 @@ def test_attention_models_train_one_after_another_on_one_cpu_thread_only():
 
 def test_a_vmap_failure_without_a_message_still_falls_back():
     """`str(exc).splitlines()[0]` raised IndexError for a bare exception and broke the fallback."""
-    from fusebench.training.batched import first_line
+    from fusebench.training.batched import vmap_failed
 
-    assert first_line(NotImplementedError()) == "" and first_line(RuntimeError("a\nb")) == "a"
+    assert vmap_failed(NotImplementedError()) == "vmap failed: NotImplementedError: "
+    assert vmap_failed(RuntimeError("a\nb")) == "vmap failed: RuntimeError: a"
 
 
 @settings(max_examples=60, deadline=None)

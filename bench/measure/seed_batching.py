@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from fusebench.strategies import STRATEGIES, FusionSpec
-from fusebench.training.batched import first_line, fit_seeds
+from fusebench.training.batched import fit_seeds, vmap_failed
 from fusebench.training.loop import Batch, TrainConfig
 
 SPEC = FusionSpec({"audio": 128, "image": 256, "text": 384}, {"audio": 8, "image": 9, "text": 16}, 10)
@@ -109,7 +109,7 @@ def measure_trial_batching(strategy: str, members: list[int], n: int = 1024, epo
         fit_members([Member(build(c, s), s) for s, c in enumerate(warm)], train, val,
                     dataclasses.replace(cfg, epochs=1), "accuracy")
     except (RuntimeError, NotImplementedError, ValueError) as exc:
-        untraceable = f"vmap failed: {first_line(exc)[:120]}"
+        untraceable = vmap_failed(exc)
     rows = []
     for b in members:
         configs = trial_configs(strategy, b)
@@ -120,7 +120,7 @@ def measure_trial_batching(strategy: str, members: list[int], n: int = 1024, epo
                 try:
                     fit_members([Member(build(c, s), s) for s, c in enumerate(configs)], train, val, cfg, "accuracy")
                 except (RuntimeError, NotImplementedError, ValueError) as exc:
-                    reason, batched = f"vmap failed: {first_line(exc)[:120]}", False
+                    reason, batched = vmap_failed(exc), False
             if not batched:
                 for s, c in enumerate(configs):
                     train_model(build(c, s), train, val, cfg, "accuracy", s)

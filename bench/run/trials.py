@@ -32,7 +32,7 @@ from fusebench.core import progress, space
 from fusebench.search.study import Budget, trial_status
 from fusebench.search.trial_batch import BatchObjective, NotStarted, Outcome
 from fusebench.strategies.base import FusionModel, FusionSpec
-from fusebench.training.batched import first_line, not_batchable
+from fusebench.training.batched import not_batchable, vmap_failed
 from fusebench.training.loop import Batch, TrainConfig, TrainResult, train_model
 from fusebench.training.members import Member, fit_members, group_members
 
@@ -98,7 +98,7 @@ def build_batch_objective(cell: Any, inputs: TrialInputs, train_cfg: TrainConfig
                     t.set_user_attr("batch_size", len(trials))
                 return [f.result if f.result is not None else f.error for f in fits]  # type: ignore[misc]
             except (RuntimeError, NotImplementedError, ValueError) as exc:
-                reason = f"vmap failed: {type(exc).__name__}: {first_line(exc)[:200]}"
+                reason = vmap_failed(exc)
         if len(trials) > 1:
             log.info("  %s: trials %s trained one after another (%s)", cell.strategy, [t.number for t in trials], reason)
         for t in trials:

@@ -65,9 +65,10 @@ def uses_attention(model: nn.Module) -> bool:
     return any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message ("" for one without a message, e.g. a bare raise)."""
-    return (str(exc).splitlines() or [""])[0]
+def vmap_failed(exc: BaseException) -> str:
+    """The fallback reason for a forward vmap could not trace: the error's type and the first line of
+    its message (none for a bare raise: `str(exc).splitlines()[0]` raised IndexError there)."""
+    return f"vmap failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
 
 def not_batchable(models: Sequence[FusionModel], cfg: TrainConfig, device: torch.device) -> str:
@@ -113,7 +114,7 @@ def fit_seeds(
                        for f, s in zip(fits, seeds)]
             return SeedFits(results, True, "", time.perf_counter() - t0)
         except (RuntimeError, NotImplementedError, ValueError) as exc:  # a forward vmap cannot trace
-            reason = f"vmap failed: {type(exc).__name__}: {first_line(exc)[:200]}"
+            reason = vmap_failed(exc)
             log.info("training %d seeds one after another (%s)", len(models), reason)
             models = [build(seed) for seed in seeds]  # a failed batched step may have touched them
     results = [train_model(m, train, val, cfg, main_metric, s) for m, s in zip(models, seeds)]
