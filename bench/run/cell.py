@@ -26,6 +26,7 @@ from fusebench.features.extract import TaskData
 from fusebench.measure.timing import TimingConfig, device_name, flops_per_sample, measure
 from fusebench.results.records import Record
 from fusebench.results.resample import prediction_path, write_predictions
+from fusebench.run.seed_store import SeedStore, seed_key
 from fusebench.run.selection import Cell, expand_cells, needed_views, parse_selection  # noqa: F401 (their old home)
 from fusebench.run.trials import TrialInputs, build_batch_objective
 from fusebench.search.clock import search_time
@@ -47,7 +48,7 @@ from fusebench.search.trial_batch import run_batched_search, trials_batched
 from fusebench.strategies.base import FusionSpec
 from fusebench.training.batched import fit_seeds
 from fusebench.training.finetune.setup import CellSetup
-from fusebench.training.loop import TrainConfig, predict_proba, train_model
+from fusebench.training.loop import TrainConfig, TrainResult, predict_proba, train_model
 from fusebench.training.robustness import evaluate_robustness
 
 log = logging.getLogger(__name__)
@@ -263,20 +264,34 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
     best, encoder_lr = setup.split_params(search.best)  # fine-tuning: the searched encoder rate (frozen: None)
     params = space.params_from_dict(cell.info.params, best) if best else cell.info.params()
     budget = ctx.budget.for_replicate(search.replicate)
-    records = []
-    throughput = flops = None
     seeds = list(ctx.budget.eval_seeds)
-    progress.advance(progress_key(cell), 0, status=f"training {len(seeds)} seeds")
+    record_params = {**dataclasses.asdict(params), **({} if encoder_lr is None else {ENCODER_LR_PARAM: encoder_lr})}
+    store = SeedStore(ctx.out_dir, cell.dataset, cell.strategy)
+    key = {seed: seed_key({"fingerprint": data.fingerprint, "strategy": cell.strategy, "mode": str(cell.mode),
+                           "replicate": search.replicate, "seed": seed, "params": record_params,
+                           "train": dataclasses.asdict(train_cfg)}) for seed in seeds}
+    kept: dict[int, tuple[Record, pd.DataFrame]] = {}  # seed → its record and test predictions
+    for seed in seeds:
+        if (stored := store.load(search.replicate, seed, key[seed])) is not None:
+            kept[seed] = stored
+    todo = [seed for seed in seeds if seed not in kept]
+    if kept:
+        log.info("  %s replicate %d: %d of %d evaluation seed(s) kept from an earlier process; training %d",
+                 cell.strategy, search.replicate, len(kept), len(seeds), len(todo))
+        progress.advance(progress_key(cell), len(kept), status=f"{len(kept)} seed(s) kept")
+    # throughput is a property of the architecture: measured once per replicate (a kept seed's is reused)
+    measured = next((r for r, _ in kept.values() if r.throughput is not None), None)
+    throughput, flops = (measured.throughput, measured.flops_per_sample) if measured else (None, None)
+    progress.advance(progress_key(cell), 0, status=f"training {len(todo)} seeds")
 
     def build(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
         return setup.wrap(cell.info.build(spec, params).to(ctx.device), encoder_lr)
 
-    # fine-tuned seeds train one after another (each holds its own encoder copies)
-    fits = fit_seeds(build, seeds, train, val, train_cfg, cfg.main_metric, batched=ctx.batch_seeds and not setup.fine_tuned)
-    fit_share = fits.seconds / len(seeds)
-    for i, (seed, result) in enumerate(zip(seeds, fits.results)):
-        progress.advance(progress_key(cell), 0, status=f"seed {i + 1}/{len(seeds)}")
+    def score(seed: int, result: TrainResult, fit_seconds: float, together: int) -> None:
+        """Test metrics, robustness and (once) throughput of one fitted seed; stored at once."""
+        nonlocal throughput, flops
+        progress.advance(progress_key(cell), 0, status=f"seed {seeds.index(seed) + 1}/{len(seeds)}")
         model = result.model
         t0 = time.perf_counter()
         probs = predict_proba(model, test.inputs, train_cfg.eval_batch_size)
@@ -291,50 +306,56 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
                 ctx.timing, batch_size=min(ctx.timing.batch_size, train_cfg.eval_batch_size), repetitions=5, warmup=1)
             throughput = measure(model, test.inputs, ctx.device, timing, result.train_samples_per_s)
             flops = flops_per_sample(model, test.inputs)
-        phases = {"evaluation": fit_share + t1 - t0, "robustness": t2 - t1, "throughput": time.perf_counter() - t2}
+        phases = {"evaluation": fit_seconds + t1 - t0, "robustness": t2 - t1, "throughput": time.perf_counter() - t2}
         clusters = list(data.splits["test"].clusters) or [str(i) for i in range(len(labels))]
-        predictions.append(pd.DataFrame({"replicate": search.replicate, "seed": seed,
-                                         "index": np.arange(len(labels)), "label": labels,
-                                         "cluster": clusters, "pred": probs.argmax(1),
-                                         "prob": list(probs.astype(np.float32))}))
-        progress.advance(progress_key(cell), 1)
-        records.append(
-            Record(
-                dataset=cell.dataset,
-                task=cfg.task,
-                strategy=cell.strategy,
-                family=cell.info.family,
-                modalities=list(cell.views),
-                seed=seed,
-                replicate=search.replicate,
-                status="ok",
-                params={**dataclasses.asdict(params), **({} if encoder_lr is None else {ENCODER_LR_PARAM: encoder_lr})},
-                metrics=scores,
-                main_metric_name=cfg.main_metric,
-                main_metric=scores[cfg.main_metric],
-                val_main_metric=result.val_metric,
-                **search.counts.record_fields(),  # n_trials* and cap_bound
-                search_timeout_s=ctx.budget.timeout_s,
-                search_seconds=search.seconds,
-                search_seconds_complete=search.seconds_complete,
-                sampler=sampler_settings(budget.search_seed) if cell.info.trainable else {},
-                pruner=pruner_settings() if cell.info.trainable else {},
-                train_seconds=result.train_seconds,
-                best_epoch=result.best_epoch,
-                best_step=result.best_step,
-                throughput=throughput,
-                params_count=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                flops_per_sample=flops,
-                device=device_name(ctx.device),
-                encoders={v: data.encoders[v] for v in cell.views},
-                encoder_mode=str(cell.mode) if setup.fine_tuned else "frozen",
-                data_fingerprint=data.fingerprint,
-                robustness=robustness,
-                seeds_batched=len(seeds) if fits.batched else 1,
-                trials_batched=search.trials_batched,
-                phase_seconds={k: round(v, 4) for k, v in phases.items()},
-            )
+        frame = pd.DataFrame({"replicate": search.replicate, "seed": seed,
+                              "index": np.arange(len(labels)), "label": labels,
+                              "cluster": clusters, "pred": probs.argmax(1),
+                              "prob": list(probs.astype(np.float32))})
+        record = Record(
+            dataset=cell.dataset,
+            task=cfg.task,
+            strategy=cell.strategy,
+            family=cell.info.family,
+            modalities=list(cell.views),
+            seed=seed,
+            replicate=search.replicate,
+            status="ok",
+            params=record_params,
+            metrics=scores,
+            main_metric_name=cfg.main_metric,
+            main_metric=scores[cfg.main_metric],
+            val_main_metric=result.val_metric,
+            **search.counts.record_fields(),  # n_trials* and cap_bound
+            search_timeout_s=ctx.budget.timeout_s,
+            search_seconds=search.seconds,
+            search_seconds_complete=search.seconds_complete,
+            sampler=sampler_settings(budget.search_seed) if cell.info.trainable else {},
+            pruner=pruner_settings() if cell.info.trainable else {},
+            train_seconds=result.train_seconds,
+            best_epoch=result.best_epoch,
+            best_step=result.best_step,
+            throughput=throughput,
+            params_count=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            flops_per_sample=flops,
+            device=device_name(ctx.device),
+            encoders={v: data.encoders[v] for v in cell.views},
+            encoder_mode=str(cell.mode) if setup.fine_tuned else "frozen",
+            data_fingerprint=data.fingerprint,
+            robustness=robustness,
+            seeds_batched=together,
+            trials_batched=search.trials_batched,
+            phase_seconds={k: round(v, 4) for k, v in phases.items()},
         )
-    if not fits.batched and cell.info.trainable and len(seeds) > 1:
-        log.debug("  %s: %d seeds trained one after another (%s)", cell.strategy, len(seeds), fits.reason)
+        store.save(search.replicate, seed, key[seed], record, frame)  # survives a kill from here on
+        kept[seed] = (record, frame)
+        progress.advance(progress_key(cell), 1)
+
+    # fine-tuned seeds train one after another (each holds its own encoder copies)
+    fits = fit_seeds(build, todo, train, val, train_cfg, cfg.main_metric, batched=ctx.batch_seeds and not setup.fine_tuned,
+                     on_result=score) if todo else None
+    predictions += [kept[seed][1] for seed in seeds]
+    records = [kept[seed][0] for seed in seeds]
+    if fits is not None and not fits.batched and cell.info.trainable and len(todo) > 1:
+        log.debug("  %s: %d seeds trained one after another (%s)", cell.strategy, len(todo), fits.reason)
     return records

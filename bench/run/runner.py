@@ -40,6 +40,7 @@ from fusebench.run.cell import CellContext
 from fusebench.run.parallel import CellPool
 from fusebench.run.phases import PhaseClock, cell_seconds
 from fusebench.run.retrieval_cell import RetrievalCell, RetrievalRun, expand_retrieval_cells
+from fusebench.run.seed_store import SeedStore
 from fusebench.run.selection import Cell, expand_cells, needed_views, parse_selection
 from fusebench.search.storage import default_url, kind, redact
 from fusebench.search.study import Budget, pruner_settings, sampler_settings
@@ -361,6 +362,8 @@ def _run(cfg: RunConfig) -> RunSummary:
                              _mean_main_metric(new), time.perf_counter() - c0)
                 records = merge_records(records, new)
                 write_records(results, records)
+                if not isinstance(outcome, BaseException):  # its records are safe: its kept seeds are not needed
+                    SeedStore(out, cell.dataset, cell.strategy).clear()
                 progress.advance("sweep", 1, status=f"last: {cell.dataset}/{cell.strategy}")
                 # The phases so far, with the running sweep's wall time, survive a kill of this process.
                 meta["phases"] = clock.as_dict(previous_phases)

@@ -98,9 +98,16 @@ def fit_seeds(
     cfg: TrainConfig,
     main_metric: str,
     batched: bool = True,
+    on_result: Callable[[int, TrainResult, float, int], None] | None = None,
 ) -> SeedFits:
     """Build one member per seed (`build(seed)` seeds torch itself) and fit them all, batched when
-    possible. Each result is what `train_model(build(seed), ..., seed)` would return for that seed."""
+    possible. Each result is what `train_model(build(seed), ..., seed)` would return for that seed.
+
+    `on_result(seed, result, fit_seconds, together)` is called as soon as a seed's fit is done: after
+    each member when they train one after another (`together` 1), after the batch when batched
+    (`together` = the members in it, each getting an equal share of the batch's seconds). A caller
+    that stores each seed there (bench/run/seed_store.py) loses at most the fit in progress when the
+    process is killed."""
     t0 = time.perf_counter()
     models = [build(seed) for seed in seeds]
     reason = not_batchable(models, cfg, train.labels.device) if batched else "batching switched off"
@@ -112,10 +119,20 @@ def fit_seeds(
             # a member whose loss went non-finite is refitted alone, as the sequential loop would have fitted it
             results = [f.result if f.result is not None else train_model(build(s), train, val, cfg, main_metric, s)
                        for f, s in zip(fits, seeds)]
-            return SeedFits(results, True, "", time.perf_counter() - t0)
         except (RuntimeError, NotImplementedError, ValueError) as exc:  # a forward vmap cannot trace
             reason = vmap_failed(exc)
             log.info("training %d seeds one after another (%s)", len(models), reason)
             models = [build(seed) for seed in seeds]  # a failed batched step may have touched them
-    results = [train_model(m, train, val, cfg, main_metric, s) for m, s in zip(models, seeds)]
+        else:  # outside the try: an error in on_result is the caller's, not a vmap failure
+            seconds = time.perf_counter() - t0
+            for seed, result in zip(seeds, results):
+                if on_result is not None:
+                    on_result(seed, result, seconds / len(seeds), len(seeds))
+            return SeedFits(results, True, "", seconds)
+    results = []
+    for model, seed in zip(models, seeds):
+        t1 = time.perf_counter()
+        results.append(train_model(model, train, val, cfg, main_metric, seed))
+        if on_result is not None:
+            on_result(seed, results[-1], time.perf_counter() - t1, 1)
     return SeedFits(results, False, reason, time.perf_counter() - t0)

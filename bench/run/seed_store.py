@@ -1,0 +1,88 @@
+"""Evaluated seeds of a cell that has not finished, kept on disk so that a killed run keeps them.
+
+The runner writes a cell's records to results.jsonl only once all of its R × K evaluation fits are
+done. Until then they lived in one process's memory, so a kill lost every fit of the cell. On a
+2-core CPU one fit of a token-level model on AV-MNIST takes ~35 min, and a cell's 15 fits take ~9 h.
+A session's background time is shorter than that, so such a cell could never finish: each restart
+retrained every seed (issue 14 §3).
+
+`SeedStore` writes each finished seed's record and test predictions at once, under
+RUN_DIR/partial/DATASET/. A resumed cell reuses the entries whose key still matches and retrains
+only the others. The key is the data fingerprint, strategy, replicate, seed, the searched params
+and the training config. The runner removes a cell's entries once its records are in results.jsonl
+(`clear`). A stale, unreadable or half-written entry is never reused: that seed is retrained, and the
+log says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fusebench.core.io import atomic_write_bytes
+from fusebench.results.records import Record
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+def seed_key(parts: dict[str, Any]) -> str:
+    """sha256 of what a seed's fit depends on beyond the seed itself (JSON, sorted keys)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class SeedStore:
+    """The finished evaluation seeds of one cell (dataset, strategy) of a run directory."""
+
+    def __init__(self, run_dir: Path, dataset: str, strategy: str) -> None:
+        self.folder = Path(run_dir) / "partial" / dataset
+        self.stem = strategy.replace(":", "__")
+
+    def _paths(self, replicate: int, seed: int) -> tuple[Path, Path]:
+        base = f"{self.stem}.r{replicate}.s{seed}"  # not Path.with_suffix: that would replace ".s{seed}"
+        return self.folder / f"{base}.json", self.folder / f"{base}.parquet"
+
+    def save(self, replicate: int, seed: int, key: str, record: Record, predictions: pd.DataFrame) -> None:
+        """Keep one evaluated seed. The predictions go first, then the entry that names them: an
+        entry on disk means both are whole (each file is written atomically, bench/core/io.py)."""
+        entry, frame = self._paths(replicate, seed)
+        buf = io.BytesIO()
+        predictions.to_parquet(buf)
+        atomic_write_bytes(frame, buf.getvalue())
+        atomic_write_bytes(entry, json.dumps({"format": FORMAT, "key": key, "record": record.to_json()},
+                                             default=str).encode())
+
+    def load(self, replicate: int, seed: int, key: str) -> tuple[Record, pd.DataFrame] | None:
+        """The seed's record and predictions when an earlier process of this run stored them under
+        the same key; else None (nothing stored, or stored for other inputs, or unreadable)."""
+        entry, frame = self._paths(replicate, seed)
+        if not entry.is_file():
+            return None
+        try:
+            blob = json.loads(entry.read_text())
+            if blob.get("key") != key:
+                log.info("%s: stored for other inputs (params, data or training config changed); retraining it", entry)
+                return None
+            return Record.from_json(blob["record"]), pd.read_parquet(frame)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # pyarrow's errors are OSError/ValueError
+            log.warning("%s: unreadable (%s: %s); retraining this seed", entry, type(exc).__name__, exc)
+            return None
+
+    def clear(self) -> None:
+        """Remove the cell's entries (its records are in results.jsonl now)."""
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.glob(f"{self.stem}.r*.s*.*"):
+            path.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()  # only when no other cell has entries
+            self.folder.parent.rmdir()
+        except OSError:
+            pass
