@@ -141,6 +141,8 @@ for f in pathlib.Path(sys.argv[1]).rglob("*.fp16.*"):
     print("weights restored to fp32 from fp16:", to.name)
 PY
   export PYTHONPATH="$site"
+  # a plain wheel records no commit: records and throughput JSONs take it from here (source_revision)
+  FUSEBENCH_SOURCE_REVISION=$(cat "$dir/COMMIT" 2>/dev/null || true); export FUSEBENCH_SOURCE_REVISION
   # every step runs even when one before it failed; the failed ones are named at the end (exit 1)
   note() { [ "$2" -eq 0 ] || failed+=("$1 (exit $2)"); }
   local work; work=$(mktemp -d "${TMPDIR:-/tmp}/fusebench-gpu.XXXXXX") || { echo "gpu_bundle.sh: mktemp -d failed" >&2; exit 2; }

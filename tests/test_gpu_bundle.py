@@ -8,6 +8,7 @@ need neither. The `run` tests use time boxes small enough that every throughput 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -110,6 +111,19 @@ def test_run_names_failed_steps_and_exits_1_but_its_own_time_box_is_no_failure(f
     assert "no report" in done.stdout  # no results.jsonl: the report is skipped, not failed
     assert (tmp / "out" / "run.tar.gz").is_file()  # relative OUT: from the caller's cwd
     assert (tmp / "fusebench-gpu-run" / "marker").read_text() == "someone else's run"  # not clobbered
+
+
+@pytest.mark.integration
+def test_a_wheel_run_records_the_packed_commit(first_run):
+    """The bundle installs a plain wheel (no checkout, no PEP 610 commit): the run's provenance takes the
+    commit `pack` recorded (its run.json said `source_revision: null` on the H200 before)."""
+    tmp, bundle, _ = first_run
+    commit = (bundle / "COMMIT").read_text().strip()
+    assert len(commit) == 40, commit
+    with tarfile.open(tmp / "out" / "run.tar.gz") as tar:
+        meta = json.loads(tar.extractfile("fusebench-gpu-run/run.json").read())  # type: ignore[union-attr]
+    assert meta["git_sha"] is None  # installed from the wheel, not run from a checkout
+    assert meta["source_revision"] == commit
 
 
 @pytest.mark.integration

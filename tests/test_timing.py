@@ -258,6 +258,21 @@ def test_cli_throughput_writes_json_and_csv(tmp_path, capsys):
     assert main(["throughput", "--strategies", "concat", "--batch-sizes", "x"]) == 2
 
 
+def test_cli_throughput_gives_the_caller_its_threads_back():
+    """The command trains on `--threads` (default 1) CPU threads; an in-process caller (a notebook, the
+    next test) kept that count after it before."""
+    from fusebench.cli import main
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["throughput", "--strategies", "concat", "--batch-sizes", "2", "--dims", "a=8,b=4",
+                     "--repetitions", "1", "--warmup", "0", "--device", "cpu", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_train_flags_and_timed_validation():
     info = STRATEGIES.get("concat")
     spec = FusionSpec({"a": 8, "b": 4}, {"a": 1, "b": 1}, 3)

@@ -284,12 +284,12 @@ def overhead_ratio(name: str, device: torch.device, spec: FusionSpec | InputShap
 
 def envelope(device: torch.device) -> dict[str, Any]:
     from fusebench import SCHEMA_VERSION
-    from fusebench.results.provenance import git_sha, machine, now, versions
+    from fusebench.results.provenance import git_sha, machine, now, source_revision, versions
 
     return {"schema_version": SCHEMA_VERSION, "measured_at": now(), "device": device_name(device),
             "torch_version": torch.__version__, "cuda_version": torch.version.cuda,
             "torch_threads": torch.get_num_threads(), "versions": versions(), "machine": machine(device),
-            "git_sha": git_sha()}
+            "git_sha": git_sha(), "source_revision": source_revision()}
 
 
 def as_json(rows: list[InferenceRow], overhead: list[OverheadResult], device: torch.device,

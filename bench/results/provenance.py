@@ -53,9 +53,16 @@ def installed_revision() -> str | None:
     return str(commit) if commit else None
 
 
+def declared_revision() -> str | None:
+    """The commit a launcher declares for a plain wheel, which records none itself:
+    `$FUSEBENCH_SOURCE_REVISION` (scripts/gpu_bundle.sh `run` sets it from the COMMIT its `pack` wrote)."""
+    return os.environ.get("FUSEBENCH_SOURCE_REVISION", "").strip() or None
+
+
 def source_revision() -> str | None:
-    """Which source fusebench runs from: its checkout's git revision, else the commit recorded at install time."""
-    return git_sha() or installed_revision()
+    """Which source fusebench runs from: its checkout's git revision, else the commit recorded at install
+    time, else the one its launcher declared."""
+    return git_sha() or installed_revision() or declared_revision()
 
 
 def versions() -> dict[str, str | None]:

@@ -41,6 +41,14 @@ def add_arguments(thr: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    """`fusebench throughput`; an in-process caller (tests, notebooks) gets its torch thread count back."""
+    from fusebench.run.runner import threads_restored
+
+    with threads_restored():
+        return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
     import torch
 
     from fusebench.measure import throughput as tp
