@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import optuna
+import pandas as pd
 import pytest
 
 from fusebench.cli import main
@@ -167,3 +168,41 @@ def test_a_resume_that_needs_fewer_views_keeps_the_others_rates_and_encoders(toy
     again = json.loads((out / "run.json").read_text())["data"]["toy"]
     assert again["encoders"] == first["encoders"]
     assert again["encode_items_per_s"]["lexical"] == first["encode_items_per_s"]["lexical"]
+
+
+def test_cells_in_progress_show_their_trials_and_stored_seeds(tmp_path, capsys):
+    """A cell begun but not finished (a ~10 h token-level cell on this CPU) shows how far it got: trials
+    spent per search replicate (the run's journal, read without writing) and evaluation seeds stored."""
+    from fusebench.run.seed_store import SeedStore
+
+    out = tmp_path / "run"
+    out.mkdir()
+    meta = {"config": {"suite": {"name": "s", "replicates": 2, "seeds": 2, "trials": 3}},
+            "plan": {"d": ["searching", "evaluating", "untouched", "majority"]}}
+    (out / "run.json").write_text(json.dumps(meta))
+    storage = open_storage(default_url(out))
+    for name, n in (("d/searching", 2), ("d/evaluating", 3), ("d/evaluating/r1", 3)):
+        study = optuna.create_study(study_name=name, storage=storage)
+        for _ in range(n):
+            study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    optuna.load_study(study_name="d/searching", storage=storage).ask()  # a trial running
+    SeedStore(out, "d", "evaluating").save(0, 1000, "k", _rec("evaluating", 0, 1000, 1.0, 1.0),
+                                           pd.DataFrame({"seed": [1000]}))
+    journal = (out / "optuna.journal").read_bytes()
+    status = run_status(out)
+    assert (out / "optuna.journal").read_bytes() == journal  # read only
+    assert status["in_progress"] == [
+        {"dataset": "d", "strategy": "searching", "trials_spent": [2, 0], "trials_begun": [3, 0], "trials_budget": 3,
+         "seeds_stored": 0, "seeds_wanted": 4},
+        {"dataset": "d", "strategy": "evaluating", "trials_spent": [3, 3], "trials_begun": [3, 3], "trials_budget": 3,
+         "seeds_stored": 1, "seeds_wanted": 4}]
+    assert main(["timing", "status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "- d/evaluating: search 3/3, 3/3 trials; 1/4 evaluation seeds stored" in text
+    assert "- d/searching: search 2/3, 0/3 trials (1 more begun: running, or killed and retried); 0/4" in text
+    assert "untouched" not in text.split("in progress:")[1]
+
+    (out / "optuna.journal").unlink()  # studies elsewhere (SQLite, PostgreSQL): trials unknown, seeds still shown
+    assert run_status(out)["in_progress"] == [
+        {"dataset": "d", "strategy": "evaluating", "trials_spent": None, "trials_begun": None, "trials_budget": 3,
+         "seeds_stored": 1, "seeds_wanted": 4}]

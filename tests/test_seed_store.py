@@ -25,6 +25,7 @@ import torch
 
 from fusebench.results.records import Record, load_records
 from fusebench.run.seed_store import SeedStore, seed_key
+from fusebench.run.status import run_status
 from fusebench.training.batched import fit_seeds
 from fusebench.training.loop import Batch, TrainConfig
 from tests.killpoint import LoggedPopen, kill_at
@@ -150,6 +151,9 @@ def test_kill_9_during_the_evaluation_keeps_the_fitted_seeds(synthetic_bundle, t
             proc.wait(10)
     print(f"\nkilled with seeds {sorted(stored)} of {SEEDS} stored")
     assert not (out / "results.jsonl").exists() or load_records(out / "results.jsonl") == []
+    progress = run_status(out)["in_progress"]  # what `fusebench timing status` shows of the killed cell
+    assert [(c["strategy"], c["trials_spent"], c["seeds_stored"], c["seeds_wanted"]) for c in progress] == \
+        [("concat", [2], len(stored), SEEDS)]
 
     rerun = subprocess.run([sys.executable, "-m", "fusebench", *_args(data, out), "-v"], cwd=REPO,
                            env=os.environ.copy(), capture_output=True, text=True, timeout=300)

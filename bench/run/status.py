@@ -23,6 +23,7 @@ from typing import Any
 
 from fusebench.core.errors import UsageError
 from fusebench.results.records import Record, done_cells, load_records
+from fusebench.run.in_progress import CellProgress, cells_in_progress
 from fusebench.run.probe_estimate import CellRate, TaskEstimate, estimate_cells, is_trivial, probe_rates
 from fusebench.search.study import Budget
 
@@ -173,6 +174,9 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
         "cells_planned": sum(t.cells_planned for t in tasks), "cells_done": sum(t.cells_done for t in tasks),
         "seconds_left": None if any(v is None for v in lefts) else round(sum(v for v in lefts if v is not None), 1),
         "tasks": [asdict(t) for t in tasks],
+        "in_progress": [asdict(c) for c in cells_in_progress(
+            run_dir, run.plan, finished, run.replicates, run.trials, len(run.eval_seeds),
+            {s for ss in run.plan.values() for s in ss if is_trivial(s)})],
     }
     if rates is not None:
         # each unfinished task at its own measured mean where it has one, else at the probe's rates
@@ -220,6 +224,9 @@ def format_status(status: dict[str, Any]) -> str:
             unknown = f"unknown (no probe cell for {', '.join(names) if len(names) <= 3 else f'{len(names)} cells'})"
             row += " done |" if done else f" {_hours(est.get('seconds'), unknown)} |"
         lines.append(row)
+    started = status.get("in_progress") or []
+    if started:  # begun, not finished: how far each got (trials per search replicate, seeds stored)
+        lines += ["", "in progress:"] + [f"- {CellProgress(**c).describe()}" for c in started]
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in status["phases"].items())
     lines += ["", f"wall time per phase so far: {phases or 'none recorded yet'}",
               f"time left at the measured rates (one process): {_hours(status['seconds_left'])}"]
