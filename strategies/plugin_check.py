@@ -1,6 +1,7 @@
 """`fusebench check-strategy MODULE`: the generated contract tests, run on a plugin's strategies.
 
-The contract tests (`tests/test_strategy_contract.py`) are generated from the strategy registry, and
+The contract tests (`fusebench.strategies.contract_tests`, shipped in the package so that a wheel has
+them; tests/test_strategy_contract.py collects them for the project's suite) are generated from the strategy registry, and
 the registry loads `$FUSEBENCH_PLUGINS`; so checking a plugin is running those same tests with the
 plugin named in that variable, restricted to the strategies the plugin registers. They run in a
 pytest subprocess so that the result is exactly what CI would see.
@@ -8,6 +9,7 @@ pytest subprocess so that the result is exactly what CI would see.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -18,8 +20,6 @@ from fusebench.core.paths import checkout_root
 from fusebench.core.plugins import ENV_VAR, load_plugin
 from fusebench.strategies.base import STRATEGIES
 
-CONTRACT_TESTS = Path("tests") / "test_strategy_contract.py"
-
 
 def plugin_strategies(spec: str) -> list[str]:
     """Names of the strategies whose class is defined in the plugin module `spec`."""
@@ -28,12 +28,11 @@ def plugin_strategies(spec: str) -> list[str]:
 
 
 def contract_tests_file() -> Path:
-    root = checkout_root()
-    path = root / CONTRACT_TESTS if root else None
-    if path is None or not path.is_file():
-        raise UsageError(f"the contract tests ({CONTRACT_TESTS}) ship with fusebench's source, not the wheel: run "
-                         f"check-strategy from a checkout (git clone, then `bash scripts/bootstrap.sh`)")
-    return path
+    """The contract tests' file: inside the package, so a wheel has it as well as a checkout."""
+    spec = importlib.util.find_spec("fusebench.strategies.contract_tests")
+    if spec is None or spec.origin is None:  # a broken install
+        raise UsageError("fusebench.strategies.contract_tests is missing from this install: reinstall fusebench")
+    return Path(spec.origin)
 
 
 def check_strategy(spec: str, pytest_args: list[str]) -> int:
@@ -50,6 +49,9 @@ def check_strategy(spec: str, pytest_args: list[str]) -> int:
     env = dict(os.environ)
     env[ENV_VAR] = os.pathsep.join([spec] + ([env[ENV_VAR]] if env.get(ENV_VAR) else []))
     selected = " or ".join(f"[{n}-" for n in names)
-    cmd = [sys.executable, "-m", "pytest", "-q", str(tests), "-k", selected, *pytest_args]
+    # from a checkout, the project's own pytest settings apply (pyproject.toml above the file); from a
+    # wheel there are none, and nothing is written into site-packages (no cache folder)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests), "-k", selected, *pytest_args]
     print(f"fusebench: contract tests for {', '.join(names)} ({spec})", flush=True)
-    return subprocess.run(cmd, cwd=tests.parents[1], env=env, check=False).returncode
+    root = checkout_root()
+    return subprocess.run(cmd, cwd=root if root else None, env=env, check=False).returncode

@@ -150,3 +150,24 @@ def test_an_unreadable_carried_run_is_a_named_failure(packed, tmp_path, data_roo
     done = _bundle(["run", "bundle", "out"], tmp_path, _env(tmp_path, data_root, GPU_BUNDLE_STEP_S="1"))
     assert done.returncode == 1
     assert f"extracting {bundle}/run.tar.gz" in done.stderr.split("failed steps:")[1]
+
+
+@pytest.mark.integration
+def test_check_strategy_runs_from_the_installed_wheel(first_run, tmp_path):
+    """`fusebench check-strategy` from a wheel (here the bundle's, installed by `run`): the contract tests ship
+    in the package. Before, they lived only in tests/ and a wheel's check-strategy was exit 2."""
+    from tests.test_plugins import _readme_plugin
+
+    tmp, _, _ = first_run
+    plugin = tmp_path / "my_strategy.py"
+    plugin.write_text(_readme_plugin())
+    env = {k: v for k, v in os.environ.items() if k != "FUSEBENCH_PLUGINS"}
+    env["PYTHONPATH"] = str(tmp / "site")
+    where = subprocess.run([sys.executable, "-c", "import fusebench.strategies.plugin_check as m; print(m.__file__)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert where.stdout.strip().startswith(str(tmp / "site")), where.stdout + where.stderr  # the wheel, not the checkout
+    done = subprocess.run([sys.executable, "-m", "fusebench", "check-strategy", str(plugin)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout
+    assert not list((tmp / "site").rglob(".pytest_cache"))  # nothing written into the install
