@@ -65,6 +65,11 @@ CASES = {
     # a cell's test predictions (written with to_parquet to a .tmp sibling until this case was added: no
     # fsync, no file name in the error, the partial copy left behind)
     "predictions": ("/predictions/", 1, "concat.parquet"),
+    # a fitted seed kept for a resume (bench/run/seed_store.py): its predictions, then the entry naming them;
+    # the 3rd write is the second seed's predictions, with the first seed stored whole
+    "stored seed": ("/partial/", 1, "concat.r0.s1000.parquet"),
+    "stored seed entry": ("/partial/", 2, "concat.r0.s1000.json"),
+    "second stored seed": ("/partial/", 3, "concat.r0.s1001.parquet"),
 }
 
 
@@ -93,6 +98,11 @@ def test_a_full_disk_is_exit_2_naming_the_file_and_a_rerun_resumes(toy_run, monk
     if case == "journal":
         study = optuna.load_study(study_name="toy/concat", storage=open_storage(f"journal:///{out / 'optuna.journal'}"))
         assert any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # fitted seeds stored before the disk filled (bench/run/seed_store.py) are kept, not retrained
+    stored = {(b["record"]["strategy"], b["record"]["seed"]): b["record"]["train_seconds"]
+              for b in (json.loads(p.read_text()) for p in out.glob("partial/*/*.json"))}
+    if case == "second stored seed":
+        assert list(stored) == [("concat", 1000)]
     # with space again, the same command finishes and keeps what was done
     assert main(args) == 0
     after = load_records(out / "results.jsonl", strict=True)
@@ -100,6 +110,8 @@ def test_a_full_disk_is_exit_2_naming_the_file_and_a_rerun_resumes(toy_run, monk
                                                             ("majority", 1000), ("majority", 1001)]
     kept = {(r.strategy, r.seed): r.main_metric for r in before}
     assert all(kept[k] == r.main_metric for r in after if (k := (r.strategy, r.seed)) in kept)
+    assert all(stored[k] == r.train_seconds for r in after if (k := (r.strategy, r.seed)) in stored)
+    assert not (out / "partial").exists()
 
 
 def test_other_os_errors_are_not_reported_as_a_full_disk(toy_run, monkeypatch):

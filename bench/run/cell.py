@@ -353,7 +353,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
 
     # fine-tuned seeds train one after another (each holds its own encoder copies)
     fits = fit_seeds(build, todo, train, val, train_cfg, cfg.main_metric, batched=ctx.batch_seeds and not setup.fine_tuned,
-                     on_result=score) if todo else None
+                     on_result=score, batch_of=len(seeds)) if todo else None
     predictions += [kept[seed][1] for seed in seeds]
     records = [kept[seed][0] for seed in seeds]
     if fits is not None and not fits.batched and cell.info.trainable and len(todo) > 1:

@@ -71,10 +71,11 @@ def vmap_failed(exc: BaseException) -> str:
     return f"vmap failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
 
-def not_batchable(models: Sequence[FusionModel], cfg: TrainConfig, device: torch.device) -> str:
+def not_batchable(models: Sequence[FusionModel], cfg: TrainConfig, device: torch.device, alone: bool = False) -> str:
     """Why these members cannot train as one batched model ("" when they can). `device` is where they
-    will train, i.e. the data's device: the models may still sit on the CPU (fit_seeds moves them)."""
-    if len(models) < 2:
+    will train, i.e. the data's device: the models may still sit on the CPU (fit_seeds moves them).
+    `alone`: a single member may be a batch of one (see fit_seeds' `batch_of`)."""
+    if len(models) < 2 and not alone:
         return "a single member"
     if cfg.modality_dropout > 0 or cfg.gradient_blending:
         return "modality dropout and gradient blending draw from the sequential loop's generator"
@@ -99,6 +100,7 @@ def fit_seeds(
     main_metric: str,
     batched: bool = True,
     on_result: Callable[[int, TrainResult, float, int], None] | None = None,
+    batch_of: int = 0,
 ) -> SeedFits:
     """Build one member per seed (`build(seed)` seeds torch itself) and fit them all, batched when
     possible. Each result is what `train_model(build(seed), ..., seed)` would return for that seed.
@@ -107,10 +109,18 @@ def fit_seeds(
     each member when they train one after another (`together` 1), after the batch when batched
     (`together` = the members in it, each getting an equal share of the batch's seconds). A caller
     that stores each seed there (bench/run/seed_store.py) loses at most the fit in progress when the
-    process is killed."""
+    process is killed.
+
+    `batch_of`: how many seeds the uninterrupted fit batches (0: these `seeds`). A resumed cell that
+    trains only the seeds not stored passes its full count, so that its last seed trains as a batch of
+    one where the full fit would have batched it: a member's numbers do not depend on which other
+    members share its batch, but training one after another rounds differently (~6e-8 in the
+    probabilities; tests/test_seed_store_resume.py). Bit for bit on one CPU thread, as cells train on
+    CPU; with more threads a batch of one measured ~1e-9 off the full batch, still closer than that."""
     t0 = time.perf_counter()
     models = [build(seed) for seed in seeds]
-    reason = not_batchable(models, cfg, train.labels.device) if batched else "batching switched off"
+    alone = batch_of > 1
+    reason = not_batchable(models, cfg, train.labels.device, alone) if batched else "batching switched off"
     if not reason:
         try:
             with warnings.catch_warnings():  # torch's "no batching rule, falling back to a loop" notes
