@@ -174,3 +174,39 @@ def test_kill_9_during_the_evaluation_keeps_the_fitted_seeds(synthetic_bundle, t
     assert sorted(predictions["seed"].unique().tolist()) == sorted(r.seed for r in records.values())
     pd.testing.assert_frame_equal(predictions.reset_index(drop=True),
                                   pd.read_parquet(ref / "predictions" / "toy" / "concat.parquet").reset_index(drop=True))
+
+
+def test_a_seed_stored_while_another_cell_clears_the_folder_is_stored(tmp_path, monkeypatch):
+    """--jobs 2: the parent clears a finished cell's entries (and the dataset folder, when empty) while a
+    worker stores the first seed of another cell of that dataset. A clear that lands between the
+    worker's mkdir and its temporary file failed the worker's cell with FileNotFoundError."""
+    import tempfile
+
+    from fusebench.core import io as core_io
+
+    done, running = SeedStore(tmp_path, "toy", "concat"), SeedStore(tmp_path, "toy", "early_sum")
+    done.save(0, 1, "k", _record(1), _frame(1))
+    real, cleared = tempfile.mkstemp, []
+
+    def clear_first(*args, **kwargs):
+        if not cleared:  # the parent's clear, just after the worker's mkdir
+            (done.folder / "concat.r0.s1.json").unlink()
+            (done.folder / "concat.r0.s1.parquet").unlink()
+            done.clear()
+            cleared.append(not done.folder.exists())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core_io.tempfile, "mkstemp", clear_first)
+    running.save(0, 1, "k", _record(1), _frame(1))
+    assert cleared == [True]  # the folder was gone when the worker wrote
+    assert running.load(0, 1, "k") is not None
+
+
+def test_an_entry_of_another_format_is_retrained(tmp_path, caplog):
+    caplog.set_level("INFO", logger="fusebench.run.seed_store")
+    store = SeedStore(tmp_path, "toy", "concat")
+    store.save(0, 1, "k", _record(1), _frame(1))
+    entry = store.folder / "concat.r0.s1.json"
+    entry.write_text(entry.read_text().replace('"format": 1', '"format": 2'))
+    assert store.load(0, 1, "k") is None
+    assert "format 2" in caplog.text

@@ -38,6 +38,19 @@ def seed_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _write(path: Path, data: bytes, tries: int = 3) -> None:
+    """atomic_write_bytes, again when the folder vanished between its mkdir and its temporary file:
+    with --jobs 2 the parent's `clear` of another cell removes the dataset's folder when it looks
+    empty, which it does while this worker is about to store its cell's first seed."""
+    for attempt in range(tries):
+        try:
+            atomic_write_bytes(path, data)
+            return
+        except FileNotFoundError:
+            if attempt == tries - 1:
+                raise
+
+
 class SeedStore:
     """The finished evaluation seeds of one cell (dataset, strategy) of a run directory."""
 
@@ -55,9 +68,9 @@ class SeedStore:
         entry, frame = self._paths(replicate, seed)
         buf = io.BytesIO()
         predictions.to_parquet(buf)
-        atomic_write_bytes(frame, buf.getvalue())
-        atomic_write_bytes(entry, json.dumps({"format": FORMAT, "key": key, "record": record.to_json()},
-                                             default=str).encode())
+        _write(frame, buf.getvalue())
+        # no default=str: a value that results.jsonl cannot hold (write_records) must not come back as a string
+        _write(entry, json.dumps({"format": FORMAT, "key": key, "record": record.to_json()}).encode())
 
     def load(self, replicate: int, seed: int, key: str) -> tuple[Record, pd.DataFrame] | None:
         """The seed's record and predictions when an earlier process of this run stored them under
@@ -67,6 +80,9 @@ class SeedStore:
             return None
         try:
             blob = json.loads(entry.read_text())
+            if blob.get("format") != FORMAT:
+                log.info("%s: stored in format %s, this version reads %d; retraining it", entry, blob.get("format"), FORMAT)
+                return None
             if blob.get("key") != key:
                 log.info("%s: stored for other inputs (params, data or training config changed); retraining it", entry)
                 return None
