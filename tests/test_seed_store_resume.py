@@ -1,8 +1,9 @@
 """A cell resumed from stored seeds ends with exactly the uninterrupted run's numbers (bench/run/seed_store.py).
 
-tests/test_seed_store.py kills a run whose seeds train one after another. Here the seeds train as
-one batched model (the default), and the cell stops (fails) between storing seed i and seed i+1 of
-the batch: the rerun then trains only the seeds not stored, a smaller batch or one seed alone. Every
+tests/test_seed_store.py kills a run whose seeds train one after another. Here the cell stops (fails)
+between storing seed i and seed i+1, with its seeds trained as one batched model (the default; the
+rerun trains the seeds not stored as a smaller batch, or one seed alone) or one after another with
+dropout drawn from torch's global generator (a token strategy). Every
 record field that the fit, the test set or the search decides, and every stored prediction, must be
 bit-for-bit the uninterrupted run's (the metrics include auroc, which sees the probabilities' last bits).
 """
@@ -22,27 +23,33 @@ SAME = ("status", "params", "metrics", "main_metric", "val_main_metric", "best_e
         "n_trials_complete", "cap_bound", "flops_per_sample", "params_count", "robustness", "encoder_mode", "data_fingerprint")
 
 
-def _args(data, out, replicates: int, extra: tuple[str, ...] = ()) -> list[str]:
-    return ["run", "--datasets", "toy", "--strategies", "concat", "--size", "small", "--trials", "2",
+def _args(data, out, strategy: str, replicates: int, extra: tuple[str, ...] = ()) -> list[str]:
+    return ["run", "--datasets", "toy", "--strategies", strategy, "--size", "small", "--trials", "2",
             "--seeds", str(SEEDS), "--replicates", str(replicates), "--epochs", "40", "--data-dir", str(data),
             "--out", str(out), *extra]
 
 
-def _predictions(out) -> pd.DataFrame:
-    return pd.read_parquet(out / "predictions" / "toy" / "concat.parquet").reset_index(drop=True)
+def _predictions(out, strategy: str) -> pd.DataFrame:
+    return pd.read_parquet(out / "predictions" / "toy" / f"{strategy}.parquet").reset_index(drop=True)
 
 
-@pytest.mark.parametrize(("replicates", "stored"), [(1, 1), (1, SEEDS - 1), (2, SEEDS + 2)])
-def test_a_batched_cell_stopped_between_two_stored_seeds_resumes_to_the_same_numbers(
-        synthetic_bundle, tmp_path, monkeypatch, caplog, replicates, stored):
+# concat: the seeds train as one batched model; early_transformer: one after another (attention on one CPU
+# thread), and its attention-weight dropout draws from torch's global generator, so seed k's fit starts
+# where seed k-1's scoring left it: the resume puts back the state stored with seed k-1 (was: best_epoch 55, not 78)
+CASES = [("concat", 1, 1), ("concat", 1, SEEDS - 1), ("concat", 2, SEEDS + 2), ("early_transformer", 1, 2)]
+
+
+@pytest.mark.parametrize(("strategy", "replicates", "stored"), CASES)
+def test_a_cell_stopped_between_two_stored_seeds_resumes_to_the_same_numbers(
+        synthetic_bundle, tmp_path, monkeypatch, caplog, strategy, replicates, stored):
     from fusebench.cli import main
 
     data, cfg = synthetic_bundle
     monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
     ref, out = tmp_path / "ref", tmp_path / "stopped"
-    assert main(_args(data, ref, replicates)) == 0
+    assert main(_args(data, ref, strategy, replicates)) == 0
     reference = {r.key: r for r in load_records(ref / "results.jsonl")}
-    assert {r.seeds_batched for r in reference.values()} == {SEEDS}  # the uninterrupted fit was batched
+    assert {r.seeds_batched for r in reference.values()} == {SEEDS if strategy == "concat" else 1}
 
     save, saved = SeedStore.save, []
 
@@ -53,12 +60,12 @@ def test_a_batched_cell_stopped_between_two_stored_seeds_resumes_to_the_same_num
             raise RuntimeError("stopped after storing a seed")  # as a kill there would, minus the failed record
 
     monkeypatch.setattr(seed_store.SeedStore, "save", save_then_stop)
-    main(_args(data, out, replicates))
+    main(_args(data, out, strategy, replicates))
     assert [r.status for r in load_records(out / "results.jsonl")] == ["failed"]
     monkeypatch.setattr(seed_store.SeedStore, "save", save)
 
     caplog.clear()
-    assert main(_args(data, out, replicates, ("-v",))) == 0
+    assert main(_args(data, out, strategy, replicates, ("-v",))) == 0
     kept = sum(int(m.split(" of ")[0].split()[-1]) for m in caplog.messages if "kept from an earlier process" in m)
     assert kept == stored
     records = {r.key: r for r in load_records(out / "results.jsonl")}
@@ -68,7 +75,7 @@ def test_a_batched_cell_stopped_between_two_stored_seeds_resumes_to_the_same_num
             assert getattr(record, name) == getattr(reference[key], name), (key, name)
     for replicate in range(replicates):  # the search's seconds: one figure per replicate, kept seeds' included
         assert len({r.search_seconds for r in records.values() if r.replicate == replicate}) == 1
-    got, want = _predictions(out), _predictions(ref)
+    got, want = _predictions(out, strategy), _predictions(ref, strategy)
     pd.testing.assert_frame_equal(got.drop(columns="prob"), want.drop(columns="prob"))
     assert all(np.array_equal(a, b) for a, b in zip(got["prob"], want["prob"])), "probabilities differ"
     assert not (out / "partial").exists()

@@ -26,7 +26,7 @@ from fusebench.features.extract import TaskData
 from fusebench.measure.timing import TimingConfig, device_name, flops_per_sample, measure
 from fusebench.results.records import Record
 from fusebench.results.resample import prediction_path, write_predictions
-from fusebench.run.seed_store import SeedStore, seed_key
+from fusebench.run.seed_store import SeedStore, rng_state, seed_key, set_rng_state
 from fusebench.run.selection import Cell, expand_cells, needed_views, parse_selection  # noqa: F401 (their old home)
 from fusebench.run.trials import TrialInputs, build_batch_objective
 from fusebench.search.clock import search_time
@@ -347,13 +347,23 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
             trials_batched=search.trials_batched,
             phase_seconds={k: round(v, 4) for k, v in phases.items()},
         )
-        store.save(search.replicate, seed, key[seed], record, frame)  # survives a kill from here on
+        # the generator state the next seed's fit starts from (one after another): a resume puts it back
+        store.save(search.replicate, seed, key[seed], record, frame, rng_state(ctx.device))  # survives a kill from here on
         kept[seed] = (record, frame)
         progress.advance(progress_key(cell), 1)
 
+    earlier = set(kept)  # the seeds scored by an earlier process
+
+    def before_fit(seed: int) -> None:
+        """One after another, seed k's fit starts where seed k-1's scoring left torch's generator; when
+        k-1 was scored by an earlier process, its stored state is put back (an uninterrupted run's numbers)."""
+        i = seeds.index(seed)
+        if i and seeds[i - 1] in earlier and (states := store.rng(search.replicate, seeds[i - 1])) is not None:
+            set_rng_state(states, ctx.device)
+
     # fine-tuned seeds train one after another (each holds its own encoder copies)
     fits = fit_seeds(build, todo, train, val, train_cfg, cfg.main_metric, batched=ctx.batch_seeds and not setup.fine_tuned,
-                     on_result=score, batch_of=len(seeds)) if todo else None
+                     on_result=score, batch_of=len(seeds), before_fit=before_fit) if todo else None
     predictions += [kept[seed][1] for seed in seeds]
     records = [kept[seed][0] for seed in seeds]
     if fits is not None and not fits.batched and cell.info.trainable and len(todo) > 1:

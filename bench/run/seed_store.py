@@ -8,7 +8,9 @@ retrained every seed (issue 14 §3).
 
 `SeedStore` writes each finished seed's record and test predictions at once, under
 RUN_DIR/partial/DATASET/. A resumed cell reuses the entries whose key still matches and retrains
-only the others. The key is the data fingerprint, strategy, replicate, seed, the searched params
+only the others (bench/run/cell.py: with the generator state stored with the seed before, so that
+their numbers are an uninterrupted run's bit for bit; tests/test_seed_store_resume.py). The key is
+the data fingerprint, strategy, replicate, seed, the searched params
 and the training config. The runner removes a cell's entries once its records are in results.jsonl
 (`clear`). A stale, unreadable or half-written entry is never reused: that seed is retrained, and the
 log says why.
@@ -16,6 +18,7 @@ log says why.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from fusebench.core.io import atomic_write_bytes
 from fusebench.results.records import Record
@@ -62,15 +66,18 @@ class SeedStore:
         base = f"{self.stem}.r{replicate}.s{seed}"  # not Path.with_suffix: that would replace ".s{seed}"
         return self.folder / f"{base}.json", self.folder / f"{base}.parquet"
 
-    def save(self, replicate: int, seed: int, key: str, record: Record, predictions: pd.DataFrame) -> None:
+    def save(self, replicate: int, seed: int, key: str, record: Record, predictions: pd.DataFrame,
+             rng: dict[str, str] | None = None) -> None:
         """Keep one evaluated seed. The predictions go first, then the entry that names them: an
-        entry on disk means both are whole (each file is written atomically, bench/core/io.py)."""
+        entry on disk means both are whole (each file is written atomically, bench/core/io.py).
+        `rng`: torch's generator states once the seed was scored (`rng_state`), where the next seed's
+        fit starts when seeds train one after another."""
         entry, frame = self._paths(replicate, seed)
         buf = io.BytesIO()
         predictions.to_parquet(buf)
         _write(frame, buf.getvalue())
         # no default=str: a value that results.jsonl cannot hold (write_records) must not come back as a string
-        _write(entry, json.dumps({"format": FORMAT, "key": key, "record": record.to_json()}).encode())
+        _write(entry, json.dumps({"format": FORMAT, "key": key, "record": record.to_json(), "rng": rng}).encode())
 
     def load(self, replicate: int, seed: int, key: str) -> tuple[Record, pd.DataFrame] | None:
         """The seed's record and predictions when an earlier process of this run stored them under
@@ -91,6 +98,13 @@ class SeedStore:
             log.warning("%s: unreadable (%s: %s); retraining this seed", entry, type(exc).__name__, exc)
             return None
 
+    def rng(self, replicate: int, seed: int) -> dict[str, str] | None:
+        """The generator states stored with a seed that `load` returned (None: stored without them)."""
+        try:
+            return json.loads(self._paths(replicate, seed)[0].read_text()).get("rng")
+        except (OSError, ValueError):
+            return None
+
     def clear(self) -> None:
         """Remove the cell's entries (its records are in results.jsonl now)."""
         if not self.folder.is_dir():
@@ -102,3 +116,21 @@ class SeedStore:
             self.folder.parent.rmdir()
         except OSError:
             pass
+
+
+def rng_state(device: torch.device) -> dict[str, str]:
+    """torch's global generator states (CPU, and the device's on CUDA), as JSON-able text."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return {k: base64.b64encode(v.numpy().tobytes()).decode() for k, v in states.items()}
+
+
+def set_rng_state(states: dict[str, str], device: torch.device) -> None:
+    """Put back what `rng_state` saved (a state for another kind of device is left alone)."""
+    def tensor(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(states["cpu"]))
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(tensor(states["cuda"]), device)

@@ -101,6 +101,7 @@ def fit_seeds(
     batched: bool = True,
     on_result: Callable[[int, TrainResult, float, int], None] | None = None,
     batch_of: int = 0,
+    before_fit: Callable[[int], None] | None = None,
 ) -> SeedFits:
     """Build one member per seed (`build(seed)` seeds torch itself) and fit them all, batched when
     possible. Each result is what `train_model(build(seed), ..., seed)` would return for that seed.
@@ -116,7 +117,12 @@ def fit_seeds(
     one where the full fit would have batched it: a member's numbers do not depend on which other
     members share its batch, but training one after another rounds differently (~6e-8 in the
     probabilities; tests/test_seed_store_resume.py). Bit for bit on one CPU thread, as cells train on
-    CPU; with more threads a batch of one measured ~1e-9 off the full batch, still closer than that."""
+    CPU; with more threads a batch of one measured ~1e-9 off the full batch, still closer than that.
+
+    `before_fit(seed)` is called just before each member's fit when they train one after another. Their
+    fits draw from torch's global generator where a module does (dropout inside a Hugging Face
+    encoder, attention-weight dropout of `nn.MultiheadAttention`), so seed k's fit starts where seed
+    k-1's scoring left it; a resumed cell puts back the state the earlier process stored there."""
     t0 = time.perf_counter()
     models = [build(seed) for seed in seeds]
     alone = batch_of > 1
@@ -141,6 +147,8 @@ def fit_seeds(
             return SeedFits(results, True, "", seconds)
     results = []
     for model, seed in zip(models, seeds):
+        if before_fit is not None:
+            before_fit(seed)
         t1 = time.perf_counter()
         results.append(train_model(model, train, val, cfg, main_metric, seed))
         if on_result is not None:
