@@ -199,7 +199,8 @@ def test_cells_in_progress_show_their_trials_and_stored_seeds(tmp_path, capsys):
     assert main(["timing", "status", str(out)]) == 0
     text = capsys.readouterr().out
     assert "- d/evaluating: search 3/3, 3/3 trials; 1/4 evaluation seeds stored" in text
-    assert "- d/searching: search 2/3, 0/3 trials (1 more begun: running, or killed and retried); 0/4" in text
+    assert ("- d/searching: search 2/3, 0/3 trials (1 more begun, not counted: running, killed and retried, "
+            "or stopped by the cap); 0/4") in text
     assert "untouched" not in text.split("in progress:")[1]
 
     (out / "optuna.journal").unlink()  # studies elsewhere (SQLite, PostgreSQL): trials unknown, seeds still shown

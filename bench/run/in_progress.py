@@ -42,7 +42,8 @@ class CellProgress:
         else:
             search = "search " + ", ".join(f"{n}/{self.trials_budget}" for n in self.trials_spent) + " trials"
             extra = sum(self.trials_begun) - sum(self.trials_spent)
-            search += f" ({extra} more begun: running, or killed and retried)" if extra > 0 else ""
+            if extra > 0:
+                search += f" ({extra} more begun, not counted: running, killed and retried, or stopped by the cap)"
         return f"{self.dataset}/{self.strategy}: {search}; {self.seeds_stored}/{self.seeds_wanted} evaluation seeds stored"
 
 
