@@ -46,18 +46,24 @@ def _spec(name: str, key: str) -> FusionSpec:
     return spec.restrict([spec.modalities[0]]) if info.per_modality else spec
 
 
-def _inputs(name: str, spec: FusionSpec, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_inputs(kind: str, spec: FusionSpec, batch: int, seed: int = 0, pad: bool = True) -> dict[str, torch.Tensor]:
+    """Seeded inputs of `spec`'s shapes: pooled (batch, dim) or tokens (batch, tokens, dim), the first
+    example's last two tokens zero (padding) when `pad` (tests/test_strategy_properties.py uses it too)."""
     g = torch.Generator().manual_seed(seed)
-    kind = STRATEGIES.get(name).input_kind
     out = {}
     for m, d in spec.dims.items():
         if kind == "pooled":
-            out[m] = torch.randn(B, d, generator=g)
+            out[m] = torch.randn(batch, d, generator=g)
         else:
-            x = torch.randn(B, spec.tokens[m], d, generator=g)
-            x[0, -2:] = 0.0  # some padding rows
+            x = torch.randn(batch, spec.tokens[m], d, generator=g)
+            if pad:
+                x[0, -2:] = 0.0
             out[m] = x
     return out
+
+
+def _inputs(name: str, spec: FusionSpec, seed: int = 0) -> dict[str, torch.Tensor]:
+    return random_inputs(STRATEGIES.get(name).input_kind, spec, B, seed)
 
 
 def _build(name: str, spec: FusionSpec, seed: int = 0) -> torch.nn.Module:

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from fusebench.results.records import Record, load_records
-from fusebench.run.seed_store import SeedStore, seed_key
+from fusebench.run.seed_store import SeedStore, rng_state, seed_key, set_rng_state
 from fusebench.run.status import run_status
 from fusebench.training.batched import fit_seeds
 from fusebench.training.loop import Batch, TrainConfig
@@ -49,11 +49,23 @@ def test_a_stored_seed_comes_back_whole(tmp_path):
     store = SeedStore(tmp_path, "toy", "unimodal:text")
     key = seed_key({"params": {"lr": 0.01}, "seed": 7})
     store.save(1, 7, key, _record(7, 0.75), _frame(7))
-    record, frame = store.load(1, 7, key)
-    assert record == _record(7, 0.75)
-    pd.testing.assert_frame_equal(frame, _frame(7))
+    stored = store.load(1, 7, key)
+    assert stored.record == _record(7, 0.75) and stored.rng is None  # saved without generator states
+    pd.testing.assert_frame_equal(stored.predictions, _frame(7))
+    assert store.count() == 1
     assert store.load(1, 8, key) is None  # another seed
     assert store.load(0, 7, key) is None  # another replicate
+
+
+def test_the_generator_state_stored_with_a_seed_puts_torch_back_where_it_was(tmp_path):
+    store = SeedStore(tmp_path, "toy", "concat")
+    torch.manual_seed(3)
+    torch.rand(5)  # somewhere in the stream, as after a seed's scoring
+    store.save(0, 1, "k", _record(1), _frame(1), rng_state(torch.device("cpu")))
+    expected = torch.rand(4)
+    torch.manual_seed(99)  # elsewhere, as in a resumed process
+    set_rng_state(store.load(0, 1, "k").rng, torch.device("cpu"))
+    assert torch.equal(torch.rand(4), expected)
 
 
 def test_a_seed_stored_for_other_inputs_is_not_reused(tmp_path):

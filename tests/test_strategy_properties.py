@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from fusebench.strategies import STRATEGIES, FusionSpec
 from fusebench.strategies.bilinear import LowRankLayer, tensor_product, with_one
+from fusebench.strategies.contract_tests import random_inputs
 from fusebench.strategies.separate import Stacking, fold_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,17 +26,7 @@ POOLED = [n for n in FUSION if STRATEGIES.get(n).input_kind == "pooled"]
 
 
 def _inputs(kind: str, spec: FusionSpec, seed: int = 0, pad: bool = False) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for m, d in spec.dims.items():
-        if kind == "pooled":
-            out[m] = torch.randn(B, d, generator=g)
-        else:
-            x = torch.randn(B, spec.tokens[m], d, generator=g)
-            if pad:
-                x[0, -2:] = 0.0
-            out[m] = x
-    return out
+    return random_inputs(kind, spec, B, seed, pad)
 
 
 def _build(name: str, spec: FusionSpec, seed: int = 0) -> torch.nn.Module:

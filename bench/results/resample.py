@@ -33,8 +33,13 @@ _CHUNK = 100
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 
+def strategy_stem(strategy: str) -> str:
+    """A strategy's name as a file name (`unimodal:audio` → `unimodal__audio`), for every per-cell file."""
+    return strategy.replace(":", "__")
+
+
 def prediction_path(run_dir: Path, dataset: str, strategy: str) -> Path:
-    return run_dir / "predictions" / dataset / f"{strategy.replace(':', '__')}.parquet"
+    return run_dir / "predictions" / dataset / f"{strategy_stem(strategy)}.parquet"
 
 
 def write_predictions(frames: list[pd.DataFrame], path: Path) -> None:

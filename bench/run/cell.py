@@ -271,9 +271,11 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
                            "replicate": search.replicate, "seed": seed, "params": record_params,
                            "train": dataclasses.asdict(train_cfg)}) for seed in seeds}
     kept: dict[int, tuple[Record, pd.DataFrame]] = {}  # seed → its record and test predictions
+    earlier: dict[int, dict[str, str] | None] = {}  # seed scored by an earlier process → generator states after it
     for seed in seeds:
         if (stored := store.load(search.replicate, seed, key[seed])) is not None:
-            kept[seed] = stored
+            kept[seed] = (stored.record, stored.predictions)
+            earlier[seed] = stored.rng
     todo = [seed for seed in seeds if seed not in kept]
     if kept:
         log.info("  %s replicate %d: %d of %d evaluation seed(s) kept from an earlier process; training %d",
@@ -352,13 +354,11 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
         kept[seed] = (record, frame)
         progress.advance(progress_key(cell), 1)
 
-    earlier = set(kept)  # the seeds scored by an earlier process
-
     def before_fit(seed: int) -> None:
         """One after another, seed k's fit starts where seed k-1's scoring left torch's generator; when
         k-1 was scored by an earlier process, its stored state is put back (an uninterrupted run's numbers)."""
         i = seeds.index(seed)
-        if i and seeds[i - 1] in earlier and (states := store.rng(search.replicate, seeds[i - 1])) is not None:
+        if i and (states := earlier.get(seeds[i - 1])) is not None:
             set_rng_state(states, ctx.device)
 
     # fine-tuned seeds train one after another (each holds its own encoder copies)

@@ -78,8 +78,7 @@ def cells_in_progress(run_dir: Path, plan: dict[str, list[str]], finished: set[t
     found = _trials(run_dir / "optuna.journal", [n for ns in names.values() for n in ns], trials)
     out = []
     for ds, strategy in todo:
-        store = SeedStore(run_dir, ds, strategy)
-        stored = sum(1 for _ in store.folder.glob(f"{store.stem}.r*.s*.json")) if store.folder.is_dir() else 0
+        stored = SeedStore(run_dir, ds, strategy).count()
         spent = None if found is None else [found[n][0] for n in names[(ds, strategy)]]
         begun = None if found is None else [found[n][1] for n in names[(ds, strategy)]]
         if stored or (begun and any(begun)):

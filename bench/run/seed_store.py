@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 
 from fusebench.core.io import atomic_write_bytes
 from fusebench.results.records import Record
+from fusebench.results.resample import strategy_stem
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +57,22 @@ def _write(path: Path, data: bytes, tries: int = 3) -> None:
                 raise
 
 
+@dataclass(frozen=True)
+class StoredSeed:
+    """One evaluated seed as stored: its record, its test predictions, and torch's generator states
+    after it was scored (None when stored without them)."""
+
+    record: Record
+    predictions: pd.DataFrame
+    rng: dict[str, str] | None
+
+
 class SeedStore:
     """The finished evaluation seeds of one cell (dataset, strategy) of a run directory."""
 
     def __init__(self, run_dir: Path, dataset: str, strategy: str) -> None:
         self.folder = Path(run_dir) / "partial" / dataset
-        self.stem = strategy.replace(":", "__")
+        self.stem = strategy_stem(strategy)
 
     def _paths(self, replicate: int, seed: int) -> tuple[Path, Path]:
         base = f"{self.stem}.r{replicate}.s{seed}"  # not Path.with_suffix: that would replace ".s{seed}"
@@ -79,9 +91,9 @@ class SeedStore:
         # no default=str: a value that results.jsonl cannot hold (write_records) must not come back as a string
         _write(entry, json.dumps({"format": FORMAT, "key": key, "record": record.to_json(), "rng": rng}).encode())
 
-    def load(self, replicate: int, seed: int, key: str) -> tuple[Record, pd.DataFrame] | None:
-        """The seed's record and predictions when an earlier process of this run stored them under
-        the same key; else None (nothing stored, or stored for other inputs, or unreadable)."""
+    def load(self, replicate: int, seed: int, key: str) -> StoredSeed | None:
+        """The seed as an earlier process of this run stored it under the same key; else None (nothing
+        stored, or stored for other inputs, or unreadable)."""
         entry, frame = self._paths(replicate, seed)
         if not entry.is_file():
             return None
@@ -93,23 +105,23 @@ class SeedStore:
             if blob.get("key") != key:
                 log.info("%s: stored for other inputs (params, data or training config changed); retraining it", entry)
                 return None
-            return Record.from_json(blob["record"]), pd.read_parquet(frame)
+            return StoredSeed(Record.from_json(blob["record"]), pd.read_parquet(frame), blob.get("rng"))
         except (OSError, ValueError, KeyError, TypeError) as exc:  # pyarrow's errors are OSError/ValueError
             log.warning("%s: unreadable (%s: %s); retraining this seed", entry, type(exc).__name__, exc)
             return None
 
-    def rng(self, replicate: int, seed: int) -> dict[str, str] | None:
-        """The generator states stored with a seed that `load` returned (None: stored without them)."""
-        try:
-            return json.loads(self._paths(replicate, seed)[0].read_text()).get("rng")
-        except (OSError, ValueError):
-            return None
+    def _entries(self, suffix: str = "*") -> list[Path]:
+        return list(self.folder.glob(f"{self.stem}.r*.s*.{suffix}")) if self.folder.is_dir() else []
+
+    def count(self) -> int:
+        """How many seeds of the cell are stored (every replicate)."""
+        return len(self._entries("json"))
 
     def clear(self) -> None:
         """Remove the cell's entries (its records are in results.jsonl now)."""
         if not self.folder.is_dir():
             return
-        for path in self.folder.glob(f"{self.stem}.r*.s*.*"):
+        for path in self._entries():
             path.unlink(missing_ok=True)
         try:
             self.folder.rmdir()  # only when no other cell has entries

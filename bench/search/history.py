@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 
 from fusebench.core.io import atomic_write_bytes
+from fusebench.results.resample import strategy_stem
 
 COLUMNS = ["number", "state", "value", "datetime_start", "datetime_complete", "duration_s", "params"]
 
@@ -23,7 +24,7 @@ COLUMNS = ["number", "state", "value", "datetime_start", "datetime_complete", "d
 def history_path(run_dir: Path, study_name: str) -> Path:
     """`RUN_DIR/history/<dataset>/<strategy>.csv` (':' in a strategy name becomes '__', as for predictions)."""
     dataset, _, strategy = study_name.partition("/")
-    return Path(run_dir) / "history" / dataset / f"{strategy.replace(':', '__').replace('/', '@')}.csv"
+    return Path(run_dir) / "history" / dataset / f"{strategy_stem(strategy).replace('/', '@')}.csv"
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
