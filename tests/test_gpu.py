@@ -71,3 +71,32 @@ def test_blocked_retrieval_on_gpu_equals_cpu():
     s_cpu, _ = blocked_topk(q, k, 10, block=256)
     s_gpu, _ = blocked_topk(q.to(CUDA), k.to(CUDA), 10, block=256)
     torch.testing.assert_close(s_gpu.cpu(), s_cpu, atol=1e-4, rtol=1e-4)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("name", ["coattention", "early_transformer", "mbt", "mult"])
+def test_attention_members_batch_on_the_gpu_and_equal_their_sequential_fits(name):
+    """On an H200 every attention model's vmap failed ("LSE is not correctly aligned": the fused
+    efficient-attention kernel) and fell back to one member at a time; fit_members now runs the math
+    kernel. Each batched member must equal its own sequential fit on the GPU."""
+    import numpy as np
+
+    from fusebench.training.loop import predict_proba
+    from fusebench.training.members import Member, fit_members
+    from tests.test_trial_batch import CFG, SEEDS, _setup
+
+    build, train, val, test = _setup(name)
+    train, val, test = (Batch({k: v.to(CUDA) for k, v in b.inputs.items()}, b.labels.to(CUDA)) for b in (train, val, test))
+
+    def on_gpu(k: int) -> torch.nn.Module:
+        return build(k).to(CUDA)
+
+    fits = fit_members([Member(on_gpu(k), s) for k, s in enumerate(SEEDS)], train, val, CFG, "accuracy")
+    for k, fit in enumerate(fits):
+        assert fit.error is None and fit.result is not None, f"{name} member {k}: {fit.error}"
+        want = train_model(on_gpu(k), train, val, CFG, "accuracy", SEEDS[k])
+        assert fit.result.best_epoch == want.best_epoch, f"{name} member {k}"
+        assert fit.result.val_metric == pytest.approx(want.val_metric, abs=1e-3), f"{name} member {k}"
+        np.testing.assert_allclose(predict_proba(fit.result.model, test.inputs), predict_proba(want.model, test.inputs),
+                                   atol=2e-3, err_msg=f"{name} member {k}")

@@ -313,3 +313,23 @@ def test_worker_trains_the_studys_trial_batches(tmp_path, synthetic_bundle, monk
     study = optuna.load_study(study_name="toy/concat", storage=open_storage(url))
     assert study.user_attrs["fusebench"]["trial_batch"] == 6
     assert trial_counts(study, 6).spent == 6 and trials_batched(study) >= 2
+
+
+ATTENTION = [n for n in NAMES if n in ("coattention", "early_transformer", "mbt", "mult")]
+
+
+@pytest.mark.parametrize("name", ATTENTION)
+def test_batched_attention_members_are_vectorised_not_looped(name):
+    """fit_members runs attention in the math kernel, which vmap batches. With torch's fused kernels
+    vmap looped over the members on the CPU ("no batching rule" warning) and failed outright on CUDA
+    ("LSE is not correctly aligned", an H200), where every attention model then trained one member
+    at a time (tests/test_gpu.py checks the CUDA side)."""
+    assert len(ATTENTION) == 4
+    build, train, val, _ = _setup(name)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_members([Member(build(k), s) for k, s in enumerate(SEEDS)], train, val, CFG, "accuracy")
+    looped = [str(w.message) for w in caught if "batching rule" in str(w.message)]
+    assert not looped, f"{name}: {looped[0][:160]}"

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fusebench.core import metrics as metric_lib
 from fusebench.strategies.base import FusionModel
@@ -183,7 +184,12 @@ def fit_members(members: Sequence[Member], train: Batch, val: Batch, cfg: TrainC
     clock = DropoutClock()  # one clock for every member: they step together
     swapped = [swap_dropout(m.model, m.seed, clock) for m in members]
     try:
-        return _fit(members, train, val, cfg, main_metric, clock)
+        # The math attention kernel is plain matmuls and a softmax, which vmap batches. The fused
+        # kernels are not: on CUDA the efficient kernel's batching rule fails ("LSE is not correctly
+        # aligned", every attention model fell back to one member at a time on an H200), and the CPU
+        # flash kernel has no rule at all, so vmap looped over the members.
+        with sdpa_kernel(SDPBackend.MATH):
+            return _fit(members, train, val, cfg, main_metric, clock)
     finally:
         for s in swapped:
             restore_dropout(s)
