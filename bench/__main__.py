@@ -1,5 +1,5 @@
 """`python -m fusebench` runs the command line."""
 
-from fusebench.cli import main
+from fusebench.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -219,8 +219,9 @@ suite_run() {
   # a private feature cache unless one is named: the bundle's code may differ from the checkout that
   # fills ~/.cache/fusebench, and a changed encoder identity re-encodes over that cache's entries
   export FUSEBENCH_CACHE=${FUSEBENCH_CACHE:-${TMPDIR:-/tmp}/fusebench-gpu-cache}
-  # SIGINT at the box's end, SIGKILL only GPU_BUNDLE_GRACE_S later: a loaded machine took over 30 s to
-  # deliver the interrupt to a suite still importing (a test saw exit 137, "killed", not the box's 124)
+  # SIGINT at the box's end, SIGKILL only GPU_BUNDLE_GRACE_S later (a KeyboardInterrupt lost in a
+  # finalizer and a shutdown hung after an interrupted datasets load once let the suite run into it:
+  # exit 137; both fixed in bench/run/interrupt.py and cli.entry, tests/test_interrupt.py)
   local box=(); [ -n "${GPU_BUNDLE_RUN_S:-}" ] && box=(timeout -s INT -k "${GPU_BUNDLE_GRACE_S:-120}" "$GPU_BUNDLE_RUN_S")
   "${box[@]}" "$py" -m fusebench run --config-dir "$dir/cfg" --suite "$suite" --out "$run_dir" --device "$dev" \
     --log-file "$log"
