@@ -72,6 +72,10 @@ def test_a_round_of_trials_that_cannot_batch_stops_at_the_cap(tmp_path, syntheti
     (record,) = load_records(out / "results.jsonl")
     assert record.cap_bound is True and record.n_trials == 1 and record.n_trials_failed == 0
     assert record.search_seconds == pytest.approx(10.0) and record.search_seconds_complete is True
+    import json
+
+    assert record.search_clock == "cpu"  # a CPU run: the cap counts CPU seconds (bench/search/clock.py)
+    assert json.loads((out / "run.json").read_text())["protocol"]["search_cap_clock"] == "cpu"
 
 
 def _per_trial_seconds(clock: FakeClock):
@@ -175,3 +179,41 @@ def test_the_seconds_are_saved_while_a_trial_trains(tmp_path):
         objective(study.ask())
     assert seen, "no save while the trial was training"
     assert search_time(study).seconds >= seen[0]
+
+
+def _idle_trials(seconds: float):
+    """Trials that take `seconds` of wall clock and almost no CPU: a neighbour has the machine."""
+    import time
+
+    def objective(trial: optuna.Trial) -> float:
+        time.sleep(seconds)
+        return float(trial.number)
+
+    return objective
+
+
+@pytest.mark.parametrize(("cap_clock", "spent"), [("wall", 2), ("cpu", 6)])
+def test_a_cpu_run_counts_cpu_seconds_so_a_busy_machine_does_not_spend_its_cap(tmp_path, cap_clock, spent):
+    """Six trials of 0.3 s of wall clock each (sleeping: the CPU is someone else's) against a 0.5 s cap.
+    In wall seconds the cap is spent after the second trial; in CPU seconds the trials cost almost
+    nothing and all six run. On the standard run a round of 5 token trials took ~400 s on a quiet
+    machine and 1,580 s beside the test suite, so a wall-clock cap gave replicates different budgets."""
+    budget = Budget(trials=6, timeout_s=0.5, seeds=1, cap_clock=cap_clock)
+    study = open_study("s", open_storage(f"journal:///{tmp_path / 'j.journal'}"), 0)
+    _, seconds = run_search(study, _idle_trials(0.3), budget)
+    assert trial_counts(study, 6).spent == spent
+    if cap_clock == "cpu":
+        assert seconds < 0.5  # CPU seconds of the trial loop, not the 1.8 s of wall clock
+    else:
+        assert seconds >= 0.6
+
+
+def test_the_cap_clock_is_checked_and_chosen_by_device():
+    import torch
+
+    from fusebench.search.study import cap_clock_for
+
+    with pytest.raises(ValueError, match="cap_clock"):
+        Budget(trials=1, timeout_s=1, seeds=1, cap_clock="gpu")
+    assert cap_clock_for(torch.device("cpu")) == "cpu" and cap_clock_for(torch.device("cuda")) == "wall"
+    assert Budget(trials=1, timeout_s=1, seeds=1).cap_clock == "wall"  # a study's budget written before it

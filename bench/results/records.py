@@ -67,13 +67,14 @@ class Record:
     n_trials_pruned: int = 0
     n_trials_failed: int = 0  # the objective raised (counted in the budget)
     n_trials_retried: int = 0  # failed because their process died (not counted, run again)
-    cap_bound: bool = False  # the wall-clock cap stopped the search before the budget was spent
+    cap_bound: bool = False  # the search cap (timeout_s) stopped the search before the budget was spent
     replicate: int = 0  # search replicate 0..R-1 (records written before replicates existed: 0)
     search_timeout_s: float = 0.0
     search_seconds: float = 0.0  # the replicate's search seconds, summed over every process that searched it
     # search_seconds counts every process (bench/search/clock.py); False: records written before that
     # (the last process's seconds only) or from a study searched partly by such code
     search_seconds_complete: bool = False
+    search_clock: str = ""  # what search_seconds and the cap count: "wall" or "cpu" seconds ("": written before)
     train_seconds: float = 0.0
     best_epoch: int | None = None  # epoch whose weights early stopping restored (0-based)
     best_step: int | None = None  # optimiser steps taken by then

@@ -34,7 +34,7 @@ from fusebench.results.stats import ALPHA, paired_test
 from fusebench.run.cell import CellContext, run_cell
 from fusebench.run.selection import expand_cells
 from fusebench.search.storage import default_url
-from fusebench.search.study import Budget
+from fusebench.search.study import Budget, cap_clock_for
 from fusebench.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,8 @@ def calibrate(cfg: CalibrateConfig) -> Calibration:
             for r in range(cfg.replicates):
                 unit = cfg.out / f"repeat{i:03d}" / f"arm{arm}" / f"replicate{r}"
                 unit.mkdir(parents=True, exist_ok=True)
-                ctx = CellContext(budget=Budget(cfg.trials, cfg.timeout_s, cfg.seeds, 10_000 + 100 * i + 10 * arm + r),
+                ctx = CellContext(budget=Budget(cfg.trials, cfg.timeout_s, cfg.seeds, 10_000 + 100 * i + 10 * arm + r,
+                                                                cap_clock=cap_clock_for(device)),
                                   train=train, timing=TimingConfig(warmup=1, repetitions=3, batch_size=max(cfg.batch_size, 256)),
                                   device=device, storage=default_url(unit), out_dir=unit, size=cfg.size,
                                   data_root=str(root.resolve()))

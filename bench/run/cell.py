@@ -214,7 +214,7 @@ class SearchOutcome:
     best: dict | None
     counts: TrialCounts
     seconds: float  # search seconds of the replicate over every process (bench/search/clock.py)
-    cap_bound: bool  # the wall-clock cap stopped the search before its budget was spent
+    cap_bound: bool  # the search cap stopped the search before its budget was spent
     trials_batched: int = 0  # trials that trained inside a batch of two or more
     seconds_complete: bool = True  # False: part of the search ran before seconds were kept in the study
 
@@ -332,6 +332,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
             search_timeout_s=ctx.budget.timeout_s,
             search_seconds=search.seconds,
             search_seconds_complete=search.seconds_complete,
+            search_clock=ctx.budget.cap_clock if cell.info.trainable else "",
             sampler=sampler_settings(budget.search_seed) if cell.info.trainable else {},
             pruner=pruner_settings() if cell.info.trainable else {},
             train_seconds=result.train_seconds,

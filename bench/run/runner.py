@@ -43,7 +43,7 @@ from fusebench.run.retrieval_cell import RetrievalCell, RetrievalRun, expand_ret
 from fusebench.run.seed_store import SeedStore
 from fusebench.run.selection import Cell, expand_cells, needed_views, parse_selection
 from fusebench.search.storage import default_url, kind, redact
-from fusebench.search.study import Budget, pruner_settings, sampler_settings
+from fusebench.search.study import Budget, cap_clock_for, pruner_settings, sampler_settings
 from fusebench.strategies import STRATEGIES
 from fusebench.training.finetune.inputs import tower_kind
 from fusebench.training.finetune.setup import attach_raw
@@ -210,7 +210,8 @@ def _run(cfg: RunConfig) -> RunSummary:
     kind(storage)  # a bad URL is a usage error before any work
     suite = cfg.suite
     ctx = CellContext(
-        budget=Budget(suite.trials, suite.timeout_s, suite.seeds, suite.search_seed, replicates=suite.replicates),
+        budget=Budget(suite.trials, suite.timeout_s, suite.seeds, suite.search_seed, replicates=suite.replicates,
+                      cap_clock=cap_clock_for(device)),
         train=TrainConfig(suite.epochs, suite.patience, suite.batch_size, modality_dropout=suite.modality_dropout,
                           gradient_blending=suite.gradient_blending, amp_bf16=cfg.amp_bf16, compile=cfg.compile,
                           patience_steps=suite.patience_steps, min_steps=suite.min_steps, min_delta=suite.min_delta,
@@ -240,6 +241,7 @@ def _run(cfg: RunConfig) -> RunSummary:
     meta["identity"] = {**rundir.identity(suite), "data_fingerprints": (meta.get("identity") or {}).get("data_fingerprints", {})}
     meta["protocol"] = {"sampler": sampler_settings(suite.search_seed), "pruner": pruner_settings(),
                         "trials_per_study": suite.trials, "search_timeout_s": suite.timeout_s,
+                        "search_cap_clock": ctx.budget.cap_clock,
                         "eval_seeds": ctx.budget.eval_seeds, "search_seed": suite.search_seed,
                         "replicates": suite.replicates,
                         "replicate_search_seeds": [ctx.budget.for_replicate(r).search_seed for r in range(suite.replicates)],

@@ -11,7 +11,7 @@ another, as today. Each member reports its own epochs to its own trial and is pr
 whose loss goes non-finite fails its own trial only. User attrs per trial: `seed`, `best_epoch`,
 `best_step`, and `batch_size` (the size of the group it trained in; 1 = alone).
 
-Before a group, or a trial trained alone, starts, `may_start()` checks the search's wall-clock cap:
+Before a group, or a trial trained alone, starts, `may_start()` checks the search's cap:
 once it is spent, what has not started ends `NotStarted` (not counted: bench/search/trial_batch.py),
 so a round of trials that cannot share a shape stops at the cap as the one-by-one search does,
 instead of training them all one after another past it.

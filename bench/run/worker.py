@@ -8,7 +8,7 @@ same feature cache, refuses to run when the data fingerprint or an encoder id di
 runs the same search loop as the owner (`bench.run.cell.search`: one trial at a time, or rounds of
 the study's `trial_batch` trials trained together) — so the number of finished
 (COMPLETE + PRUNED) trials across all processes is exactly the budget. It exits 0 when the study
-has its budget of finished trials, or when its own wall-clock cap is spent with nothing left
+has its budget of finished trials, or when the study's search cap is spent with nothing left
 running. The owner meanwhile waits for all trials, then evaluates the best params on its seeds.
 """
 

@@ -11,7 +11,7 @@ one study at once. The budget stays exact across them:
   itself failed (an exception in training: it used its slot, and a strategy that fails often gets
   fewer completed trials, which the record shows). Not counted: a trial failed because its process
   was killed (user attr `stale`, retried), one that lost the race for the last slot (`surplus`), or
-  a trial of a batched round that the wall-clock cap stopped before it started (`not_started`);
+  a trial of a batched round that the search cap stopped before it started (`not_started`);
 - a process only starts a trial while `spent + running < budget`, and stops its loop once the
   budget is spent;
 - the two processes that race for the last slot both get a trial number from the storage, which
@@ -21,7 +21,7 @@ one study at once. The budget stays exact across them:
 - a process that finds the budget claimed waits for the running trials of the others, and claims
   again if one of them dies (a stale trial is retried by whoever is still there).
 
-Wall-clock cap (`Budget.timeout_s`, a safety net): on the seconds of the whole replicate, summed
+Search cap (`Budget.timeout_s` in `Budget.cap_clock` seconds, a safety net): on the seconds of the whole replicate, summed
 over every process that searched it, the killed ones included (bench/search/clock.py), so a resumed
 search does not get a fresh cap. It is checked before each trial starts, never during one: a trial
 that has started trains to its end (as optuna's `optimize(timeout=...)` does), and no trial starts
@@ -51,12 +51,15 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
-from fusebench.search.clock import SearchClock
+from fusebench.search.clock import CAP_CLOCKS, SearchClock
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,15 @@ class Budget:
     eval_seed_base: int = 1000  # evaluation seeds are eval_seed_base + k, disjoint from search seeds
     replicates: int = 1  # independent searches per cell (R), each with its own sampler seed
     replicate: int = 0  # which replicate this budget drives (set by for_replicate)
+    # what the cap (timeout_s) counts: "wall" seconds, or the searching processes' "cpu" seconds
+    # (bench/search/clock.py: CAP_CLOCKS). A run on CPU counts CPU seconds, so that other work on the
+    # machine cannot spend a strategy's budget: a trial slowed by a neighbour takes more wall seconds,
+    # not more CPU seconds. Studies written before this field existed read as "wall".
+    cap_clock: str = "wall"
+
+    def __post_init__(self) -> None:
+        if self.cap_clock not in CAP_CLOCKS:
+            raise ValueError(f"cap_clock must be one of {sorted(CAP_CLOCKS)}, got {self.cap_clock!r}")
 
     @property
     def eval_seeds(self) -> list[int]:
@@ -90,6 +102,11 @@ class Budget:
             raise ValueError(f"replicate {r} outside 0..{self.replicates - 1}")
         base = self.search_seed - REPLICATE_SEED_STRIDE * self.replicate
         return replace(self, search_seed=base + REPLICATE_SEED_STRIDE * r, replicate=r)
+
+
+def cap_clock_for(device: torch.device) -> str:
+    """The clock a search on `device` counts its cap in: CPU seconds on a CPU, wall seconds elsewhere."""
+    return "cpu" if device.type == "cpu" else "wall"
 
 
 def trial_status(budget: Budget, trial: optuna.trial.BaseTrial) -> str:
@@ -259,7 +276,7 @@ class TrialCounts:
 
     def record_fields(self) -> dict[str, Any]:
         """The `n_trials*` and `cap_bound` fields of a record (classification and retrieval alike);
-        `cap_bound`: the wall-clock cap stopped the search before its budget was spent."""
+        `cap_bound`: the search cap (`Budget.cap_clock`) stopped the search before its budget was spent."""
         return {"n_trials": self.spent, "n_trials_budget": self.budget, "n_trials_complete": self.complete,
                 "n_trials_pruned": self.pruned, "n_trials_failed": self.failed, "n_trials_retried": self.retried,
                 "cap_bound": self.spent < self.budget}
@@ -305,7 +322,7 @@ def drive_search(study: optuna.Study, budget: Budget, work: Callable[[int, int, 
     trials of dead processes stale, so that it takes over what they left; it stops when the cap is
     spent and nobody else is running a trial, or when `failures()` (trials that failed here) reaches
     the budget — a strategy that fails every trial."""
-    clock = SearchClock(study, budget.timeout_s)
+    clock = SearchClock(study, budget.timeout_s, timer=CAP_CLOCKS[budget.cap_clock])
     fail_stale_running(study)
     with clock.ticking():
         while True:

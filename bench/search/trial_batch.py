@@ -14,7 +14,7 @@ retried), and the same race rule for the last slot (`surplus`). What changes is 
 3. every trial is told exactly once: COMPLETE with its value, PRUNED (optuna takes the last reported
    value), or FAIL with the reason in user attr `fail_reason`.
 
-The wall-clock cap is checked where the unbatched search checks it: before each trial starts
+The search cap is checked where the unbatched search checks it: before each trial starts
 training. `train` gets `may_start()` and calls it before it starts each group of trials (a vmapped
 group trains together) and each trial trained alone; once it returns False, the trials not yet
 started get the outcome `NotStarted` and are told FAIL with user attr `not_started` — neither spent
@@ -49,10 +49,10 @@ Outcome = float | BaseException  # what `train` returns per trial
 
 
 class NotStarted(Exception):
-    """The outcome of a trial of a round that the wall-clock cap stopped before it started training."""
+    """The outcome of a trial of a round that the search cap stopped before it started training."""
 
     def __init__(self) -> None:
-        super().__init__("the search's wall-clock cap (timeout_s) was spent before this trial of the round started")
+        super().__init__("the search cap (timeout_s) was spent before this trial of the round started")
 
 
 @dataclass(frozen=True)
