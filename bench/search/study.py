@@ -10,7 +10,8 @@ one study at once. The budget stays exact across them:
 - the budget counts every trial the strategy spent: COMPLETE, PRUNED, and FAIL when the objective
   itself failed (an exception in training: it used its slot, and a strategy that fails often gets
   fewer completed trials, which the record shows). Not counted: a trial failed because its process
-  was killed (user attr `stale`, retried), one that lost the race for the last slot (`surplus`), or
+  was killed (user attr `stale`, retried) or stopped by Ctrl-C (`interrupted`, retried: optuna itself
+  tells a KeyboardInterrupt'ed trial FAIL, which counted it as spent), one that lost the race for the last slot (`surplus`), or
   a trial of a batched round that the search cap stopped before it started (`not_started`);
 - a process only starts a trial while `spent + running < budget`, and stops its loop once the
   budget is spent;
@@ -231,9 +232,9 @@ class _Surplus(Exception):
 
 
 def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
-    """Numbers of trials failed by a dead process: marked `stale` here, or re-enqueued by optuna's
+    """Numbers of trials failed by a dead or interrupted process: marked `stale` or `interrupted` here, or re-enqueued by optuna's
     heartbeat retry callback (their copy carries system attr `failed_trial`)."""
-    out = {t.number for t in trials if t.user_attrs.get("stale")}
+    out = {t.number for t in trials if t.user_attrs.get("stale") or t.user_attrs.get("interrupted")}
     return out | {int(t.system_attrs["failed_trial"]) for t in trials if "failed_trial" in t.system_attrs}
 
 
@@ -294,7 +295,7 @@ def trial_counts(study: optuna.Study, budget: int) -> TrialCounts:
 def _guarded(objective: Callable[[optuna.Trial], float], budget: Budget) -> Callable[[optuna.Trial], float]:
     host, pid = socket.gethostname(), os.getpid()
 
-    def run(trial: optuna.Trial) -> float:
+    def claimed(trial: optuna.Trial) -> float:
         trial.set_user_attr("host", host)
         trial.set_user_attr("pid", pid)
         trials = trial.study.get_trials(deepcopy=False)
@@ -305,6 +306,15 @@ def _guarded(objective: Callable[[optuna.Trial], float], budget: Budget) -> Call
             trial.study.stop()
             raise _Surplus(f"trial {trial.number}: the budget of {budget.trials} is already claimed")
         return objective(trial)
+
+    def run(trial: optuna.Trial) -> float:
+        try:
+            return claimed(trial)
+        except KeyboardInterrupt:
+            # optuna tells this trial FAIL before re-raising: without the mark a Ctrl-C'd and resumed
+            # search counted it as spent and failed, one completed trial fewer for the strategy
+            trial.set_user_attr("interrupted", True)
+            raise
 
     return run
 

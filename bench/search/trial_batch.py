@@ -3,7 +3,7 @@
 `run_batched_search` is `run_search` (bench/search/study.py) for a `trial_batch` of B ≥ 2: the same
 budget (COMPLETE + PRUNED + objective FAIL trials, across processes and resumes), the same wall-clock
 cap, the same handling of trials left RUNNING by a killed process (marked FAIL `stale`, not counted,
-retried), and the same race rule for the last slot (`surplus`). What changes is the shape of a round:
+retried) and of trials stopped by Ctrl-C (FAIL `interrupted`, likewise), and the same race rule for the last slot (`surplus`). What changes is the shape of a round:
 
 1. up to B trials are asked one after another; right after each `ask` the objective's `propose`
    samples that trial's parameters, so that the trial-seeded TPE draws from the trial's own stream
@@ -98,6 +98,15 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> TrialSt
     return study.tell(trial, float(outcome)).state  # a NaN value is told FAIL by optuna itself
 
 
+def _interrupted(study: optuna.Study, trials: list[optuna.Trial]) -> None:
+    """Ctrl-C during a round: its trials end FAIL `interrupted`, retried and not counted, as those of a
+    killed process are (left RUNNING, a trial of this still-living process would never turn stale:
+    a search called again in the same process, as tests and notebooks do, waited for it forever)."""
+    for trial in trials:
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=TrialState.FAIL)
+
+
 def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: Budget, trial_batch: int, *,
                        poll_s: float = 0.5) -> tuple[optuna.Study, float]:
     """Run rounds of up to `trial_batch` trials until the budget is spent (see the module doc);
@@ -122,7 +131,11 @@ def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: B
                 _tell(study, trial, exc)
                 failures[0] += 1
         if trials:
-            outcomes = objective.train(trials, proposals, lambda: clock.left() > 0)
+            try:
+                outcomes = objective.train(trials, proposals, lambda: clock.left() > 0)
+            except KeyboardInterrupt:
+                _interrupted(study, trials)
+                raise
             if len(outcomes) != len(trials):
                 raise RuntimeError(f"the batch objective returned {len(outcomes)} outcomes for {len(trials)} trials")
             cut = sum(isinstance(o, NotStarted) for o in outcomes)
