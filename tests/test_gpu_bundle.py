@@ -171,3 +171,20 @@ def test_check_strategy_runs_from_the_installed_wheel(first_run, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
     assert not list((tmp / "site").rglob(".pytest_cache"))  # nothing written into the install
+
+
+def test_pack_rejects_an_unknown_strategy_before_fetching_anything(tmp_path):
+    env = _env(tmp_path, GPU_BUNDLE_STRATEGIES="concat bogus_fusion")
+    done = _bundle(["pack", "bundle"], tmp_path, env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "unknown strategy ['bogus_fusion'] in GPU_BUNDLE_STRATEGIES" in done.stderr
+    assert not (tmp_path / "bundle").exists()  # nothing downloaded, built or copied
+
+
+def test_run_rejects_an_unknown_step_before_installing_anything(tmp_path):
+    (tmp_path / "bundle" / "whl").mkdir(parents=True)
+    env = _env(tmp_path, GPU_BUNDLE_STEPS="tests suit")
+    done = _bundle(["run", "bundle", "out"], tmp_path, env, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "unknown step 'suit' in GPU_BUNDLE_STEPS" in done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "site").exists()
