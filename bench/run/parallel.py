@@ -13,6 +13,7 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -100,6 +101,19 @@ def _save(data: TaskData, path: Path) -> None:
             raise
         raise naming(err, path) from exc
 
+def _interrupt_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """SIGINT to the pool's workers: a cell's KeyboardInterrupt unwinds as in a `--jobs 1` run (its
+    trial marked `interrupted`, its search seconds saved), and the worker then takes no new cell. A
+    terminal's Ctrl-C reaches them anyway (one process group); `timeout -s INT`, `kill -INT` and an
+    in-process KeyboardInterrupt reach the parent only, which waited for their cells to end."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.pid is not None and proc.is_alive():
+            try:
+                os.kill(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+
 class CellPool:
     """Runs cells in `jobs` spawned worker processes (kept for the whole run), or inline when jobs <= 1."""
 
@@ -114,14 +128,25 @@ class CellPool:
     def __enter__(self) -> CellPool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        if self._drain is not None:
-            self._stop.set()
-            self._drain.join(timeout=5)
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Close the pool; on Ctrl-C, first interrupt the workers' cells instead of waiting for them.
+
+        Nested `finally`s: the KeyboardInterrupt that bench/run/interrupt.py repeats every few
+        seconds may land in any step, and the scratch folder (the prepared tensors, gigabytes on the
+        standard suite) must go whatever happens before."""
+        try:
+            if self._pool is not None:
+                if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+                    _interrupt_workers(self._pool)
+                self._pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            try:
+                if self._drain is not None:
+                    self._stop.set()
+                    self._drain.join(timeout=5)
+            finally:
+                if self._scratch is not None:
+                    shutil.rmtree(self._scratch, ignore_errors=True)
 
     def execute(self, cells: list[Cell], data: TaskData, ctx: CellContext) -> Iterator[tuple[Cell, list[Record] | BaseException]]:
         """Yield (cell, records or the exception it raised) as cells finish."""

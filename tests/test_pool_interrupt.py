@@ -1,0 +1,41 @@
+"""Ctrl-C of a `--jobs 2` run stops its workers and removes its scratch folder (bench/run/parallel.py).
+
+`CellPool.__exit__` waited for the cells its workers were training (`shutdown(wait=True)`: minutes
+to hours of a token cell). Since SIGINT's KeyboardInterrupt is repeated every `RETRY_S` seconds
+(bench/run/interrupt.py), the repeat landed in that wait and skipped the rest of `__exit__`: the
+scratch folder with the dataset's prepared tensors (a full pickle, gigabytes on the standard suite)
+stayed in the temporary folder, and in-process callers' workers trained on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from fusebench.run import interrupt
+from fusebench.run.parallel import CellPool
+
+
+def test_an_interrupted_pool_stops_its_workers_and_removes_its_scratch():
+    pool = CellPool(jobs=2, threads=1)
+    pool._pool = cf.ProcessPoolExecutor(2, mp_context=mp.get_context("spawn"))
+    pool._scratch = Path(tempfile.mkdtemp(prefix="fusebench-prepared-test-"))
+    (pool._scratch / "data.pt").write_bytes(b"prepared")
+    running = [pool._pool.submit(time.sleep, 120) for _ in range(2)]
+    while not all(f.running() for f in running):
+        time.sleep(0.05)
+    workers = list(pool._pool._processes.values())
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), interrupt.handling(retry_s=0.5):
+        with pool:
+            raise KeyboardInterrupt  # Ctrl-C while the workers train their cells
+    assert not pool._scratch.exists()
+    for proc in workers:
+        proc.join(timeout=10)
+        assert not proc.is_alive()
+    assert time.monotonic() - t0 < 20
