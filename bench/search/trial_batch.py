@@ -3,7 +3,8 @@
 `run_batched_search` is `run_search` (bench/search/study.py) for a `trial_batch` of B ≥ 2: the same
 budget (COMPLETE + PRUNED + objective FAIL trials, across processes and resumes), the same wall-clock
 cap, the same handling of trials left RUNNING by a killed process (marked FAIL `stale`, not counted,
-retried) and of trials stopped by Ctrl-C (FAIL `interrupted`, likewise), and the same race rule for the last slot (`surplus`). What changes is the shape of a round:
+retried) and of trials stopped by Ctrl-C (FAIL `interrupted`, likewise), and the same race rule for
+the last slot (`surplus`). What changes is the shape of a round:
 
 1. up to B trials are asked one after another; right after each `ask` the objective's `propose`
    samples that trial's parameters, so that the trial-seeded TPE draws from the trial's own stream
