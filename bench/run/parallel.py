@@ -101,11 +101,21 @@ def _save(data: TaskData, path: Path) -> None:
             raise
         raise naming(err, path) from exc
 
-def _interrupt_workers(pool: cf.ProcessPoolExecutor) -> None:
-    """SIGINT to the pool's workers: a cell's KeyboardInterrupt unwinds as in a `--jobs 1` run (its
-    trial marked `interrupted`, its search seconds saved), and the worker then takes no new cell. A
-    terminal's Ctrl-C reaches them anyway (one process group); `timeout -s INT`, `kill -INT` and an
-    in-process KeyboardInterrupt reach the parent only, which waited for their cells to end."""
+GRACE_S = 2.0  # for the workers' own unwinding after Ctrl-C; less than interrupt.RETRY_S
+
+
+def _interrupt_workers(pool: cf.ProcessPoolExecutor, running: list[cf.Future]) -> None:
+    """Stop the cells still running after Ctrl-C, so that the pool's shutdown does not wait for them.
+
+    A terminal's Ctrl-C and `timeout -s INT` signal the whole process group: the workers' cells are
+    already unwinding (their trials marked `interrupted`, search seconds saved), and a second SIGINT
+    would cut that short (seen: the `interrupted` mark itself interrupted), so they get `GRACE_S` to
+    finish. `kill -INT` of the parent and an in-process KeyboardInterrupt reach the parent only: the
+    cells still running then get a SIGINT of their own (before, the parent waited for them to end)."""
+    for fut in running:
+        fut.cancel()  # those not started yet: no worker takes them once its cell has unwound
+    if not cf.wait([f for f in running if not f.cancelled()], timeout=GRACE_S).not_done:
+        return
     for proc in list((getattr(pool, "_processes", None) or {}).values()):
         if proc.pid is not None and proc.is_alive():
             try:
@@ -124,6 +134,7 @@ class CellPool:
         self._stop = threading.Event()
         self._drain: threading.Thread | None = None
         self._scratch: Path | None = None
+        self._futures: list[cf.Future] = []
 
     def __enter__(self) -> CellPool:
         return self
@@ -137,7 +148,7 @@ class CellPool:
         try:
             if self._pool is not None:
                 if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-                    _interrupt_workers(self._pool)
+                    _interrupt_workers(self._pool, [f for f in self._futures if not f.done()])
                 self._pool.shutdown(wait=True, cancel_futures=True)
         finally:
             try:
@@ -175,6 +186,7 @@ class CellPool:
             # longest first (token strategies), so that no worker idles at the end of a dataset
             ordered = sorted(cells, key=lambda c: c.info.input_kind != "tokens")
             futures = {self._pool.submit(_job, str(prepared), cell, ctx): cell for cell in ordered}
+            self._futures = list(futures)
             for fut in cf.as_completed(futures):
                 err = fut.exception()
                 yield futures[fut], (err if err is not None else fut.result())
