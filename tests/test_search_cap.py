@@ -217,3 +217,30 @@ def test_the_cap_clock_is_checked_and_chosen_by_device():
         Budget(trials=1, timeout_s=1, seeds=1, cap_clock="gpu")
     assert cap_clock_for(torch.device("cpu")) == "cpu" and cap_clock_for(torch.device("cuda")) == "wall"
     assert Budget(trials=1, timeout_s=1, seeds=1).cap_clock == "wall"  # a study's budget written before it
+
+
+class _TwoThreadCpu(FakeClock):
+    def process_time(self) -> float:  # both intra-op threads busy: two CPU seconds per second
+        return 2 * self.now
+
+
+def test_the_cpu_cap_counts_a_second_of_two_busy_threads_as_one(tmp_path, monkeypatch):
+    """Fine-tuning on a CPU trains on every core. Counted undivided, the CPU seconds of its two
+    threads spent a 25 s cap after 12.5 s of wall clock: two trials of 10 s, not three."""
+    import torch
+
+    fake = _TwoThreadCpu()
+    monkeypatch.setattr(clock_module, "time", fake)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        def objective(trial: optuna.Trial) -> float:
+            fake.sleep(10.0)
+            return float(trial.number)
+
+        study = open_study("s", open_storage(f"journal:///{tmp_path / 'j.journal'}"), 0)
+        _, seconds = run_search(study, objective, Budget(trials=6, timeout_s=25, seeds=1, cap_clock="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert trial_counts(study, 6).spent == 3
+    assert seconds == pytest.approx(30.0)

@@ -43,7 +43,10 @@ import optuna
 log = logging.getLogger(__name__)
 
 # What a replicate's cap counts (`Budget.cap_clock`). "wall": elapsed seconds inside the trial loop.
-# "cpu": the process's CPU seconds there (all its threads; a cell trains on one). A run on CPU counts
+# "cpu": the process's CPU seconds there, divided by torch's intra-op thread count, so that a trial
+# whose threads all run counts its wall seconds on a quiet machine. Frozen cells train on one thread;
+# fine-tuning on a CPU keeps every core (bench/run/runner.py), and the undivided CPU seconds of its
+# N threads spent a 1800 s cap in 1800/N s of a quiet machine's wall clock. A run on CPU counts
 # CPU seconds: on a machine shared with other work, a neighbour slows a trial's wall clock, not the
 # CPU seconds it needs. The standard run on the dev machine showed it: a round of 5 `coattention`
 # trials on ESC-50 took ~400 s of wall clock while the machine was quiet and 1,580 s while tests ran
@@ -54,7 +57,9 @@ def _wall() -> float:
 
 
 def _cpu() -> float:
-    return time.process_time()
+    import torch
+
+    return time.process_time() / max(1, torch.get_num_threads())
 
 
 # looked up at each call (not bound at import), so that a test's stand-in for `time` reaches them

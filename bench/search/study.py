@@ -83,8 +83,8 @@ class Budget:
     eval_seed_base: int = 1000  # evaluation seeds are eval_seed_base + k, disjoint from search seeds
     replicates: int = 1  # independent searches per cell (R), each with its own sampler seed
     replicate: int = 0  # which replicate this budget drives (set by for_replicate)
-    # what the cap (timeout_s) counts: "wall" seconds, or the searching processes' "cpu" seconds
-    # (bench/search/clock.py: CAP_CLOCKS). A run on CPU counts CPU seconds, so that other work on the
+    # what the cap (timeout_s) counts: "wall" seconds, or the searching processes' "cpu" seconds per
+    # torch thread (bench/search/clock.py: CAP_CLOCKS). A run on CPU counts CPU seconds, so that other work on the
     # machine cannot spend a strategy's budget: a trial slowed by a neighbour takes more wall seconds,
     # not more CPU seconds. Studies written before this field existed read as "wall".
     cap_clock: str = "wall"
