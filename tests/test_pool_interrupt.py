@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import os
+import signal
 import tempfile
 import time
 from pathlib import Path
-
-import os
-import signal
 
 import pytest
 
