@@ -151,7 +151,7 @@ def test_a_study_searched_before_seconds_were_kept_counts_its_trials_and_is_mark
     assert study.user_attrs[PARTIAL_KEY] is True and study.user_attrs[BEFORE_KEY] == pytest.approx(17.0)
     # 13 s of the cap left: trial #4 (9 s) and #5 (10 s) start, #6 does not
     assert trial_counts(study, 10).spent == 5
-    assert search_time(study) == clock_module.SearchTime(17.0 + 9.0 + 10.0, complete=False)
+    assert search_time(study) == clock_module.SearchTime(17.0 + 9.0 + 10.0, complete=False, clock="wall")
 
 
 def test_the_seconds_are_saved_while_a_trial_trains(tmp_path):
@@ -244,3 +244,20 @@ def test_the_cpu_cap_counts_a_second_of_two_busy_threads_as_one(tmp_path, monkey
         torch.set_num_threads(threads)
     assert trial_counts(study, 6).spent == 3
     assert seconds == pytest.approx(30.0)
+
+
+def test_a_study_resumed_under_another_clock_says_both(tmp_path, clock):
+    """A study searched in wall seconds (by code before the CPU clock, which kept no clock name, or on
+    a GPU) and resumed by a CPU run sums seconds of both clocks: its records say "wall+cpu", not "cpu"."""
+    url = f"journal:///{tmp_path / 'j.journal'}"
+    objective = _per_trial_seconds(clock)
+    wall = run_search(open_study("wall", open_storage(url), 0), objective, Budget(trials=1, timeout_s=1000, seeds=1))[0]
+    assert search_time(wall).clock == "wall"
+    old = open_study("old", open_storage(url), 0)
+    old.set_user_attr(f"{KEY_PREFIX}otherhost:1:abcd", 12.0)  # saved by code that kept no clock name
+    assert search_time(old).clock == "wall"
+    resumed = run_search(old, objective, Budget(trials=1, timeout_s=1000, seeds=1, cap_clock="cpu"))[0]
+    assert search_time(resumed).clock == "wall+cpu" and search_time(resumed).seconds > 12.0
+    fresh = run_search(open_study("new", open_storage(url), 0), objective,
+                       Budget(trials=1, timeout_s=1000, seeds=1, cap_clock="cpu"))[0]
+    assert search_time(fresh).clock == "cpu"

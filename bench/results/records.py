@@ -74,7 +74,9 @@ class Record:
     # search_seconds counts every process (bench/search/clock.py); False: records written before that
     # (the last process's seconds only) or from a study searched partly by such code
     search_seconds_complete: bool = False
-    search_clock: str = ""  # what search_seconds and the cap count: "wall" or "cpu" seconds ("": written before)
+    # what search_seconds and the cap count: "wall", "cpu", "wall+cpu" (a study resumed under another
+    # clock); "": written before the field, or no search
+    search_clock: str = ""
     train_seconds: float = 0.0
     best_epoch: int | None = None  # epoch whose weights early stopping restored (0-based)
     best_step: int | None = None  # optimiser steps taken by then

@@ -285,7 +285,7 @@ class RetrievalRun:
                 modalities=[IMAGE, TEXT], seed=seed, replicate=replicate, status="ok", params=params, metrics=scores,
                 main_metric_name="rsum", main_metric=scores["rsum"], val_main_metric=val_score,
                 **counts.record_fields(), search_timeout_s=budget.timeout_s,
-                **search_s.record_fields(), search_clock=budget.cap_clock,
+                **search_s.record_fields(),
                 sampler=sampler_settings(budget.search_seed), pruner=pruner_settings(),
                 train_seconds=train_s, best_epoch=best_epoch, params_count=n_params, device=device_name(ctx.device),
                 encoders=dict(self.data.encoders), data_fingerprint=self.data.fingerprint, throughput=throughput,

@@ -69,6 +69,10 @@ KEY_PREFIX = "search_seconds:"
 PARTIAL_KEY = "search_seconds_partial"
 BEFORE_KEY = KEY_PREFIX + "before"  # a study's seconds before they were kept (estimated from its trials)
 SAVE_EVERY_S = 30.0
+# the clocks (CAP_CLOCKS names) that counted a study's seconds, in the order they first did: a study
+# searched under one clock and resumed under another (a wall-clock study of code before the CPU clock,
+# resumed by a CPU run; a GPU run's study resumed on a CPU) sums seconds of both, and says so
+CLOCKS_KEY = "search_clocks"
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,10 @@ class SearchTime:
 
     seconds: float
     complete: bool  # False: the study was searched before the count existed (earlier seconds unknown)
+    clock: str = ""  # what the seconds count: "wall", "cpu", or "wall+cpu" when both did ("": none yet)
 
     def record_fields(self) -> dict[str, Any]:
-        return {"search_seconds": self.seconds, "search_seconds_complete": self.complete}
+        return {"search_seconds": self.seconds, "search_seconds_complete": self.complete, "search_clock": self.clock}
 
 
 def _saved(attrs: dict[str, Any], but: str | None = None) -> float:
@@ -105,7 +110,14 @@ def trial_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
 def search_time(study: optuna.Study) -> SearchTime:
     """The replicate's search seconds as saved in its study (all processes, the finished ones exactly)."""
     attrs = study.user_attrs
-    return SearchTime(_saved(attrs), not attrs.get(PARTIAL_KEY))
+    return SearchTime(_saved(attrs), not attrs.get(PARTIAL_KEY), "+".join(_clocks(attrs)))
+
+
+def _clocks(attrs: dict[str, Any]) -> list[str]:
+    """The clocks that counted the study's seconds; seconds saved before the clocks were kept were wall seconds."""
+    if CLOCKS_KEY in attrs:
+        return list(attrs[CLOCKS_KEY])
+    return ["wall"] if any(k.startswith(KEY_PREFIX) for k in attrs) else []
 
 
 class SearchClock:
@@ -115,9 +127,10 @@ class SearchClock:
     every process (the others' as last saved, this one's up to now)."""
 
     def __init__(self, study: optuna.Study, timeout_s: float, save_every_s: float = SAVE_EVERY_S,
-                 timer: Callable[[], float] = _wall) -> None:
+                 timer: Callable[[], float] = _wall, clock: str = "wall") -> None:
         self._study = study
         self._timer = timer
+        self._clock = clock
         self._timeout_s = timeout_s
         self._save_every_s = save_every_s
         self._key = f"{KEY_PREFIX}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -152,6 +165,9 @@ class SearchClock:
     def busy(self) -> Iterator[None]:
         """Count the seconds of the block as this process's search seconds."""
         if not self._registered:
+            clocks = _clocks(self._study.user_attrs)
+            if self._clock not in clocks:  # before this process's first seconds are saved
+                self._study.set_user_attr(CLOCKS_KEY, [*clocks, self._clock])
             self._registered = True
             self.save()
         with self._lock:
