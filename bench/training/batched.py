@@ -54,13 +54,13 @@ class SeedFits:
 
 
 ATTENTION_ON_CPU = ("attention models train faster one after another on one CPU thread "
-                    "(batched 0.76-0.98x of sequential there; docs/gpu.md)")
+                    "(batched 0.88-1.01x of sequential there; docs/gpu.md)")
 
 
 def uses_attention(model: nn.Module) -> bool:
     """Whether the model holds `nn.MultiheadAttention` (the token strategies: coattention,
     early_transformer, mbt, mult). On one CPU thread their batched fit measured slower than one member
-    after another (torch has no vmap batching rule for the CPU attention kernel and loops), so there
+    after another (0.88-1.01x for 3 trials in the math kernel, which vmap vectorises), so there
     they train sequentially; with more threads (1.23-1.58x at 16) and on a GPU they batch."""
     return any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
 
