@@ -20,6 +20,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_bundle.sh"
+# The suite's time box must outlast its start-up: imports, tables and run.json took ~5 s on a quiet
+# machine but 18 s at a load of 5.8 on the 2 cores, where a 15 s box once stopped the suite before it
+# wrote run.json or a log line. Whether a cell then finishes within the box depends on the machine
+# (ESC-50's encoding from an empty cache takes ~25 s here), so the tests accept both outcomes: no
+# results.jsonl and no report, or a report run (and killed by the 1 s box of every step but the suite).
+SUITE_BOX_S = "45"
 
 
 def _env(tmp: Path, data_root: Path | None = None, **extra: str) -> dict[str, str]:
@@ -95,7 +101,7 @@ def first_run(packed, tmp_path_factory, data_root):
     (tmp / "fusebench-gpu-run").mkdir()
     (tmp / "fusebench-gpu-run" / "marker").write_text("someone else's run")
     bundle = _copy(packed, tmp / "bundle")
-    env = _env(tmp, data_root, GPU_BUNDLE_STEP_S="1", GPU_BUNDLE_RUN_S="15")
+    env = _env(tmp, data_root, GPU_BUNDLE_STEP_S="1", GPU_BUNDLE_RUN_S=SUITE_BOX_S)
     return tmp, bundle, _bundle(["run", "bundle", "out"], tmp, env)
 
 
@@ -106,9 +112,14 @@ def test_run_names_failed_steps_and_exits_1_but_its_own_time_box_is_no_failure(f
     failed = done.stderr.split("failed steps:")[1]
     assert "GPU tests (exit 124)" in failed and "throughput (exit 124)" in failed
     assert "throughput (batching) (exit 124)" in failed and "fine-tuning" in failed
-    assert "suite" not in failed and "report" not in failed
-    assert "reached GPU_BUNDLE_RUN_S=15" in done.stdout
-    assert "no report" in done.stdout  # no results.jsonl: the report is skipped, not failed
+    assert "suite" not in failed
+    assert f"reached GPU_BUNDLE_RUN_S={SUITE_BOX_S}" in done.stdout
+    with tarfile.open(tmp / "out" / "run.tar.gz") as tar:
+        names = tar.getnames()
+    if "fusebench-gpu-run/results.jsonl" in names:  # the machine finished a cell within the box
+        assert "report (exit 124)" in failed  # the report ran, inside the same 1 s step box as the others
+    else:
+        assert "no report" in done.stdout and "report" not in failed  # skipped, not failed
     assert (tmp / "out" / "run.tar.gz").is_file()  # relative OUT: from the caller's cwd
     assert (tmp / "fusebench-gpu-run" / "marker").read_text() == "someone else's run"  # not clobbered
 
@@ -134,7 +145,7 @@ def test_a_resumed_run_appends_its_log_to_the_carried_run_log(first_run, tmp_pat
         earlier = tar.extractfile(member).read().decode()  # type: ignore[union-attr]
     assert "plan: 1 task(s) (esc50)" in earlier
     shutil.copy(tmp / "out" / "run.tar.gz", bundle / "run.tar.gz")
-    env = _env(tmp_path, data_root, GPU_BUNDLE_STEP_S="1", GPU_BUNDLE_RUN_S="15")
+    env = _env(tmp_path, data_root, GPU_BUNDLE_STEP_S="1", GPU_BUNDLE_RUN_S=SUITE_BOX_S)
     done = _bundle(["run", str(bundle), "out2"], tmp_path, env)
     assert done.returncode == 1, done.stderr
     with tarfile.open(tmp_path / "out2" / "run.tar.gz") as tar:
