@@ -25,7 +25,8 @@
 #   A relative DIR or OUT is taken from the caller's working directory.
 #
 # Environment:
-#   pack: GPU_BUNDLE_PY (target python, default 3.12), GPU_BUNDLE_HALF=1 ships the weights as fp16
+#   pack: GPU_BUNDLE_PACK_PYTHON (the python here with fusebench and the weight packages installed,
+#         default .venv/bin/python), GPU_BUNDLE_PY (target python, default 3.12), GPU_BUNDLE_HALF=1 ships the weights as fp16
 #         (half the bytes; restored to fp32 there, so shapes and speed are the original's and the
 #         values are rounded to fp16: fine for throughput, say so for scores), GPU_BUNDLE_ENCODERS
 #         (default "minilm efficientnet"), GPU_BUNDLE_PACKAGES (replaces the wheel list),
@@ -48,7 +49,7 @@ out=""; [ "$verb" = run ] && [ -n "${3:-}" ] && out=$(absolute "$3")
 cd "$(dirname "$0")/.." || exit 2
 
 pack() {
-  local py=.venv/bin/python ver=${GPU_BUNDLE_PY:-3.12}
+  local py=${GPU_BUNDLE_PACK_PYTHON:-.venv/bin/python} ver=${GPU_BUNDLE_PY:-3.12}
   shift 2
   local data=${FUSEBENCH_DATA:-../shared/data} folders=() t
   for t in "$@"; do  # before anything is fetched or copied
@@ -61,7 +62,7 @@ pack() {
   [ $# -eq 0 ] || [ -f "$data/MANIFEST.json" ] || {
     echo "gpu_bundle.sh: no data at $data (MANIFEST.json missing): set FUSEBENCH_DATA" >&2; exit 2; }
   # after the arguments, so that a wrong task name is reported as such wherever the script runs
-  [ -x "$py" ] || { echo "gpu_bundle.sh: no .venv here: run scripts/bootstrap.sh first" >&2; exit 2; }
+  [ -x "$py" ] || { echo "gpu_bundle.sh: no .venv here: run scripts/bootstrap.sh first (or set GPU_BUNDLE_PACK_PYTHON)" >&2; exit 2; }
   if [ -n "${GPU_BUNDLE_STRATEGIES:-}" ]; then  # names checked here, not on the GPU machine
     "$py" - ${GPU_BUNDLE_STRATEGIES} <<'PY' || exit 2
 import sys

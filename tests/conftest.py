@@ -159,3 +159,19 @@ batch_size: 16
 """
     )
     return tmp_path / "data", cfg
+
+
+@pytest.fixture()
+def sigint_as_in_a_terminal():
+    """SIGINT handled by Python's default handler in this process (and so at SIG_DFL in the processes it
+    starts), whatever the tests were started with: a background job of a non-interactive shell (`cmd &`
+    in a script, as `nohup … &` runs lowest.sh) starts with SIGINT ignored, which `interrupt.handling`
+    then keeps ignored on purpose, and the Ctrl-C tests would test nothing (they failed that way)."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -34,6 +34,7 @@ def _env(tmp: Path, data_root: Path | None = None, **extra: str) -> dict[str, st
         TMPDIR=str(tmp),
         GPU_BUNDLE_PY=f"{sys.version_info.major}.{sys.version_info.minor}",
         GPU_BUNDLE_PYTHON=sys.executable,
+        GPU_BUNDLE_PACK_PYTHON=sys.executable,  # the tests' python has fusebench, with or without a .venv
         GPU_BUNDLE_DEVICE="cpu",
         GPU_BUNDLE_SITE=str(tmp / "site"),
         HF_HUB_OFFLINE="1",

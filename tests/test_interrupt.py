@@ -22,6 +22,8 @@ import pytest
 
 from fusebench.run import interrupt
 
+pytestmark = pytest.mark.usefixtures("sigint_as_in_a_terminal")
+
 SCRIPT = textwrap.dedent("""
     import os, signal, sys, time
     from fusebench import cli

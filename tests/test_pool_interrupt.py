@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from fusebench.run import interrupt
+
+pytestmark = pytest.mark.usefixtures("sigint_as_in_a_terminal")
 from fusebench.run.parallel import CellPool
 
 
