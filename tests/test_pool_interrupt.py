@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from fusebench.run import interrupt
+from fusebench.run.parallel import CellPool
 
 pytestmark = pytest.mark.usefixtures("sigint_as_in_a_terminal")
-from fusebench.run.parallel import CellPool
 
 
 def test_an_interrupted_pool_stops_its_workers_and_removes_its_scratch():
