@@ -127,10 +127,10 @@ class SearchClock:
     every process (the others' as last saved, this one's up to now)."""
 
     def __init__(self, study: optuna.Study, timeout_s: float, save_every_s: float = SAVE_EVERY_S,
-                 timer: Callable[[], float] = _wall, clock: str = "wall") -> None:
+                 clock: str = "wall") -> None:
         self._study = study
-        self._timer = timer
-        self._clock = clock
+        self._clock = clock  # a CAP_CLOCKS name: what this process's seconds count
+        self._timer = CAP_CLOCKS[clock]
         self._timeout_s = timeout_s
         self._save_every_s = save_every_s
         self._key = f"{KEY_PREFIX}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

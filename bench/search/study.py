@@ -332,7 +332,7 @@ def drive_search(study: optuna.Study, budget: Budget, work: Callable[[int, int, 
     trials of dead processes stale, so that it takes over what they left; it stops when the cap is
     spent and nobody else is running a trial, or when `failures()` (trials that failed here) reaches
     the budget — a strategy that fails every trial."""
-    clock = SearchClock(study, budget.timeout_s, timer=CAP_CLOCKS[budget.cap_clock], clock=budget.cap_clock)
+    clock = SearchClock(study, budget.timeout_s, clock=budget.cap_clock)
     fail_stale_running(study)
     with clock.ticking():
         while True:
