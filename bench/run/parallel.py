@@ -28,6 +28,7 @@ from fusebench.core.diskfull import naming
 from fusebench.features.extract import TaskData
 from fusebench.results.records import Record
 from fusebench.run.cell import Cell, CellContext, run_cell
+from fusebench.search.storage import one_open_per_journal
 
 _LOADED: dict[str, TaskData] = {}
 
@@ -67,7 +68,8 @@ def _job(prepared: str, cell: Cell, ctx: CellContext) -> list[Record]:
     if prepared not in _LOADED:
         _LOADED.clear()
         _LOADED[prepared] = torch.load(prepared, weights_only=False)
-    return run_cell(cell, _LOADED[prepared], ctx)
+    with one_open_per_journal():  # the cell's replicates and seeds: one replay of the journal, not one each
+        return run_cell(cell, _LOADED[prepared], ctx)
 
 
 

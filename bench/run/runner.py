@@ -42,7 +42,7 @@ from fusebench.run.phases import PhaseClock, cell_seconds
 from fusebench.run.retrieval_cell import RetrievalCell, RetrievalRun, expand_retrieval_cells
 from fusebench.run.seed_store import SeedStore
 from fusebench.run.selection import Cell, expand_cells, needed_views, parse_selection
-from fusebench.search.storage import default_url, kind, redact
+from fusebench.search.storage import default_url, kind, one_open_per_journal, redact
 from fusebench.search.study import Budget, cap_clock_for, pruner_settings, sampler_settings
 from fusebench.strategies import STRATEGIES
 from fusebench.training.finetune.inputs import tower_kind
@@ -194,7 +194,7 @@ def run(cfg: RunConfig) -> RunSummary:
     if out != cfg.out:
         log.info("--new-run: %s holds a run; writing to %s", cfg.out, out)
     rundir.check_out_dir(out)
-    with rundir.RunDirLock(out), threads_restored():
+    with rundir.RunDirLock(out), threads_restored(), one_open_per_journal():
         return _run(dataclasses.replace(cfg, out=out))
 
 
