@@ -76,6 +76,33 @@ def test_plugin_runs_in_worker_processes(plugin: Path, synthetic_bundle, tmp_pat
     assert {r["strategy"]: r["status"] for r in records} == {"proj_mean": "ok", "concat": "ok", "majority": "ok"}
 
 
+def test_worker_log_records_reach_the_parent_log_file(plugin: Path, synthetic_bundle, tmp_path: Path) -> None:
+    """A `--jobs 2` run's cells train in worker processes; what they log must reach the run's
+    --log-file (INFO and WARNING) and its terminal (WARNING) through the parent, as in one process."""
+    data, cfg = synthetic_bundle
+    noisy = plugin.read_text().replace(
+        "        super().__init__(spec, params)\n",
+        "        super().__init__(spec, params)\n"
+        "        import logging, os\n"
+        "        logging.getLogger('fusebench.plugin').info('proj_mean built in pid %d', os.getpid())\n"
+        "        logging.getLogger('fusebench.plugin').warning('proj_mean warns from pid %d', os.getpid())\n", 1)
+    assert noisy != plugin.read_text()
+    plugin.write_text(noisy)
+    env = {"FUSEBENCH_CONFIG_DIR": str(cfg), "FUSEBENCH_DATA": str(data), "FUSEBENCH_TRAIN_THREADS": "1",
+           "FUSEBENCH_PROGRESS": "plain"}
+    log_file = tmp_path / "run.log"
+    out = _fusebench(["--plugin", str(plugin), "run", "--suite", "toy", "--strategies", "proj_mean,majority",
+                      "--jobs", "2", "--trials", "1", "--seeds", "1", "--epochs", "2", "--out", str(tmp_path / "run"),
+                      "--log-file", str(log_file)], cwd=tmp_path, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = log_file.read_text()
+    built = re.findall(r"INFO fusebench\.plugin proj_mean built in pid (\d+)", text)
+    assert built, text[-3000:]  # one per model built: the trial and the seed
+    assert re.search(r"WARNING fusebench\.plugin proj_mean warns from pid \d+", text)
+    assert f"proj_mean warns from pid {built[0]}" in out.stderr  # once, by the parent's terminal handler
+    assert out.stderr.count(f"proj_mean warns from pid {built[0]}") == len(built)
+
+
 def test_bad_plugins_exit_2_naming_them(tmp_path: Path) -> None:
     missing = _fusebench(["--plugin", "nope.py", "list", "strategies"], cwd=tmp_path)
     assert missing.returncode == 2 and "nope.py does not exist" in missing.stderr

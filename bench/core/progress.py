@@ -271,7 +271,10 @@ def make_backend(mode: str, interval_s: float = 30.0) -> Backend:
 
 
 def drain(queue: Any, stop: threading.Event) -> threading.Thread:
-    """Start a thread that replays events from worker processes into this process's backend until `stop`."""
+    """Start a thread that replays events from worker processes into this process until `stop`.
+
+    Progress events go to this process's backend; log records (a worker's `QueueHandler`,
+    bench/run/parallel.py) go to the handlers of this process's logger of the same name."""
 
     def loop() -> None:
         import queue as q
@@ -283,6 +286,8 @@ def drain(queue: Any, stop: threading.Event) -> threading.Thread:
                 continue
             if isinstance(ev, Event):
                 emit(ev)
+            elif isinstance(ev, logging.LogRecord):
+                logging.getLogger(ev.name).handle(ev)
 
     thread = threading.Thread(target=loop, name="fusebench-progress", daemon=True)
     thread.start()

@@ -10,6 +10,8 @@ parent writes `results.jsonl`. Timings measured while neighbours run are noisier
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
+import logging.handlers
 import multiprocessing as mp
 import os
 import shutil
@@ -28,6 +30,7 @@ from fusebench.core.diskfull import naming
 from fusebench.features.extract import TaskData
 from fusebench.results.records import Record
 from fusebench.run.cell import Cell, CellContext, run_cell
+from fusebench.run.console import NOISY
 from fusebench.search.storage import one_open_per_journal
 
 _LOADED: dict[str, TaskData] = {}
@@ -46,22 +49,36 @@ def _watch_parent(parent: int, interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="fusebench-parent-watch", daemon=True).start()
 
 
-def _init_worker(threads: int, events: object = None, parent: int | None = None) -> None:
+def _init_worker(threads: int, events: object = None, parent: int | None = None, log_level: int = logging.INFO) -> None:
     if parent is not None:
         _watch_parent(parent)
     torch.set_num_threads(threads)
     if events is not None:  # progress of this worker's cells and trials goes to the parent's view
         progress.set_backend(progress.QueueBackend(events))
+        _forward_logs(events, log_level)
     # plugins (entry points, $FUSEBENCH_PLUGINS, which `--plugin` extends and this process inherited) register
     # here too, before any cell holding a plugin strategy is unpickled
     import fusebench.strategies  # noqa: F401
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
-
     logging.getLogger("optuna").setLevel(logging.WARNING)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _forward_logs(events: object, level: int) -> None:
+    """This worker's log records go to the parent (progress.drain hands them to its handlers).
+
+    Without it a worker's records reached neither the run's `--log-file` nor its terminal handler:
+    a `--jobs 2` run logged its cells' cap warnings, kept seeds and fallbacks nowhere (WARNING and
+    above went to the worker's bare stderr)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(logging.handlers.QueueHandler(cast(Any, events)))
+    root.setLevel(level)  # the parent's: its handlers filter further, as for its own records
+    for noisy in NOISY:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _job(prepared: str, cell: Cell, ctx: CellContext) -> list[Record]:
@@ -176,7 +193,7 @@ class CellPool:
             self._drain = progress.drain(self._events, self._stop)
             self._pool = cf.ProcessPoolExecutor(
                 self.jobs, mp_context=spawn, initializer=_init_worker,
-                initargs=(self.threads, self._events, os.getpid()),
+                initargs=(self.threads, self._events, os.getpid(), logging.getLogger().getEffectiveLevel()),
             )
         # The prepared tensors are a full pickle: kept in a private temporary folder, never in the run
         # directory (a killed run must not leave a file there that loading would execute).
