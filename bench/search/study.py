@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from fusebench.core.processes import pid_alive
 from fusebench.search.clock import CAP_CLOCKS, SearchClock
 
 if TYPE_CHECKING:
@@ -181,23 +182,13 @@ def open_study(name: str, storage: str | optuna.storages.BaseStorage, search_see
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_stale(t: optuna.trial.FrozenTrial) -> bool:
     host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
     if host is None or pid is None:
         return True
     if pid == os.getpid() and host == socket.gethostname():
         return False
-    return host == socket.gethostname() and not _pid_alive(int(pid))
+    return host == socket.gethostname() and not pid_alive(int(pid))
 
 
 def fail_stale_running(study: optuna.Study) -> int:
