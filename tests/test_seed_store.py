@@ -222,3 +222,23 @@ def test_an_entry_of_another_format_is_retrained(tmp_path, caplog):
     entry.write_text(entry.read_text().replace('"format": 1', '"format": 2'))
     assert store.load(0, 1, "k") is None
     assert "format 2" in caplog.text
+
+
+def test_seeds_left_by_a_kill_after_the_cells_records_were_written_are_removed(synthetic_bundle, tmp_path, monkeypatch):
+    """A kill between write_records and clear (bench/run/runner.py) left the finished cell's seeds in
+    partial/ for good: the cell is done, so nothing ever read or cleared them again."""
+    from fusebench.cli import main
+
+    data, cfg = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    out = tmp_path / "run"
+    assert main(_args(data, out)) == 0
+    store = SeedStore(out, "toy", "concat")
+    other = SeedStore(out, "toy", "unimodal:text")  # a cell this run does not have: not ours to remove
+    for seed in range(2):
+        store.save(0, seed, "k", _record(seed), _frame(seed))
+    other.save(0, 0, "k", _record(0), _frame(0))
+    assert store.count() == 2
+    assert main(_args(data, out)) == 0  # resumes: the cell is done, nothing trains
+    assert store.count() == 0
+    assert other.count() == 1

@@ -274,6 +274,9 @@ def _run(cfg: RunConfig) -> RunSummary:
             retrieval = ds_cfg.task == "retrieval"
             todo = [c for c in cells if (c.dataset, c.strategy) not in done]
             skipped += len(cells) - len(todo)
+            for cell in cells:  # a kill between a cell's write_records and its clear left its seeds
+                if (cell.dataset, cell.strategy) in done:
+                    SeedStore(out, cell.dataset, cell.strategy).clear()
             if not todo:
                 records = _with_stats(records, out, ds_name, results, ds_cfg.task)  # recomputed on resume
                 continue
