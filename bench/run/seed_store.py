@@ -12,8 +12,8 @@ only the others (bench/run/cell.py: with the generator state stored with the see
 their numbers are an uninterrupted run's bit for bit; tests/test_seed_store_resume.py). The key is
 the data fingerprint, strategy, replicate, seed, the searched params
 and the training config. The runner removes a cell's entries once its records are in results.jsonl
-(`clear`), and a resumed run those of cells already done (a kill between the two). A stale, unreadable or half-written entry is never reused: that seed is retrained, and the
-log says why.
+(`clear`), and a resumed run those of cells already done (a kill between the two). A stale,
+unreadable or half-written entry is never reused: that seed is retrained, and the log says why.
 """
 
 from __future__ import annotations
