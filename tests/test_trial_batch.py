@@ -333,3 +333,28 @@ def test_batched_attention_members_are_vectorised_not_looped(name):
         fit_members([Member(build(k), s) for k, s in enumerate(SEEDS)], train, val, CFG, "accuracy")
     looped = [str(w.message) for w in caught if "batching rule" in str(w.message)]
     assert not looped, f"{name}: {looped[0][:160]}"
+
+
+def test_a_worker_counts_the_cap_on_its_own_devices_clock(synthetic_bundle, monkeypatch, tmp_path):
+    """A study made by a GPU run counts wall seconds; a CPU worker joining it counts CPU seconds, and the
+    study says so. Before, a worker took the owning run's clock: a GPU worker on a CPU run's study
+    counted its CPU seconds, a fraction of the device time its trials took."""
+    from fusebench.cli import main
+    from fusebench.run.cell import STUDY_ATTR
+    from fusebench.search.clock import CLOCKS_KEY, search_time
+    from fusebench.search.storage import open_storage
+
+    data, cfg = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    url = f"journal:///{tmp_path / 'studies.journal'}"
+    assert main(["run", "--datasets", "toy", "--strategies", "concat", "--trials", "2",
+                 "--data-dir", str(data), "--out", str(tmp_path / "run"), "--storage", url, "--prepare-only", "-q"]) == 0
+    study = optuna.load_study(study_name="toy/concat", storage=open_storage(url))
+    attrs = study.user_attrs[STUDY_ATTR]
+    assert attrs["budget"]["cap_clock"] == "cpu"
+    study.set_user_attr(STUDY_ATTR, {**attrs, "budget": {**attrs["budget"], "cap_clock": "wall"}})  # as a GPU run writes it
+    study.set_user_attr(CLOCKS_KEY, ["wall"])  # and it searched a while on its GPU
+    assert main(["worker", "--study", "toy/concat", "--storage", url, "--device", "cpu", "--data-dir", str(data), "-q"]) == 0
+    study = optuna.load_study(study_name="toy/concat", storage=open_storage(url))
+    assert study.user_attrs[CLOCKS_KEY] == ["wall", "cpu"]
+    assert search_time(study).clock == "wall+cpu"

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +37,7 @@ from fusebench.features.cache import FeatureCache
 from fusebench.features.extract import encode_task
 from fusebench.run.cell import STUDY_ATTR, Cell, progress_key, search, study_name
 from fusebench.search.storage import open_storage, redact
-from fusebench.search.study import Budget, n_done, open_study
+from fusebench.search.study import Budget, cap_clock_for, n_done, open_study
 from fusebench.strategies import STRATEGIES
 from fusebench.training.finetune.setup import attach_raw
 from fusebench.training.loop import TrainConfig
@@ -92,6 +93,10 @@ def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir
         log.info("study %s already has its %d finished trials", study_name, budget.trials)
         return WorkerSummary(study_name, 0, n_done(study), budget.trials, time.perf_counter() - started)
     dev = resolve_device(device)
+    # This process's seconds count on its own device's clock, not on the owning run's: a GPU worker on
+    # a study a CPU run made counted its CPU seconds, a fraction of the device time its trials took.
+    # The study then says which clocks counted it (`search_clock`, e.g. "cpu+wall").
+    budget = dataclasses.replace(budget, cap_clock=cap_clock_for(dev))
     root = resolve_data_root(data_dir or (attrs["data_root"] if Path(attrs["data_root"]).is_dir() else None))
     cfg = catalog.get_dataset(attrs["dataset"])
     tables = build_tables(cfg, root, attrs["size"])
@@ -131,8 +136,6 @@ def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir
 def prepare_studies(cfg: RunConfig) -> list[str]:
     """Create the studies of a run config (a `bench.runner.RunConfig` with `storage`) with their user
     attrs, by the run's own code path, without searching; returns the study names."""
-    import dataclasses
-
     from fusebench.run.runner import run
     from fusebench.run.selection import expand_cells
 
