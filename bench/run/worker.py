@@ -14,12 +14,12 @@ running. The owner meanwhile waits for all trials, then evaluates the best param
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
 import socket
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
