@@ -14,10 +14,7 @@ import logging
 import logging.handlers
 import multiprocessing as mp
 import os
-import shutil
 import signal
-import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,9 +25,9 @@ import torch
 
 from fusebench.core import progress
 from fusebench.core.diskfull import naming
-from fusebench.core.processes import pid_alive
 from fusebench.features.extract import TaskData
 from fusebench.results.records import Record
+from fusebench.run import scratch
 from fusebench.run.cell import Cell, CellContext, run_cell
 from fusebench.run.console import NOISY
 from fusebench.search.storage import one_open_per_journal
@@ -146,35 +143,6 @@ def _interrupt_workers(pool: cf.ProcessPoolExecutor, running: list[cf.Future]) -
                 pass
 
 
-SCRATCH_PREFIX = "fusebench-prepared-"
-
-
-def _scratch_owner(pid: int) -> str:
-    """The part of a scratch folder's name that says which process made it: host and pid."""
-    return f"{socket.gethostname().replace('-', '_')}-{pid}-"
-
-
-def sweep_orphaned_scratch(root: Path | None = None) -> list[Path]:
-    """Remove the scratch folders of this host's pools whose process is gone; returns them.
-
-    A pool removes its folder however it stops, but a `kill -9` or a power cut leaves it, and on the
-    standard suite it holds a task's prepared tensors (up to gigabytes). Only folders that name this
-    host and a dead pid go: another run's, another machine's (a shared TMPDIR) and any folder
-    without that name stay."""
-    root = Path(tempfile.gettempdir()) if root is None else root
-    host = socket.gethostname().replace("-", "_")
-    removed = []
-    for folder in root.glob(f"{SCRATCH_PREFIX}{host}-*-*"):
-        pid = folder.name[len(SCRATCH_PREFIX) + len(host) + 1:].split("-", 1)[0]
-        if not pid.isdigit() or pid_alive(int(pid)) or not folder.is_dir() or folder.stat().st_uid != os.getuid():
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
-    if removed:
-        log.info("removed %d scratch folder(s) of killed runs in %s", len(removed), root)
-    return removed
-
-
 class CellPool:
     """Runs cells in `jobs` spawned worker processes (kept for the whole run), or inline when jobs <= 1."""
 
@@ -185,6 +153,7 @@ class CellPool:
         self._stop = threading.Event()
         self._drain: threading.Thread | None = None
         self._scratch: Path | None = None
+        self._scratch_lock: int | None = None  # bench/run/scratch.py: held while the folder exists
         self._futures: list[cf.Future] = []
 
     def __enter__(self) -> CellPool:
@@ -207,8 +176,8 @@ class CellPool:
                     self._stop.set()
                     self._drain.join(timeout=5)
             finally:
-                if self._scratch is not None:
-                    shutil.rmtree(self._scratch, ignore_errors=True)
+                scratch.release(self._scratch, self._scratch_lock)
+                self._scratch_lock = None
 
     def execute(self, cells: list[Cell], data: TaskData, ctx: CellContext) -> Iterator[tuple[Cell, list[Record] | BaseException]]:
         """Yield (cell, records or the exception it raised) as cells finish."""
@@ -230,8 +199,8 @@ class CellPool:
         # The prepared tensors are a full pickle: kept in a private temporary folder, never in the run
         # directory (a killed run must not leave a file there that loading would execute).
         if self._scratch is None:
-            sweep_orphaned_scratch()
-            self._scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{_scratch_owner(os.getpid())}"))
+            scratch.sweep()
+            self._scratch, self._scratch_lock = scratch.create()
         prepared = self._scratch / f"{data.config.name}.pt"
         _save(data, prepared)
         try:
