@@ -145,13 +145,13 @@ def test_a_full_disk_while_handing_a_dataset_to_the_jobs_pool_is_exit_2(toy_run,
     save goes through a file object now, so the real ENOSPC reaches the CLI. The disk here is /dev/full."""
     import tempfile
 
-    from fusebench.run import parallel
+    from fusebench.run import scratch as pool_scratch
 
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     (scratch / "toy.pt").symlink_to("/dev/full")  # what the pool writes is a device that is always full
-    monkeypatch.setattr(parallel.tempfile, "mkdtemp", lambda **_: str(scratch))
-    assert parallel.tempfile is tempfile
+    monkeypatch.setattr(pool_scratch.tempfile, "mkdtemp", lambda **_: str(scratch))
+    assert pool_scratch.tempfile is tempfile
     _out, argv = toy_run
     assert main([*argv, "--jobs", "2"]) == 2
     err = capsys.readouterr().err
