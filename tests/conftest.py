@@ -50,7 +50,11 @@ def no_global_state_leaks():
 
     threads, root = torch.get_num_threads(), logging.getLogger()
     level, verbosity = root.level, optuna.logging.get_verbosity()
+    optuna_root = logging.getLogger("optuna")  # a CLI call routes optuna's records through the root (console.py)
+    optuna_propagate, optuna_handlers = optuna_root.propagate, list(optuna_root.handlers)
     yield
+    optuna_root.propagate = optuna_propagate
+    optuna_root.handlers = optuna_handlers
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     file_only = logging.getLogger("fusebench.progress.file")

@@ -103,6 +103,33 @@ def test_worker_log_records_reach_the_parent_log_file(plugin: Path, synthetic_bu
     assert out.stderr.count(f"proj_mean warns from pid {built[0]}") == len(built)
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_optunas_own_warnings_reach_the_log_file_once(plugin: Path, synthetic_bundle, tmp_path: Path, jobs: str) -> None:
+    """optuna logs a trial that failed (its exception and traceback) on its own logger, whose own
+    stderr handler bypassed the run's handlers: the --log-file never had it, and a worker's went
+    straight to the terminal, through the live bars. It goes through the run's handlers, once: the
+    file with its traceback, the terminal one line."""
+    data, cfg = synthetic_bundle
+    failing = plugin.read_text().replace(
+        "        super().__init__(spec, params)\n",
+        "        super().__init__(spec, params)\n"
+        "        raise RuntimeError('proj_mean refuses to build')\n", 1)
+    assert failing != plugin.read_text()
+    plugin.write_text(failing)
+    env = {"FUSEBENCH_CONFIG_DIR": str(cfg), "FUSEBENCH_DATA": str(data), "FUSEBENCH_TRAIN_THREADS": "1",
+           "FUSEBENCH_PROGRESS": "plain"}
+    log_file = tmp_path / "run.log"
+    out = _fusebench(["--plugin", str(plugin), "run", "--suite", "toy", "--strategies", "proj_mean,majority",
+                      "--jobs", jobs, "--trials", "1", "--seeds", "1", "--epochs", "2", "--out", str(tmp_path / "run"),
+                      "--log-file", str(log_file)], cwd=tmp_path, env=env, timeout=900)
+    assert out.returncode == 1, out.stderr[-3000:]  # proj_mean failed every trial: a failed cell
+    text = log_file.read_text()
+    assert re.search(r"WARNING optuna\S* Trial 0 failed", text), text[-3000:]
+    assert "Traceback (most recent call last)" in text and "RuntimeError: proj_mean refuses to build" in text
+    assert out.stderr.count("Trial 0 failed with parameters") == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr  # the terminal's line names the error; -v or the file give the traceback
+
+
 def test_bad_plugins_exit_2_naming_them(tmp_path: Path) -> None:
     missing = _fusebench(["--plugin", "nope.py", "list", "strategies"], cwd=tmp_path)
     assert missing.returncode == 2 and "nope.py does not exist" in missing.stderr

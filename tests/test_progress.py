@@ -190,3 +190,25 @@ def test_a_resumed_cell_counts_the_trials_done_before(synthetic_bundle, monkeypa
     assert "replicate 2: 2 trial(s) done before" in text
     assert "trial #" not in text  # no search trial ran again
     assert len((out / "results.jsonl").read_text().splitlines()) == len(first.splitlines()) == 4
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_records_traceback_reaches_the_terminal_with_v_only_and_the_log_file_always(tmp_path, capsys, verbose):
+    from fusebench.run import console
+
+    log_file = tmp_path / "run.log"
+    backend = console.setup(console.ConsoleOptions(verbose=verbose, log_file=log_file, progress="plain"))
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            logging.getLogger("optuna.study._optimize").warning("Trial 1 failed because of OSError", exc_info=True)
+    finally:
+        console.teardown(backend)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+    err = capsys.readouterr().err
+    assert err.count("Trial 1 failed because of OSError") == 1  # through the root once, not optuna's own handler too
+    assert ("Traceback" in err) == verbose
+    text = log_file.read_text()
+    assert "Trial 1 failed because of OSError" in text and "Traceback (most recent call last)" in text

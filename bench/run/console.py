@@ -47,10 +47,11 @@ def setup(opts: ConsoleOptions) -> progress.Backend:
 
         term: logging.Handler = RichHandler(console=backend.console, show_path=False, rich_tracebacks=False,
                                             log_time_format="%H:%M:%S")
-        term.setFormatter(logging.Formatter("%(message)s"))
+        term.setFormatter(TerminalFormatter("%(message)s", tracebacks=opts.verbose))
     else:
         term = logging.StreamHandler(sys.stderr)
-        term.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+        term.setFormatter(TerminalFormatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                                            tracebacks=opts.verbose))
     term.setLevel(level)
     term._fusebench = True  # type: ignore[attr-defined]
     root.addHandler(term)
@@ -77,9 +78,42 @@ def setup(opts: ConsoleOptions) -> progress.Backend:
     return backend
 
 
+class TerminalFormatter(logging.Formatter):
+    """The terminal's one line per record: a record's traceback (optuna's for a failed trial, whose
+    message already names the error) goes to --log-file, and to the terminal with -v only, as the
+    runner's own tracebacks do (logged at DEBUG)."""
+
+    def __init__(self, fmt: str, datefmt: str | None = None, *, tracebacks: bool = False) -> None:
+        super().__init__(fmt, datefmt)
+        self.tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.tracebacks:
+            return super().format(record)
+        kept = record.exc_info, record.exc_text, record.stack_info  # the other handlers (the file) format them
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = kept
+
+
 def _quiet_noisy() -> None:
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    optuna_through_root()
+
+
+def optuna_through_root() -> None:
+    """optuna's records go to the root logger's handlers (terminal, --log-file) like everyone's.
+
+    optuna logs on its own logger with its own stderr handler and no propagation, so a trial that
+    failed (its exception and traceback, a WARNING) never reached --log-file, and in a `--jobs N`
+    worker it bypassed the forwarding to the parent and wrote through the live bars."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
 
 
 class _Tee:

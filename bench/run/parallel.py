@@ -10,6 +10,7 @@ parent writes `results.jsonl`. Timings measured while neighbours run are noisier
 from __future__ import annotations
 
 import concurrent.futures as cf
+import copy
 import logging
 import logging.handlers
 import multiprocessing as mp
@@ -29,7 +30,7 @@ from fusebench.features.extract import TaskData
 from fusebench.results.records import Record
 from fusebench.run import scratch
 from fusebench.run.cell import Cell, CellContext, run_cell
-from fusebench.run.console import NOISY
+from fusebench.run.console import NOISY, optuna_through_root
 from fusebench.search.storage import one_open_per_journal
 
 _LOADED: dict[str, TaskData] = {}
@@ -75,10 +76,26 @@ def _forward_logs(events: object, level: int) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(logging.handlers.QueueHandler(cast(Any, events)))
+    root.addHandler(_Forward(cast(Any, events)))
     root.setLevel(level)  # the parent's: its handlers filter further, as for its own records
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    optuna_through_root()  # optuna's own handler wrote to this worker's stderr, past the parent
+
+
+class _Forward(logging.handlers.QueueHandler):
+    """A QueueHandler whose records keep their traceback apart from their message (`exc_text`), so
+    that the parent's handlers treat it as their own records' (the terminal leaves it out,
+    bench/run/console.py); the stock one glued it into the message."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        out = copy.copy(record)  # the record itself may reach other handlers of this process
+        out.msg = out.message = record.getMessage()
+        out.args = None
+        if record.exc_info and not record.exc_text:
+            out.exc_text = logging.Formatter().formatException(record.exc_info)
+        out.exc_info = None  # a traceback object does not pickle; its text does
+        return out
 
 
 def _job(prepared: str, cell: Cell, ctx: CellContext) -> list[Record]:
