@@ -208,15 +208,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.suite:
         suite = catalog.get_suite(args.suite)
-        if args.strategies:
+    elif not args.strategies:
+        raise UsageError("--datasets needs --strategies (comma-separated names, or 'all')")
+    try:
+        if not args.suite:
+            suite = SuiteConfig(name="custom", description="from the command line", datasets=_split(args.datasets),
+                                strategies=_split(args.strategies), size=args.size or "full")
+        elif args.strategies:
             suite = dataclasses.replace(suite, strategies=_split(args.strategies))
-        if args.size:
-            suite = dataclasses.replace(suite, size=args.size)
-    else:
-        if not args.strategies:
-            raise UsageError("--datasets needs --strategies (comma-separated names, or 'all')")
-        suite = SuiteConfig(name="custom", description="from the command line", datasets=_split(args.datasets),
-                            strategies=_split(args.strategies), size=args.size or "full")
+    except ValueError as exc:
+        raise UsageError(f"--datasets/--strategies: {exc}") from None
+    if args.size:
+        suite = dataclasses.replace(suite, size=args.size)
     overrides = {k: v for k, v in (("trials", args.trials), ("seeds", args.seeds), ("replicates", args.replicates),
                                     ("epochs", args.epochs),
                                     ("patience", args.patience), ("jobs", args.jobs),

@@ -299,6 +299,11 @@ class SuiteConfig:
             raise ValueError(f"monitor must be 'val_loss' or 'val_metric', got {self.monitor!r}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        for name in ("datasets", "strategies"):  # a twice-listed cell would run twice into one study and seed store
+            names = list(getattr(self, name))
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{name} lists {', '.join(twice)} more than once; name each once")
 
 
 def load_dataset_config(path: Path) -> DatasetConfig:

@@ -58,6 +58,12 @@ def expand_cells(dataset: str, views: list[str], names: list[str], modes: tuple[
         elif len(use) >= info.min_modalities:
             record = base if sorted(use) == sorted(views) else f"{base}:{'+'.join(sorted(use))}"
             cells.append(Cell(dataset, record, info, tuple(sorted(use))))
+    # two selections can name one cell (`unimodal,unimodal:text`; `concat,concat:a+b` on a task of views a, b):
+    # it runs once, as the first selection named it
+    first: dict[str, Cell] = {}
+    for cell in cells:
+        first.setdefault(cell.strategy, cell)
+    cells = list(first.values())
     tuned = [dataclasses.replace(c, strategy=c.strategy + m.suffix(), mode=m) for m in modes if not m.frozen
              for c in cells if c.info.trainable and set(c.views) & tunable]
     return [c for c in cells if FROZEN in modes] + tuned
