@@ -64,14 +64,15 @@ def one_open_per_journal() -> Iterator[None]:
 
 
 def _journal_storage(path: Path) -> optuna.storages.JournalStorage:
-    if _open_journals is None or _open_journals_pid != os.getpid():
+    held_here, owner = _open_journals, _open_journals_pid  # one read: another thread's block may end meanwhile
+    if held_here is None or owner != os.getpid():
         return optuna.storages.JournalStorage(RepairingJournalFileBackend(str(path)))
     key = path.resolve()
-    held = _open_journals.get(key)
+    held = held_here.get(key)
     if held is not None and held[0] == _file_identity(key):
         return held[1]
     storage = optuna.storages.JournalStorage(RepairingJournalFileBackend(str(path)))
-    _open_journals[key] = (_file_identity(key), storage)  # after the open, which may create or rewrite it
+    held_here[key] = (_file_identity(key), storage)  # after the open, which may create or rewrite it
     return storage
 
 
