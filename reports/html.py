@@ -83,8 +83,9 @@ COLUMN_NOTE = ("<b>mean ± std</b>: main test metric over evaluation seeds (and 
                "the task's fusion strategies (* &lt; 0.05, ** &lt; 0.01, *** &lt; 0.001); <b>beats</b>: Δ &gt; 0 and "
                "p Holm &lt; 0.05; <b>runs</b>: replicates × seeds; <b>trials</b>: completed/budgeted optuna trials "
                "summed over the search replicates (pruned, failed when recorded; –: a fixed baseline, not searched); "
-               "<b>search s</b>: search wall time; <b>flags</b>: <i>degenerate</i> = a trainable row whose mean lies "
-               "inside the <code>random</code> floor's 95% interval, <i>cap bound</i> = the wall-clock cap stopped the "
+               "<b>search s</b>: search seconds (CPU seconds on a CPU run, wall on a GPU); <b>flags</b>: "
+               "<i>degenerate</i> = a trainable row whose mean lies "
+               "inside the <code>random</code> floor's 95% interval, <i>cap bound</i> = the search cap stopped the "
                "search before its trial budget (an unequal comparison); samples/s measured on the run's device; grey rows: "
                "unimodal baselines and floors. Details: leaderboard.md and docs/statistics.md.")
 

@@ -197,9 +197,10 @@ LEGEND = [
     "testable with one search per cell. *p Holm*: Holm-adjusted over the task's fusion-vs-best-unimodal family (* < 0.05,",
     "** < 0.01, *** < 0.001). *beats best unimodal*: Δ > 0 AND Holm-adjusted p < 0.05. *p vs logit_mean*: the same",
     "paired test against the late-fusion baseline, raw. *R×K*: search replicates × evaluation seeds. *trials*:",
-    "completed/budgeted optuna trials summed over replicates (pruned, failed when recorded). *search s*: search wall time.",
+    "completed/budgeted optuna trials summed over replicates (pruned, failed when recorded). *search s*: search seconds",
+    "(CPU seconds on a CPU run, wall on a GPU; records: `search_clock`).",
     "*flags*: ⚠ degenerate = a trainable row whose mean lies inside the `random` floor's 95% interval (with its median",
-    "best epoch); ⏱ cap bound = the wall-clock cap stopped the search before the trial budget (an unequal comparison).",
+    "best epoch); ⏱ cap bound = the search cap (`timeout_s`) stopped the search before the trial budget (an unequal comparison).",
     "",
 ]
 

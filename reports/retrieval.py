@@ -78,7 +78,8 @@ def retrieval_markdown(records: list[Record]) -> str:
                    "directions. Re-rankers re-score the dual encoder's top-k (params.rerank_k); p: paired hierarchical "
                    "bootstrap (search replicates, seeds, then images) against the dual encoder alone. R×K: search "
                    "replicates × evaluation seeds. trials: completed/budgeted optuna trials summed over the search "
-                   "replicates (pruned, failed), as in the main table; search s: their search wall time. "
+                   "replicates (pruned, failed), as in the main table; search s: their search seconds (CPU on a CPU "
+                   "run, wall on a GPU). "
                    "train samples/s: the trained model's training pairs per second; "
                    "queries/s: test queries (images + captions) ranked per second by the whole pipeline "
                    "(embedding, top-k, re-scoring). Bands: docs/retrieval.md."), ""]
