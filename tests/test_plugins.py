@@ -76,26 +76,32 @@ def test_plugin_runs_in_worker_processes(plugin: Path, synthetic_bundle, tmp_pat
     assert {r["strategy"]: r["status"] for r in records} == {"proj_mean": "ok", "concat": "ok", "majority": "ok"}
 
 
-def test_worker_log_records_reach_the_parent_log_file(plugin: Path, synthetic_bundle, tmp_path: Path) -> None:
-    """A `--jobs 2` run's cells train in worker processes; what they log must reach the run's
-    --log-file (INFO and WARNING) and its terminal (WARNING) through the parent, as in one process."""
+def _run_with_constructor_lines(plugin: Path, synthetic_bundle, tmp_path: Path, jobs: str,
+                                lines: str) -> tuple[subprocess.CompletedProcess, str]:
+    """Run the toy suite with `proj_mean` (its constructor extended by `lines`) and `majority` on
+    `jobs` processes; returns the process and its --log-file's text."""
     data, cfg = synthetic_bundle
-    noisy = plugin.read_text().replace(
-        "        super().__init__(spec, params)\n",
-        "        super().__init__(spec, params)\n"
-        "        import logging, os\n"
-        "        logging.getLogger('fusebench.plugin').info('proj_mean built in pid %d', os.getpid())\n"
-        "        logging.getLogger('fusebench.plugin').warning('proj_mean warns from pid %d', os.getpid())\n", 1)
-    assert noisy != plugin.read_text()
-    plugin.write_text(noisy)
+    marker = "        super().__init__(spec, params)\n"
+    assert marker in plugin.read_text()
+    plugin.write_text(plugin.read_text().replace(marker, marker + lines, 1))
     env = {"FUSEBENCH_CONFIG_DIR": str(cfg), "FUSEBENCH_DATA": str(data), "FUSEBENCH_TRAIN_THREADS": "1",
            "FUSEBENCH_PROGRESS": "plain"}
     log_file = tmp_path / "run.log"
     out = _fusebench(["--plugin", str(plugin), "run", "--suite", "toy", "--strategies", "proj_mean,majority",
-                      "--jobs", "2", "--trials", "1", "--seeds", "1", "--epochs", "2", "--out", str(tmp_path / "run"),
+                      "--jobs", jobs, "--trials", "1", "--seeds", "1", "--epochs", "2", "--out", str(tmp_path / "run"),
                       "--log-file", str(log_file)], cwd=tmp_path, env=env, timeout=900)
+    return out, log_file.read_text() if log_file.exists() else ""
+
+
+def test_worker_log_records_reach_the_parent_log_file(plugin: Path, synthetic_bundle, tmp_path: Path) -> None:
+    """A `--jobs 2` run's cells train in worker processes; what they log must reach the run's
+    --log-file (INFO and WARNING) and its terminal (WARNING) through the parent, as in one process."""
+    out, text = _run_with_constructor_lines(
+        plugin, synthetic_bundle, tmp_path, "2",
+        "        import logging, os\n"
+        "        logging.getLogger('fusebench.plugin').info('proj_mean built in pid %d', os.getpid())\n"
+        "        logging.getLogger('fusebench.plugin').warning('proj_mean warns from pid %d', os.getpid())\n")
     assert out.returncode == 0, out.stderr[-3000:]
-    text = log_file.read_text()
     built = re.findall(r"INFO fusebench\.plugin proj_mean built in pid (\d+)", text)
     assert built, text[-3000:]  # one per model built: the trial and the seed
     assert re.search(r"WARNING fusebench\.plugin proj_mean warns from pid \d+", text)
@@ -109,21 +115,9 @@ def test_optunas_own_warnings_reach_the_log_file_once(plugin: Path, synthetic_bu
     stderr handler bypassed the run's handlers: the --log-file never had it, and a worker's went
     straight to the terminal, through the live bars. It goes through the run's handlers, once: the
     file with its traceback, the terminal one line."""
-    data, cfg = synthetic_bundle
-    failing = plugin.read_text().replace(
-        "        super().__init__(spec, params)\n",
-        "        super().__init__(spec, params)\n"
-        "        raise RuntimeError('proj_mean refuses to build')\n", 1)
-    assert failing != plugin.read_text()
-    plugin.write_text(failing)
-    env = {"FUSEBENCH_CONFIG_DIR": str(cfg), "FUSEBENCH_DATA": str(data), "FUSEBENCH_TRAIN_THREADS": "1",
-           "FUSEBENCH_PROGRESS": "plain"}
-    log_file = tmp_path / "run.log"
-    out = _fusebench(["--plugin", str(plugin), "run", "--suite", "toy", "--strategies", "proj_mean,majority",
-                      "--jobs", jobs, "--trials", "1", "--seeds", "1", "--epochs", "2", "--out", str(tmp_path / "run"),
-                      "--log-file", str(log_file)], cwd=tmp_path, env=env, timeout=900)
+    out, text = _run_with_constructor_lines(plugin, synthetic_bundle, tmp_path, jobs,
+                                            "        raise RuntimeError('proj_mean refuses to build')\n")
     assert out.returncode == 1, out.stderr[-3000:]  # proj_mean failed every trial: a failed cell
-    text = log_file.read_text()
     assert re.search(r"WARNING optuna\S* Trial 0 failed", text), text[-3000:]
     assert "Traceback (most recent call last)" in text and "RuntimeError: proj_mean refuses to build" in text
     assert out.stderr.count("Trial 0 failed with parameters") == 1, out.stderr[-3000:]
