@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="train evaluation seeds one after another instead of as one batched model (same results)")
     run.add_argument("--trial-batch", type=int, help="search trials asked together and trained as one batched model "
                      "where their shapes allow (default: the suite's trial_batch, else 1 = one after another)")
-    run.add_argument("--jobs", type=int, help="cells trained in parallel processes on CPU (default: the suite's, else 1)")
+    run.add_argument("--jobs", type=int, help="cells trained in parallel processes, on CPU or a CUDA GPU "
+                     "(default: the suite's, else 1)")
     run.add_argument("--data-dir", help="data root")
 
     wk = sub.add_parser("worker", help="join an existing study (created by `run`) and run its trials until the budget is done")

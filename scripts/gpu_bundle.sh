@@ -38,7 +38,9 @@
 #         default 600), GPU_BUNDLE_PYTHON (default python3), GPU_BUNDLE_SITE (default $TMPDIR/fusebench-site),
 #         FUSEBENCH_CACHE (default $TMPDIR/fusebench-gpu-cache, not the checkout's ~/.cache/fusebench),
 #         GPU_BUNDLE_STEPS (the steps to run, space-separated, in this order whatever the order given:
-#         tests throughput batching finetune suite; default all of them).
+#         tests throughput batching finetune suite; default all of them), GPU_BUNDLE_JOBS (the suite's
+#         cell processes, `fusebench run --jobs`, default 1: small fusion heads leave most of a GPU idle,
+#         so several cells at once share it; not part of the run's identity, a resumed run may change it).
 set -uo pipefail
 verb=${1:-}; dir=${2:-}
 [ -n "$verb" ] && [ -n "$dir" ] || { echo "usage: gpu_bundle.sh pack DIR [TASK ...] | run DIR OUT" >&2; exit 2; }
@@ -85,7 +87,10 @@ PY
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$ver" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$dir/whl" "${pins[@]}" || { echo "gpu_bundle.sh: pip download failed (network? names: ${pins[*]})" >&2; exit 2; }
-  uv build -q --wheel -o "$dir/whl" . >/dev/null || { echo "gpu_bundle.sh: building the fusebench wheel failed" >&2; exit 2; }
+  # the uv scripts/bootstrap.sh used: the one on PATH, else its private .venv-bootstrap/ one (a fresh
+  # machine has no uv on PATH: the pack failed there with "uv: command not found")
+  local uv=uv; command -v uv >/dev/null 2>&1 || uv=.venv-bootstrap/bin/uv
+  "$uv" build -q --wheel -o "$dir/whl" . >/dev/null || { echo "gpu_bundle.sh: building the fusebench wheel failed" >&2; exit 2; }
   git rev-parse HEAD > "$dir/COMMIT" 2>/dev/null || true
   # weight packages, with their dist-info (versions are part of the feature cache keys)
   "$py" - "$dir/pkgs" "${GPU_BUNDLE_HALF:-0}" ${GPU_BUNDLE_ENCODERS:-minilm efficientnet} <<'PY' || { echo "gpu_bundle.sh: copying the weight packages failed" >&2; exit 2; }
@@ -225,7 +230,7 @@ suite_run() {
   # exit 137; both fixed in bench/run/interrupt.py and cli.entry, tests/test_interrupt.py)
   local box=(); [ -n "${GPU_BUNDLE_RUN_S:-}" ] && box=(timeout -s INT -k "${GPU_BUNDLE_GRACE_S:-120}" "$GPU_BUNDLE_RUN_S")
   "${box[@]}" "$py" -m fusebench run --config-dir "$dir/cfg" --suite "$suite" --out "$run_dir" --device "$dev" \
-    --log-file "$log"
+    --log-file "$log" --jobs "${GPU_BUNDLE_JOBS:-1}"
   rc=$?
   if [ "$rc" -eq 124 ] && [ ${#box[@]} -gt 0 ]; then
     echo "gpu_bundle.sh: the suite reached GPU_BUNDLE_RUN_S=$GPU_BUNDLE_RUN_S s and stopped; it resumes next time"

@@ -100,3 +100,26 @@ def test_attention_members_batch_on_the_gpu_and_equal_their_sequential_fits(name
         assert fit.result.val_metric == pytest.approx(want.val_metric, abs=1e-3), f"{name} member {k}"
         np.testing.assert_allclose(predict_proba(fit.result.model, test.inputs), predict_proba(want.model, test.inputs),
                                    atol=2e-3, err_msg=f"{name} member {k}")
+
+
+@gpu
+@needs_cuda
+def test_a_jobs_2_run_on_the_gpu_trains_its_cells_in_cuda_workers_and_equals_jobs_1(tmp_path, synthetic_bundle, monkeypatch):
+    """`--jobs 2 --device cuda`: two spawned workers train the cells on the GPU (pool_jobs) and give
+    the records a one-process run gives: the cell's seeds, not the process, fix its numbers."""
+    from fusebench.cli import main
+    from fusebench.results.records import load_records
+
+    data, cfg = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    runs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        args = ["run", "--datasets", "toy", "--strategies", "concat,unimodal", "--trials", "2", "--seeds", "2",
+                "--data-dir", str(data), "--out", str(out), "--device", "cuda", "--jobs", jobs]
+        assert main(args) == 0
+        runs[jobs] = {(r.strategy, r.seed): r for r in load_records(out / "results.jsonl")}
+    assert runs["1"].keys() == runs["2"].keys() and len(runs["2"]) >= 4
+    for key, rec in runs["2"].items():
+        assert rec.status == "ok" and "cuda" in str(rec.device)
+        assert rec.main_metric == pytest.approx(runs["1"][key].main_metric, abs=1e-6)

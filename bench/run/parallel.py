@@ -160,6 +160,14 @@ def _interrupt_workers(pool: cf.ProcessPoolExecutor, running: list[cf.Future]) -
                 pass
 
 
+def pool_jobs(jobs: int, device: torch.device) -> int:
+    """Cell processes for a run on `device`: `jobs` on a CPU or a CUDA GPU, 1 elsewhere (MPS).
+
+    On a GPU the small fusion heads of one cell leave most of the card idle, so cells share it as
+    on a CPU they share the cores; each worker holds its own CUDA context."""
+    return jobs if device.type in ("cpu", "cuda") else 1
+
+
 class CellPool:
     """Runs cells in `jobs` spawned worker processes (kept for the whole run), or inline when jobs <= 1."""
 

@@ -37,7 +37,7 @@ from fusebench.results.retrieval_stats import attach_retrieval_stats
 from fusebench.results.stats import attach_stats
 from fusebench.run import rundir
 from fusebench.run.cell import CellContext
-from fusebench.run.parallel import CellPool
+from fusebench.run.parallel import CellPool, pool_jobs
 from fusebench.run.phases import PhaseClock, cell_seconds
 from fusebench.run.retrieval_cell import RetrievalCell, RetrievalRun, expand_retrieval_cells
 from fusebench.run.seed_store import SeedStore
@@ -257,7 +257,7 @@ def _run(cfg: RunConfig) -> RunSummary:
     done = done_cells(records, ctx.budget.eval_seeds, getattr(suite, "replicates", 1))
     cache = FeatureCache(cache_root())
     ok = failed = skipped = 0
-    pool = CellPool(cfg.jobs if device.type == "cpu" else 1, train_threads())
+    pool = CellPool(pool_jobs(cfg.jobs, device), train_threads())
     by_dataset, plan_line = plan(cfg)
     meta["plan"] = {ds: [c.strategy for c in cells] for ds, cells in by_dataset.items()}  # `fusebench timing status`
     atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())  # status works from the start
