@@ -2,8 +2,11 @@
 # The standard suite at full scale on this machine's CPU (issue 14 §3), resumable: run it again after
 # any interruption (kill, reboot, end of a session) and it goes on where it stopped — encode
 # checkpoints, the optuna journal and results.jsonl keep every finished chunk, trial and record.
-#   1. encode every task (--prepare-only; features are cached once, under $FUSEBENCH_CACHE);
-#   2. the sweep; 3. the report; 4. publish leaderboard, report, run.json (wall time per phase) and
+#   1. the sweep, task by task, cheapest first: each task is encoded when the sweep reaches it (features
+#      are cached once, under $FUSEBENCH_CACHE). STANDARD_CPU_PREPARE=1 encodes every task first
+#      (--prepare-only), as runs 1-3 did: 1-1.5 h before the first cell, lost again wherever the
+#      machine (and its cache) does not outlive the session;
+#   2. the report; 3. publish leaderboard, report, run.json (wall time per phase) and
 #      the status (cells done, encoding rates, measured cell time, time left) to
 #      reports/published/standard-cpu/.
 # `scripts/standard_cpu.sh status` publishes the run so far: the leaderboard and report of the finished
@@ -39,7 +42,9 @@ if [ "${1:-}" = status ]; then
   publish_status
   exit 0
 fi
-.venv/bin/fusebench run --suite standard --prepare-only --device cpu --out "$OUT" --log-file "$OUT.prepare.log"
+if [ "${STANDARD_CPU_PREPARE:-0}" = 1 ]; then
+  .venv/bin/fusebench run --suite standard --prepare-only --device cpu --out "$OUT" --log-file "$OUT.prepare.log"
+fi
 # $STANDARD_CPU_JOBS cell processes (default 1). Each trains on one thread (small fusion models run
 # faster on one than on two), so one process uses one core; 2 uses both on an otherwise idle machine
 # (jobs is not part of the run's identity: a run resumes under another value). Each process holds a
