@@ -12,11 +12,15 @@
 # `scripts/standard_cpu.sh status` publishes the run so far: the leaderboard and report of the finished
 # cells (made on a copy of the run directory) and the status.
 # Meant for the background: `nohup nice -n 19 bash scripts/standard_cpu.sh > standard-cpu.out 2>&1 &`.
+# Across machines: `scripts/standard_cpu.sh save` (the sweep stopped first) writes the run's state (optuna
+# journal, records, stored seeds, predictions; no locks) to $STANDARD_CPU_PUB/run-state.tar.gz (default
+# reports/published/standard-cpu), to be committed; a later start (or `restore`) with no run at
+# $STANDARD_CPU_OUT restores it there, and the sweep resumes. The
+# machines of this project do not keep files between sessions (stop 16 found run 3's directory gone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${STANDARD_CPU_OUT:-runs/standard-cpu}
-PUB=reports/published/standard-cpu
-FUSEBENCH_LOCKED=1 bash scripts/bootstrap.sh >/dev/null  # requirements.lock: library versions are part of the cache keys
+PUB=${STANDARD_CPU_PUB:-reports/published/standard-cpu}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p "$PUB"
 publish_status() {  # $STANDARD_CPU_PROBES: probe run directories (space-separated) for `timing status --probe`
@@ -29,6 +33,27 @@ publish_report() {  # leaderboard and HTML report of what $1 holds (the finished
   cp "$1/leaderboard.md" "$1/leaderboard.csv" "$1/run.json" "$1/report.html" "$PUB/"
   if [ -d "$1/plots" ]; then rm -rf "$PUB/plots"; cp -R "$1/plots" "$PUB/"; fi
 }
+STATE=$PUB/run-state.tar.gz
+if [ "${1:-}" = save ]; then
+  [ -f "$OUT/run.json" ] || { echo "standard_cpu.sh: no run at $OUT to save" >&2; exit 2; }
+  if pgrep -f "fusebench run --suite standard .*--out $OUT( |$)" >/dev/null; then
+    echo "standard_cpu.sh: the sweep at $OUT is running: stop it first (kill -TERM), then save" >&2; exit 2
+  fi
+  tar -czf "$STATE.tmp" --exclude=optuna.journal.lock --exclude=.fusebench.lock -C "$(dirname "$OUT")" "$(basename "$OUT")"
+  mv "$STATE.tmp" "$STATE"
+  echo "standard_cpu.sh: saved $OUT to $STATE ($(du -h "$STATE" | cut -f1)); commit it"
+  exit 0
+fi
+restore() {  # a saved run, where $OUT holds none
+  if [ ! -f "$OUT/run.json" ] && [ -f "$STATE" ]; then
+    mkdir -p "$OUT"
+    tar -xzf "$STATE" -C "$OUT" --strip-components=1
+    echo "standard_cpu.sh: restored the run from $STATE into $OUT"
+  fi
+}
+if [ "${1:-}" = restore ]; then restore; exit 0; fi
+[ "${1:-}" = status ] || restore
+FUSEBENCH_LOCKED=1 bash scripts/bootstrap.sh >/dev/null  # requirements.lock: library versions are part of the cache keys
 if [ "${1:-}" = status ]; then
   # while the sweep runs: the report of the cells finished so far, made on a copy of the run directory
   # (the sweep keeps writing its own), then the status

@@ -98,7 +98,24 @@ class _Forward(logging.handlers.QueueHandler):
         return out
 
 
+_interrupted = False  # this worker's cell was interrupted (Ctrl-C, a time box): it takes no new ones
+
+
 def _job(prepared: str, cell: Cell, ctx: CellContext) -> list[Record]:
+    """One cell in this worker. After an interrupted cell the worker refuses the cells still queued to it:
+    the executor hands a worker its next cell as soon as one ends, and an interrupted run on an H100 with 8
+    workers started 5 cells (and trained one, whose records were dropped) after its time box had struck."""
+    global _interrupted
+    if _interrupted:
+        raise KeyboardInterrupt(f"{cell.dataset}/{cell.strategy} not started: this worker was interrupted")
+    try:
+        return _run_job(prepared, cell, ctx)
+    except KeyboardInterrupt:
+        _interrupted = True
+        raise
+
+
+def _run_job(prepared: str, cell: Cell, ctx: CellContext) -> list[Record]:
     if prepared not in _LOADED:
         _LOADED.clear()
         _LOADED[prepared] = torch.load(prepared, weights_only=False)

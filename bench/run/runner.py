@@ -353,6 +353,8 @@ def _run(cfg: RunConfig) -> RunSummary:
             else:
                 outcomes = pool.execute([c for c in todo if isinstance(c, Cell)], data, ctx)
             for cell, outcome in outcomes:
+                if isinstance(outcome, KeyboardInterrupt):  # a worker's cell was interrupted: the run is, not the cell failed
+                    raise outcome
                 if isinstance(outcome, BaseException) and (isinstance(outcome, UsageError) or is_disk_full(outcome)):
                     raise outcome  # the next cells would fail the same way
                 if isinstance(outcome, BaseException):

@@ -1,0 +1,64 @@
+"""`scripts/standard_cpu.sh save` / `restore`: the standard run's state travels through git from one
+machine to the next (this project's machines keep no files between sessions: stop 16 found run 3's
+directory gone), without the locks that would name the old machine's processes and paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(verb: str, out: Path, pub: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "STANDARD_CPU_OUT": str(out), "STANDARD_CPU_PUB": str(pub)}
+    return subprocess.run(["bash", str(ROOT / "scripts" / "standard_cpu.sh"), verb], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _run_dir(out: Path) -> None:
+    (out / "partial" / "esc50").mkdir(parents=True)
+    (out / "run.json").write_text('{"suite": "standard"}')
+    (out / "optuna.journal").write_text('{"op_code": 0}\n')
+    (out / "results.jsonl").write_text("")
+    (out / "partial" / "esc50" / "mbt.r0.s1003.json").write_text("{}")
+    (out / ".fusebench.lock").write_text("12345 somehost")
+    os.symlink("//tmp/elsewhere/optuna.journal", out / "optuna.journal.lock")
+
+
+def test_save_then_restore_on_another_machine_gives_the_run_back_without_its_locks(tmp_path):
+    out, pub = tmp_path / "m1" / "standard4", tmp_path / "pub"
+    _run_dir(out)
+    saved = _script("save", out, pub)
+    assert saved.returncode == 0, saved.stderr
+    with tarfile.open(pub / "run-state.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert "standard4/optuna.journal" in names and "standard4/partial/esc50/mbt.r0.s1003.json" in names
+    assert not {n for n in names if n.endswith(".lock")}
+    again = tmp_path / "m2" / "standard4"
+    restored = _script("restore", again, pub)
+    assert restored.returncode == 0 and "restored the run" in restored.stdout
+    for f in ("run.json", "optuna.journal", "results.jsonl", "partial/esc50/mbt.r0.s1003.json"):
+        assert (again / f).read_bytes() == (out / f).read_bytes()
+    assert not os.path.lexists(again / "optuna.journal.lock")
+    (again / "results.jsonl").write_text("newer\n")
+    assert _script("restore", again, pub).returncode == 0  # a run already there is never overwritten
+    assert (again / "results.jsonl").read_text() == "newer\n"
+
+
+def test_save_refuses_while_the_sweep_runs_and_without_a_run(tmp_path):
+    out, pub = tmp_path / "standard4", tmp_path / "pub"
+    assert _script("save", out, pub).returncode == 2  # no run.json
+    _run_dir(out)
+    fake = subprocess.Popen(["bash", "-c", f'exec -a "fusebench run --suite standard --device cpu --out {out}" sleep 60'])
+    try:
+        time.sleep(0.5)
+        busy = _script("save", out, pub)
+        assert busy.returncode == 2 and "stop it first" in busy.stderr
+        assert not (pub / "run-state.tar.gz").exists()
+    finally:
+        fake.kill()
+        fake.wait()
