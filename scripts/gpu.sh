@@ -57,7 +57,7 @@ out=${GPU_SH_OUT:-reports/published/gpu-$slug}
 mkdir -p "$out"
 echo "gpu.sh: device '$device' → $out"
 .venv/bin/pytest -q -m gpu -rs tests/test_gpu.py tests/test_finetune_gpu.py 2>&1 | tee "$out/gpu-tests.log"
-.venv/bin/fusebench run --suite "$suite" --out "$out/run" --device auto
+.venv/bin/fusebench run --suite "$suite" --out "$out/run" --device auto --jobs "${GPU_SH_JOBS:-1}"
 .venv/bin/fusebench report "$out/run" --html
 .venv/bin/fusebench throughput --device auto --batch-sizes 1,64,256 --out "$out/throughput.json"
 # fine-tuning mode (docs/finetune.md): the whole model's throughput with MiniLM + EfficientNet-Lite0 training,
