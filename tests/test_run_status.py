@@ -12,7 +12,7 @@ import pytest
 from fusebench.cli import main
 from fusebench.results.records import Record, load_records, write_records
 from fusebench.run.cell import STUDY_ATTR
-from fusebench.run.status import run_status
+from fusebench.run.status import format_status, run_status
 from fusebench.search.storage import default_url, open_storage
 
 
@@ -207,3 +207,22 @@ def test_cells_in_progress_show_their_trials_and_stored_seeds(tmp_path, capsys):
     assert run_status(out)["in_progress"] == [
         {"dataset": "d", "strategy": "evaluating", "trials_spent": None, "trials_begun": None, "trials_budget": 3,
          "seeds_stored": 1, "seeds_wanted": 4}]
+
+
+def test_cells_left_are_timed_at_the_mean_of_their_input_kind(tmp_path):
+    """Run 3's status put ESC-50's 19 cells left at the mean of two token cells and one pooled cell:
+    36 h, where the probes said 2.3 h. Each cell left now takes its own kind's mean."""
+    out = tmp_path / "run"
+    out.mkdir()
+    plan = ["coattention", "mult", "concat", "gmu", "film", "unimodal:audio_mel", "mbt"]
+    meta = {"config": {"suite": {"name": "s", "replicates": 1, "seeds": 1}}, "plan": {"d": plan}}
+    (out / "run.json").write_text(json.dumps(meta))
+    recs = [_rec("coattention", 0, 1000, 900.0, 100.0), _rec("mult", 0, 1000, 1900.0, 100.0),  # tokens: 1000, 2000
+            _rec("concat", 0, 1000, 90.0, 10.0)]  # pooled: 100
+    write_records(out / "results.jsonl", recs)
+    d = run_status(out)["tasks"][0]
+    assert d["cell_seconds_mean"] == pytest.approx(3100 / 3, abs=0.1)
+    assert d["cell_seconds_by_kind"] == {"tokens": 1500.0, "pooled": 100.0}
+    # gmu, film, unimodal:audio_mel at 100 s, mbt at 1500 s; before: 4 × 1033.3 = 4133.3 s
+    assert d["seconds_left"] == 3 * 100.0 + 1500.0
+    assert "(pooled 100.0, tokens 1500.0)" in format_status(run_status(out))

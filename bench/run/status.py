@@ -10,7 +10,10 @@ encoding rates, and the measured process-seconds of its finished cells (search p
 evaluation, robustness, throughput from the records). A cell counts as done exactly when the
 runner would skip it on resume (`done_cells`: an ok record for every search replicate ×
 evaluation seed, not merely as many records). The time left is each task's remaining cells × the
-mean of its finished cells; a task with no finished cell has no estimate (None), never a guess.
+mean of its finished cells *of the same input kind* (token-level attention models take several
+times a pooled head's time: run 3's ESC-50 mean of two token cells and one pooled cell, put on 19
+mostly pooled cells left, said 36 h where the probes said 2.3), or of all its finished cells where
+that kind has none; a task with no finished cell has no estimate (None), never a guess.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from fusebench.results.records import Record, done_cells, load_records
 from fusebench.run.in_progress import CellProgress, cells_in_progress
 from fusebench.run.probe_estimate import CellRate, TaskEstimate, estimate_cells, is_trivial, probe_rates
 from fusebench.search.study import Budget
+from fusebench.strategies import STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -37,11 +41,12 @@ class TaskStatus:
     encode_items_per_s: dict[str, Any]
     prepare_seconds: float | None
     cell_seconds_mean: float | None  # process-seconds of one finished cell (all replicates and seeds)
-    seconds_left: float | None  # remaining cells × the mean; None without a finished cell
+    seconds_left: float | None  # remaining cells × their kind's mean (else the mean); None without a finished cell
     # finished cells whose search resumed after a kill and whose records lack the killed process's
     # search seconds (written before they were summed over processes): time too low, out of the mean
     cells_resumed: int = 0
     probe: dict[str, Any] | None = None  # with --probe: TaskEstimate of the remaining cells at the probe's rates
+    cell_seconds_by_kind: dict[str, float] | None = None  # the mean per input kind ("tokens", "pooled")
 
     @property
     def complete(self) -> bool:
@@ -52,6 +57,27 @@ def _cell_seconds(records: list[Record]) -> float:
     """A finished cell's process-seconds: each replicate's search once, every record's in-cell phases."""
     searched = {r.replicate: r.search_seconds for r in records}
     return sum(searched.values()) + sum(sum(r.phase_seconds.values()) for r in records)
+
+
+def _input_kind(strategy: str) -> str | None:
+    """"tokens" or "pooled" for a registered strategy (`unimodal:VIEW`, `FUSION:A+B` by their base), else None."""
+    name = strategy.split(":")[0]
+    return STRATEGIES.get(name).input_kind if name in STRATEGIES.names() else None
+
+
+def _seconds_left(left: list[str], timed: list[tuple[str, float]]) -> tuple[float | None, dict[str, float]]:
+    """The remaining cells `left` at the mean of the finished cells `timed` (strategy, seconds) of
+    their input kind, else at the mean of all; and the mean per kind."""
+    if not timed:
+        return (0.0 if not left else None), {}
+    overall = statistics.fmean(t for _, t in timed)
+    by_kind: dict[str, list[float]] = {}
+    for s, t in timed:
+        kind = _input_kind(s)
+        if kind is not None:
+            by_kind.setdefault(kind, []).append(t)
+    means = {k: statistics.fmean(v) for k, v in by_kind.items()}
+    return sum(means.get(_input_kind(s) or "", overall) for s in left), means
 
 
 def _wanted(meta: dict[str, Any], suite: dict[str, Any]) -> tuple[list[int], int, int]:
@@ -141,10 +167,10 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
         # trivial baselines (no search, no training) take seconds, not minutes: they neither enter the
         # mean nor count among the cells left at that mean
         trivial = {s for s in strategies if is_trivial(s)}
-        whole = [t for s, t in zip(done, times) if s not in resumed and s not in trivial] or \
-            [t for s, t in zip(done, times) if s not in trivial]
-        mean = statistics.fmean(whole) if whole else None
-        left_cells = sum(s not in done and s not in trivial for s in strategies)
+        whole = [(s, t) for s, t in zip(done, times) if s not in resumed and s not in trivial] or \
+            [(s, t) for s, t in zip(done, times) if s not in trivial]
+        mean = statistics.fmean(t for _, t in whole) if whole else None
+        left, by_kind = _seconds_left([s for s in strategies if s not in done and s not in trivial], whole)
         data = (meta.get("data") or {}).get(ds) or {}
         estimate: TaskEstimate | None = None
         if rates is not None:
@@ -164,8 +190,9 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
             cells_failed=sum((ds, s) in failed and s not in done for s in strategies),
             encode_items_per_s=data.get("encode_items_per_s") or {}, prepare_seconds=data.get("prepare_seconds"),
             cell_seconds_mean=None if mean is None else round(mean, 1), cells_resumed=len(resumed),
-            seconds_left=(0.0 if left_cells == 0 else None) if mean is None else round(mean * left_cells, 1),
+            seconds_left=None if left is None else round(left, 1),
             probe=None if estimate is None else estimate.as_dict(),
+            cell_seconds_by_kind={k: round(v, 1) for k, v in by_kind.items()} or None,
         ))
     lefts = [t.seconds_left for t in tasks if not t.complete]
     status = {
@@ -202,6 +229,11 @@ def _resumed_note(t: dict[str, Any]) -> str:
             else " (resumed cells without the killed process's search seconds only: too low)")
 
 
+def _kinds_note(t: dict[str, Any]) -> str:
+    kinds = t.get("cell_seconds_by_kind") or {}
+    return f" ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})" if len(kinds) > 1 else ""
+
+
 def format_status(status: dict[str, Any]) -> str:
     """Markdown: one line per task, then the phases and the total time left (and, with a probe, its
     estimate per task, its check against the cells both runs finished, and the combined total)."""
@@ -217,7 +249,8 @@ def format_status(status: dict[str, Any]) -> str:
         done = t["cells_done"] == t["cells_planned"]
         left = "done" if done else _hours(t["seconds_left"])
         row = (f"| {t['dataset']} | {t['cells_done']}/{t['cells_planned']} | {t['cells_failed']} | {rates} | "
-               f"{t['cell_seconds_mean'] if t['cell_seconds_mean'] is not None else '-'}{_resumed_note(t)} | {left} |")
+               f"{t['cell_seconds_mean'] if t['cell_seconds_mean'] is not None else '-'}{_kinds_note(t)}"
+               f"{_resumed_note(t)} | {left} |")
         if probe:
             est = t["probe"] or {}
             names = est.get("unmatched") or []
