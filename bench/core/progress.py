@@ -284,6 +284,9 @@ def drain(queue: Any, stop: threading.Event) -> threading.Thread:
                 ev = queue.get(timeout=0.2)
             except (q.Empty, EOFError, OSError):
                 continue
+            except Exception as exc:  # one event that does not unpickle must not end the replay of the rest
+                log.warning("a worker's progress or log event could not be read and was dropped: %r", exc)
+                continue
             if isinstance(ev, Event):
                 emit(ev)
             elif isinstance(ev, logging.LogRecord):
