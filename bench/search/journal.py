@@ -26,7 +26,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -117,26 +118,61 @@ def drop_dangling_lock(lock: Path) -> bool:
 
     A live lock points to its journal, which exists. A dangling one was left by a process that died
     holding the lock in a run directory that has since moved: optuna's stale-lock grace period stats
-    the link, which fails, and its `acquire` then retries forever without sleeping. The link is
-    renamed away first, as optuna's own `release` does, so only one process removes it."""
-    if not os.path.islink(lock) or os.path.exists(lock):
+    the link, which fails, and its `acquire` then retries forever without sleeping.
+
+    Several processes open a resumed run's journal at once (`--jobs N`). They drop in turns
+    (`_one_dropper`), each reading the link again in its turn (`_dangling`, one read): only a dropper
+    removes a dangling lock, so the link it renames is the dangling one it read. Before, a process
+    that had seen the dangling lock renamed away the live lock another had taken once a third had
+    dropped it, and `islink` then `exists` took a live lock released between the two for a dangling
+    one; the give-back then restored it after its holder had released it. A stress test
+    (tests/test_journal_dangling_lock.py) saw two holders at once, optuna's "did not possess lock"
+    and locks held by nobody (optuna breaks those only after its 30 s grace period)."""
+    if not _dangling(lock):
         return False
-    aside = lock.with_name(f"{lock.name}.dangling-{os.getpid()}-{time.monotonic_ns()}")
-    try:
-        os.rename(lock, aside)
-    except FileNotFoundError:  # another process dropped it first
-        return False
-    if os.path.exists(aside):  # a live lock was taken between the check and the rename: give it back
+    with _one_dropper(lock.parent):
+        if not _dangling(lock):  # another process dropped it first
+            return False
+        aside = lock.with_name(f"{lock.name}.dangling-{os.getpid()}-{time.monotonic_ns()}")
         try:
-            os.rename(aside, lock)  # nothing can have taken `lock` meanwhile: the live lock was it
-        except OSError:
-            pass
-        return False
+            os.rename(lock, aside)
+        except FileNotFoundError:  # a dropper that does not take turns (a file system without flock)
+            return False
     target = os.readlink(aside)
     os.unlink(aside)
     log.warning("optuna journal lock %s pointed to %s, which does not exist (the run directory moved after a "
                 "process died holding it): removed", lock, target)
     return True
+
+
+def _dangling(lock: Path) -> bool:
+    """Whether `lock` is a link whose target does not exist, from one read of the link: `islink` then
+    `exists` took a live lock released between the two calls for a dangling one."""
+    try:
+        target = os.readlink(lock)
+    except OSError:  # no lock, or a regular file (not optuna's symlink lock)
+        return False
+    return not os.path.exists(os.path.join(lock.parent, target))  # a relative target is the link's folder's
+
+
+@contextmanager
+def _one_dropper(folder: Path) -> Iterator[None]:
+    """An exclusive flock on the journal's folder, held while a dangling lock is checked and renamed;
+    where folders cannot be flocked (no fcntl, some network file systems) the rename goes unserialised."""
+    try:
+        import fcntl
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 class RepairingJournalFileBackend(JournalFileBackend):
