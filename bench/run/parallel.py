@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -51,6 +52,8 @@ def _watch_parent(parent: int, interval_s: float = 1.0) -> None:
 
 
 def _init_worker(threads: int, events: object = None, parent: int | None = None, log_level: int = logging.INFO) -> None:
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background job's ignored SIGINT stays ignored
+        signal.signal(signal.SIGINT, _on_sigint)
     if parent is not None:
         _watch_parent(parent)
     torch.set_num_threads(threads)
@@ -99,17 +102,42 @@ class _Forward(logging.handlers.QueueHandler):
 
 
 _interrupted = False  # this worker's cell was interrupted (Ctrl-C, a time box): it takes no new ones
+_in_cell = False  # this worker is running a cell (`_cell_running`)
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    """A worker's SIGINT: KeyboardInterrupt inside a cell, as Python's own handler; between cells it only
+    marks the worker interrupted. Python's handler raised it in the executor's loop of an idle worker
+    (at the end of a dataset, while the long cells still train), which killed it: the executor then
+    took the pool for broken and SIGTERMed the workers still unwinding their cells (their trials'
+    `interrupted` marks cut), whose futures became BrokenProcessPool, not KeyboardInterrupt."""
+    global _interrupted
+    _interrupted = True
+    if _in_cell:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _cell_running() -> Iterator[None]:
+    global _in_cell
+    _in_cell = True
+    try:
+        yield
+    finally:
+        _in_cell = False
 
 
 def _job(prepared: str, cell: Cell, ctx: CellContext) -> list[Record]:
-    """One cell in this worker. After an interrupted cell the worker refuses the cells still queued to it:
-    the executor hands a worker its next cell as soon as one ends, and an interrupted run on an H100 with 8
-    workers started 5 cells (and trained one, whose records were dropped) after its time box had struck."""
+    """One cell in this worker. After an interrupted cell (or a SIGINT between cells) the worker refuses
+    the cells still queued to it: the executor hands a worker its next cell as soon as one ends, and an
+    interrupted run on an H100 with 8 workers started 5 cells (and trained one, whose records were
+    dropped) after its time box had struck."""
     global _interrupted
     if _interrupted:
         raise KeyboardInterrupt(f"{cell.dataset}/{cell.strategy} not started: this worker was interrupted")
     try:
-        return _run_job(prepared, cell, ctx)
+        with _cell_running():
+            return _run_job(prepared, cell, ctx)
     except KeyboardInterrupt:
         _interrupted = True
         raise
