@@ -36,7 +36,10 @@ publish_report() {  # leaderboard and HTML report of what $1 holds (the finished
 STATE=$PUB/run-state.tar.gz
 if [ "${1:-}" = save ]; then
   [ -f "$OUT/run.json" ] || { echo "standard_cpu.sh: no run at $OUT to save" >&2; exit 2; }
-  if pgrep -f "fusebench run --suite standard .*--out $OUT( |$)" >/dev/null; then
+  # a running `fusebench run` holds an flock of its run directory's .fusebench.lock (bench/run/rundir.py),
+  # whatever spelling of the path it was given; the command-line match covers a system without flock(1)
+  if { [ -f "$OUT/.fusebench.lock" ] && command -v flock >/dev/null 2>&1 && ! flock -n "$OUT/.fusebench.lock" true; } ||
+     pgrep -f "fusebench run --suite standard .*--out $OUT( |$)" >/dev/null; then
     echo "standard_cpu.sh: the sweep at $OUT is running: stop it first (kill -TERM), then save" >&2; exit 2
   fi
   tar -czf "$STATE.tmp" --exclude=optuna.journal.lock --exclude=.fusebench.lock -C "$(dirname "$OUT")" "$(basename "$OUT")"

@@ -62,3 +62,25 @@ def test_save_refuses_while_the_sweep_runs_and_without_a_run(tmp_path):
     finally:
         fake.kill()
         fake.wait()
+
+
+def test_save_refuses_while_a_run_holds_the_directory_under_another_spelling_of_its_path(tmp_path):
+    """The sweep was started with the default relative `runs/standard-cpu`, `save` is called with the
+    absolute path (or `./runs/...`): the command-line match missed it and the state of a running sweep
+    was tarred. The run's own lock (an flock of RUN/.fusebench.lock, bench/run/rundir.py) names it."""
+    import sys
+
+    out, pub = tmp_path / "standard4", tmp_path / "pub"
+    _run_dir(out)
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out / ".fusebench.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        busy = _script("save", out, pub)
+        assert busy.returncode == 2 and "stop it first" in busy.stderr
+        assert not (pub / "run-state.tar.gz").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _script("save", out, pub).returncode == 0  # the lock released: a stopped run saves
