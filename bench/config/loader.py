@@ -263,7 +263,8 @@ class SuiteConfig:
     monitor: str = "val_loss"  # early-stopping quantity: val_loss (smooth) or val_metric
     batch_size: int = 128
     search_seed: int = 0
-    jobs: int = 1  # parallel cell workers on CPU (an execution detail: results do not depend on it)
+    jobs: int = 1  # parallel cell workers on CPU or a CUDA GPU (an execution detail, but on a GPU the search cap
+    # counts wall seconds, which the other workers' cells lengthen: README, The cap)
     modality_dropout: float = 0.0  # training option applied to every strategy (strategies.training_options)
     gradient_blending: bool = False  # G-Blend loss weighting; strategies without unimodal branches fail clearly
     override: bool = False  # a user file that replaces a built-in of the same name must say so (config.catalog)

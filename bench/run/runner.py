@@ -63,7 +63,7 @@ class RunConfig:
     data_dir: str | None = None
     device: str = "auto"
     storage: str | None = None
-    jobs: int = 1  # cells run in parallel worker processes (CPU only)
+    jobs: int = 1  # cells run in parallel worker processes (CPU or CUDA: parallel.pool_jobs)
     prepare_only: bool = False  # build + encode, create the studies (with their user attrs) and stop: for workers
     amp_bf16: bool = False  # bf16 autocast in training (TrainConfig.amp_bf16)
     compile: bool = False  # torch.compile for training (TrainConfig.compile)
