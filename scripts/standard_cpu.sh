@@ -49,8 +49,15 @@ if [ "${1:-}" = save ]; then
 fi
 restore() {  # a saved run, where $OUT holds none
   if [ ! -f "$OUT/run.json" ] && [ -f "$STATE" ]; then
-    mkdir -p "$OUT"
-    tar -xzf "$STATE" -C "$OUT" --strip-components=1
+    # unpacked beside, then moved into place: a restore cut short leaves no half run that looks whole
+    rm -rf "$OUT.restoring" && mkdir -p "$OUT.restoring"
+    tar -xzf "$STATE" -C "$OUT.restoring" --strip-components=1
+    if [ ! -e "$OUT" ]; then
+      mv "$OUT.restoring" "$OUT"
+    else  # a folder without run.json: run.json last, so that only a whole copy counts as a run
+      mv "$OUT.restoring/run.json" "$OUT.run.json" && cp -a "$OUT.restoring/." "$OUT/" && mv "$OUT.run.json" "$OUT/run.json"
+      rm -rf "$OUT.restoring"
+    fi
     echo "standard_cpu.sh: restored the run from $STATE into $OUT"
   fi
 }
