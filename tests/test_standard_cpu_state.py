@@ -9,6 +9,7 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,19 +50,24 @@ def test_save_then_restore_on_another_machine_gives_the_run_back_without_its_loc
     assert (again / "results.jsonl").read_text() == "newer\n"
 
 
+def _save_is_refused_while(sweep: subprocess.Popen[Any], out: Path, pub: Path) -> None:
+    """`save` exits 2 and writes nothing while `sweep` (a stand-in for the running sweep) lives; it is killed after."""
+    try:
+        busy = _script("save", out, pub)
+        assert busy.returncode == 2 and "stop it first" in busy.stderr
+        assert not (pub / "run-state.tar.gz").exists()
+    finally:
+        sweep.kill()
+        sweep.wait()
+
+
 def test_save_refuses_while_the_sweep_runs_and_without_a_run(tmp_path):
     out, pub = tmp_path / "standard4", tmp_path / "pub"
     assert _script("save", out, pub).returncode == 2  # no run.json
     _run_dir(out)
     fake = subprocess.Popen(["bash", "-c", f'exec -a "fusebench run --suite standard --device cpu --out {out}" sleep 60'])
-    try:
-        time.sleep(0.5)
-        busy = _script("save", out, pub)
-        assert busy.returncode == 2 and "stop it first" in busy.stderr
-        assert not (pub / "run-state.tar.gz").exists()
-    finally:
-        fake.kill()
-        fake.wait()
+    time.sleep(0.5)
+    _save_is_refused_while(fake, out, pub)
 
 
 def test_save_refuses_while_a_run_holds_the_directory_under_another_spelling_of_its_path(tmp_path):
@@ -75,12 +81,6 @@ def test_save_refuses_while_a_run_holds_the_directory_under_another_spelling_of_
     hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
             "print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", hold, str(out / ".fusebench.lock")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        busy = _script("save", out, pub)
-        assert busy.returncode == 2 and "stop it first" in busy.stderr
-        assert not (pub / "run-state.tar.gz").exists()
-    finally:
-        holder.kill()
-        holder.wait()
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    _save_is_refused_while(holder, out, pub)
     assert _script("save", out, pub).returncode == 0  # the lock released: a stopped run saves
