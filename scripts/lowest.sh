@@ -4,7 +4,7 @@
 #
 # Resolves `uv pip compile --resolution lowest-direct` (direct dependencies at their lower bounds,
 # their own dependencies at whatever those need), installs the result into .venv-lowest/ and runs the
-# unit tests there. Extra arguments go to pytest. Python 3.11 by default: numpy's lower bound (1.24)
+# fast unit tests there. Extra arguments go to pytest. Python 3.11 by default: numpy's lower bound (1.24)
 # has no wheels for 3.12+. torch comes as in bootstrap.sh: the pinned CPU build from $PIP_FIND_LINKS,
 # else from the PyTorch CPU index.
 set -euo pipefail
@@ -32,4 +32,6 @@ grep -E '^(torch|transformers|datasets|optuna|pandas|pyarrow|numpy|scipy|scikit-
 "${UV[@]}" pip install -q --python "$VENV/bin/python" "${src[@]}" -r "$lock"
 "${UV[@]}" pip install -q --python "$VENV/bin/python" --no-deps -e .
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-exec "$VENV/bin/pytest" -q -m "not integration and not perf and not gpu" -p no:cacheprovider "$@"
+# The fast unit tests only (`slow`: whole CLI runs, kill -9 and disk-full replays, ~20 min of CI on their own,
+# which test fusebench's recovery paths, not the dependencies' APIs that a lower bound can break; docs/testing.md).
+exec "$VENV/bin/pytest" -q -m "not integration and not perf and not gpu and not slow" -p no:cacheprovider "$@"

@@ -58,6 +58,7 @@ def _builder(name: str, spec: FusionSpec):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_batched_member_equals_sequential_seed(name):
     spec, train, val = _data(STRATEGIES.get(name).input_kind)
     build, spec = _builder(name, spec)
@@ -104,6 +105,7 @@ def test_unbatchable_configurations_say_why():
     assert not fits.batched and "modality dropout" in fits.reason and len(fits.results) == 3
 
 
+@pytest.mark.slow
 def test_run_records_batching_and_phases(tmp_path, synthetic_bundle, monkeypatch):
     """A real (tiny, generated) run: records say how many seeds trained together and carry phase
     seconds; run.json holds wall time per phase and the in-cell process-seconds; --sequential-seeds

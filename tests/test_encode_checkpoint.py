@@ -153,6 +153,7 @@ def _state(pid: int) -> str:
         return ""
 
 
+@pytest.mark.slow
 def test_kill_9_mid_encode_then_resume_equals_an_uninterrupted_encode(synthetic_bundle, tmp_path, monkeypatch, caplog):
     data, cfg_dir = synthetic_bundle
     monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg_dir))
@@ -251,6 +252,7 @@ def _run_script(data: Path, cfg_dir: Path, cache: Path, out: Path) -> str:
     )
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_encode_keeps_the_saved_chunks_seconds_in_its_encoding_phase(
         synthetic_bundle, tmp_path, monkeypatch):
     """run.json `phases.encoding` of a resumed run = the resumed process's encoding wall time + the

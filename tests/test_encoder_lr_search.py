@@ -22,6 +22,7 @@ def _history(out, strategy: str) -> pd.DataFrame:
     return df
 
 
+@pytest.mark.slow
 def test_encoder_lr_is_searched_in_fine_tuning_and_recorded(tmp_path, synthetic_bundle, monkeypatch):
     from fusebench.cli import main
     from fusebench.results.records import load_records

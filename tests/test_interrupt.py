@@ -47,6 +47,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_an_interrupt_swallowed_by_a_finalizer_still_stops_the_command():
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, check=False)

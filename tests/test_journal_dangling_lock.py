@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 SCRIPT = r"""
 import sys, optuna
 from fusebench.search.storage import open_storage
@@ -109,6 +111,7 @@ def _plant(directory: str, stop: Any) -> None:
         time.sleep(0.001)
 
 
+@pytest.mark.slow
 def test_processes_dropping_a_dangling_lock_at_once_never_remove_a_live_one(tmp_path):
     """Several `--jobs` workers open a resumed run's journal at once. Before: a process that saw the
     dangling lock renamed away the live lock another had taken meanwhile, and put it back after its

@@ -37,6 +37,7 @@ def plugin(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_plugin_is_listed_with_flag_and_env(plugin: Path) -> None:
     out = _fusebench(["--plugin", plugin.name, "list", "strategies", "--json"], cwd=plugin.parent)
     assert out.returncode == 0, out.stderr
@@ -48,6 +49,7 @@ def test_plugin_is_listed_with_flag_and_env(plugin: Path) -> None:
     assert "proj_mean" not in without.stdout
 
 
+@pytest.mark.slow
 def test_check_strategy_passes_the_readme_example(plugin: Path) -> None:
     out = _fusebench(["check-strategy", str(plugin)], cwd=plugin.parent)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
@@ -56,6 +58,7 @@ def test_check_strategy_passes_the_readme_example(plugin: Path) -> None:
     assert "failed" not in out.stdout
 
 
+@pytest.mark.slow
 def test_check_strategy_fails_a_broken_strategy(plugin: Path) -> None:
     broken = plugin.parent / "broken_strategy.py"
     broken.write_text(_readme_plugin().replace('"proj_mean"', '"broken_mean"').replace(
@@ -65,6 +68,7 @@ def test_check_strategy_fails_a_broken_strategy(plugin: Path) -> None:
     assert "test_missing_modality_at_inference[broken_mean-2mod]" in out.stdout
 
 
+@pytest.mark.slow
 def test_plugin_runs_in_worker_processes(plugin: Path, synthetic_bundle, tmp_path: Path) -> None:
     data, cfg = synthetic_bundle
     env = {"FUSEBENCH_CONFIG_DIR": str(cfg), "FUSEBENCH_DATA": str(data), "FUSEBENCH_TRAIN_THREADS": "1"}
@@ -93,6 +97,7 @@ def _run_with_constructor_lines(plugin: Path, synthetic_bundle, tmp_path: Path, 
     return out, log_file.read_text() if log_file.exists() else ""
 
 
+@pytest.mark.slow
 def test_worker_log_records_reach_the_parent_log_file(plugin: Path, synthetic_bundle, tmp_path: Path) -> None:
     """A `--jobs 2` run's cells train in worker processes; what they log must reach the run's
     --log-file (INFO and WARNING) and its terminal (WARNING) through the parent, as in one process."""
@@ -110,6 +115,7 @@ def test_worker_log_records_reach_the_parent_log_file(plugin: Path, synthetic_bu
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.slow
 def test_optunas_own_warnings_reach_the_log_file_once(plugin: Path, synthetic_bundle, tmp_path: Path, jobs: str) -> None:
     """optuna logs a trial that failed (its exception and traceback) on its own logger, whose own
     stderr handler bypassed the run's handlers: the --log-file never had it, and a worker's went
@@ -124,6 +130,7 @@ def test_optunas_own_warnings_reach_the_log_file_once(plugin: Path, synthetic_bu
     assert "Traceback" not in out.stderr  # the terminal's line names the error; -v or the file give the traceback
 
 
+@pytest.mark.slow
 def test_bad_plugins_exit_2_naming_them(tmp_path: Path) -> None:
     missing = _fusebench(["--plugin", "nope.py", "list", "strategies"], cwd=tmp_path)
     assert missing.returncode == 2 and "nope.py does not exist" in missing.stderr

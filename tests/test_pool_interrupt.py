@@ -59,6 +59,7 @@ def _unwinding(marker: str) -> None:
         raise
 
 
+@pytest.mark.slow
 def test_workers_that_the_ctrl_c_reached_too_unwind_without_a_second_sigint(tmp_path):
     pool = CellPool(jobs=2, threads=1)
     pool._pool = cf.ProcessPoolExecutor(2, mp_context=mp.get_context("spawn"))

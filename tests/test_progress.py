@@ -103,6 +103,7 @@ def test_log_file_that_cannot_be_written_exits_2(tmp_path, capsys):
     assert "--log-file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_jobs_2_progress_from_workers_reaches_the_parent_log(synthetic_bundle, monkeypatch, tmp_path, capsys):
     """The cells run in two spawned worker processes; their trial/seed progress must reach the parent's
     log file, together with the plan line and the sweep's lines."""

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -42,6 +44,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 def test_jobs_workers_die_after_kill_9_of_the_parent(synthetic_bundle, tmp_path: Path) -> None:
     data, cfg = synthetic_bundle
     out = tmp_path / "run"

@@ -45,6 +45,7 @@ def _fill(mount: Path, leave: int) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_finished_work_and_a_rerun_completes(small_disk: Path, synthetic_bundle) -> None:
     data, cfg = synthetic_bundle
     env = {**os.environ, "FUSEBENCH_CONFIG_DIR": str(cfg)}

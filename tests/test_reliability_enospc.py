@@ -74,6 +74,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.slow
 def test_a_full_disk_is_exit_2_naming_the_file_and_a_rerun_resumes(toy_run, monkeypatch, capsys, case):
     out, args = toy_run
     target, at, named = CASES[case]

@@ -51,6 +51,7 @@ def test_report_on_binary_results_is_exit_2(tmp_path: Path) -> None:
     assert main(["report", str(tmp_path)]) == 2
 
 
+@pytest.mark.slow
 def test_torn_record_on_resume_is_recomputed(synthetic_bundle, monkeypatch, tmp_path: Path) -> None:
     data, cfg = synthetic_bundle
     monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))

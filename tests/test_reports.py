@@ -108,6 +108,7 @@ def test_compare_lists_new_and_removed_and_cli_exit_codes(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_cli_writes_html(tmp_path, capsys):
     d = _run_dir(tmp_path, _records())
     assert main(["report", str(d), "--html"]) == 0
@@ -153,6 +154,7 @@ def test_cliques_and_cd_line_in_markdown():
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
+@pytest.mark.slow
 def test_history_is_exported_at_run_time_and_the_report_never_opens_the_storage(tmp_path, kind):
     import optuna
 

@@ -100,6 +100,7 @@ def _results_written_and_later_search_running(out: Path):
     return condition
 
 
+@pytest.mark.slow
 def test_kill_9_twice_then_resume_equals_an_uninterrupted_run(toy, tmp_path):
     from fusebench.cli import main
 

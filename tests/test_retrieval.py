@@ -68,6 +68,7 @@ def test_query_without_a_correct_key_is_an_error():
         blocked_ranks(torch.randn(2, 3), torch.randn(4, 3), torch.tensor([0, 9]), torch.tensor([0, 0, 1, 1]))
 
 
+@pytest.mark.slow
 def test_blocked_ranking_memory_stays_bounded(tmp_path: Path):
     """20000 × 10000 scores would take 800 MB dense; the blocked passes stay within a few tiles."""
     script = textwrap.dedent("""

@@ -121,6 +121,7 @@ def test_a_hostname_with_glob_or_path_characters_names_only_its_own_folders(tmp_
     scratch.release(folder, fd)
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_leaves_its_folder_and_the_next_run_removes_it(synthetic_bundle, tmp_path):
     data, cfg = synthetic_bundle
     scratch = tmp_path / "tmp"
@@ -167,6 +168,7 @@ def _user_pid_namespaces() -> bool:
                           check=False).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_run_in_another_pid_namespace_keeps_its_folder(synthetic_bundle, tmp_path):
     """The real case: `fusebench run --jobs 2` in its own pid namespace (as in a container sharing
     TMPDIR and the hostname), as a pid that no process has here; a pool here sweeps meanwhile."""

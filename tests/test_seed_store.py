@@ -143,6 +143,7 @@ def _stored(out: Path) -> dict[int, float] | None:
     return {b["record"]["seed"]: b["record"]["train_seconds"] for b in blobs}
 
 
+@pytest.mark.slow
 def test_kill_9_during_the_evaluation_keeps_the_fitted_seeds(synthetic_bundle, tmp_path, monkeypatch):
     from fusebench.cli import main
 
@@ -224,6 +225,7 @@ def test_an_entry_of_another_format_is_retrained(tmp_path, caplog):
     assert "format 2" in caplog.text
 
 
+@pytest.mark.slow
 def test_seeds_left_by_a_kill_after_the_cells_records_were_written_are_removed(synthetic_bundle, tmp_path, monkeypatch):
     """A kill between write_records and clear (bench/run/runner.py) left the finished cell's seeds in
     partial/ for good: the cell is done, so nothing ever read or cleared them again."""

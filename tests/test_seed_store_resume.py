@@ -40,6 +40,7 @@ CASES = [("concat", 1, 1), ("concat", 1, SEEDS - 1), ("concat", 2, SEEDS + 2), (
 
 
 @pytest.mark.parametrize(("strategy", "replicates", "stored"), CASES)
+@pytest.mark.slow
 def test_a_cell_stopped_between_two_stored_seeds_resumes_to_the_same_numbers(
         synthetic_bundle, tmp_path, monkeypatch, caplog, strategy, replicates, stored):
     from fusebench.cli import main

@@ -62,6 +62,7 @@ def _setup(name: str, dropouts=(0.0, 0.0, 0.0)):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_batched_trial_member_equals_its_sequential_trial(name):
     build, train, val, test = _setup(name)
     models = [build(k) for k in range(3)]
@@ -170,6 +171,7 @@ def test_batched_search_proposes_the_sequential_start_up_trials():
     assert params(3) == params(3) == params(1)
 
 
+@pytest.mark.slow
 def test_batched_run_end_to_end_is_deterministic(tmp_path, synthetic_bundle, monkeypatch):
     """A real run on the generated dataset, 6 trials asked at once: trials that share a shape train
     together (records say how many), the budget is spent exactly, and a second run gives the same
@@ -198,6 +200,7 @@ def test_batched_run_end_to_end_is_deterministic(tmp_path, synthetic_bundle, mon
     assert [r.main_metric for r in a] == pytest.approx([r.main_metric for r in b], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_batched_search_resumes_after_kill_9(tmp_path, synthetic_bundle, monkeypatch):
     """A real `fusebench run --trial-batch 3` subprocess is SIGKILLed while a batch is training (every
     trial of the batch RUNNING); the re-run marks those trials stale (FAIL, not counted), retries them
@@ -281,6 +284,7 @@ def test_batched_member_adamw_equals_torch_adamw_per_member():
         torch.testing.assert_close(stacked[k].detach(), singles[k].detach(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_batched_search_of_singletons_equals_the_sequential_search(tmp_path, synthetic_bundle, monkeypatch):
     """Trials 0-2 of the toy search differ in hidden_dim, so a batch of 3 trains them one by one: the
     study must then be the sequential study, value for value (dropout on: the RNG is where it would be)."""
@@ -299,6 +303,7 @@ def test_batched_search_of_singletons_equals_the_sequential_search(tmp_path, syn
     assert values[1] == values[3]
 
 
+@pytest.mark.slow
 def test_worker_trains_the_studys_trial_batches(tmp_path, synthetic_bundle, monkeypatch):
     """`--trial-batch` is stored with the study; a `fusebench worker` asks and trains in the same batches."""
     from fusebench.cli import main

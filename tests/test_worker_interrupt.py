@@ -58,6 +58,7 @@ def _cell_that_unwinds(marker: str) -> None:
 
 
 @pytest.mark.usefixtures("sigint_as_in_a_terminal")
+@pytest.mark.slow
 def test_the_ctrl_c_of_a_pool_with_idle_workers_lets_the_busy_one_unwind(tmp_path):
     """A group Ctrl-C at the end of a dataset: one worker trains the last (long) cell, the others
     wait for work. Before: the idle workers died of the KeyboardInterrupt in the executor's loop, the

@@ -85,6 +85,7 @@ def test_matching_pairs_each_photo_with_one_true_and_one_false_caption(example):
     assert clusters["train"].isdisjoint(clusters["test"])
 
 
+@pytest.mark.slow
 def test_readme_commands_run_end_to_end(example, tmp_path, capsys):
     data, cfg = example
     assert main(["--config-dir", str(cfg), "list", "datasets", "--json"]) == 0
