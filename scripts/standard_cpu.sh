@@ -12,6 +12,7 @@
 # `scripts/standard_cpu.sh status` publishes the run so far: the leaderboard and report of the finished
 # cells (made on a copy of the run directory) and the status.
 # Meant for the background: `nohup nice -n 19 bash scripts/standard_cpu.sh > standard-cpu.out 2>&1 &`.
+# `pause` / `resume` stop and continue the running sweep while another heavy job runs (see below).
 # Across machines: `scripts/standard_cpu.sh save` (the sweep stopped first) writes the run's state (optuna
 # journal, records, stored seeds, predictions; no locks) to $STANDARD_CPU_PUB/run-state.tar.gz (default
 # reports/published/standard-cpu), to be committed; a later start (or `restore`) with no run at
@@ -34,6 +35,33 @@ publish_report() {  # leaderboard and HTML report of what $1 holds (the finished
   if [ -d "$1/plots" ]; then rm -rf "$PUB/plots"; cp -R "$1/plots" "$PUB/"; fi
 }
 STATE=$PUB/run-state.tar.gz
+# `pause` / `resume`: SIGSTOP / SIGCONT the running sweep at $OUT and every process under it, for the
+# minutes another heavy job (the test suite) needs the machine. The search cap counts CPU seconds, and a
+# trial that shares the 2 cores costs ~3x the CPU seconds it costs alone (run 4's first replicates were
+# cap-bound under the tests' load, quiet ones are not); a stopped process counts none. The sweep is the
+# holder of its run directory's flock (bench/run/rundir.py), whose pid the lock file names.
+sweep_tree() {  # the running sweep's pid and its descendants' pids, parent first; exit 1 if none runs
+  local pid i=0 tree
+  pid=$(sed -n 's/^pid \([0-9][0-9]*\) .*/\1/p' "$OUT/.fusebench.lock" 2>/dev/null || true)
+  [ -n "$pid" ] && ! flock -n "$OUT/.fusebench.lock" true 2>/dev/null || return 1
+  tree=("$pid")
+  while [ "$i" -lt "${#tree[@]}" ]; do
+    # shellcheck disable=SC2207
+    tree+=($(pgrep -P "${tree[$i]}" || true)); i=$((i + 1))
+  done
+  echo "${tree[@]}"
+}
+if [ "${1:-}" = pause ] || [ "${1:-}" = resume ]; then
+  tree=$(sweep_tree) || { echo "standard_cpu.sh: no sweep is running at $OUT" >&2; exit 2; }
+  if [ "$1" = pause ]; then
+    for p in $tree; do kill -STOP "$p" 2>/dev/null || true; done  # the parent first: it sees no child stop
+    echo "standard_cpu.sh: paused the sweep at $OUT (pids $tree); resume it with: $0 resume"
+  else
+    for p in $(echo "$tree" | tr ' ' '\n' | tac); do kill -CONT "$p" 2>/dev/null || true; done  # children first
+    echo "standard_cpu.sh: resumed the sweep at $OUT (pids $tree)"
+  fi
+  exit 0
+fi
 if [ "${1:-}" = save ]; then
   [ -f "$OUT/run.json" ] || { echo "standard_cpu.sh: no run at $OUT to save" >&2; exit 2; }
   # a running `fusebench run` holds an flock of its run directory's .fusebench.lock (bench/run/rundir.py),

@@ -84,3 +84,48 @@ def test_save_refuses_while_a_run_holds_the_directory_under_another_spelling_of_
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     _save_is_refused_while(holder, out, pub)
     assert _script("save", out, pub).returncode == 0  # the lock released: a stopped run saves
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _settled(pid: int, stopped: bool) -> str:
+    """The state once a signal sent to a process that was running on the other core has landed (polled, 10 s at most)."""
+    for _ in range(200):
+        if (_state(pid) == "T") == stopped:
+            break
+        time.sleep(0.05)
+    return _state(pid)
+
+
+def test_pause_stops_the_sweep_and_its_children_and_resume_continues_them(tmp_path):
+    """`pause` / `resume` while another heavy job runs: the search cap counts CPU seconds, and a trial
+    sharing the 2 cores with the tests cost ~3x those it costs alone (run 4's first replicates were
+    cap-bound). The sweep is found by its run directory's lock (the pid it names, held), its workers
+    as its descendants; a stopped process counts no CPU seconds."""
+    import sys
+
+    out, pub = tmp_path / "standard4", tmp_path / "pub"
+    _run_dir(out)
+    assert _script("pause", out, pub).returncode == 2  # the lock is not held: no sweep runs
+    sweep = ("import fcntl, os, subprocess, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_TRUNC); "
+             "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, f'pid {os.getpid()} on host h since now'.encode()); "
+             "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+             "print(child.pid, flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", sweep, str(out / ".fusebench.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        child = int(holder.stdout.readline())
+        paused = _script("pause", out, pub)
+        assert paused.returncode == 0, paused.stderr
+        assert _settled(holder.pid, True) == "T" and _settled(child, True) == "T"
+        assert _script("save", out, pub).returncode == 2  # paused is still running: no save
+        resumed = _script("resume", out, pub)
+        assert resumed.returncode == 0, resumed.stderr
+        assert _settled(holder.pid, False) != "T" and _settled(child, False) != "T"
+    finally:
+        subprocess.run(["pkill", "-KILL", "-P", str(holder.pid)], check=False)
+        holder.kill()
+        holder.wait()
