@@ -261,3 +261,106 @@ def test_a_study_resumed_under_another_clock_says_both(tmp_path, clock):
     fresh = run_search(open_study("new", open_storage(url), 0), objective,
                        Budget(trials=1, timeout_s=1000, seeds=1, cap_clock="cpu"))[0]
     assert search_time(fresh).clock == "cpu"
+
+
+def _interrupted_at_trial(clock: FakeClock, number: int):
+    """`_per_trial_seconds`, except that trial `number` is interrupted (Ctrl-C, the time box) after its seconds."""
+    def objective(trial: optuna.Trial) -> float:
+        clock.sleep(5.0 + trial.number)
+        if trial.number == number:
+            raise KeyboardInterrupt
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    return objective
+
+
+@pytest.mark.parametrize("path", ["sequential", "batched"])
+def test_an_interrupted_trial_is_retried_without_charging_the_cap_twice(tmp_path, clock, path):
+    """Trials 0-1 take 5 + 6 s and are told; trial 2 trains 7 s and is interrupted. It is retried
+    (`interrupted`; in a batched round its unstarted round-mate #3 too), so its 7 s are lost work, not the
+    strategy's search: the study counts 11 s and says 7 s lost. The resumed process retries it (sequential:
+    #3, 8 s; batched: #4, 9 s), below the 21 s cap, so one more trial starts: 4 of 5 trials spent. Before
+    the fix the study counted 18 s after the interrupt, 26 or 27 s after the retry, and the cap stopped
+    the search there: 3 of 5."""
+    url = f"journal:///{tmp_path / 'optuna.journal'}"
+    budget = Budget(trials=5, timeout_s=21, seeds=1)
+    objective = _interrupted_at_trial(clock, 2)
+    with pytest.raises(KeyboardInterrupt):
+        if path == "sequential":
+            run_search(open_study("t/i", open_storage(url), 0), objective, budget)
+        else:
+            seq = BatchObjective(lambda t: None, lambda trials, xs, may_start: [objective(t) for t in trials])
+            run_batched_search(open_study("t/i", open_storage(url), 0), seq, budget, 2)
+    interrupted = open_study("t/i", open_storage(url), 0)
+    assert search_time(interrupted).seconds == pytest.approx(11.0)
+    assert search_time(interrupted).lost == pytest.approx(7.0)
+    study = _search(path, open_study("t/i", open_storage(url), 0), budget, clock)
+    counts = trial_counts(study, 5)
+    assert counts.spent == 4 and counts.retried >= 1
+    assert search_time(study).seconds == pytest.approx(11.0 + (8.0 + 9.0 if path == "sequential" else 9.0 + 10.0))
+    assert search_time(study).record_fields()["search_seconds_lost"] == pytest.approx(7.0)
+
+
+_KILLED_SEARCH = """
+import sys, time
+import fusebench.search.clock as clock_module
+from fusebench.search.storage import open_storage
+from fusebench.search.study import Budget, open_study, run_search
+clock_module.SAVE_EVERY_S = 0.05
+
+def objective(trial):
+    if trial.number == 1:
+        time.sleep(120)  # killed during this trial
+    time.sleep(0.3)
+    return trial.suggest_float("x", 0.0, 1.0)
+
+run_search(open_study("t/k", open_storage(sys.argv[1]), 0), objective, Budget(trials=3, timeout_s=1000, seeds=1))
+"""
+
+
+def test_a_killed_process_s_trial_in_flight_is_not_charged_to_the_cap(tmp_path):
+    """A real process is killed (SIGKILL: what a session's end, a lost machine or the OOM killer does) while
+    its trial 1 trains; trial 0 (0.3 s) was told. The process that resumes marks trial 1 stale and sets the
+    killed process's seconds back to those of its told trials: the trial is retried, and its seconds count
+    once, in the retry. Before the fix the killed process's seconds in trial 1 stayed in the cap."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url = f"journal:///{tmp_path / 'optuna.journal'}"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_SEARCH, url])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            try:
+                attrs = optuna.load_study(study_name="t/k", storage=open_storage(url)).user_attrs
+            except KeyError:
+                continue
+            committed = {k: v for k, v in attrs.items() if k.startswith(clock_module.COMMITTED_PREFIX)}
+            own = {k: v for k, v in attrs.items() if k.startswith(KEY_PREFIX)}
+            if committed and own and max(own.values()) >= max(committed.values()) + 0.5:
+                break  # trial 0 told, and trial 1 has trained for 0.5 s and saved it
+        else:
+            pytest.fail(f"the child never reached trial 1: {attrs}")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (key,) = own
+    before = search_time(optuna.load_study(study_name="t/k", storage=open_storage(url)))
+    assert before.seconds >= 0.8  # what the cap counted before the fix: trial 0 and trial 1's half-second
+
+    def quick(trial: optuna.Trial) -> float:
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    study, _ = run_search(open_study("t/k", open_storage(url), 0), quick, Budget(trials=3, timeout_s=1000, seeds=1))
+    counts = trial_counts(study, 3)
+    assert (counts.spent, counts.retried) == (3, 1)
+    ident = key[len(KEY_PREFIX):]
+    told = study.user_attrs[clock_module.COMMITTED_PREFIX + ident]
+    assert 0.3 <= told < 0.8 and study.user_attrs[key] == pytest.approx(told)
+    lost = study.user_attrs[clock_module.LOST_PREFIX + ident]
+    assert lost >= 0.5 and search_time(study).lost == pytest.approx(lost)
+    assert search_time(study).seconds == pytest.approx(before.seconds - lost, abs=0.05)

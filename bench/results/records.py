@@ -77,6 +77,9 @@ class Record:
     # what search_seconds and the cap count: "wall", "cpu", "wall+cpu" (a study resumed under another
     # clock); "": written before the field, or no search
     search_clock: str = ""
+    # seconds of trials that a kill or an interrupt threw away (retried, so counted again in their retry):
+    # not in search_seconds; 0.0 also for records written before the field
+    search_seconds_lost: float = 0.0
     train_seconds: float = 0.0
     best_epoch: int | None = None  # epoch whose weights early stopping restored (0-based)
     best_step: int | None = None  # optimiser steps taken by then

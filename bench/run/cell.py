@@ -218,6 +218,7 @@ class SearchOutcome:
     trials_batched: int = 0  # trials that trained inside a batch of two or more
     seconds_complete: bool = True  # False: part of the search ran before seconds were kept in the study
     clock: str = ""  # what `seconds` count (bench/search/clock.py: SearchTime.clock)
+    lost: float = 0.0  # seconds of trials a kill or an interrupt threw away (retried): not in `seconds`
 
 
 def search_replicate(cell: Cell, data: TaskData, ctx: CellContext, replicate: int) -> SearchOutcome:
@@ -236,7 +237,7 @@ def search_replicate(cell: Cell, data: TaskData, ctx: CellContext, replicate: in
         log.warning("  %s replicate %d: the %.0fs cap stopped the search at %d/%d trials", cell.strategy, replicate,
                     budget.timeout_s, counts.spent, budget.trials)
     return SearchOutcome(replicate, best_params_or_none(study), counts, spent.seconds, counts.spent < budget.trials,
-                         trials_batched(study), spent.complete, spent.clock)
+                         trials_batched(study), spent.complete, spent.clock, spent.lost)
 
 
 def _run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
@@ -334,6 +335,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
             search_seconds=search.seconds,
             search_seconds_complete=search.seconds_complete,
             search_clock=search.clock,  # the study's: a resumed study may have counted another clock before
+            search_seconds_lost=search.lost,
             sampler=sampler_settings(budget.search_seed) if cell.info.trainable else {},
             pruner=pruner_settings() if cell.info.trainable else {},
             train_seconds=result.train_seconds,

@@ -12,9 +12,16 @@ works, and when it stops (an exception included). The replicate's seconds are th
   what the killed process left of it (before, each process got a fresh cap); with concurrent
   workers the cap is on their summed seconds — a compute budget, the same whatever the number of
   processes that share it;
-- the record's `search_seconds` is that total (before: the last process's seconds only); a kill
-  loses at most the killed process's last `SAVE_EVERY_S` seconds (its trial in flight still counts
-  up to then, though that trial itself is retried).
+- the record's `search_seconds` is that total (before: the last process's seconds only);
+- the seconds of trials that a kill or a Ctrl-C threw away do not count: those trials are retried,
+  and their retry counts its own seconds. Each process also saves its *committed* seconds
+  (`search_seconds_committed:<key>`) whenever its trials have been told (a trial's end; a batched
+  round's end). A process interrupted by Ctrl-C or the time box drops its seconds since then itself;
+  a killed one (SIGTERM, kill -9, a lost machine) leaves RUNNING trials, and the process that marks
+  them stale (`study.fail_stale_running`) sets the dead process's seconds back to its committed ones.
+  Both keep what they dropped in `search_seconds_lost:<key>`, and the record says it
+  (`search_seconds_lost`). Before, each kill at a session's end charged the cap with the 5 trials in
+  flight per study, twice (killed and retried): on the standard CPU run a third of a replicate's cap.
 
 One attr per process (not one shared counter) because processes write concurrently and a storage's
 user attrs have no atomic add. A study searched before this count existed has trials but no such
@@ -68,6 +75,9 @@ CAP_CLOCKS: dict[str, Callable[[], float]] = {"wall": _wall, "cpu": _cpu}
 KEY_PREFIX = "search_seconds:"
 PARTIAL_KEY = "search_seconds_partial"
 BEFORE_KEY = KEY_PREFIX + "before"  # a study's seconds before they were kept (estimated from its trials)
+# a process's seconds when its trials were last told, and those it lost: neither starts with KEY_PREFIX
+COMMITTED_PREFIX = "search_seconds_committed:"
+LOST_PREFIX = "search_seconds_lost:"
 SAVE_EVERY_S = 30.0
 # the clocks (CAP_CLOCKS names) that counted a study's seconds, in the order they first did: a study
 # searched under one clock and resumed under another (a wall-clock study of code before the CPU clock,
@@ -82,13 +92,43 @@ class SearchTime:
     seconds: float
     complete: bool  # False: the study was searched before the count existed (earlier seconds unknown)
     clock: str = ""  # what the seconds count: "wall", "cpu", or "wall+cpu" when both did ("": none yet)
+    lost: float = 0.0  # seconds of trials that a kill or an interrupt threw away (retried): not in `seconds`
 
     def record_fields(self) -> dict[str, Any]:
-        return {"search_seconds": self.seconds, "search_seconds_complete": self.complete, "search_clock": self.clock}
+        return {"search_seconds": self.seconds, "search_seconds_complete": self.complete, "search_clock": self.clock,
+                "search_seconds_lost": self.lost}
 
 
-def _saved(attrs: dict[str, Any], but: str | None = None) -> float:
-    return sum(float(v) for k, v in attrs.items() if k.startswith(KEY_PREFIX) and k != but)
+def _saved(attrs: dict[str, Any], but: str | None = None, prefix: str = KEY_PREFIX) -> float:
+    return sum(float(v) for k, v in attrs.items() if k.startswith(prefix) and k != but)
+
+
+def drop_uncommitted(study: optuna.Study, dead: set[tuple[str, int]]) -> float:
+    """Set each dead process's seconds back to its committed ones (what it had when its trials were last
+    told): the seconds after that trained the trials it left RUNNING, which are retried and count again.
+    `dead`: the (host, pid) of the processes whose trials were just marked stale. Returns the seconds dropped.
+    Processes of code that kept no committed seconds keep all theirs (nothing says which were lost)."""
+    attrs = study.user_attrs
+    dropped = 0.0
+    for key, value in attrs.items():
+        if not key.startswith(KEY_PREFIX) or key == BEFORE_KEY:
+            continue
+        ident = key[len(KEY_PREFIX):]
+        parts = ident.rsplit(":", 2)  # host:pid:token
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        proc = (parts[0], int(parts[1]))
+        committed = attrs.get(COMMITTED_PREFIX + ident)
+        if proc not in dead or committed is None or float(value) <= float(committed):
+            continue
+        lost = float(value) - float(committed)
+        study.set_user_attr(LOST_PREFIX + ident, round(float(attrs.get(LOST_PREFIX + ident, 0.0)) + lost, 3))
+        study.set_user_attr(key, float(committed))
+        dropped += lost
+        log.warning("study %s: %.0f s of the search of a killed process (host %s, pid %d) were spent on trials it left "
+                    "running; they are retried, and those seconds no longer count against the cap",
+                    study.study_name, lost, proc[0], proc[1])
+    return dropped
 
 
 def trial_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
@@ -110,7 +150,8 @@ def trial_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
 def search_time(study: optuna.Study) -> SearchTime:
     """The replicate's search seconds as saved in its study (all processes, the finished ones exactly)."""
     attrs = study.user_attrs
-    return SearchTime(_saved(attrs), not attrs.get(PARTIAL_KEY), "+".join(_clocks(attrs)))
+    return SearchTime(_saved(attrs), not attrs.get(PARTIAL_KEY), "+".join(_clocks(attrs)),
+                      round(_saved(attrs, prefix=LOST_PREFIX), 3))
 
 
 def _clocks(attrs: dict[str, Any]) -> list[str]:
@@ -126,16 +167,19 @@ class SearchClock:
     `with clock.ticking(): ... with clock.busy(): work()` — `left()` is the cap minus the seconds of
     every process (the others' as last saved, this one's up to now)."""
 
-    def __init__(self, study: optuna.Study, timeout_s: float, save_every_s: float = SAVE_EVERY_S,
+    def __init__(self, study: optuna.Study, timeout_s: float, save_every_s: float | None = None,
                  clock: str = "wall") -> None:
         self._study = study
         self._clock = clock  # a CAP_CLOCKS name: what this process's seconds count
         self._timer = CAP_CLOCKS[clock]
         self._timeout_s = timeout_s
-        self._save_every_s = save_every_s
-        self._key = f"{KEY_PREFIX}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._save_every_s = SAVE_EVERY_S if save_every_s is None else save_every_s  # read now: tests set it
+        self._ident = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._key = KEY_PREFIX + self._ident
         self._lock = threading.Lock()
         self._own = 0.0
+        self._committed = 0.0  # `_own` when this process's trials were last told
+        self._lost = 0.0  # seconds of trials an interrupt threw away (retried)
         self._since: float | None = None
         self._registered = False
         attrs = study.user_attrs
@@ -161,9 +205,31 @@ class SearchClock:
         if self._registered:
             self._study.set_user_attr(self._key, round(self.own(), 3))
 
+    def commit(self) -> None:
+        """The trials this process trained so far have been told: their seconds count even if it is killed
+        later (saved before the seconds, so that a kill between the two writes drops nothing told)."""
+        if not self._registered:
+            return
+        own = self.own()
+        with self._lock:
+            self._committed = own
+        self._study.set_user_attr(COMMITTED_PREFIX + self._ident, round(own, 3))
+        self._study.set_user_attr(self._key, round(own, 3))
+
+    def _drop_uncommitted(self) -> None:
+        """An interrupt threw away the trials in flight (marked `interrupted`, retried): their seconds
+        since the last commit do not count."""
+        with self._lock:
+            lost, self._own = self._own - self._committed, self._committed
+            self._lost += max(0.0, lost)
+        if lost > 0:
+            self._study.set_user_attr(LOST_PREFIX + self._ident, round(self._lost, 3))
+            self.save()
+
     @contextmanager
     def busy(self) -> Iterator[None]:
-        """Count the seconds of the block as this process's search seconds."""
+        """Count the seconds of the block as this process's search seconds; the block tells every trial it
+        starts before it returns, so its end commits them (`commit`)."""
         if not self._registered:
             clocks = _clocks(self._study.user_attrs)
             if self._clock not in clocks:  # before this process's first seconds are saved
@@ -172,13 +238,24 @@ class SearchClock:
             self.save()
         with self._lock:
             self._since = self._timer()
+        interrupted = False
         try:
             yield
+        except KeyboardInterrupt:  # Ctrl-C or the time box: the trials in flight are retried
+            interrupted = True
+            raise
         finally:
             with self._lock:
                 assert self._since is not None
                 self._own += self._timer() - self._since
                 self._since = None
+            if interrupted:
+                try:
+                    self._drop_uncommitted()
+                except Exception as exc:  # the interrupt goes on; a resumed search counts these seconds
+                    log.warning("study %s: could not drop the interrupted trials' seconds: %s",
+                                self._study.study_name, exc)
+        self.commit()  # the block returned: every trial it started has been told
 
     @contextmanager
     def ticking(self) -> Iterator[None]:

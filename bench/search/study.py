@@ -24,7 +24,8 @@ one study at once. The budget stays exact across them:
 
 Search cap (`Budget.timeout_s` in `Budget.cap_clock` seconds, a safety net): on the seconds of the whole replicate, summed
 over every process that searched it, the killed ones included (bench/search/clock.py), so a resumed
-search does not get a fresh cap. It is checked before each trial starts, never during one: a trial
+search does not get a fresh cap; but not the seconds of trials a kill or an interrupt threw away, which
+are retried and count again in their retry. It is checked before each trial starts, never during one: a trial
 that has started trains to its end (as optuna's `optimize(timeout=...)` does), and no trial starts
 once the cap is spent — in a batched round (bench/search/trial_batch.py) the trials asked with the
 round but not yet started then end FAIL with user attr `not_started`, counted neither as spent nor as
@@ -58,7 +59,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fusebench.core.processes import pid_alive
-from fusebench.search.clock import CAP_CLOCKS, SearchClock
+from fusebench.search.clock import CAP_CLOCKS, SearchClock, drop_uncommitted
 
 if TYPE_CHECKING:
     import torch
@@ -199,23 +200,25 @@ def fail_stale_running(study: optuna.Study) -> int:
     """
     from fusebench.search.storage import has_heartbeat
 
+    failed: list[optuna.trial.FrozenTrial] = []
     if has_heartbeat(study._storage):
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
         optuna.storages.fail_stale_trials(study)
-        n = len({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
+        failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before]
     else:
-        stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _is_stale(t)]
-        n = 0
-        for t in stale:
+        for t in [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _is_stale(t)]:
             try:
                 study._storage.set_trial_user_attr(t._trial_id, "stale", True)
                 study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-                n += 1
+                failed.append(t)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # another process failed it first
-    if n:
-        log.warning("study %s: %d trial(s) left running by a killed process marked failed", study.study_name, n)
-    return n
+    if failed:
+        log.warning("study %s: %d trial(s) left running by a killed process marked failed", study.study_name, len(failed))
+        # the seconds those trials cost their killed process do not count against the cap (bench/search/clock.py)
+        drop_uncommitted(study, {(str(t.user_attrs["host"]), int(t.user_attrs["pid"])) for t in failed
+                                 if t.user_attrs.get("host") is not None and t.user_attrs.get("pid") is not None})
+    return len(failed)
 
 
 class _Surplus(Exception):
@@ -334,9 +337,8 @@ def drive_search(study: optuna.Study, budget: Budget, work: Callable[[int, int, 
                 log.warning("study %s: %d trial(s) failed here; stopping the search", study.study_name, failures())
                 break
             if done + running < budget.trials and clock.left() > 0:
-                with clock.busy():
+                with clock.busy():  # commits this process's seconds when `work` returns
                     work(done, running, clock)
-                clock.save()
                 continue
             if running == 0:
                 break  # out of time and nobody else is working on it
@@ -361,7 +363,7 @@ def run_search(
 
     def optimize(done: int, running: int, clock: SearchClock) -> None:
         def stop(st: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
-            clock.save()  # at each trial's end (and every SAVE_EVERY_S): a kill loses little
+            clock.commit()  # at each trial's end (and saved every SAVE_EVERY_S): this trial's seconds count
             # at the budget, or at the cap: optuna's own timeout sees this process's seconds only
             if _counts(st)[0] >= budget.trials or clock.left() <= 0:
                 st.stop()
