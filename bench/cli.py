@@ -257,9 +257,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from fusebench.reports.compare import compare, load_board
+    from fusebench.reports.compare import compare, load_board, load_machine, machine_note
 
     result = compare(load_board(Path(args.baseline)), load_board(Path(args.current)), args.max_drop)
+    print(machine_note(load_machine(Path(args.baseline)), load_machine(Path(args.current))))
     print(result.report())
     return 1 if result.regressions else 0
 

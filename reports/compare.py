@@ -12,8 +12,10 @@ objects whose `fails()` returns a readable line or None (the pytest-benchmark st
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,56 @@ def load_board(path: Path) -> pd.DataFrame:
     if missing:
         raise UsageError(f"{csv}: not a fusebench leaderboard (missing columns {sorted(missing)})")
     return board
+
+
+# what decides a run's floating-point results besides the code (bench/results/provenance.py: cpu_identity)
+MACHINE_FIELDS = ("cpu_model", "cpu_id", "cpu_flags_sha256", "torch_cpu_capability", "blas", "gpu")
+
+
+def load_machine(path: Path) -> dict[str, str] | None:
+    """The machine fields and torch version a board was made with: the run.json of a run directory, or
+    the run.json / machine.json (scripts/update_baseline.sh writes it) beside a leaderboard.csv; None
+    when neither is there or readable."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    for name in ("run.json", "machine.json"):
+        try:
+            data: dict[str, Any] = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        machine, versions = data.get("machine") or {}, data.get("versions") or {}
+        out = {k: str(machine[k]) for k in MACHINE_FIELDS if machine.get(k)}
+        if versions.get("torch"):
+            out["torch"] = str(versions["torch"])
+        return out
+    return None
+
+
+def write_machine_file(run_json: str | Path, dest: str | Path) -> None:
+    """Write `dest` (a baseline's machine.json) from a run's run.json: its machine (less the hostname)
+    and library versions, which `load_machine` reads beside the baseline's leaderboard.csv."""
+    run = json.loads(Path(run_json).read_text(encoding="utf-8"))
+    machine = {k: v for k, v in (run.get("machine") or {}).items() if k != "hostname"}
+    Path(dest).write_text(json.dumps({"machine": machine, "versions": run.get("versions") or {}}, indent=1) + "\n",
+                          encoding="utf-8")
+
+
+def machine_note(baseline: dict[str, str] | None, current: dict[str, str] | None) -> str:
+    """One line on whether the two runs share a machine: a deterministic CPU run's numbers repeat on one
+    machine and can move on another, so a drop between machines is not necessarily the code's."""
+    if baseline is None or current is None:
+        which = "baseline" if baseline is None else "current run"
+        return (f"machines: the {which}'s machine is not recorded (no run.json or machine.json beside its "
+                "leaderboard; scripts/update_baseline.sh writes machine.json): a drift may be the machine's")
+    shared = [k for k in (*MACHINE_FIELDS, "torch") if k in baseline and k in current]
+    differ = [k for k in shared if baseline[k] != current[k]]
+    unknown = [k for k in (*MACHINE_FIELDS, "torch") if (k in baseline) != (k in current)]
+    note = (f" (not recorded by both: {', '.join(unknown)})" if unknown else "")
+    if not differ:
+        return f"machines: the same {', '.join(shared) or 'nothing recorded'}{note}"
+    detail = "; ".join(f"{k}: {baseline[k]} vs {current[k]}" for k in differ)
+    return (f"machines differ: {detail}{note}. A CPU run repeats bit for bit on one machine, not across CPUs "
+            "or kernels: check a regression against a baseline made on this machine (scripts/update_baseline.sh)")
 
 
 def _finite(row: pd.Series, col: str) -> float | None:

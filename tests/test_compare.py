@@ -131,6 +131,26 @@ def test_update_baseline_script_is_documented_and_copies_both_files():
     text = script.read_text()
     assert "scripts/smoke.sh" in text and "baselines/smoke" in text
     assert "leaderboard.csv" in text and "leaderboard.md" in text
+    assert "write_machine_file" in text and "baselines/smoke/machine.json" in text
     ci = (REPO / ".ci" / "run").read_text()
     assert "fusebench compare baselines/smoke/leaderboard.csv runs/ci-smoke" in ci
     assert os.stat(REPO / ".ci" / "run").st_mode & stat.S_IXUSR
+
+
+def test_the_baseline_s_machine_file_is_what_compare_reads(tmp_path):
+    """update_baseline.sh writes machine.json from the smoke run's run.json (hostname left out); the gate
+    reads it beside the baseline's leaderboard.csv."""
+    import json
+
+    from fusebench.reports.compare import load_machine, write_machine_file
+
+    machine = {"hostname": "ci-42", "cpu_model": "AMD EPYC", "cpu_id": "AuthenticAMD family 25 model 1 stepping 1",
+               "torch_cpu_capability": "AVX2", "cpu_count": 2}
+    (tmp_path / "run.json").write_text(json.dumps({"machine": machine, "versions": {"torch": "2.13.0+cpu"}}))
+    (tmp_path / "base").mkdir()
+    write_machine_file(tmp_path / "run.json", tmp_path / "base" / "machine.json")
+    written = json.loads((tmp_path / "base" / "machine.json").read_text())
+    assert "hostname" not in written["machine"] and written["versions"] == {"torch": "2.13.0+cpu"}
+    assert load_machine(tmp_path / "base" / "leaderboard.csv") == {
+        "cpu_model": "AMD EPYC", "cpu_id": "AuthenticAMD family 25 model 1 stepping 1", "torch_cpu_capability": "AVX2",
+        "torch": "2.13.0+cpu"}

@@ -288,3 +288,30 @@ def _tables_of(text: str) -> list[list[list[str]]]:
     parser = _Tables()
     parser.feed(text)
     return parser.tables
+
+
+def test_compare_says_whether_the_two_runs_share_a_machine(tmp_path, capsys):
+    """A CPU run repeats bit for bit on one machine but moved on 25 of 88 smoke cells on another host
+    (stop 23); the gate prints both runs' machine fields so that such a drift can be told from a bug."""
+    from fusebench.reports.compare import load_machine, machine_note
+    from fusebench.results.provenance import cpu_identity
+
+    base = _run_dir(tmp_path, _records(), "base")
+    cur = _run_dir(tmp_path, _records(), "cur")
+    here = {"cpu_model": "AMD EPYC", "cpu_id": "AuthenticAMD family 25 model 1 stepping 1", "torch_cpu_capability": "AVX2"}
+    other = {**here, "cpu_id": "GenuineIntel family 6 model 106 stepping 6", "torch_cpu_capability": "AVX512"}
+    (base / "leaderboard.csv").rename(tmp_path / "leaderboard.csv")  # a committed baseline: the csv, machine.json
+    (tmp_path / "machine.json").write_text(json.dumps({"machine": here, "versions": {"torch": "2.13.0+cpu"}}))
+    (cur / "run.json").write_text(json.dumps({"machine": other, "versions": {"torch": "2.13.0+cpu"}}))
+    assert load_machine(tmp_path / "leaderboard.csv") == {**here, "torch": "2.13.0+cpu"}
+    assert main(["compare", str(tmp_path / "leaderboard.csv"), str(cur)]) == 0
+    out = capsys.readouterr().out
+    assert ("machines differ: cpu_id: AuthenticAMD family 25 model 1 stepping 1 vs GenuineIntel family 6 model 106 "
+            "stepping 6; torch_cpu_capability: AVX2 vs AVX512") in out
+    same = machine_note({**here, "torch": "2.13.0+cpu"}, {**here, "torch": "2.13.0+cpu", "blas": "MKL"})
+    assert same.startswith("machines: the same cpu_model, cpu_id, torch_cpu_capability, torch") and "blas" in same
+    assert "not recorded" in machine_note(None, here)
+    (tmp_path / "machine.json").write_text("{not json")
+    assert load_machine(tmp_path / "leaderboard.csv") is None
+    ident = cpu_identity()  # this machine (Linux): the fields the note compares
+    assert ident["torch_cpu_capability"] and ("cpu_id" in ident) == ("vendor_id" in open("/proc/cpuinfo").read())

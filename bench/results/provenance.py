@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib.metadata as md
 import json
 import os
@@ -87,12 +88,47 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_identity() -> dict[str, str]:
+    """What decides a CPU run's floating-point results beyond the code and the library versions: the CPU
+    (vendor, family, model, stepping: a VM's "model name" is often only "AMD EPYC"), a digest of its
+    feature flags, the vector ISA torch's kernels dispatch to, and the BLAS torch was built with. A
+    deterministic smoke run repeats bit for bit on one machine, yet moved up to 0.05 on 25 of 88 cells
+    between two hosts of this project with the same code and wheels (stop 23): the regression gate
+    (`fusebench compare`) shows these fields of both runs, so such a drift can be told from a bug."""
+    fields: dict[str, str] = {}
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("vendor_id", "cpu family", "model", "stepping", "flags") and key not in fields:
+                fields[key] = value.strip()
+            if not line.strip() and fields:
+                break  # the first processor is enough
+    except OSError:
+        pass
+    out: dict[str, str] = {}
+    if "vendor_id" in fields:
+        out["cpu_id"] = (f"{fields['vendor_id']} family {fields.get('cpu family', '?')} model {fields.get('model', '?')} "
+                         f"stepping {fields.get('stepping', '?')}")
+    if "flags" in fields:
+        out["cpu_flags_sha256"] = hashlib.sha256(" ".join(sorted(fields["flags"].split())).encode()).hexdigest()[:16]
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    if capability is not None:
+        out["torch_cpu_capability"] = str(capability())
+    blas = [ln.strip(" -") for ln in torch.__config__.show().splitlines()
+            if "Math Kernel Library" in ln or "OpenBLAS" in ln or "BLAS_INFO" in ln]
+    if blas:
+        out["blas"] = blas[0]
+    return out
+
+
 def machine(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "hostname": platform.node(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),
+        **cpu_identity(),
         "cpu_count": os.cpu_count(),
         "torch_threads_encode": torch.get_num_threads(),
         "torch_threads_train": int(os.environ.get("FUSEBENCH_TRAIN_THREADS", "1")),
