@@ -84,7 +84,6 @@ def _copy(bundle: Path, to: Path) -> Path:
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_repacking_fp32_leaves_no_fp16_weights_and_no_stale_data(packed, tmp_path, data_root):
     bundle = _copy(packed, tmp_path / "bundle")
     (bundle / "run.tar.gz").write_bytes(b"kept")
@@ -108,7 +107,6 @@ def first_run(packed, tmp_path_factory, data_root):
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_run_names_failed_steps_and_exits_1_but_its_own_time_box_is_no_failure(first_run):
     tmp, _, done = first_run
     assert done.returncode == 1, done.stdout + done.stderr
@@ -141,7 +139,6 @@ def test_a_wheel_run_records_the_packed_commit(first_run):
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_a_resumed_run_appends_its_log_to_the_carried_run_log(first_run, tmp_path, data_root):
     tmp, bundle, _ = first_run
     with tarfile.open(tmp / "out" / "run.tar.gz") as tar:
@@ -159,7 +156,6 @@ def test_a_resumed_run_appends_its_log_to_the_carried_run_log(first_run, tmp_pat
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_an_unreadable_carried_run_is_a_named_failure(packed, tmp_path, data_root):
     bundle = _copy(packed, tmp_path / "bundle")
     (bundle / "run.tar.gz").write_bytes(b"not a tarball")
@@ -169,7 +165,6 @@ def test_an_unreadable_carried_run_is_a_named_failure(packed, tmp_path, data_roo
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_check_strategy_runs_from_the_installed_wheel(first_run, tmp_path):
     """`fusebench check-strategy` from a wheel (here the bundle's, installed by `run`): the contract tests ship
     in the package. Before, they lived only in tests/ and a wheel's check-strategy was exit 2."""
