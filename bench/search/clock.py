@@ -235,6 +235,9 @@ class SearchClock:
             if self._clock not in clocks:  # before this process's first seconds are saved
                 self._study.set_user_attr(CLOCKS_KEY, [*clocks, self._clock])
             self._registered = True
+            # committed before its first seconds: a process killed before it tells its first trial has
+            # committed nothing (0 s), not "kept no committed seconds" (code before them: keeps all)
+            self._study.set_user_attr(COMMITTED_PREFIX + self._ident, round(self._committed, 3))
             self.save()
         with self._lock:
             self._since = self._timer()
