@@ -18,7 +18,9 @@ works, and when it stops (an exception included). The replicate's seconds are th
   (`search_seconds_committed:<key>`) whenever its trials have been told (a trial's end; a batched
   round's end). A process interrupted by Ctrl-C or the time box drops its seconds since then itself;
   a killed one (SIGTERM, kill -9, a lost machine) leaves RUNNING trials, and the process that marks
-  them stale (`study.fail_stale_running`) sets the dead process's seconds back to its committed ones.
+  them stale sets the dead process's seconds back to its committed ones (`study.fail_stale_running` on
+  a file storage; on PostgreSQL the storage's heartbeat-stale callback, `storage.DropStaleSeconds`,
+  whoever fails them: optuna's `optimize` does before each trial).
   Both keep what they dropped in `search_seconds_lost:<key>`, and the record says it
   (`search_seconds_lost`). Before, each kill at a session's end charged the cap with the 5 trials in
   flight per study, twice (killed and retried): on the standard CPU run a third of a replicate's cap.

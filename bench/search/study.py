@@ -200,19 +200,25 @@ def fail_stale_running(study: optuna.Study) -> int:
     """
     from fusebench.search.storage import has_heartbeat
 
-    failed: list[optuna.trial.FrozenTrial] = []
     if has_heartbeat(study._storage):
+        # the storage's stale-trial callback (bench/search/storage.py: DropStaleSeconds) retries each trial
+        # failed here and drops its killed process's uncommitted seconds, as it does for the trials optuna's
+        # `optimize` fails itself; not dropped here: the trials newly FAIL may include ones that live
+        # processes told meanwhile, whose seconds are theirs
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
         optuna.storages.fail_stale_trials(study)
-        failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before]
-    else:
-        for t in [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _is_stale(t)]:
-            try:
-                study._storage.set_trial_user_attr(t._trial_id, "stale", True)
-                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-                failed.append(t)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another process failed it first
+        n = len({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
+        if n:
+            log.warning("study %s: %d trial(s) left running by a killed process marked failed", study.study_name, n)
+        return n
+    failed: list[optuna.trial.FrozenTrial] = []
+    for t in [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _is_stale(t)]:
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "stale", True)
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            failed.append(t)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process failed it first
     if failed:
         log.warning("study %s: %d trial(s) left running by a killed process marked failed", study.study_name, len(failed))
         # the seconds those trials cost their killed process do not count against the cap (bench/search/clock.py)
