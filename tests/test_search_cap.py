@@ -426,3 +426,63 @@ def test_a_process_killed_in_its_first_trial_is_not_charged_for_it(tmp_path):
     assert study.user_attrs[key] == 0.0, "the killed process told no trial: none of its seconds count"
     lost = study.user_attrs[clock_module.LOST_PREFIX + key[len(KEY_PREFIX):]]
     assert lost >= 0.5 and search_time(study).lost == pytest.approx(lost)
+
+
+_KILLED_BETWEEN_TELLS = """
+import os, signal, sys, time
+import fusebench.search.clock as clock_module
+import fusebench.search.trial_batch as trial_batch
+from fusebench.search.storage import open_storage
+from fusebench.search.study import Budget, open_study
+clock_module.SAVE_EVERY_S = 0.05
+real_tell = trial_batch._tell
+told = []
+
+def tell_then_die(study, trial, outcome):
+    state = real_tell(study, trial, outcome)
+    told.append(trial.number)
+    if len(told) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # the kill lands after round 2's first tell, before its second
+    return state
+
+trial_batch._tell = tell_then_die
+
+def train(trials, xs, may_start):
+    out = []
+    for t in trials:
+        time.sleep(0.6)  # one after another, as trials that cannot share a shape
+        out.append(0.5)
+    return out
+
+study = open_study("t/b", open_storage(sys.argv[1]), 0)
+trial_batch.run_batched_search(study, trial_batch.BatchObjective(lambda t: None, train),
+                               Budget(trials=4, timeout_s=1000, seeds=1), 2)
+"""
+
+
+def test_a_process_killed_between_the_tells_of_a_round_keeps_its_told_trial_s_seconds(tmp_path):
+    """A real process trains batched rounds of 2 trials (0.6 s each, one after the other); after round 1
+    (trials 0-1, told and committed) it is killed (SIGKILL) in round 2 after telling trial 2, before trial 3.
+    Trial 2 is COMPLETE and spent: its seconds belong to the search and must stay in the cap; trial 3 is
+    left RUNNING, marked stale and retried. Before the fix a round committed its seconds only when every
+    trial was told, so the resumer set the killed process back to its seconds after round 1: trial 2's
+    0.6 s were dropped although it was spent (an
+    undercount, a bigger budget for the strategy). Now the round commits when its training has returned,
+    before its tells: a kill among them leaves the untold trials' seconds counted (the safe side)."""
+    import subprocess
+    import sys
+
+    url = f"journal:///{tmp_path / 'optuna.journal'}"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_BETWEEN_TELLS, url], timeout=120)
+    assert proc.returncode == -9
+    killed = optuna.load_study(study_name="t/b", storage=open_storage(url))
+    assert [t.state for t in sorted(killed.trials, key=lambda t: t.number)] == [TrialState.COMPLETE] * 3 + [TrialState.RUNNING]
+    (key,) = [k for k in killed.user_attrs if k.startswith(KEY_PREFIX)]
+
+    def quick(trials, xs, may_start):
+        return [0.5 for _ in trials]
+
+    study, _ = run_batched_search(open_study("t/b", open_storage(url), 0), BatchObjective(lambda t: None, quick),
+                                  Budget(trials=4, timeout_s=1000, seeds=1), 2)
+    assert (trial_counts(study, 4).spent, trial_counts(study, 4).retried) == (4, 1)
+    assert study.user_attrs[key] >= 3 * 0.6, "trials 0-2 were told: their 3 × 0.6 s count"
