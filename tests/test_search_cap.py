@@ -486,3 +486,27 @@ def test_a_process_killed_between_the_tells_of_a_round_keeps_its_told_trial_s_se
                                   Budget(trials=4, timeout_s=1000, seeds=1), 2)
     assert (trial_counts(study, 4).spent, trial_counts(study, 4).retried) == (4, 1)
     assert study.user_attrs[key] >= 3 * 0.6, "trials 0-2 were told: their 3 × 0.6 s count"
+
+
+def test_a_ctrl_c_that_lands_after_a_trial_is_told_keeps_that_trial_s_seconds(tmp_path, clock):
+    """The time box's SIGINT raises KeyboardInterrupt wherever the main thread is (bench/run/interrupt.py),
+    here just after optuna told trial 1 COMPLETE, while it logs it (before the per-trial callback). Trial 1
+    (6 s) is spent, so its seconds count: 5 + 6 = 11 s, none lost. Before the fix the process committed only
+    in that callback, so the interrupt dropped trial 1's seconds as those of an interrupted trial: 5 s counted
+    for 2 spent trials (an undercount: a bigger budget for the strategy)."""
+    url = f"journal:///{tmp_path / 'optuna.journal'}"
+    study = open_study("t/c", open_storage(url), 0)
+    real_log = study._log_completed_trial
+
+    def log_then_interrupted(values, number, params):
+        real_log(values, number, params)
+        if number == 1:
+            raise KeyboardInterrupt  # the signal lands here: trial 1 is told
+
+    study._log_completed_trial = log_then_interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        run_search(study, _per_trial_seconds(clock), Budget(trials=3, timeout_s=1000, seeds=1))
+    after = open_study("t/c", open_storage(url), 0)
+    assert [t.state for t in sorted(after.trials, key=lambda t: t.number)] == [TrialState.COMPLETE] * 2
+    assert trial_counts(after, 3).spent == 2
+    assert search_time(after).seconds == pytest.approx(11.0) and search_time(after).lost == 0.0

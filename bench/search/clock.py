@@ -15,9 +15,10 @@ works, and when it stops (an exception included). The replicate's seconds are th
 - the record's `search_seconds` is that total (before: the last process's seconds only);
 - the seconds of trials that a kill or a Ctrl-C threw away do not count: those trials are retried,
   and their retry counts its own seconds. Each process also saves its *committed* seconds
-  (`search_seconds_committed:<key>`) whenever its trials have been told (a trial's end) or are about
-  to be (a batched round's training end, before its tells: a kill among them must not drop the told
-  trials' seconds); it registers with 0 s committed. A process interrupted by Ctrl-C or the time box
+  (`search_seconds_committed:<key>`) when its trials have trained and are about to be told (a trial's
+  objective returning, a batched round's training returning: committed before the tells, so that a kill
+  or a Ctrl-C at a tell drops no told trial's seconds), and after; it registers with 0 s committed.
+  A process interrupted by Ctrl-C or the time box
   drops its seconds since then itself;
   a killed one (SIGTERM, kill -9, a lost machine) leaves RUNNING trials, and the process that marks
   them stale sets the dead process's seconds back to its committed ones (`study.fail_stale_running` on

@@ -369,12 +369,26 @@ def run_search(
 
     def optimize(done: int, running: int, clock: SearchClock) -> None:
         def stop(st: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
-            clock.commit()  # at each trial's end (and saved every SAVE_EVERY_S): this trial's seconds count
+            clock.commit()  # and at each trial's end (saved every SAVE_EVERY_S besides): this trial's seconds count
             # at the budget, or at the cap: optuna's own timeout sees this process's seconds only
             if _counts(st)[0] >= budget.trials or clock.left() <= 0:
                 st.stop()
 
-        study.optimize(guarded, n_trials=budget.trials - done - running, timeout=clock.left(),
+        def told_next(trial: optuna.Trial) -> float:
+            # commit as the objective returns (or fails), before optuna tells the trial: a Ctrl-C or a kill
+            # between the tell and the callback's commit dropped the told, spent trial's seconds; one
+            # between this commit and the tell leaves the untold trial's seconds counted (the safe side)
+            try:
+                value = guarded(trial)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                clock.commit()
+                raise
+            clock.commit()
+            return value
+
+        study.optimize(told_next, n_trials=budget.trials - done - running, timeout=clock.left(),
                        catch=(RuntimeError, ValueError, _Surplus), callbacks=[stop, count_failures])
 
     return study, drive_search(study, budget, optimize, lambda: len(failures), poll_s)
