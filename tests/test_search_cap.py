@@ -510,3 +510,52 @@ def test_a_ctrl_c_that_lands_after_a_trial_is_told_keeps_that_trial_s_seconds(tm
     assert [t.state for t in sorted(after.trials, key=lambda t: t.number)] == [TrialState.COMPLETE] * 2
     assert trial_counts(after, 3).spent == 2
     assert search_time(after).seconds == pytest.approx(11.0) and search_time(after).lost == 0.0
+
+
+_KILLED_BETWEEN_COMMIT_WRITES = """
+import os, signal, sys, time
+import optuna
+import fusebench.search.clock as clock_module
+from fusebench.search.storage import open_storage
+from fusebench.search.study import Budget, open_study, run_search
+clock_module.SAVE_EVERY_S = 1000.0  # no periodic save: the seconds attr is what registration wrote (0 s)
+real_set = optuna.Study.set_user_attr
+
+def set_then_die(self, key, value):
+    real_set(self, key, value)
+    if key.startswith(clock_module.COMMITTED_PREFIX) and value > 0:
+        os.kill(os.getpid(), signal.SIGKILL)  # after the committed seconds, before the seconds attr
+
+optuna.Study.set_user_attr = set_then_die
+
+def objective(trial):
+    time.sleep(0.6)
+    return trial.suggest_float("x", 0.0, 1.0)
+
+run_search(open_study("t/w", open_storage(sys.argv[1]), 0), objective, Budget(trials=2, timeout_s=1000, seeds=1))
+"""
+
+
+def test_a_process_killed_between_its_two_commit_writes_keeps_its_committed_seconds(tmp_path):
+    """`commit` writes the committed seconds, then the seconds attr; a real process is killed (SIGKILL)
+    between the two, its seconds attr older (here registration's 0 s; in a run up to SAVE_EVERY_S old) than
+    its committed 0.6 s. Its trial is retried; the process's seconds must be set back to the committed ones,
+    not left below them. Before the fix `drop_uncommitted` only lowered seconds above the committed ones, so
+    these stayed at 0 s: 0.6 s of committed search missing from the cap."""
+    import subprocess
+    import sys
+
+    url = f"journal:///{tmp_path / 'optuna.journal'}"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_BETWEEN_COMMIT_WRITES, url], timeout=120)
+    assert proc.returncode == -9
+    killed = optuna.load_study(study_name="t/w", storage=open_storage(url))
+    (key,) = [k for k in killed.user_attrs if k.startswith(KEY_PREFIX)]
+    committed = killed.user_attrs[clock_module.COMMITTED_PREFIX + key[len(KEY_PREFIX):]]
+    assert killed.user_attrs[key] == 0.0 and committed >= 0.6
+
+    def quick(trial: optuna.Trial) -> float:
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    study, _ = run_search(open_study("t/w", open_storage(url), 0), quick, Budget(trials=2, timeout_s=1000, seeds=1))
+    assert trial_counts(study, 2).spent == 2
+    assert study.user_attrs[key] == pytest.approx(committed)

@@ -124,7 +124,12 @@ def drop_uncommitted(study: optuna.Study, dead: set[tuple[str, int]]) -> float:
             continue
         proc = (parts[0], int(parts[1]))
         committed = attrs.get(COMMITTED_PREFIX + ident)
-        if proc not in dead or committed is None or float(value) <= float(committed):
+        if proc not in dead or committed is None or float(value) == float(committed):
+            continue
+        if float(value) < float(committed):
+            # killed between commit()'s two writes (or a periodic save raced it): its seconds attr is older than
+            # its committed seconds, which are trained trials' (told, or about to be): they count
+            study.set_user_attr(key, float(committed))
             continue
         lost = float(value) - float(committed)
         study.set_user_attr(LOST_PREFIX + ident, round(float(attrs.get(LOST_PREFIX + ident, 0.0)) + lost, 3))
