@@ -15,10 +15,15 @@ works, and when it stops (an exception included). The replicate's seconds are th
 - the record's `search_seconds` is that total (before: the last process's seconds only);
 - the seconds of trials that a kill or a Ctrl-C threw away do not count: those trials are retried,
   and their retry counts its own seconds. Each process also saves its *committed* seconds
-  (`search_seconds_committed:<key>`) whenever its trials have been told (a trial's end; a batched
-  round's end). A process interrupted by Ctrl-C or the time box drops its seconds since then itself;
+  (`search_seconds_committed:<key>`) when its trials have trained and are about to be told (a trial's
+  objective returning, a batched round's training returning: committed before the tells, so that a kill
+  or a Ctrl-C at a tell drops no told trial's seconds), and after; it registers with 0 s committed.
+  A process interrupted by Ctrl-C or the time box
+  drops its seconds since then itself;
   a killed one (SIGTERM, kill -9, a lost machine) leaves RUNNING trials, and the process that marks
-  them stale (`study.fail_stale_running`) sets the dead process's seconds back to its committed ones.
+  them stale sets the dead process's seconds back to its committed ones (`study.fail_stale_running` on
+  a file storage; on PostgreSQL the storage's heartbeat-stale callback, `storage.DropStaleSeconds`,
+  whoever fails them: optuna's `optimize` does before each trial).
   Both keep what they dropped in `search_seconds_lost:<key>`, and the record says it
   (`search_seconds_lost`). Before, each kill at a session's end charged the cap with the 5 trials in
   flight per study, twice (killed and retried): on the standard CPU run a third of a replicate's cap.
@@ -119,7 +124,12 @@ def drop_uncommitted(study: optuna.Study, dead: set[tuple[str, int]]) -> float:
             continue
         proc = (parts[0], int(parts[1]))
         committed = attrs.get(COMMITTED_PREFIX + ident)
-        if proc not in dead or committed is None or float(value) <= float(committed):
+        if proc not in dead or committed is None or float(value) == float(committed):
+            continue
+        if float(value) < float(committed):
+            # killed between commit()'s two writes (or a periodic save raced it): its seconds attr is older than
+            # its committed seconds, which are trained trials' (told, or about to be): they count
+            study.set_user_attr(key, float(committed))
             continue
         lost = float(value) - float(committed)
         study.set_user_attr(LOST_PREFIX + ident, round(float(attrs.get(LOST_PREFIX + ident, 0.0)) + lost, 3))
@@ -235,6 +245,9 @@ class SearchClock:
             if self._clock not in clocks:  # before this process's first seconds are saved
                 self._study.set_user_attr(CLOCKS_KEY, [*clocks, self._clock])
             self._registered = True
+            # committed before its first seconds: a process killed before it tells its first trial has
+            # committed nothing (0 s), not "kept no committed seconds" (code before them: keeps all)
+            self._study.set_user_attr(COMMITTED_PREFIX + self._ident, round(self._committed, 3))
             self.save()
         with self._lock:
             self._since = self._timer()

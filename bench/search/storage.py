@@ -16,8 +16,9 @@ A malformed or unsupported URL is a `UsageError` (exit 2) that names the accepte
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -25,7 +26,10 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 
 from fusebench.core.errors import UsageError
+from fusebench.search.clock import drop_uncommitted
 from fusebench.search.journal import RepairingJournalFileBackend
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 60
@@ -161,14 +165,37 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
         if heartbeat:
             kwargs.update(heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=GRACE_PERIOD_S)
             if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
-                kwargs["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+                kwargs["heartbeat_stale_trial_callback"] = DropStaleSeconds(
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
             else:
-                kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)
+                kwargs["failed_trial_callback"] = DropStaleSeconds(optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY))
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
         except Exception as exc:
             raise UsageError(f"--storage {redact(url)!r}: cannot connect: {type(exc).__name__}: {exc}") from None
     raise AssertionError(what)
+
+
+class DropStaleSeconds:
+    """optuna's heartbeat-stale trial callback (the retry), then the search cap's part: the killed process's
+    seconds since its last told trial are set back (`clock.drop_uncommitted`), as `study.fail_stale_running`
+    does on a file storage. A callback, because optuna's `optimize` fails stale trials itself before each
+    trial it starts (in whichever process): a drop made only where fusebench calls `fail_stale_trials`
+    missed those. Retry first: a kill between the two leaves the seconds counted (and the trial retried),
+    never a trial that is not retried with its seconds dropped."""
+
+    def __init__(self, then: Callable[[optuna.Study, optuna.trial.FrozenTrial], None]) -> None:
+        self._then = then
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._then(study, trial)
+        host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid")
+        if host is None or pid is None:
+            return
+        try:
+            drop_uncommitted(study, {(str(host), int(pid))})
+        except Exception as exc:  # the trial is failed and retried; its seconds stay counted (the safe side)
+            log.warning("study %s: could not drop the seconds of stale trial %d: %s", study.study_name, trial.number, exc)
 
 
 def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:

@@ -200,19 +200,25 @@ def fail_stale_running(study: optuna.Study) -> int:
     """
     from fusebench.search.storage import has_heartbeat
 
-    failed: list[optuna.trial.FrozenTrial] = []
     if has_heartbeat(study._storage):
+        # the storage's stale-trial callback (bench/search/storage.py: DropStaleSeconds) retries each trial
+        # failed here and drops its killed process's uncommitted seconds, as it does for the trials optuna's
+        # `optimize` fails itself; not dropped here: the trials newly FAIL may include ones that live
+        # processes told meanwhile, whose seconds are theirs
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
         optuna.storages.fail_stale_trials(study)
-        failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before]
-    else:
-        for t in [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _is_stale(t)]:
-            try:
-                study._storage.set_trial_user_attr(t._trial_id, "stale", True)
-                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-                failed.append(t)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another process failed it first
+        n = len({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
+        if n:
+            log.warning("study %s: %d trial(s) left running by a killed process marked failed", study.study_name, n)
+        return n
+    failed: list[optuna.trial.FrozenTrial] = []
+    for t in [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _is_stale(t)]:
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "stale", True)
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            failed.append(t)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process failed it first
     if failed:
         log.warning("study %s: %d trial(s) left running by a killed process marked failed", study.study_name, len(failed))
         # the seconds those trials cost their killed process do not count against the cap (bench/search/clock.py)
@@ -363,12 +369,26 @@ def run_search(
 
     def optimize(done: int, running: int, clock: SearchClock) -> None:
         def stop(st: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
-            clock.commit()  # at each trial's end (and saved every SAVE_EVERY_S): this trial's seconds count
+            clock.commit()  # and at each trial's end (saved every SAVE_EVERY_S besides): this trial's seconds count
             # at the budget, or at the cap: optuna's own timeout sees this process's seconds only
             if _counts(st)[0] >= budget.trials or clock.left() <= 0:
                 st.stop()
 
-        study.optimize(guarded, n_trials=budget.trials - done - running, timeout=clock.left(),
+        def told_next(trial: optuna.Trial) -> float:
+            # commit as the objective returns (or fails), before optuna tells the trial: a Ctrl-C or a kill
+            # between the tell and the callback's commit dropped the told, spent trial's seconds; one
+            # between this commit and the tell leaves the untold trial's seconds counted (the safe side)
+            try:
+                value = guarded(trial)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                clock.commit()
+                raise
+            clock.commit()
+            return value
+
+        study.optimize(told_next, n_trials=budget.trials - done - running, timeout=clock.left(),
                        catch=(RuntimeError, ValueError, _Surplus), callbacks=[stop, count_failures])
 
     return study, drive_search(study, budget, optimize, lambda: len(failures), poll_s)

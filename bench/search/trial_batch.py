@@ -139,6 +139,10 @@ def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: B
                 raise
             if len(outcomes) != len(trials):
                 raise RuntimeError(f"the batch objective returned {len(outcomes)} outcomes for {len(trials)} trials")
+            # committed before the tells, not after them (busy()'s end): a kill or a Ctrl-C among the tells
+            # then leaves the untold trials' seconds counted (retried: counted twice, the safe side), where
+            # a commit after them dropped the told ones' (spent trials' seconds out of the cap)
+            clock.commit()
             cut = sum(isinstance(o, NotStarted) for o in outcomes)
             if cut:
                 log.warning("study %s: the %.0fs cap was spent during a round: %d of its %d trials not started",

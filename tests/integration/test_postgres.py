@@ -198,3 +198,85 @@ def test_two_workers_share_one_study_on_postgres_and_the_owner_uses_its_best_par
     wall = time.perf_counter() - started
     print(f"postgres: {TRIALS} trials by 2 workers {per_worker} (pid → finished trials), "
           f"{len(trials) - len(finished)} surplus/failed; workers done in {workers_s:.1f}s; test wall-clock {wall:.1f}s")
+
+
+_KILLED_ON_POSTGRES = """
+import sys, time
+import fusebench.search.clock as clock_module
+import fusebench.search.storage as storage_module
+from fusebench.search.study import Budget, open_study, run_search
+clock_module.SAVE_EVERY_S = 0.05
+storage_module.HEARTBEAT_INTERVAL_S = 1
+
+def objective(trial):
+    if trial.number == 1:
+        time.sleep(120)  # killed during this trial
+    time.sleep(0.3)
+    return trial.suggest_float("x", 0.0, 1.0)
+
+study = open_study("pg/k", storage_module.open_storage(sys.argv[1]), 0)
+run_search(study, objective, Budget(trials=4, timeout_s=1000, seeds=1))
+"""
+
+
+def test_a_killed_worker_s_trial_failed_by_optuna_s_own_heartbeat_check_is_not_charged_to_the_cap(
+        postgres_url, monkeypatch):
+    """On PostgreSQL optuna's `optimize` itself fails stale trials (heartbeat older than the grace period)
+    before each trial it starts, not only `fail_stale_running`. A real process is killed (SIGKILL) in its
+    trial 1 after telling trial 0; a process resumes at once, within the grace period, so its first
+    `fail_stale_running` finds nothing stale; its first trial outlasts the grace, and its next trial's start
+    (inside optuna) fails trial 1 and re-enqueues it. The killed process's seconds in trial 1 must not count:
+    they are set back to its committed (told) ones. Before the fix only `fail_stale_running` dropped them, so
+    a stale trial failed inside optuna's loop (in any worker) kept its seconds in the cap, charged twice."""
+    import signal
+    import subprocess
+
+    import fusebench.search.clock as clock_module
+    import fusebench.search.storage as storage_module
+    from fusebench.search.clock import COMMITTED_PREFIX, KEY_PREFIX, LOST_PREFIX, search_time
+    from fusebench.search.study import Budget, open_study, run_search, trial_counts
+
+    monkeypatch.setattr(storage_module, "HEARTBEAT_INTERVAL_S", 1)
+    monkeypatch.setattr(storage_module, "GRACE_PERIOD_S", 3)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_ON_POSTGRES, postgres_url], cwd=REPO)
+    attrs: dict = {}
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            try:
+                seen = optuna.load_study(study_name="pg/k", storage=postgres_url)
+            except KeyError:
+                continue
+            attrs = seen.user_attrs
+            told = [v for k, v in attrs.items() if k.startswith(COMMITTED_PREFIX)]
+            own = {k: v for k, v in attrs.items() if k.startswith(KEY_PREFIX)}
+            complete = seen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if complete and told and max(told) > 0 and own and max(own.values()) >= max(told) + 0.5:
+                break  # trial 0 told, and trial 1 has trained for 0.5 s and saved it
+        else:
+            pytest.fail(f"the child never reached trial 1: {attrs}")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (key,) = own
+    ident = key[len(KEY_PREFIX):]
+
+    slept: list[int] = []
+
+    def outlasts_the_grace(trial: optuna.Trial) -> float:
+        if not slept:
+            slept.append(trial.number)
+            time.sleep(4.5)
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    study, _ = run_search(open_study("pg/k", storage_module.open_storage(postgres_url), 0), outlasts_the_grace,
+                          Budget(trials=4, timeout_s=1000, seeds=1))
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "stale" not in failed[0].user_attrs, "failed by optuna's heartbeat check"
+    assert (trial_counts(study, 4).spent, trial_counts(study, 4).retried) == (4, 1)
+    assert study.user_attrs[key] == pytest.approx(study.user_attrs[COMMITTED_PREFIX + ident])
+    assert study.user_attrs[LOST_PREFIX + ident] >= 0.5 and search_time(study).lost >= 0.5
+    resumer = sum(v for k, v in study.user_attrs.items() if k.startswith(KEY_PREFIX) and k != key)
+    assert clock_module.search_time(study).seconds == pytest.approx(study.user_attrs[COMMITTED_PREFIX + ident] + resumer)
+    assert study.user_attrs[COMMITTED_PREFIX + ident] >= 0.3, "trial 0 (0.3 s) was told: its seconds count"
