@@ -159,8 +159,9 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
     for ds, strategies in run.plan.items():
         done = [s for s in strategies if (ds, s) in finished]
         times = [_cell_seconds(by_cell[(ds, s)]) for s in done]
-        # a search resumed after a kill: its records count every process's search seconds (up to the
-        # killed one's last 30 s) when `search_seconds_complete`; records written before that (or from
+        # a search resumed after a kill: its records count every process's search seconds (less those of
+        # trials the kill threw away and that were retried, `search_seconds_lost`: a cell's time here is
+        # that of an uninterrupted one) when `search_seconds_complete`; records written before that (or from
         # a study searched partly by such code) count only the last process's, so such a cell's time
         # is too low and the mean leaves it out when it can
         resumed = {s for s in done if any(r.n_trials_retried and not r.search_seconds_complete for r in by_cell[(ds, s)])}
