@@ -36,7 +36,9 @@ N ≥ 1), each with its own sampler seed (`Budget.for_replicate`), so that the v
 itself is measured (Bouthillier et al., MLSys 2021).
 
 Stale trials: on PostgreSQL, optuna's heartbeat fails a trial whose process stopped beating for
-the grace period and optuna's retry callback (bench.storage) re-enqueues its params. On a journal or SQLite
+the grace period and optuna's retry callback (bench.storage) re-enqueues its params (optuna beats only
+for the trials its `optimize` runs: a batched round starts a heartbeat thread per asked trial,
+bench/search/trial_batch.py). On a journal or SQLite
 file (one machine) a RUNNING trial is stale when the process that started it (user attrs `host`,
 `pid`) is gone; a trial without those attrs is treated as stale.
 

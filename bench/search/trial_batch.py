@@ -31,6 +31,7 @@ kills a real subprocess to show it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from fusebench.search.clock import SearchClock
@@ -119,36 +121,40 @@ def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: B
 
     def round_(done: int, running: int, clock: SearchClock) -> None:
         """Ask up to `trial_batch` trials (each proposed right after its ask), train them, tell each once."""
-        trials, proposals = [], []
-        for _ in range(min(trial_batch, budget.trials - done - running)):
-            trial = _claim(study, budget, host, pid)
-            if trial is None:
-                break  # another process took the last slot
-            trials.append(trial)
-            try:
-                proposals.append(objective.propose(trial))
-            except (RuntimeError, ValueError) as exc:  # invalid params: the trial fails, the others go on
-                trials.pop()
-                _tell(study, trial, exc)
-                failures[0] += 1
-        if trials:
-            try:
-                outcomes = objective.train(trials, proposals, lambda: clock.left() > 0)
-            except KeyboardInterrupt:
-                _interrupted(study, trials)
-                raise
-            if len(outcomes) != len(trials):
-                raise RuntimeError(f"the batch objective returned {len(outcomes)} outcomes for {len(trials)} trials")
-            # committed before the tells, not after them (busy()'s end): a kill or a Ctrl-C among the tells
-            # then leaves the untold trials' seconds counted (retried: counted twice, the safe side), where
-            # a commit after them dropped the told ones' (spent trials' seconds out of the cap)
-            clock.commit()
-            cut = sum(isinstance(o, NotStarted) for o in outcomes)
-            if cut:
-                log.warning("study %s: the %.0fs cap was spent during a round: %d of its %d trials not started",
-                            study.study_name, budget.timeout_s, cut, len(trials))
-            for trial, outcome in zip(trials, outcomes):
-                failures[0] += _tell(study, trial, outcome) == TrialState.FAIL and not isinstance(outcome, NotStarted)
+        # optuna records heartbeats only for the trials its own `optimize` runs: an asked trial of a killed
+        # worker then never turned stale on PostgreSQL, and every other process waited for it for ever
+        with contextlib.ExitStack() as beats:
+            trials, proposals = [], []
+            for _ in range(min(trial_batch, budget.trials - done - running)):
+                trial = _claim(study, budget, host, pid)
+                if trial is None:
+                    break  # another process took the last slot
+                trials.append(trial)
+                beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))  # a no-op on a file storage
+                try:
+                    proposals.append(objective.propose(trial))
+                except (RuntimeError, ValueError) as exc:  # invalid params: the trial fails, the others go on
+                    trials.pop()
+                    _tell(study, trial, exc)
+                    failures[0] += 1
+            if trials:
+                try:
+                    outcomes = objective.train(trials, proposals, lambda: clock.left() > 0)
+                except KeyboardInterrupt:
+                    _interrupted(study, trials)
+                    raise
+                if len(outcomes) != len(trials):
+                    raise RuntimeError(f"the batch objective returned {len(outcomes)} outcomes for {len(trials)} trials")
+                # committed before the tells, not after them (busy()'s end): a kill or a Ctrl-C among the tells
+                # then leaves the untold trials' seconds counted (retried: counted twice, the safe side), where
+                # a commit after them dropped the told ones' (spent trials' seconds out of the cap)
+                clock.commit()
+                cut = sum(isinstance(o, NotStarted) for o in outcomes)
+                if cut:
+                    log.warning("study %s: the %.0fs cap was spent during a round: %d of its %d trials not started",
+                                study.study_name, budget.timeout_s, cut, len(trials))
+                for trial, outcome in zip(trials, outcomes):
+                    failures[0] += _tell(study, trial, outcome) == TrialState.FAIL and not isinstance(outcome, NotStarted)
 
     return study, drive_search(study, budget, round_, lambda: failures[0], poll_s)
 

@@ -280,3 +280,63 @@ def test_a_killed_worker_s_trial_failed_by_optuna_s_own_heartbeat_check_is_not_c
     resumer = sum(v for k, v in study.user_attrs.items() if k.startswith(KEY_PREFIX) and k != key)
     assert clock_module.search_time(study).seconds == pytest.approx(study.user_attrs[COMMITTED_PREFIX + ident] + resumer)
     assert study.user_attrs[COMMITTED_PREFIX + ident] >= 0.3, "trial 0 (0.3 s) was told: its seconds count"
+
+
+_KILLED_BATCHED_ON_POSTGRES = """
+import sys, time
+import fusebench.search.storage as storage_module
+from fusebench.search.study import Budget, open_study
+from fusebench.search.trial_batch import BatchObjective, run_batched_search
+storage_module.HEARTBEAT_INTERVAL_S = 1
+
+def train(trials, xs, may_start):
+    if trials[0].number >= 2:
+        time.sleep(120)  # round 2: killed while it trains
+    return [0.5 for _ in trials]
+
+study = open_study("pg/b", storage_module.open_storage(sys.argv[1]), 0)
+run_batched_search(study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0), train),
+                   Budget(trials=4, timeout_s=1000, seeds=1), 2)
+"""
+
+
+def test_a_killed_worker_s_batched_round_is_failed_and_retried_on_postgres(postgres_url, monkeypatch):
+    """A batched round's trials are asked (`study.ask`), not run by optuna's `optimize`, so optuna records
+    no heartbeat for them; its stale check only fails trials whose heartbeat is old, so the trials of a
+    worker killed mid-round stayed RUNNING for ever, and every other process waited for them. A real
+    worker is SIGKILLed in round 2 (trials 2-3); after the grace period the next process fails both and
+    retries them: 4 of 4 trials spent, 2 retried. Before the fix `fail_stale_running` failed none."""
+    import signal
+
+    import fusebench.search.storage as storage_module
+    from fusebench.search.study import Budget, fail_stale_running, open_study, trial_counts
+    from fusebench.search.trial_batch import BatchObjective, run_batched_search
+
+    monkeypatch.setattr(storage_module, "HEARTBEAT_INTERVAL_S", 1)
+    monkeypatch.setattr(storage_module, "GRACE_PERIOD_S", 3)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_BATCHED_ON_POSTGRES, postgres_url], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                seen = optuna.load_study(study_name="pg/b", storage=postgres_url)
+            except KeyError:
+                continue
+            if len(seen.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) == 2 and \
+                    len(seen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 2:
+                time.sleep(1.5)  # round 2 trains: its heartbeats, if any, are recorded
+                break
+        else:
+            pytest.fail("the worker never reached its second round")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(4.0)  # past the grace period
+    study = open_study("pg/b", storage_module.open_storage(postgres_url), 0)
+    assert fail_stale_running(study) == 2, "the killed worker's round is failed as stale"
+    study, _ = run_batched_search(study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0),
+                                                        lambda trials, xs, may_start: [0.5 for _ in trials]),
+                                  Budget(trials=4, timeout_s=1000, seeds=1), 2)
+    counts = trial_counts(study, 4)
+    assert (counts.spent, counts.retried) == (4, 2)
