@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fusebench.results.records import Record, Throughput, load_records, merge_records, write_records
-from fusebench.search.study import Budget, fail_stale_running, open_study, run_search
+from fusebench.search.stale import fail_stale_running
+from fusebench.search.study import Budget, open_study, run_search
 from fusebench.strategies import STRATEGIES, FusionSpec
 from fusebench.training.loop import Batch, TrainConfig, predict_proba, train_model
 

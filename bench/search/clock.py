@@ -21,7 +21,7 @@ works, and when it stops (an exception included). The replicate's seconds are th
   A process interrupted by Ctrl-C or the time box
   drops its seconds since then itself;
   a killed one (SIGTERM, kill -9, a lost machine) leaves RUNNING trials, and the process that marks
-  them stale sets the dead process's seconds back to its committed ones (`study.fail_stale_running` on
+  them stale sets the dead process's seconds back to its committed ones (`stale.fail_stale_running` on
   a file storage; on PostgreSQL the storage's heartbeat-stale callback, `storage.DropStaleSeconds`,
   whoever fails them: optuna's `optimize` does before each trial).
   Both keep what they dropped in `search_seconds_lost:<key>`, and the record says it

@@ -178,7 +178,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
 
 class DropStaleSeconds:
     """optuna's heartbeat-stale trial callback (the retry), then the search cap's part: the killed process's
-    seconds since its last told trial are set back (`clock.drop_uncommitted`), as `study.fail_stale_running`
+    seconds since its last told trial are set back (`clock.drop_uncommitted`), as `stale.fail_stale_running`
     does on a file storage. A callback, because optuna's `optimize` fails stale trials itself before each
     trial it starts (in whichever process): a drop made only where fusebench calls `fail_stale_trials`
     missed those. Retry first: a kill between the two leaves the seconds counted (and the trial retried),

@@ -309,7 +309,8 @@ def test_a_killed_worker_s_batched_round_is_failed_and_retried_on_postgres(postg
     import signal
 
     import fusebench.search.storage as storage_module
-    from fusebench.search.study import Budget, fail_stale_running, open_study, trial_counts
+    from fusebench.search.stale import fail_stale_running
+    from fusebench.search.study import Budget, open_study, trial_counts
     from fusebench.search.trial_batch import BatchObjective, run_batched_search
 
     monkeypatch.setattr(storage_module, "HEARTBEAT_INTERVAL_S", 1)
