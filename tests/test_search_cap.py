@@ -498,8 +498,9 @@ def test_a_ctrl_c_that_lands_after_a_trial_is_told_keeps_that_trial_s_seconds(tm
     study = open_study("t/c", open_storage(url), 0)
     real_log = study._log_completed_trial
 
-    def log_then_interrupted(values, number, params):
-        real_log(values, number, params)
+    def log_then_interrupted(*args):  # optuna 4.3 passes the FrozenTrial, later ones (values, number, params)
+        real_log(*args)
+        number = args[0].number if len(args) == 1 else args[1]
         if number == 1:
             raise KeyboardInterrupt  # the signal lands here: trial 1 is told
 
