@@ -25,7 +25,10 @@ works, and when it stops (an exception included). The replicate's seconds are th
   a file storage; on PostgreSQL the storage's heartbeat-stale callback, `storage.DropStaleSeconds`,
   whoever fails them: optuna's `optimize` does before each trial).
   Both keep what they dropped in `search_seconds_lost:<key>`, and the record says it
-  (`search_seconds_lost`). Before, each kill at a session's end charged the cap with the 5 trials in
+  (`search_seconds_lost`). A trial names its process by the clock key (`TRIAL_CLOCK_ATTR`), not by
+  host and pid alone, which a restarted container reuses; a live process taken for dead (a stall past
+  the heartbeat's grace) counts its seconds again at its next commit, which also clears its lost ones.
+  Before, each kill at a session's end charged the cap with the 5 trials in
   flight per study, twice (killed and retried): on the standard CPU run a third of a replicate's cap.
 
 One attr per process (not one shared counter) because processes write concurrently and a storage's
@@ -45,7 +48,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +86,8 @@ BEFORE_KEY = KEY_PREFIX + "before"  # a study's seconds before they were kept (e
 # a process's seconds when its trials were last told, and those it lost: neither starts with KEY_PREFIX
 COMMITTED_PREFIX = "search_seconds_committed:"
 LOST_PREFIX = "search_seconds_lost:"
+# a trial's user attr: the key (`<host>:<pid>:<token>`) of the clock of the process that runs it (`trial_owners`)
+TRIAL_CLOCK_ATTR = "search_clock_key"
 SAVE_EVERY_S = 30.0
 # the clocks (CAP_CLOCKS names) that counted a study's seconds, in the order they first did: a study
 # searched under one clock and resumed under another (a wall-clock study of code before the CPU clock,
@@ -108,11 +113,32 @@ def _saved(attrs: dict[str, Any], but: str | None = None, prefix: str = KEY_PREF
     return sum(float(v) for k, v in attrs.items() if k.startswith(prefix) and k != but)
 
 
-def drop_uncommitted(study: optuna.Study, dead: set[tuple[str, int]]) -> float:
+def trial_owners(trials: Iterable[optuna.trial.FrozenTrial]) -> set[str | tuple[str, int]]:
+    """The processes that ran `trials`, as `drop_uncommitted` takes them: the clock key a trial carries
+    (`TRIAL_CLOCK_ATTR`), else its (host, pid) (a trial of code before the key, or of a process killed
+    between writing its host/pid and its key). By key where there is one, because a host name and a pid
+    are reused: a container restarted under the same name numbers its processes alike, and a drop by
+    (host, pid) also set back the seconds of a live process that shared them with the dead one."""
+    owners: set[str | tuple[str, int]] = set()
+    for t in trials:
+        key, host, pid = t.user_attrs.get(TRIAL_CLOCK_ATTR), t.user_attrs.get("host"), t.user_attrs.get("pid")
+        if key:
+            owners.add(str(key))
+        elif host is not None and pid is not None:
+            owners.add((str(host), int(pid)))
+    return owners
+
+
+def drop_uncommitted(study: optuna.Study, dead: Collection[str | tuple[str, int]]) -> float:
     """Set each dead process's seconds back to its committed ones (what it had when its trials were last
     told): the seconds after that trained the trials it left RUNNING, which are retried and count again.
-    `dead`: the (host, pid) of the processes whose trials were just marked stale. Returns the seconds dropped.
-    Processes of code that kept no committed seconds keep all theirs (nothing says which were lost)."""
+    `dead`: the processes whose trials were just marked stale (`trial_owners`). Returns the seconds dropped.
+    Processes of code that kept no committed seconds keep all theirs (nothing says which were lost).
+
+    The seconds attr is set back before the lost one is written: two processes that drop the same dead one
+    at once then either both read its old attrs (and write the same values) or the second reads the seconds
+    already set back (and skips it). In the other order a reader between the two writes added the lost
+    seconds a second time."""
     attrs = study.user_attrs
     dropped = 0.0
     for key, value in attrs.items():
@@ -124,7 +150,7 @@ def drop_uncommitted(study: optuna.Study, dead: set[tuple[str, int]]) -> float:
             continue
         proc = (parts[0], int(parts[1]))
         committed = attrs.get(COMMITTED_PREFIX + ident)
-        if proc not in dead or committed is None or float(value) == float(committed):
+        if (ident not in dead and proc not in dead) or committed is None or float(value) == float(committed):
             continue
         if float(value) < float(committed):
             # killed between commit()'s two writes (or a periodic save raced it): its seconds attr is older than
@@ -132,8 +158,8 @@ def drop_uncommitted(study: optuna.Study, dead: set[tuple[str, int]]) -> float:
             study.set_user_attr(key, float(committed))
             continue
         lost = float(value) - float(committed)
-        study.set_user_attr(LOST_PREFIX + ident, round(float(attrs.get(LOST_PREFIX + ident, 0.0)) + lost, 3))
         study.set_user_attr(key, float(committed))
+        study.set_user_attr(LOST_PREFIX + ident, round(float(attrs.get(LOST_PREFIX + ident, 0.0)) + lost, 3))
         dropped += lost
         log.warning("study %s: %.0f s of the search of a killed process (host %s, pid %d) were spent on trials it left "
                     "running; they are retried, and those seconds no longer count against the cap",
@@ -199,6 +225,11 @@ class SearchClock:
             study.set_user_attr(BEFORE_KEY, round(trial_seconds(trials), 3))
             study.set_user_attr(PARTIAL_KEY, True)
 
+    @property
+    def key(self) -> str:
+        """This process's clock key (`<host>:<pid>:<token>`): its trials carry it (`TRIAL_CLOCK_ATTR`)."""
+        return self._ident
+
     def own(self) -> float:
         """This process's busy seconds so far."""
         with self._lock:
@@ -225,6 +256,12 @@ class SearchClock:
             self._committed = own
         self._study.set_user_attr(COMMITTED_PREFIX + self._ident, round(own, 3))
         self._study.set_user_attr(self._key, round(own, 3))
+        lost_key = LOST_PREFIX + self._ident
+        saved_lost = self._study.user_attrs.get(lost_key)
+        if saved_lost is not None and float(saved_lost) != round(self._lost, 3):
+            # this live process was taken for dead (on PostgreSQL: a stall longer than the heartbeat's grace)
+            # and its seconds were set back; it has since counted them again (this commit), so they are not lost
+            self._study.set_user_attr(lost_key, round(self._lost, 3))
 
     def _drop_uncommitted(self) -> None:
         """An interrupt threw away the trials in flight (marked `interrupted`, retried): their seconds

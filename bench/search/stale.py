@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fusebench.core.processes import pid_alive
-from fusebench.search.clock import drop_uncommitted
+from fusebench.search.clock import drop_uncommitted, trial_owners
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,5 @@ def fail_stale_running(study: optuna.Study) -> int:
     if failed:
         log.warning("study %s: %d trial(s) left running by a killed process marked failed", study.study_name, len(failed))
         # the seconds those trials cost their killed process do not count against the cap (bench/search/clock.py)
-        drop_uncommitted(study, {(str(t.user_attrs["host"]), int(t.user_attrs["pid"])) for t in failed
-                                 if t.user_attrs.get("host") is not None and t.user_attrs.get("pid") is not None})
+        drop_uncommitted(study, trial_owners(failed))
     return len(failed)

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 
 from fusebench.core.errors import UsageError
-from fusebench.search.clock import drop_uncommitted
+from fusebench.search.clock import drop_uncommitted, trial_owners
 from fusebench.search.journal import RepairingJournalFileBackend
 
 log = logging.getLogger(__name__)
@@ -189,11 +189,11 @@ class DropStaleSeconds:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self._then(study, trial)
-        host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid")
-        if host is None or pid is None:
+        owners = trial_owners([trial])
+        if not owners:
             return
         try:
-            drop_uncommitted(study, {(str(host), int(pid))})
+            drop_uncommitted(study, owners)
         except Exception as exc:  # the trial is failed and retried; its seconds stay counted (the safe side)
             log.warning("study %s: could not drop the seconds of stale trial %d: %s", study.study_name, trial.number, exc)
 

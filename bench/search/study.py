@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from fusebench.search.clock import CAP_CLOCKS, SearchClock
+from fusebench.search.clock import CAP_CLOCKS, TRIAL_CLOCK_ATTR, SearchClock
 from fusebench.search.stale import fail_stale_running
 
 if TYPE_CHECKING:
@@ -331,6 +331,7 @@ def run_search(
             # commit as the objective returns (or fails), before optuna tells the trial: a Ctrl-C or a kill
             # between the tell and the callback's commit dropped the told, spent trial's seconds; one
             # between this commit and the tell leaves the untold trial's seconds counted (the safe side)
+            trial.set_user_attr(TRIAL_CLOCK_ATTR, clock.key)  # whose seconds a kill in it leaves uncommitted
             try:
                 value = guarded(trial)
             except KeyboardInterrupt:

@@ -43,7 +43,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
-from fusebench.search.clock import SearchClock
+from fusebench.search.clock import TRIAL_CLOCK_ATTR, SearchClock
 from fusebench.search.study import Budget, _spent_flags, drive_search
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,10 @@ class BatchObjective:
     train: Callable[[list[optuna.Trial], list[Any], Callable[[], bool]], list[Outcome]]
 
 
-def _claim(study: optuna.Study, budget: Budget, host: str, pid: int) -> optuna.Trial | None:
+def _claim(study: optuna.Study, budget: Budget, host: str, pid: int, clock_key: str) -> optuna.Trial | None:
     """Ask one trial; give it up (FAIL, `surplus`) when `budget` live trials are numbered before it."""
     trial = study.ask()
+    trial.set_user_attr(TRIAL_CLOCK_ATTR, clock_key)  # whose seconds a kill in it leaves uncommitted
     trial.set_user_attr("host", host)
     trial.set_user_attr("pid", pid)
     trials = study.get_trials(deepcopy=False)
@@ -126,7 +127,7 @@ def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: B
         with contextlib.ExitStack() as beats:
             trials, proposals = [], []
             for _ in range(min(trial_batch, budget.trials - done - running)):
-                trial = _claim(study, budget, host, pid)
+                trial = _claim(study, budget, host, pid, clock.key)
                 if trial is None:
                     break  # another process took the last slot
                 trials.append(trial)

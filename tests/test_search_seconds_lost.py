@@ -1,0 +1,139 @@
+"""The seconds a killed process's trials cost, dropped from the search cap (bench/search/clock.py), when
+more than one process is involved: two processes that drop the same dead one at once, a live process
+taken for dead (a stall longer than PostgreSQL's heartbeat grace), and a dead process whose host name and
+pid a live one reuses (a container restarted under the same name). Real optuna journal studies; the
+seconds come from a fake clock."""
+
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import AbstractContextManager
+
+import optuna
+import pytest
+
+import fusebench.search.clock as clock_module
+from fusebench.search.clock import (
+    COMMITTED_PREFIX,
+    KEY_PREFIX,
+    LOST_PREFIX,
+    TRIAL_CLOCK_ATTR,
+    SearchClock,
+    drop_uncommitted,
+    search_time,
+)
+from fusebench.search.storage import DropStaleSeconds, open_storage
+from fusebench.search.study import Budget, open_study, run_search
+from fusebench.search.trial_batch import BatchObjective, run_batched_search
+from tests.test_budget import FakeClock
+
+
+@pytest.fixture()
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(clock_module, "time", fake)
+    return fake
+
+
+def _study(tmp_path) -> optuna.Study:
+    return open_study("t/lost", open_storage(f"journal:///{tmp_path / 'optuna.journal'}"), 0)
+
+
+def test_two_processes_that_drop_one_dead_process_at_once_count_its_lost_seconds_once(tmp_path):
+    """A dead process saved 100 s, 60 of them committed. Process A drops it; between A's two writes,
+    process B (its own view of the storage) drops it too. Before the fix A wrote the lost seconds first,
+    B read them with the seconds not yet set back and added 40 s a second time (80 s lost)."""
+    dead = "other-host:4242:deadbeef"
+    seed = _study(tmp_path)
+    seed.set_user_attr(KEY_PREFIX + dead, 100.0)
+    seed.set_user_attr(COMMITTED_PREFIX + dead, 60.0)
+    first, second = _study(tmp_path), _study(tmp_path)
+    real_set = first.set_user_attr
+    writes: list[str] = []
+
+    def set_then_let_the_other_in(key: str, value) -> None:
+        real_set(key, value)
+        writes.append(key)
+        if len(writes) == 1:
+            drop_uncommitted(second, {("other-host", 4242)})
+
+    first.set_user_attr = set_then_let_the_other_in  # type: ignore[method-assign]
+    drop_uncommitted(first, {("other-host", 4242)})  # a trial of code before clock keys: by host and pid
+    spent = search_time(_study(tmp_path))
+    assert spent.seconds == pytest.approx(60.0) and spent.lost == pytest.approx(40.0)
+
+
+def _open(cm: AbstractContextManager, kept: list) -> None:
+    """Enter a busy block that never ends (the process is killed inside it); `kept` holds it, so that
+    garbage collection does not close it."""
+    cm.__enter__()
+    kept.append(cm)
+
+
+def test_a_live_process_taken_for_dead_is_not_recorded_as_having_lost_seconds(tmp_path, clock):
+    """A process commits 50 s, saves 80 s, stalls; another process takes it for dead (on PostgreSQL: no
+    heartbeat for the grace period) and sets its seconds back to 50 (30 lost). It wakes up, its trial
+    ends, it commits 100 s: those 30 s count again, so they are not lost. Before the fix the study kept
+    `search_seconds_lost` = 30 s that the cap had counted after all."""
+    study = _study(tmp_path)
+    live = SearchClock(study, 1000.0, save_every_s=1000.0)
+    with live.busy():
+        clock.sleep(50.0)
+    with live.busy():
+        clock.sleep(30.0)
+        live.save()
+        assert drop_uncommitted(_study(tmp_path), {(socket.gethostname(), os.getpid())}) == pytest.approx(30.0)
+        assert search_time(_study(tmp_path)).lost == pytest.approx(30.0)
+        clock.sleep(20.0)
+    spent = search_time(_study(tmp_path))
+    assert spent.seconds == pytest.approx(100.0) and spent.lost == 0.0
+
+
+def test_a_dead_process_s_trial_sets_back_its_own_seconds_not_those_of_a_live_one_with_its_host_and_pid(tmp_path, clock):
+    """Clocks `dead` and `live` share a host name and a pid (as a restarted container's processes do).
+    `dead` committed 10 s and saved 25 s, and its trial is failed as stale; `live` committed 5 s and
+    saved 12 s. The stale callback sets `dead` back to 10 s and leaves `live` at 12 s. Before the fix
+    it dropped by (host, pid) and set `live` back to 5 s too."""
+    study = _study(tmp_path)
+    dead, live = SearchClock(study, 1000.0, save_every_s=1000.0), SearchClock(study, 1000.0, save_every_s=1000.0)
+    with dead.busy():
+        trial = study.ask()
+        for name, value in ((TRIAL_CLOCK_ATTR, dead.key), ("host", socket.gethostname()), ("pid", os.getpid())):
+            trial.set_user_attr(name, value)
+        clock.sleep(10.0)
+    kept: list = []
+    _open(dead.busy(), kept)
+    clock.sleep(15.0)
+    dead.save()
+    with live.busy():
+        clock.sleep(5.0)
+    _open(live.busy(), kept)
+    clock.sleep(7.0)
+    live.save()
+
+    DropStaleSeconds(lambda s, t: None)(study, study._storage.get_trial(trial._trial_id))
+    attrs = _study(tmp_path).user_attrs
+    assert attrs[KEY_PREFIX + dead.key] == pytest.approx(10.0) and attrs[LOST_PREFIX + dead.key] == pytest.approx(15.0)
+    assert attrs[KEY_PREFIX + live.key] == pytest.approx(12.0) and LOST_PREFIX + live.key not in attrs
+
+
+@pytest.mark.parametrize("path", ["sequential", "batched"])
+def test_every_searched_trial_carries_its_process_s_clock_key(tmp_path, clock, path):
+    """The key that `trial_owners` drops a stale trial's process by is on each trial the search runs."""
+    study = _study(tmp_path)
+    seen: list[str] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        seen.append(trial.user_attrs[TRIAL_CLOCK_ATTR])
+        clock.sleep(1.0)
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    budget = Budget(trials=3, timeout_s=1000, seeds=1)
+    if path == "sequential":
+        run_search(study, objective, budget)
+    else:
+        run_batched_search(study, BatchObjective(lambda t: None, lambda ts, xs, may: [objective(t) for t in ts]), budget, 2)
+    (key,) = {k[len(KEY_PREFIX):] for k in study.user_attrs if k.startswith(KEY_PREFIX)}
+    assert seen == [key] * 3
+    assert all(t.user_attrs[TRIAL_CLOCK_ATTR] == key for t in study.trials)
