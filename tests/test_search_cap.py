@@ -23,6 +23,8 @@ from fusebench.search.clock import BEFORE_KEY, KEY_PREFIX, PARTIAL_KEY, search_t
 from fusebench.search.storage import open_storage
 from fusebench.search.study import Budget, open_study, run_search, trial_counts
 from fusebench.search.trial_batch import BatchObjective, NotStarted, run_batched_search
+from tests.killed_search import search_script, trained_past_commit
+from tests.killpoint import LoggedPopen, kill_at
 from tests.test_budget import FakeClock
 
 
@@ -301,21 +303,7 @@ def test_an_interrupted_trial_is_retried_without_charging_the_cap_twice(tmp_path
     assert search_time(study).record_fields()["search_seconds_lost"] == pytest.approx(7.0)
 
 
-_KILLED_SEARCH = """
-import sys, time
-import fusebench.search.clock as clock_module
-from fusebench.search.storage import open_storage
-from fusebench.search.study import Budget, open_study, run_search
-clock_module.SAVE_EVERY_S = 0.05
-
-def objective(trial):
-    if trial.number == 1:
-        time.sleep(120)  # killed during this trial
-    time.sleep(0.3)
-    return trial.suggest_float("x", 0.0, 1.0)
-
-run_search(open_study("t/k", open_storage(sys.argv[1]), 0), objective, Budget(trials=3, timeout_s=1000, seeds=1))
-"""
+_KILLED_SEARCH = search_script("t/k", trials=3, hang_at=1)
 
 
 def test_a_killed_process_s_trial_in_flight_is_not_charged_to_the_cap(tmp_path):
@@ -323,32 +311,14 @@ def test_a_killed_process_s_trial_in_flight_is_not_charged_to_the_cap(tmp_path):
     its trial 1 trains; trial 0 (0.3 s) was told. The process that resumes marks trial 1 stale and sets the
     killed process's seconds back to those of its told trials: the trial is retried, and its seconds count
     once, in the retry. Before the fix the killed process's seconds in trial 1 stayed in the cap."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     url = f"journal:///{tmp_path / 'optuna.journal'}"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_SEARCH, url])
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            time.sleep(0.1)
-            try:
-                attrs = optuna.load_study(study_name="t/k", storage=open_storage(url)).user_attrs
-            except KeyError:
-                continue
-            committed = {k: v for k, v in attrs.items() if k.startswith(clock_module.COMMITTED_PREFIX)}
-            own = {k: v for k, v in attrs.items() if k.startswith(KEY_PREFIX)}
-            if committed and own and max(own.values()) >= max(committed.values()) + 0.5:
-                break  # trial 0 told, and trial 1 has trained for 0.5 s and saved it
-        else:
-            pytest.fail(f"the child never reached trial 1: {attrs}")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    (key,) = own
+    proc = LoggedPopen([sys.executable, "-c", _KILLED_SEARCH, url], tmp_path / "child.log")
+    # trial 0 told, and trial 1 has trained for 0.5 s and saved it
+    attrs = kill_at(proc, lambda: trained_past_commit(url, "t/k", 0.5, told=True), 60, poll_s=0.1,
+                    settled=lambda: not (tmp_path / "optuna.journal.lock").exists())
+    (key,) = [k for k in attrs if k.startswith(KEY_PREFIX)]
     before = search_time(optuna.load_study(study_name="t/k", storage=open_storage(url)))
     assert before.seconds >= 0.8  # what the cap counted before the fix: trial 0 and trial 1's half-second
 
@@ -368,19 +338,7 @@ def test_a_killed_process_s_trial_in_flight_is_not_charged_to_the_cap(tmp_path):
     assert search_time(study).seconds == pytest.approx(before.seconds - lost + resumer, abs=0.01)
 
 
-_KILLED_IN_FIRST_TRIAL = """
-import sys, time
-import fusebench.search.clock as clock_module
-from fusebench.search.storage import open_storage
-from fusebench.search.study import Budget, open_study, run_search
-clock_module.SAVE_EVERY_S = 0.05
-
-def objective(trial):
-    time.sleep(120)  # killed during its first trial: none of its trials was ever told
-    return trial.suggest_float("x", 0.0, 1.0)
-
-run_search(open_study("t/k1", open_storage(sys.argv[1]), 0), objective, Budget(trials=2, timeout_s=1000, seeds=1))
-"""
+_KILLED_IN_FIRST_TRIAL = search_script("t/k1", trials=2, hang_at=0)  # none of its trials is ever told
 
 
 def test_a_process_killed_in_its_first_trial_is_not_charged_for_it(tmp_path):
@@ -390,32 +348,14 @@ def test_a_process_killed_in_its_first_trial_is_not_charged_for_it(tmp_path):
     one killed before that had none, `drop_uncommitted` took it for code that kept none, and its seconds
     stayed in the cap (the trial in flight charged twice) — every session killed during a study's first
     round (a batched round: its whole length) kept the double charge the commit set out to remove."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     url = f"journal:///{tmp_path / 'optuna.journal'}"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_IN_FIRST_TRIAL, url])
-    attrs: dict = {}
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            time.sleep(0.1)
-            try:
-                attrs = optuna.load_study(study_name="t/k1", storage=open_storage(url)).user_attrs
-            except KeyError:
-                continue
-            own = {k: v for k, v in attrs.items() if k.startswith(KEY_PREFIX)}
-            if own and max(own.values()) >= 0.5:
-                break  # trial 0 has trained for 0.5 s and saved it
-        else:
-            pytest.fail(f"the child never saved its seconds: {attrs}")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    (key,) = own
+    proc = LoggedPopen([sys.executable, "-c", _KILLED_IN_FIRST_TRIAL, url], tmp_path / "child.log")
+    # trial 0 has trained for 0.5 s and saved it (committed: the 0 s it registered with)
+    attrs = kill_at(proc, lambda: trained_past_commit(url, "t/k1", 0.5, told=False), 60, poll_s=0.1,
+                    settled=lambda: not (tmp_path / "optuna.journal.lock").exists())
+    (key,) = [k for k in attrs if k.startswith(KEY_PREFIX)]
     assert search_time(optuna.load_study(study_name="t/k1", storage=open_storage(url))).seconds >= 0.5
 
     def quick(trial: optuna.Trial) -> float:

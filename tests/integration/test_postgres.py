@@ -26,6 +26,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.killed_search import search_script, trained_past_commit
+from tests.killpoint import LoggedPopen, kill_at
+
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -200,27 +203,11 @@ def test_two_workers_share_one_study_on_postgres_and_the_owner_uses_its_best_par
           f"{len(trials) - len(finished)} surplus/failed; workers done in {workers_s:.1f}s; test wall-clock {wall:.1f}s")
 
 
-_KILLED_ON_POSTGRES = """
-import sys, time
-import fusebench.search.clock as clock_module
-import fusebench.search.storage as storage_module
-from fusebench.search.study import Budget, open_study, run_search
-clock_module.SAVE_EVERY_S = 0.05
-storage_module.HEARTBEAT_INTERVAL_S = 1
-
-def objective(trial):
-    if trial.number == 1:
-        time.sleep(120)  # killed during this trial
-    time.sleep(0.3)
-    return trial.suggest_float("x", 0.0, 1.0)
-
-study = open_study("pg/k", storage_module.open_storage(sys.argv[1]), 0)
-run_search(study, objective, Budget(trials=4, timeout_s=1000, seeds=1))
-"""
+_KILLED_ON_POSTGRES = search_script("pg/k", trials=4, hang_at=1, heartbeat_s=1)
 
 
 def test_a_killed_worker_s_trial_failed_by_optuna_s_own_heartbeat_check_is_not_charged_to_the_cap(
-        postgres_url, monkeypatch):
+        postgres_url, monkeypatch, tmp_path):
     """On PostgreSQL optuna's `optimize` itself fails stale trials (heartbeat older than the grace period)
     before each trial it starts, not only `fail_stale_running`. A real process is killed (SIGKILL) in its
     trial 1 after telling trial 0; a process resumes at once, within the grace period, so its first
@@ -228,8 +215,6 @@ def test_a_killed_worker_s_trial_failed_by_optuna_s_own_heartbeat_check_is_not_c
     (inside optuna) fails trial 1 and re-enqueues it. The killed process's seconds in trial 1 must not count:
     they are set back to its committed (told) ones. Before the fix only `fail_stale_running` dropped them, so
     a stale trial failed inside optuna's loop (in any worker) kept its seconds in the cap, charged twice."""
-    import signal
-    import subprocess
 
     import fusebench.search.clock as clock_module
     import fusebench.search.storage as storage_module
@@ -238,28 +223,10 @@ def test_a_killed_worker_s_trial_failed_by_optuna_s_own_heartbeat_check_is_not_c
 
     monkeypatch.setattr(storage_module, "HEARTBEAT_INTERVAL_S", 1)
     monkeypatch.setattr(storage_module, "GRACE_PERIOD_S", 3)
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_ON_POSTGRES, postgres_url], cwd=REPO)
-    attrs: dict = {}
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            time.sleep(0.1)
-            try:
-                seen = optuna.load_study(study_name="pg/k", storage=postgres_url)
-            except KeyError:
-                continue
-            attrs = seen.user_attrs
-            told = [v for k, v in attrs.items() if k.startswith(COMMITTED_PREFIX)]
-            own = {k: v for k, v in attrs.items() if k.startswith(KEY_PREFIX)}
-            complete = seen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if complete and told and max(told) > 0 and own and max(own.values()) >= max(told) + 0.5:
-                break  # trial 0 told, and trial 1 has trained for 0.5 s and saved it
-        else:
-            pytest.fail(f"the child never reached trial 1: {attrs}")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    (key,) = own
+    proc = LoggedPopen([sys.executable, "-c", _KILLED_ON_POSTGRES, postgres_url], tmp_path / "child.log", cwd=REPO)
+    # trial 0 told, and trial 1 has trained for 0.5 s and saved it
+    attrs = kill_at(proc, lambda: trained_past_commit(postgres_url, "pg/k", 0.5, told=True), 90, poll_s=0.1)
+    (key,) = [k for k in attrs if k.startswith(KEY_PREFIX)]
     ident = key[len(KEY_PREFIX):]
 
     slept: list[int] = []
@@ -300,13 +267,12 @@ run_batched_search(study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0
 """
 
 
-def test_a_killed_worker_s_batched_round_is_failed_and_retried_on_postgres(postgres_url, monkeypatch):
+def test_a_killed_worker_s_batched_round_is_failed_and_retried_on_postgres(postgres_url, monkeypatch, tmp_path):
     """A batched round's trials are asked (`study.ask`), not run by optuna's `optimize`, so optuna records
     no heartbeat for them; its stale check only fails trials whose heartbeat is old, so the trials of a
     worker killed mid-round stayed RUNNING for ever, and every other process waited for them. A real
     worker is SIGKILLed in round 2 (trials 2-3); after the grace period the next process fails both and
     retries them: 4 of 4 trials spent, 2 retried. Before the fix `fail_stale_running` failed none."""
-    import signal
 
     import fusebench.search.storage as storage_module
     from fusebench.search.stale import fail_stale_running
@@ -315,24 +281,23 @@ def test_a_killed_worker_s_batched_round_is_failed_and_retried_on_postgres(postg
 
     monkeypatch.setattr(storage_module, "HEARTBEAT_INTERVAL_S", 1)
     monkeypatch.setattr(storage_module, "GRACE_PERIOD_S", 3)
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_BATCHED_ON_POSTGRES, postgres_url], cwd=REPO)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            try:
-                seen = optuna.load_study(study_name="pg/b", storage=postgres_url)
-            except KeyError:
-                continue
-            if len(seen.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) == 2 and \
-                    len(seen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 2:
-                time.sleep(1.5)  # round 2 trains: its heartbeats, if any, are recorded
-                break
-        else:
-            pytest.fail("the worker never reached its second round")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = LoggedPopen([sys.executable, "-c", _KILLED_BATCHED_ON_POSTGRES, postgres_url], tmp_path / "child.log",
+                       cwd=REPO)
+    round_2_since: list[float] = []
+
+    def round_2_trained_a_while() -> bool | None:
+        """Round 1 told and round 2 training for 1.5 s (its heartbeats, if any, recorded)."""
+        try:
+            seen = optuna.load_study(study_name="pg/b", storage=postgres_url)
+        except KeyError:
+            return None
+        if len(seen.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) != 2 or \
+                len(seen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) != 2:
+            return None
+        round_2_since[:] = round_2_since or [time.monotonic()]
+        return True if time.monotonic() - round_2_since[0] >= 1.5 else None
+
+    kill_at(proc, round_2_trained_a_while, 90, poll_s=0.2)
     time.sleep(4.0)  # past the grace period
     study = open_study("pg/b", storage_module.open_storage(postgres_url), 0)
     assert fail_stale_running(study) == 2, "the killed worker's round is failed as stale"
