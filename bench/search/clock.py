@@ -27,7 +27,7 @@ works, and when it stops (an exception included). The replicate's seconds are th
   Both keep what they dropped in `search_seconds_lost:<key>`, and the record says it
   (`search_seconds_lost`). A trial names its process by the clock key (`TRIAL_CLOCK_ATTR`), not by
   host and pid alone, which a restarted container reuses; a live process taken for dead (a stall past
-  the heartbeat's grace) counts its seconds again at its next commit, which also clears its lost ones.
+  the heartbeat's grace) counts its seconds again at its next save or commit, which also clears its lost ones.
   Before, each kill at a session's end charged the cap with the 5 trials in
   flight per study, twice (killed and retried): on the standard CPU run a third of a replicate's cap.
 
@@ -245,6 +245,18 @@ class SearchClock:
     def save(self) -> None:
         if self._registered:
             self._study.set_user_attr(self._key, round(self.own(), 3))
+            self._clear_lost()
+
+    def _clear_lost(self) -> None:
+        """Called after this process wrote its seconds (a save or a commit): if it was taken for dead (on
+        PostgreSQL: a stall longer than the heartbeat's grace), a dropper set its seconds back and kept the
+        difference in its lost attr; the write just made counts those seconds again, so they are not lost.
+        At a save too, not only at a commit: a process killed after such a save and before its next commit
+        was dropped again from the saved seconds, and its lost attr kept the first drop's seconds twice."""
+        lost_key = LOST_PREFIX + self._ident
+        saved_lost = self._study.user_attrs.get(lost_key)
+        if saved_lost is not None and float(saved_lost) != round(self._lost, 3):
+            self._study.set_user_attr(lost_key, round(self._lost, 3))
 
     def commit(self) -> None:
         """The trials this process trained so far have been told: their seconds count even if it is killed
@@ -256,12 +268,7 @@ class SearchClock:
             self._committed = own
         self._study.set_user_attr(COMMITTED_PREFIX + self._ident, round(own, 3))
         self._study.set_user_attr(self._key, round(own, 3))
-        lost_key = LOST_PREFIX + self._ident
-        saved_lost = self._study.user_attrs.get(lost_key)
-        if saved_lost is not None and float(saved_lost) != round(self._lost, 3):
-            # this live process was taken for dead (on PostgreSQL: a stall longer than the heartbeat's grace)
-            # and its seconds were set back; it has since counted them again (this commit), so they are not lost
-            self._study.set_user_attr(lost_key, round(self._lost, 3))
+        self._clear_lost()
 
     def _drop_uncommitted(self) -> None:
         """An interrupt threw away the trials in flight (marked `interrupted`, retried): their seconds

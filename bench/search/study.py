@@ -245,12 +245,17 @@ def trial_counts(study: optuna.Study, budget: int) -> TrialCounts:
                        sum(t.state == TrialState.PRUNED for t in trials), failed, stale)
 
 
-def _guarded(objective: Callable[[optuna.Trial], float], budget: Budget) -> Callable[[optuna.Trial], float]:
+def _guarded(objective: Callable[[optuna.Trial], float], budget: Budget) -> Callable[[optuna.Trial, str], float]:
+    """The objective run by `run_search`: the trial names its process (host, pid, then its clock key:
+    `clock.trial_owners`) and gives itself up when the budget is already claimed."""
     host, pid = socket.gethostname(), os.getpid()
 
-    def claimed(trial: optuna.Trial) -> float:
+    def claimed(trial: optuna.Trial, clock_key: str) -> float:
         trial.set_user_attr("host", host)
         trial.set_user_attr("pid", pid)
+        # whose seconds a kill in it leaves uncommitted; after the host and pid: a trial with the key and no
+        # pid yet is stale on a file storage (`stale._is_stale`), and its live process's seconds were set back
+        trial.set_user_attr(TRIAL_CLOCK_ATTR, clock_key)
         trials = trial.study.get_trials(deepcopy=False)
         ahead = sum(t.number < trial.number and (t.state == TrialState.RUNNING or s)
                     for t, s in zip(trials, _spent_flags(trials)))
@@ -260,9 +265,9 @@ def _guarded(objective: Callable[[optuna.Trial], float], budget: Budget) -> Call
             raise _Surplus(f"trial {trial.number}: the budget of {budget.trials} is already claimed")
         return objective(trial)
 
-    def run(trial: optuna.Trial) -> float:
+    def run(trial: optuna.Trial, clock_key: str) -> float:
         try:
-            return claimed(trial)
+            return claimed(trial, clock_key)
         except KeyboardInterrupt:
             # optuna tells this trial FAIL before re-raising: without the mark a Ctrl-C'd and resumed
             # search counted it as spent and failed, one completed trial fewer for the strategy
@@ -331,9 +336,8 @@ def run_search(
             # commit as the objective returns (or fails), before optuna tells the trial: a Ctrl-C or a kill
             # between the tell and the callback's commit dropped the told, spent trial's seconds; one
             # between this commit and the tell leaves the untold trial's seconds counted (the safe side)
-            trial.set_user_attr(TRIAL_CLOCK_ATTR, clock.key)  # whose seconds a kill in it leaves uncommitted
             try:
-                value = guarded(trial)
+                value = guarded(trial, clock.key)
             except KeyboardInterrupt:
                 raise
             except BaseException:

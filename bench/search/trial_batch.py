@@ -74,9 +74,11 @@ class BatchObjective:
 def _claim(study: optuna.Study, budget: Budget, host: str, pid: int, clock_key: str) -> optuna.Trial | None:
     """Ask one trial; give it up (FAIL, `surplus`) when `budget` live trials are numbered before it."""
     trial = study.ask()
-    trial.set_user_attr(TRIAL_CLOCK_ATTR, clock_key)  # whose seconds a kill in it leaves uncommitted
     trial.set_user_attr("host", host)
     trial.set_user_attr("pid", pid)
+    # whose seconds a kill in it leaves uncommitted; after the host and pid (`clock.trial_owners`): a trial
+    # with the key and no pid yet is stale on a file storage, and its live process's seconds were set back
+    trial.set_user_attr(TRIAL_CLOCK_ATTR, clock_key)
     trials = study.get_trials(deepcopy=False)
     ahead = sum(t.number < trial.number and (t.state == TrialState.RUNNING or s)
                 for t, s in zip(trials, _spent_flags(trials)))
