@@ -98,10 +98,20 @@ def _given_server(url: str):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _with_optuna_schema(url: str) -> str:
+    """Create optuna's tables in the fresh database before a test's processes open it: a parent polling a
+    child's study (tests.killpoint.kill_at) and the child both creating them at once raced on PostgreSQL's
+    catalog (IntegrityError: duplicate key ... pg_type_typname_nsp_index, alembic_version), about one run in three."""
+    storage = optuna.storages.RDBStorage(url)
+    storage.engine.dispose()
+    return url
+
+
 @pytest.fixture()
 def postgres_url():
     if os.environ.get("FUSEBENCH_PG_URL"):
-        yield from _given_server(os.environ["FUSEBENCH_PG_URL"])
+        for url in _given_server(os.environ["FUSEBENCH_PG_URL"]):
+            yield _with_optuna_schema(url)
         return
     missing = [b for b in ("initdb", "pg_ctl") if not (PG_BIN / b).is_file()]
     if missing:
@@ -133,7 +143,7 @@ def postgres_url():
         with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as conn:
             conn.execute("CREATE DATABASE fusebench")
         print(f"\npostgres ({PG_BIN}) up on 127.0.0.1:{port} in {time.perf_counter() - started:.1f}s")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/fusebench"
+        yield _with_optuna_schema(f"postgresql+psycopg://postgres@127.0.0.1:{port}/fusebench")
     finally:
         if running:
             _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop")
