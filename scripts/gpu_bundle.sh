@@ -40,7 +40,10 @@
 #         GPU_BUNDLE_STEPS (the steps to run, space-separated, in this order whatever the order given:
 #         tests throughput batching finetune suite; default all of them), GPU_BUNDLE_JOBS (the suite's
 #         cell processes, `fusebench run --jobs`, default 1: small fusion heads leave most of a GPU idle,
-#         so several cells at once share it; not part of the run's identity, a resumed run may change it).
+#         so several cells at once share it; not part of the run's identity, a resumed run may change it),
+#         GPU_BUNDLE_RESUME (a run.tar.gz to resume instead of DIR/run.tar.gz, e.g. the one published in
+#         reports/published/: the device machines copy the checkout and at most 64 MiB in all, so a
+#         tarball that is already in the checkout need not travel twice).
 set -uo pipefail
 verb=${1:-}; dir=${2:-}
 [ -n "$verb" ] && [ -n "$dir" ] || { echo "usage: gpu_bundle.sh pack DIR [TASK ...] | run DIR OUT" >&2; exit 2; }
@@ -48,6 +51,7 @@ verb=${1:-}; dir=${2:-}
 absolute() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 dir=$(absolute "$dir")
 out=""; [ "$verb" = run ] && [ -n "${3:-}" ] && out=$(absolute "$3")
+resume=""; [ -n "${GPU_BUNDLE_RESUME:-}" ] && resume=$(absolute "$GPU_BUNDLE_RESUME")
 cd "$(dirname "$0")/.." || exit 2
 
 # the uv scripts/bootstrap.sh used: the one on PATH, else its private .venv-bootstrap/ one (a fresh
@@ -219,7 +223,10 @@ PY
 suite_run() {
   local suite=$1 run_dir=$work/fusebench-gpu-run log=$work/fusebench-gpu-run.log
   mkdir -p "$run_dir"
-  if [ -f "$dir/run.tar.gz" ]; then
+  if [ -n "$resume" ]; then
+    [ -f "$resume" ] || { echo "gpu_bundle.sh: GPU_BUNDLE_RESUME=$resume: no such file" >&2; note "resuming" 2; return; }
+    tar -xzf "$resume" -C "$run_dir" --strip-components=1 || { note "extracting $resume" $?; return; }
+  elif [ -f "$dir/run.tar.gz" ]; then
     tar -xzf "$dir/run.tar.gz" -C "$run_dir" --strip-components=1 || { note "extracting $dir/run.tar.gz" $?; return; }
   fi
   FUSEBENCH_DATA="$dir/data"; export FUSEBENCH_DATA

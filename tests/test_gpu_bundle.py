@@ -156,12 +156,21 @@ def test_a_resumed_run_appends_its_log_to_the_carried_run_log(first_run, tmp_pat
 
 
 @pytest.mark.integration
-def test_an_unreadable_carried_run_is_a_named_failure(packed, tmp_path, data_root):
+@pytest.mark.parametrize("where", ["in the bundle", "named by GPU_BUNDLE_RESUME"])
+def test_an_unreadable_carried_run_is_a_named_failure(packed, tmp_path, data_root, where):
+    """GPU_BUNDLE_RESUME names a tarball outside the bundle (one published in the checkout, which the
+    device machines copy anyway: carried twice, bundle and checkout passed their 64 MiB) and wins over
+    the bundle's own; a relative path is the caller's."""
     bundle = _copy(packed, tmp_path / "bundle")
     (bundle / "run.tar.gz").write_bytes(b"not a tarball")
-    done = _bundle(["run", "bundle", "out"], tmp_path, _env(tmp_path, data_root, GPU_BUNDLE_STEP_S="1"))
+    extra, named = {}, f"{bundle}/run.tar.gz"
+    if where == "named by GPU_BUNDLE_RESUME":
+        (tmp_path / "published").mkdir()
+        (tmp_path / "published" / "run.tar.gz").write_bytes(b"not a tarball either")
+        extra, named = {"GPU_BUNDLE_RESUME": "published/run.tar.gz"}, f"{tmp_path}/published/run.tar.gz"
+    done = _bundle(["run", "bundle", "out"], tmp_path, _env(tmp_path, data_root, GPU_BUNDLE_STEP_S="1", **extra))
     assert done.returncode == 1
-    assert f"extracting {bundle}/run.tar.gz" in done.stderr.split("failed steps:")[1]
+    assert f"extracting {named}" in done.stderr.split("failed steps:")[1]
 
 
 @pytest.mark.integration
