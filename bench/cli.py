@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from fusebench.core import diskfull
+from fusebench.core import deadline, diskfull
 from fusebench.core.errors import UsageError
 from fusebench.run import calibrate_cli, extensions, interrupt, throughput_cli, timing_cli
 
@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, help="cells trained in parallel processes, on CPU or a CUDA GPU "
                      "(default: the suite's, else 1)")
     run.add_argument("--data-dir", help="data root")
+    run.add_argument("--stop-after", help="after this long (600, 45m, 3h50m) start no new trial, evaluation seed or cell; "
+                     f"the work in flight ends, then exit {deadline.EXIT_CODE} (re-run to resume). Set it inside a "
+                     "time box: an interrupt throws the trials in flight away")
 
     wk = sub.add_parser("worker", help="join an existing study (created by `run`) and run its trials until the budget is done")
     wk.add_argument("--study", required=True, help="study name, <dataset>/<strategy> (e.g. imdb/concat)")
@@ -233,10 +236,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         suite = dataclasses.replace(suite, **overrides)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    summary = run(RunConfig(suite=suite, out=Path(args.out), data_dir=args.data_dir, device=args.device,
-                            storage=args.storage, jobs=suite.jobs, prepare_only=args.prepare_only,
-                            amp_bf16=args.amp_bf16, compile=args.compile, new_run=args.new_run,
-                            batch_seeds=not args.sequential_seeds))
+    stop_after = deadline.parse_duration(args.stop_after) if args.stop_after is not None else None
+    with deadline.stopping_at(stop_after):
+        summary = run(RunConfig(suite=suite, out=Path(args.out), data_dir=args.data_dir, device=args.device,
+                                storage=args.storage, jobs=suite.jobs, prepare_only=args.prepare_only,
+                                amp_bf16=args.amp_bf16, compile=args.compile, new_run=args.new_run,
+                                batch_seeds=not args.sequential_seeds))
     if args.prepare_only:
         print(f"fusebench: studies ready in {args.storage or 'the run directory'}; start `fusebench worker` processes")
         return 0
@@ -338,6 +343,9 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(f"fusebench: error: {diskfull.message(exc)}", file=sys.stderr)
         return 2
+    except deadline.StopRequested as exc:
+        print(f"fusebench: stopped: {exc}; the work in flight finished; re-run the same command to resume", file=sys.stderr)
+        return deadline.EXIT_CODE
     except KeyboardInterrupt:
         print("fusebench: interrupted; re-run the same command to resume", file=sys.stderr)
         return INTERRUPTED

@@ -34,7 +34,9 @@
 #         named standard-<tasks>-<strategies>, the protocol unchanged).
 #   run:  GPU_BUNDLE_DEVICE (default cuda), GPU_BUNDLE_RUN_S (time box of the suite in seconds; it is
 #         interrupted cleanly and resumes next time; killed GPU_BUNDLE_GRACE_S, default 120, after that
-#         if it has not stopped, which counts as a failure), GPU_BUNDLE_STEP_S (time box of every other step,
+#         if it has not stopped, which counts as a failure; GPU_BUNDLE_DRAIN_S, default 120, before the
+#         box the suite starts no new work (`fusebench run --stop-after`) so that the box's interrupt
+#         finds little or nothing in flight to throw away), GPU_BUNDLE_STEP_S (time box of every other step,
 #         default 600), GPU_BUNDLE_PYTHON (default python3), GPU_BUNDLE_SITE (default $TMPDIR/fusebench-site),
 #         FUSEBENCH_CACHE (default $TMPDIR/fusebench-gpu-cache, not the checkout's ~/.cache/fusebench),
 #         GPU_BUNDLE_STEPS (the steps to run, space-separated, in this order whatever the order given:
@@ -236,11 +238,20 @@ suite_run() {
   # SIGINT at the box's end, SIGKILL only GPU_BUNDLE_GRACE_S later (a KeyboardInterrupt lost in a
   # finalizer and a shutdown hung after an interrupted datasets load once let the suite run into it:
   # exit 137; both fixed in bench/run/interrupt.py and cli.entry, tests/test_interrupt.py)
-  local box=(); [ -n "${GPU_BUNDLE_RUN_S:-}" ] && box=(timeout -s INT -k "${GPU_BUNDLE_GRACE_S:-120}" "$GPU_BUNDLE_RUN_S")
+  # --stop-after GPU_BUNDLE_DRAIN_S before the box: no new trial, seed or cell starts after it and the
+  # work in flight ends (exit 75), so the box's SIGINT rarely has trials left to throw away
+  local box=() stop=()
+  if [ -n "${GPU_BUNDLE_RUN_S:-}" ]; then
+    box=(timeout -s INT -k "${GPU_BUNDLE_GRACE_S:-120}" "$GPU_BUNDLE_RUN_S")
+    local drain=${GPU_BUNDLE_DRAIN_S:-120}
+    [ "$GPU_BUNDLE_RUN_S" -gt "$drain" ] && stop=(--stop-after "$((GPU_BUNDLE_RUN_S - drain))")
+  fi
   "${box[@]}" "$py" -m fusebench run --config-dir "$dir/cfg" --suite "$suite" --out "$run_dir" --device "$dev" \
-    --log-file "$log" --jobs "${GPU_BUNDLE_JOBS:-1}"
+    --log-file "$log" --jobs "${GPU_BUNDLE_JOBS:-1}" "${stop[@]}"
   rc=$?
-  if [ "$rc" -eq 124 ] && [ ${#box[@]} -gt 0 ]; then
+  if [ "$rc" -eq 75 ] && [ ${#stop[@]} -gt 0 ]; then
+    echo "gpu_bundle.sh: the suite stopped at --stop-after ${stop[1]} s, its work in flight finished; it resumes next time"
+  elif [ "$rc" -eq 124 ] && [ ${#box[@]} -gt 0 ]; then
     echo "gpu_bundle.sh: the suite reached GPU_BUNDLE_RUN_S=$GPU_BUNDLE_RUN_S s and stopped; it resumes next time"
   else
     note "suite" "$rc"

@@ -42,7 +42,10 @@ def test_failed_trials_use_the_budget_and_are_counted(tmp_path):
     assert (counts.complete, counts.pruned, counts.failed, counts.spent) == (4, 0, 2, 6)
 
 
-def test_a_dead_process_trial_is_retried_not_counted(tmp_path):
+def test_a_dead_process_trial_is_retried_not_counted(tmp_path, monkeypatch):
+    from fusebench.search import stale
+
+    monkeypatch.setattr(stale, "ATTRLESS_GRACE_S", 0.0)  # as if the attr-less trial were a minute old
     storage = f"sqlite:///{tmp_path / 's.db'}"
     open_study("t/s", storage, 0).ask()  # left RUNNING without host/pid: a killed process
     assert fail_stale_running(open_study("t/s", storage, 0)) == 1

@@ -209,3 +209,16 @@ def test_run_rejects_an_unknown_step_before_installing_anything(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "unknown step 'suit' in GPU_BUNDLE_STEPS" in done.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "site").exists()
+
+
+@pytest.mark.integration
+def test_the_suite_stops_at_its_drain_point_before_the_box_and_that_is_no_failure(packed, tmp_path, data_root):
+    """GPU_BUNDLE_DRAIN_S before the box, the suite runs with --stop-after: it starts nothing new, lets the
+    work in flight end and exits 75, which `run` reports as a stop that resumes, not as a failed step."""
+    _copy(packed, tmp_path / "bundle")
+    env = _env(tmp_path, data_root, GPU_BUNDLE_STEPS="suite", GPU_BUNDLE_RUN_S="300", GPU_BUNDLE_DRAIN_S="299")
+    done = _bundle(["run", "bundle", "out"], tmp_path, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "the suite stopped at --stop-after 1 s, its work in flight finished" in done.stdout
+    assert "reached GPU_BUNDLE_RUN_S" not in done.stdout
+    assert (tmp_path / "out" / "run.tar.gz").is_file()

@@ -215,3 +215,15 @@ def test_a_live_trial_caught_between_its_attrs_does_not_set_back_its_process_s_s
         pass  # asserted below
     assert failed  # the other process checked in the windows
     assert not any(dropped), "a live process's seconds were set back"
+
+
+def test_a_trial_asked_a_moment_ago_without_its_attrs_yet_is_not_failed_by_another_process(tmp_path):
+    """On a file storage, another process's stale check used to fail a live trial between its `ask` and
+    its host/pid writes; the live process's next write then raised `UpdateFinishedTrialError` out of its
+    search. Attr-less trials are stale only once `stale.ATTRLESS_GRACE_S` old."""
+    live, other = _study(tmp_path), _study(tmp_path)
+    trial = live.ask()
+    assert fail_stale_running(other) == 0
+    trial.set_user_attr("host", socket.gethostname())  # raised UpdateFinishedTrialError before
+    live.tell(trial, 0.5)
+    assert [t.state for t in _study(tmp_path).trials] == [optuna.trial.TrialState.COMPLETE]

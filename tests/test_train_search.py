@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fusebench.results.records import Record, Throughput, load_records, merge_records, write_records
+from fusebench.search import stale
 from fusebench.search.stale import fail_stale_running
 from fusebench.search.study import Budget, open_study, run_search
 from fusebench.strategies import STRATEGIES, FusionSpec
@@ -56,7 +57,7 @@ def test_majority_baseline_predicts_the_training_prior():
     assert result.epochs_run == 0 and result.val_metric == pytest.approx(0.7)
 
 
-def test_search_resumes_and_counts_budget(tmp_path):
+def test_search_resumes_and_counts_budget(tmp_path, monkeypatch):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     calls = []
 
@@ -71,6 +72,7 @@ def test_search_resumes_and_counts_budget(tmp_path):
     assert calls == [0, 1, 2]
     study = open_study("t/x", storage, 0)
     study.ask()  # a trial left RUNNING, as a killed process leaves it
+    monkeypatch.setattr(stale, "ATTRLESS_GRACE_S", 0.0)  # ... a minute ago (a younger one may be a live process's)
     assert fail_stale_running(open_study("t/x", storage, 0)) == 1
     states = [t.state for t in open_study("t/x", storage, 0).trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1 and states.count(optuna.trial.TrialState.COMPLETE) == 3

@@ -18,8 +18,8 @@ import optuna
 import pandas as pd
 import torch
 
+from fusebench.core import deadline, progress, space
 from fusebench.core import metrics as metric_lib
-from fusebench.core import progress, space
 from fusebench.core.encmode import ENCODER_LR_PARAM, ENCODER_LR_SPACE, FineTuneSettings
 from fusebench.core.errors import UsageError
 from fusebench.features.extract import TaskData
@@ -197,6 +197,7 @@ def progress_key(cell: Cell) -> str:
 
 def run_cell(cell: Cell, data: TaskData, ctx: CellContext) -> list[Record]:
     """Search (trainable strategies) then evaluate on every seed; progress shows trials then seeds."""
+    deadline.check(f"cell {cell.dataset}/{cell.strategy}")
     reps = ctx.budget.replicates if cell.info.trainable else 1
     steps = reps * ((ctx.budget.trials if cell.info.trainable else 0) + len(ctx.budget.eval_seeds))
     progress.start(progress_key(cell), f"{study_name(cell)}", steps, "steps")
@@ -361,11 +362,14 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
     def before_fit(seed: int) -> None:
         """One after another, seed k's fit starts where seed k-1's scoring left torch's generator; when
         k-1 was scored by an earlier process, its stored state is put back (an uninterrupted run's numbers)."""
+        deadline.check(f"evaluation seed {seed} of {cell.dataset}/{cell.strategy}")  # the seeds before it are stored
         i = seeds.index(seed)
         if i and (states := earlier.get(seeds[i - 1])) is not None:
             set_rng_state(states, ctx.device)
 
     # fine-tuned seeds train one after another (each holds its own encoder copies)
+    if todo:
+        deadline.check(f"the evaluation seeds of {cell.dataset}/{cell.strategy}")
     fits = fit_seeds(build, todo, train, val, train_cfg, cfg.main_metric, batched=ctx.batch_seeds and not setup.fine_tuned,
                      on_result=score, batch_of=len(seeds), before_fit=before_fit) if todo else None
     predictions += [kept[seed][1] for seed in seeds]

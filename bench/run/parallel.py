@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import torch
 
-from fusebench.core import progress
+from fusebench.core import deadline, progress
 from fusebench.core.diskfull import naming
 from fusebench.features.extract import TaskData
 from fusebench.results.records import Record
@@ -133,11 +133,14 @@ def _job(prepared: str, cell: Cell, ctx: CellContext) -> list[Record]:
     interrupted run on an H100 with 8 workers started 5 cells (and trained one, whose records were
     dropped) after its time box had struck."""
     global _interrupted
+    deadline.check(f"cell {cell.dataset}/{cell.strategy}")  # past --stop-after: every queued cell says so
     if _interrupted:
         raise KeyboardInterrupt(f"{cell.dataset}/{cell.strategy} not started: this worker was interrupted")
     try:
         with _cell_running():
             return _run_job(prepared, cell, ctx)
+    except deadline.StopRequested:
+        raise  # nothing was in flight: not an interrupted worker (its refusal would stop the run at once)
     except KeyboardInterrupt:
         _interrupted = True
         raise

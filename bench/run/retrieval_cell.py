@@ -30,7 +30,7 @@ import optuna
 import pandas as pd
 import torch
 
-from fusebench.core import space
+from fusebench.core import deadline, space
 from fusebench.core.errors import UsageError
 from fusebench.data.builders import SPLITS, TaskTables
 from fusebench.features.extract import TaskData
@@ -225,6 +225,7 @@ class RetrievalRun:
                 yield cell, exc
 
     def run_cell(self, cell: RetrievalCell) -> list[Record]:
+        deadline.check(f"cell {cell.dataset}/{cell.strategy}")  # its searches check again before each trial
         records: list[Record] = []
         frames: list[pd.DataFrame] = []
         throughput: Throughput | None = None

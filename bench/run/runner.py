@@ -21,6 +21,7 @@ import torch
 from fusebench.config import catalog
 from fusebench.config.loader import SuiteConfig
 from fusebench.core import progress
+from fusebench.core.deadline import StopRequested
 from fusebench.core.diskfull import is_disk_full
 from fusebench.core.errors import UsageError
 from fusebench.core.io import atomic_write_bytes
@@ -352,7 +353,11 @@ def _run(cfg: RunConfig) -> RunSummary:
                 outcomes = RetrievalRun(data, tables, ctx).execute([c for c in todo if isinstance(c, RetrievalCell)])
             else:
                 outcomes = pool.execute([c for c in todo if isinstance(c, Cell)], data, ctx)
+            stopped: StopRequested | None = None
             for cell, outcome in outcomes:
+                if isinstance(outcome, StopRequested):  # past --stop-after: the other cells' work in flight ends first
+                    stopped = outcome
+                    continue
                 if isinstance(outcome, KeyboardInterrupt):  # a worker's cell was interrupted: the run is, not the cell failed
                     raise outcome
                 if isinstance(outcome, BaseException) and (isinstance(outcome, UsageError) or is_disk_full(outcome)):
@@ -376,6 +381,8 @@ def _run(cfg: RunConfig) -> RunSummary:
                 meta["phases"] = clock.as_dict(previous_phases)
                 meta["phases"]["cells"] = round(meta["phases"].get("cells", 0.0) + time.perf_counter() - cells_t0, 3)
                 atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
+            if stopped is not None:
+                raise stopped
             clock.seconds["cells"] = clock.seconds.get("cells", 0.0) + time.perf_counter() - cells_t0
             with clock.phase("statistics"):
                 records = _with_stats(records, out, ds_name, results, ds_cfg.task)

@@ -5,12 +5,15 @@ and optuna's retry callback (bench/search/storage.py) re-enqueues its params (op
 the trials its `optimize` runs: a batched round starts a heartbeat thread per asked trial,
 bench/search/trial_batch.py). On a journal or SQLite file (one machine) a RUNNING trial is stale when
 the process that started it (user attrs `host`, `pid`) is gone; a trial without those attrs is
-treated as stale. Either way the seconds the killed process spent on those trials leave the search
-cap (bench/search/clock.py: `drop_uncommitted`).
+stale once it is `ATTRLESS_GRACE_S` old (a process killed between `ask` and its first writes; a younger
+one is a live process's, which writes them next: failing it made that write raise
+`UpdateFinishedTrialError` out of the live process's search). Either way the seconds the killed
+process spent on those trials leave the search cap (bench/search/clock.py: `drop_uncommitted`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
@@ -23,11 +26,16 @@ from fusebench.search.clock import drop_uncommitted, trial_owners
 
 log = logging.getLogger(__name__)
 
+# a live process writes its trial's host and pid within milliseconds of `ask`; this leaves room for a
+# stalled one and for the clocks of two machines sharing a journal on a network file system
+ATTRLESS_GRACE_S = 60.0
+
 
 def _is_stale(t: optuna.trial.FrozenTrial) -> bool:
     host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
     if host is None or pid is None:
-        return True
+        started = t.datetime_start  # optuna's naive local time of the `ask`
+        return started is None or (dt.datetime.now() - started).total_seconds() >= ATTRLESS_GRACE_S
     if pid == os.getpid() and host == socket.gethostname():
         return False
     return host == socket.gethostname() and not pid_alive(int(pid))

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from fusebench.core import deadline
 from fusebench.search.clock import CAP_CLOCKS, TRIAL_CLOCK_ATTR, SearchClock
 from fusebench.search.stale import fail_stale_running
 
@@ -301,6 +302,7 @@ def drive_search(study: optuna.Study, budget: Budget, work: Callable[[int, int, 
                 log.warning("study %s: %d trial(s) failed here; stopping the search", study.study_name, failures())
                 break
             if done + running < budget.trials and clock.left() > 0:
+                deadline.check(f"more trials of {study.study_name}")  # --stop-after: none in flight here
                 with clock.busy():  # commits this process's seconds when `work` returns
                     work(done, running, clock)
                 continue
@@ -329,8 +331,8 @@ def run_search(
         def stop(st: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
             clock.commit()  # and at each trial's end (saved every SAVE_EVERY_S besides): this trial's seconds count
             # at the budget, or at the cap: optuna's own timeout sees this process's seconds only
-            if _counts(st)[0] >= budget.trials or clock.left() <= 0:
-                st.stop()
+            if _counts(st)[0] >= budget.trials or clock.left() <= 0 or deadline.passed():
+                st.stop()  # past --stop-after: drive_search stops the run before the next trial
 
         def told_next(trial: optuna.Trial) -> float:
             # commit as the objective returns (or fails), before optuna tells the trial: a Ctrl-C or a kill
