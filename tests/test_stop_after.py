@@ -136,19 +136,21 @@ def test_a_run_stopped_between_cells_exits_75_and_resumes_to_the_uninterrupted_r
 @pytest.mark.slow
 def test_cell_processes_past_the_deadline_finish_their_trials_and_the_run_waits_for_them(synthetic_bundle, tmp_path):
     """--jobs 2, real time: the first worker to stop must not make the run interrupt the other one's
-    trials in flight (the runner took a worker's stop for an interrupt and SIGINTed the rest)."""
+    trials in flight (the runner took a worker's stop for an interrupt and SIGINTed the rest after the
+    pool's 2 s grace). Whether the other worker is then more than 2 s from its trial's end depends on
+    timing: before the fix this failed in 3 of 3 runs here; with it, it passed 3 of 3."""
     data, cfg = synthetic_bundle
     env = {**os.environ, "FUSEBENCH_CONFIG_DIR": str(cfg), "FUSEBENCH_TRAIN_THREADS": "1",
            "FUSEBENCH_CACHE": str(tmp_path / "cache")}
     env.pop(deadline.ENV, None)
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "fusebench", "run", "--suite", "toy", "--strategies", "concat,gmu", "--jobs", "2",
-            "--trials", "400", "--seeds", "2", "--epochs", "30", "--data-dir", str(data), "--out", str(out),
-            "--stop-after", "45", "-q"]
+            "--trials", "400", "--seeds", "2", "--epochs", "1000", "--patience", "1000", "--data-dir", str(data),
+            "--out", str(out), "--stop-after", "45", "-q"]  # trials of ~10 s: longer than the pool's 2 s grace
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == deadline.EXIT_CODE, done.stderr[-3000:]
     storage = open_storage(f"journal:///{out / 'optuna.journal'}")
     trials = [t for s in storage.get_all_studies() for t in storage.get_all_trials(s._study_id)]
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) >= 2, "stopped before any trial"
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) >= 1, "stopped before any trial"
     assert [t.number for t in trials if t.state in (TrialState.FAIL, TrialState.RUNNING)] == []
     assert not any(t.user_attrs.get("interrupted") for t in trials)
