@@ -40,6 +40,15 @@ from fusebench.core.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
+# optuna's JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE: the per-epoch reports the pruner reads, 95 % of
+# a GPU run's journal (262,204 of 274,564 operations). Their appends are not fsynced: an fsync cost
+# ~1.5 ms under the journal lock (1.74 against 0.23 ms per report here), paid every epoch by every
+# trial of every process. Nothing is lost to a crash of the process (the page cache keeps the write);
+# an OS crash or power loss can drop only reports after the journal's last fsynced operation, because
+# an fsync writes all of the file's earlier data: those are reports of trials still running, which are
+# then stale and retried; a told trial's reports are durable with its tell.
+INTERMEDIATE_VALUE = 7
+
 
 def _as_operation(line: bytes) -> bytes | None:
     """The JSON operation in `line` (without its newline), salvaging a record glued after a torn prefix.
@@ -245,7 +254,8 @@ class RepairingJournalFileBackend(JournalFileBackend):
                 with open(self._path, "ab") as fh:
                     fh.write(what.encode("utf-8"))
                     fh.flush()
-                    os.fsync(fh.fileno())
+                    if any(entry.get("op_code") != INTERMEDIATE_VALUE for entry in logs):
+                        os.fsync(fh.fileno())
             except OSError as exc:  # a full disk: the partial record is cut by the next append or open
                 if is_disk_full(exc):
                     raise naming(exc, self._path) from exc
