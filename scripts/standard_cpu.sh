@@ -112,7 +112,17 @@ fi
 # faster on one than on two), so one process uses one core; 2 uses both on an otherwise idle machine
 # (jobs is not part of the run's identity: a run resumes under another value). Each process holds a
 # copy of the dataset being swept: watch the memory on IMDB's token features.
-.venv/bin/fusebench run --suite standard --device cpu --out "$OUT" --log-file "$OUT.log" --jobs "${STANDARD_CPU_JOBS:-1}"
+# STANDARD_CPU_STOP_AFTER (e.g. 2h30m): `fusebench run --stop-after`, so that a session's end finds the
+# sweep stopped with nothing in flight (a SIGTERM throws away a round of trials per running study)
+stop=(); [ -n "${STANDARD_CPU_STOP_AFTER:-}" ] && stop=(--stop-after "$STANDARD_CPU_STOP_AFTER")
+rc=0
+.venv/bin/fusebench run --suite standard --device cpu --out "$OUT" --log-file "$OUT.log" --jobs "${STANDARD_CPU_JOBS:-1}" \
+  "${stop[@]}" || rc=$?
+if [ "$rc" -eq 75 ]; then
+  echo "standard_cpu.sh: stopped at STANDARD_CPU_STOP_AFTER=$STANDARD_CPU_STOP_AFTER with nothing in flight; save it, and the same command resumes"
+elif [ "$rc" -ne 0 ]; then
+  exit "$rc"
+fi
 publish_report "$OUT"
 publish_status
 echo "standard_cpu.sh: done; commit $PUB"
