@@ -154,3 +154,39 @@ def test_cell_processes_past_the_deadline_finish_their_trials_and_the_run_waits_
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) >= 1, "stopped before any trial"
     assert [t.number for t in trials if t.state in (TrialState.FAIL, TrialState.RUNNING)] == []
     assert not any(t.user_attrs.get("interrupted") for t in trials)
+
+
+@pytest.mark.slow
+def test_a_run_past_its_deadline_prepares_no_further_dataset(synthetic_bundle, monkeypatch, tmp_path):
+    """The deadline passes while the first dataset's last cell trains: that cell ends, and the run stops
+    before building and encoding the next dataset (an encoder pass over a dataset takes minutes on
+    the standard suite: it ran on past the deadline into the time box, only for every cell to stop)."""
+    data, cfg = synthetic_bundle
+    (cfg / "toy2.yaml").write_text((cfg / "toy.yaml").read_text().replace("name: toy\n", "name: toy2\n", 1))
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    monkeypatch.delenv(deadline.ENV, raising=False)
+    import fusebench.run.cell as cell_module
+    import fusebench.run.runner as runner_module
+
+    real_cell, real_encode = cell_module._run_cell, runner_module.encode_task
+    encoded: list[str] = []
+
+    def cell_then_deadline(*args, **kwargs):
+        try:
+            return real_cell(*args, **kwargs)
+        finally:
+            os.environ[deadline.ENV] = "0"
+
+    def encode(ds_cfg, *args, **kwargs):
+        encoded.append(ds_cfg.name)
+        return real_encode(ds_cfg, *args, **kwargs)
+
+    monkeypatch.setattr(cell_module, "_run_cell", cell_then_deadline)
+    monkeypatch.setattr(runner_module, "encode_task", encode)
+    argv = ["run", "--datasets", "toy,toy2", "--size", "small", "--strategies", "concat", "--trials", "2",
+            "--seeds", "1", "--epochs", "3", "--data-dir", str(data), "--out", str(tmp_path / "run"), "-q",
+            "--stop-after", "1h"]
+    assert main(argv) == deadline.EXIT_CODE
+    assert encoded == ["toy"]
+    records = map(json.loads, (tmp_path / "run" / "results.jsonl").read_text().splitlines())
+    assert {(r["dataset"], r["strategy"]) for r in records} == {("toy", "concat")}

@@ -20,8 +20,7 @@ import torch
 
 from fusebench.config import catalog
 from fusebench.config.loader import SuiteConfig
-from fusebench.core import progress
-from fusebench.core.deadline import StopRequested
+from fusebench.core import deadline, progress
 from fusebench.core.diskfull import is_disk_full
 from fusebench.core.errors import UsageError
 from fusebench.core.io import atomic_write_bytes
@@ -281,6 +280,7 @@ def _run(cfg: RunConfig) -> RunSummary:
             if not todo:
                 records = _with_stats(records, out, ds_name, results, ds_cfg.task)  # recomputed on resume
                 continue
+            deadline.check(f"dataset {ds_name}")  # --stop-after: building and encoding it take minutes on a GPU
             t0 = time.perf_counter()
             try:
                 with clock.phase("data"):
@@ -353,9 +353,9 @@ def _run(cfg: RunConfig) -> RunSummary:
                 outcomes = RetrievalRun(data, tables, ctx).execute([c for c in todo if isinstance(c, RetrievalCell)])
             else:
                 outcomes = pool.execute([c for c in todo if isinstance(c, Cell)], data, ctx)
-            stopped: StopRequested | None = None
+            stopped: deadline.StopRequested | None = None
             for cell, outcome in outcomes:
-                if isinstance(outcome, StopRequested):  # past --stop-after: the other cells' work in flight ends first
+                if isinstance(outcome, deadline.StopRequested):  # past --stop-after: the other cells' work in flight ends first
                     stopped = outcome
                     continue
                 if isinstance(outcome, KeyboardInterrupt):  # a worker's cell was interrupted: the run is, not the cell failed

@@ -74,6 +74,8 @@ def _has_torn(data: bytes) -> bool:
     if data and not data.endswith(b"\n"):
         return True
     lines = data.splitlines()
+    if len(lines) != data.count(b"\n"):  # a bare b"\r" ends a line: repair sets it aside, optuna reads on to b"\n"
+        return True
     try:  # one parse in C for the whole file; a line per operation, each an object with an op_code
         values = json.loads(b"[" + b",".join(lines) + b"]")
     except (ValueError, UnicodeDecodeError):
