@@ -255,6 +255,8 @@ class RetrievalRun:
                       "rerank_negatives": ctx.rerank_negatives}
             family = cell.info.family
         for seed in budget.eval_seeds:
+            # no seed store here: a stop loses the cell's seeds so far either way, and stops sooner here
+            deadline.check(f"evaluation seed {seed} of {cell.dataset}/{cell.strategy}")
             t0, throughput_s = time.perf_counter(), 0.0
             dual, test_ranks, val_ranks = self.dual(replicate, seed)
             train_s, n_params, best_epoch = dual.train_seconds, sum(p.numel() for p in dual.model.parameters()), dual.best_epoch
