@@ -46,8 +46,11 @@ def no_global_state_leaks():
     import optuna
     import torch
 
-    from fusebench.core import progress
+    from fusebench.core import deadline, progress
 
+    # a --stop-after deadline one test left in the environment stopped every later run, and its
+    # StopRequested (a KeyboardInterrupt) ended the whole pytest session, 666 tests in (CI, stop 26)
+    stop_at = os.environ.pop(deadline.ENV, None)
     threads, root = torch.get_num_threads(), logging.getLogger()
     level, verbosity = root.level, optuna.logging.get_verbosity()
     optuna_root = logging.getLogger("optuna")  # a CLI call routes optuna's records through the root (console.py)
@@ -66,6 +69,10 @@ def no_global_state_leaks():
     root.setLevel(level)
     optuna.logging.set_verbosity(verbosity)
     progress.set_backend(progress.NullBackend())
+    if stop_at is None:
+        os.environ.pop(deadline.ENV, None)
+    else:
+        os.environ[deadline.ENV] = stop_at
 
 
 @pytest.fixture(scope="module")

@@ -147,7 +147,6 @@ def test_a_retrieval_cell_past_its_deadline_starts_no_evaluation_seed(tmp_path: 
     """--stop-after: the deadline passes as replicate 0's search ends; no evaluation seed may start after it
     (a retrieval cell keeps no seed store: seeds trained then are thrown away when the next replicate's
     search stops the cell)."""
-    import os
 
     import fusebench.run.retrieval_cell as rc
     from fusebench.core import deadline
@@ -162,7 +161,7 @@ def test_a_retrieval_cell_past_its_deadline_starts_no_evaluation_seed(tmp_path: 
 
     def search_then_deadline(*args, **kwargs):
         out = real_search(*args, **kwargs)
-        os.environ[deadline.ENV] = "0"  # monkeypatch's delenv restores the environment after the test
+        monkeypatch.setenv(deadline.ENV, "0")  # recorded, so restored after the test (a bare os.environ write leaked)
         return out
 
     def train(*args, **kwargs):
