@@ -145,8 +145,8 @@ def test_retrieval_records_carry_their_seconds_so_timing_status_counts_the_whole
 
 def test_a_retrieval_cell_past_its_deadline_starts_no_evaluation_seed(tmp_path: Path, one_thread, monkeypatch) -> None:
     """--stop-after: the deadline passes as replicate 0's search ends; no evaluation seed may start after it
-    (a retrieval cell keeps no seed store: seeds trained then are thrown away when the next replicate's
-    search stops the cell)."""
+    (before the cell kept its seeds on disk, seeds trained then were thrown away when the next replicate's
+    search stopped the cell; tests/test_retrieval_seed_store.py checks that they are kept now)."""
 
     import fusebench.run.retrieval_cell as rc
     from fusebench.core import deadline

@@ -11,6 +11,10 @@ replicate is one independent search of the whole pipeline. Records carry `replic
 Cells run in this process, dual encoder first, so the re-rankers reuse its models. Per-query ranks
 are the per-example predictions (bench/results/retrieval_stats.py reads them).
 
+Each scored seed is kept on disk at once (bench/run/seed_store.py, as every other cell's): a run stopped or
+killed between two seeds retrains only the seeds it had not scored, and ends with an uninterrupted run's
+numbers (every fit seeds itself: the dual encoder and the re-ranker from their evaluation seed).
+
 Throughput (once per cell, replicate 0, first seed): train samples/s of the trained model (the dual
 encoder's image–caption pairs, or the re-ranker's matching pairs), and inference as test *queries*
 per second (images + captions) of the whole ranking call — embedding, blocked top-k/ranking, and
@@ -20,6 +24,7 @@ the re-ranker's scoring of the candidates (bench/measure/pipeline_timing.py).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +45,7 @@ from fusebench.results.records import Record, Throughput
 from fusebench.results.resample import prediction_path, write_predictions
 from fusebench.results.retrieval_stats import BASE
 from fusebench.run.cell import CellContext
+from fusebench.run.seed_store import SeedStore, seed_key
 from fusebench.run.selection import parse_selection
 from fusebench.search.clock import search_time
 from fusebench.search.history import export_history
@@ -66,6 +72,8 @@ from fusebench.training.retrieval import (
     rank_split,
     train_dual_encoder,
 )
+
+log = logging.getLogger(__name__)
 
 RERANK_FAMILIES = ("early", "mid", "late")
 PAIR_METRIC = "auroc"
@@ -254,9 +262,21 @@ class RetrievalRun:
                       "dual_encoder": dataclasses.asdict(self.dual_params(replicate)), "rerank_k": ctx.rerank_k,
                       "rerank_negatives": ctx.rerank_negatives}
             family = cell.info.family
+        store = SeedStore(ctx.out_dir, cell.dataset, cell.strategy)
+        key = {seed: seed_key({"fingerprint": self.data.fingerprint, "task": "retrieval", "strategy": cell.strategy,
+                               "replicate": replicate, "seed": seed, "params": params,
+                               "train": dataclasses.asdict(ctx.train)}) for seed in budget.eval_seeds}
+        kept = {seed: stored for seed in budget.eval_seeds if (stored := store.load(replicate, seed, key[seed]))}
+        if kept:
+            log.info("  %s replicate %d: %d of %d evaluation seed(s) kept from an earlier process; training %d",
+                     cell.strategy, replicate, len(kept), len(budget.eval_seeds), len(budget.eval_seeds) - len(kept))
         for seed in budget.eval_seeds:
-            # no seed store here: a stop loses the cell's seeds so far either way, and stops sooner here
-            deadline.check(f"evaluation seed {seed} of {cell.dataset}/{cell.strategy}")
+            if seed in kept:  # scored by an earlier process of this run: its record and ranks as stored
+                records.append(kept[seed].record)
+                frames.append(kept[seed].predictions)
+                throughput = throughput or kept[seed].record.throughput  # the cell's, measured with its first seed
+                continue
+            deadline.check(f"evaluation seed {seed} of {cell.dataset}/{cell.strategy}")  # the seeds before it are stored
             t0, throughput_s = time.perf_counter(), 0.0
             dual, test_ranks, val_ranks = self.dual(replicate, seed)
             train_s, n_params, best_epoch = dual.train_seconds, sum(p.numel() for p in dual.model.parameters()), dual.best_epoch
@@ -282,8 +302,8 @@ class RetrievalRun:
                                                n_queries, ctx.device, res.train_samples_per_s, batch_size=ctx.rerank_k)
                     throughput_s = time.perf_counter() - t1
             scores = test_ranks.scores.as_metrics()
-            frames.append(_predictions(replicate, seed, test_ranks, test))
-            records.append(Record(
+            frame = _predictions(replicate, seed, test_ranks, test)
+            record = Record(
                 dataset=cell.dataset, task="retrieval", strategy=cell.strategy, family=family,
                 modalities=[IMAGE, TEXT], seed=seed, replicate=replicate, status="ok", params=params, metrics=scores,
                 main_metric_name="rsum", main_metric=scores["rsum"], val_main_metric=val_score,
@@ -296,5 +316,8 @@ class RetrievalRun:
                 # fit, ranking, scoring) and of the once-per-cell throughput timing: `timing status` sums them
                 phase_seconds={"evaluation": round(time.perf_counter() - t0 - throughput_s, 4),
                                "throughput": round(throughput_s, 4)},
-            ))
+            )
+            store.save(replicate, seed, key[seed], record, frame)  # survives a stop or a kill from here on
+            records.append(record)
+            frames.append(frame)
         return throughput

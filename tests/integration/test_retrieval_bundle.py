@@ -51,6 +51,7 @@ def test_tiny_retrieval_run_and_resume(tmp_path, data_root, capsys):
     assert sorted(set(preds["replicate"])) == [0, 1]
     assert {p.name for p in (out / "history" / "flickr8k-retrieval").glob("*.csv")} >= {
         "dual_encoder.csv", "rerank__concat.csv"}  # trial history exported at run time for the report
+    assert not list((out / "partial").rglob("*.json"))  # each cell's stored seeds go once its records are written
     board = (out / "leaderboard.md").read_text()
     assert "flickr8k-retrieval — retrieval detail" in board and "the dual encoder alone" in board
     assert "| 2×2 |" in board and "queries/s" in board
