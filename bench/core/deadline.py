@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
+from fusebench.core.envlist import scoped_env
 from fusebench.core.errors import UsageError
 
 ENV = "FUSEBENCH_STOP_AT"
@@ -41,21 +41,9 @@ def parse_duration(text: str) -> float:
     return hours * _UNITS["h"] + minutes * _UNITS["m"] + seconds
 
 
-@contextmanager
-def stopping_at(seconds_from_now: float | None) -> Iterator[None]:
+def stopping_at(seconds_from_now: float | None) -> AbstractContextManager[None]:
     """Set the deadline (None: none) for this process and the processes it starts, until the block ends."""
-    before = os.environ.get(ENV)
-    if seconds_from_now is None:
-        os.environ.pop(ENV, None)
-    else:
-        os.environ[ENV] = repr(time.time() + seconds_from_now)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = before
+    return scoped_env(ENV, None if seconds_from_now is None else repr(time.time() + seconds_from_now))
 
 
 def passed() -> bool:
