@@ -14,10 +14,14 @@
 # Meant for the background: `nohup nice -n 19 bash scripts/standard_cpu.sh > standard-cpu.out 2>&1 &`.
 # `pause` / `resume` stop and continue the running sweep while another heavy job runs (see below).
 # Across machines: `scripts/standard_cpu.sh save` (the sweep stopped first) writes the run's state (optuna
-# journal, records, stored seeds, predictions; no locks) to $STANDARD_CPU_PUB/run-state.tar.gz (default
+# journal, records, stored seeds, predictions; no locks) to $STANDARD_CPU_PUB/run-state/ (default
 # reports/published/standard-cpu), to be committed; a later start (or `restore`) with no run at
 # $STANDARD_CPU_OUT restores it there, and the sweep resumes. The
 # machines of this project do not keep files between sessions (stop 16 found run 3's directory gone).
+# The state is a plain tree, not a tarball, so that git stores each file once: a finished cell's
+# predictions (MBs each on IMDB) never change, and the append-only journal is cut into 4 MiB pieces,
+# each gzipped deterministically (-n), so a save adds only its new and last piece. A tarball re-committed
+# the whole run every session (run-state.tar.gz, still restored where no tree is saved).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${STANDARD_CPU_OUT:-runs/standard-cpu}
@@ -34,7 +38,9 @@ publish_report() {  # leaderboard and HTML report of what $1 holds (the finished
   cp "$1/leaderboard.md" "$1/leaderboard.csv" "$1/run.json" "$1/report.html" "$PUB/"
   if [ -d "$1/plots" ]; then rm -rf "$PUB/plots"; cp -R "$1/plots" "$PUB/"; fi
 }
-STATE=$PUB/run-state.tar.gz
+STATE=$PUB/run-state.tar.gz  # the old format: restored where no tree is saved, removed by the next save
+TREE=$PUB/run-state
+PIECE=4M  # of the journal: a piece once full never changes, so git keeps it once
 # `pause` / `resume`: SIGSTOP / SIGCONT the running sweep at $OUT and every process under it, for the
 # minutes another heavy job (the test suite) needs the machine. The search cap counts CPU seconds, and a
 # trial that shares the 2 cores costs ~3x the CPU seconds it costs alone (run 4's first replicates were
@@ -70,23 +76,49 @@ if [ "${1:-}" = save ]; then
      pgrep -f "fusebench run --suite standard .*--out $OUT( |$)" >/dev/null; then
     echo "standard_cpu.sh: the sweep at $OUT is running: stop it first (kill -TERM), then save" >&2; exit 2
   fi
-  tar -czf "$STATE.tmp" --exclude=optuna.journal.lock --exclude=.fusebench.lock -C "$(dirname "$OUT")" "$(basename "$OUT")"
-  mv "$STATE.tmp" "$STATE"
-  echo "standard_cpu.sh: saved $OUT to $STATE ($(du -h "$STATE" | cut -f1)); commit it"
+  rm -rf "$TREE.tmp" && mkdir -p "$TREE.tmp"
+  # every file but the journal and the locks as it is (a lock names this machine's processes and paths)
+  tar -C "$OUT" --exclude=./optuna.journal --exclude=optuna.journal.lock --exclude=.fusebench.lock -cf - . |
+    tar -C "$TREE.tmp" -xf -
+  if [ -f "$OUT/optuna.journal" ]; then
+    split -b "$PIECE" -d -a 4 "$OUT/optuna.journal" "$TREE.tmp/optuna.journal.piece."
+    for p in "$TREE.tmp"/optuna.journal.piece.*; do [ -e "$p" ] && gzip -n -6 "$p"; done
+    (cd "$OUT" && sha256sum optuna.journal) > "$TREE.tmp/optuna.journal.sha256"
+  fi
+  rm -rf "$TREE" && mv "$TREE.tmp" "$TREE" && rm -f "$STATE"
+  echo "standard_cpu.sh: saved $OUT to $TREE ($(du -sh "$TREE" | cut -f1)); commit it (git add -A $PUB)"
   exit 0
 fi
 restore() {  # a saved run, where $OUT holds none
-  if [ ! -f "$OUT/run.json" ] && [ -f "$STATE" ]; then
+  local from
+  if [ ! -f "$OUT/run.json" ] && { [ -f "$TREE/run.json" ] || [ -f "$STATE" ]; }; then
     # unpacked beside, then moved into place: a restore cut short leaves no half run that looks whole
     rm -rf "$OUT.restoring" && mkdir -p "$OUT.restoring"
-    tar -xzf "$STATE" -C "$OUT.restoring" --strip-components=1
+    if [ -f "$TREE/run.json" ]; then
+      from=$TREE
+      tar -C "$TREE" --exclude='./optuna.journal.piece.*' --exclude=./optuna.journal.sha256 -cf - . | tar -C "$OUT.restoring" -xf -
+      # the pieces in order, then the whole checked (a piece missing, cut short or not gzip fails the check)
+      if [ -f "$TREE/optuna.journal.sha256" ] && ! {
+          : > "$OUT.restoring/optuna.journal"
+          for p in "$TREE"/optuna.journal.piece.*.gz; do
+            [ ! -e "$p" ] || gzip -dc "$p" >> "$OUT.restoring/optuna.journal" 2>/dev/null || true
+          done
+          (cd "$OUT.restoring" && sha256sum -c --quiet "$(cd "$TREE" && pwd)/optuna.journal.sha256" >/dev/null 2>&1)
+        }; then
+        echo "standard_cpu.sh: the journal restored from $TREE does not match its optuna.journal.sha256 (a piece missing or damaged); nothing restored" >&2
+        rm -rf "$OUT.restoring"; exit 2
+      fi
+    else
+      from=$STATE
+      tar -xzf "$STATE" -C "$OUT.restoring" --strip-components=1
+    fi
     if [ ! -e "$OUT" ]; then
       mv "$OUT.restoring" "$OUT"
     else  # a folder without run.json: run.json last, so that only a whole copy counts as a run
       mv "$OUT.restoring/run.json" "$OUT.run.json" && cp -a "$OUT.restoring/." "$OUT/" && mv "$OUT.run.json" "$OUT/run.json"
       rm -rf "$OUT.restoring"
     fi
-    echo "standard_cpu.sh: restored the run from $STATE into $OUT"
+    echo "standard_cpu.sh: restored the run from $from into $OUT"
   fi
 }
 if [ "${1:-}" = restore ]; then restore; exit 0; fi

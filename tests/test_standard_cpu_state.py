@@ -4,12 +4,15 @@ directory gone), without the locks that would name the old machine's processes a
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import tarfile
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,19 +38,79 @@ def test_save_then_restore_on_another_machine_gives_the_run_back_without_its_loc
     _run_dir(out)
     saved = _script("save", out, pub)
     assert saved.returncode == 0, saved.stderr
-    with tarfile.open(pub / "run-state.tar.gz") as tar:
-        names = set(tar.getnames())
-    assert "standard4/optuna.journal" in names and "standard4/partial/esc50/mbt.r0.s1003.json" in names
-    assert not {n for n in names if n.endswith(".lock")}
+    names = {str(p.relative_to(pub / "run-state")) for p in (pub / "run-state").rglob("*") if not p.is_dir()}
+    assert {"optuna.journal.piece.0000.gz", "optuna.journal.sha256", "partial/esc50/mbt.r0.s1003.json"} <= names
+    assert "optuna.journal" not in names and not {n for n in names if n.endswith(".lock")}
     again = tmp_path / "m2" / "standard4"
     restored = _script("restore", again, pub)
     assert restored.returncode == 0 and "restored the run" in restored.stdout
     for f in ("run.json", "optuna.journal", "results.jsonl", "partial/esc50/mbt.r0.s1003.json"):
         assert (again / f).read_bytes() == (out / f).read_bytes()
-    assert not os.path.lexists(again / "optuna.journal.lock")
+    assert not os.path.lexists(again / "optuna.journal.lock") and not (again / "optuna.journal.sha256").exists()
     (again / "results.jsonl").write_text("newer\n")
     assert _script("restore", again, pub).returncode == 0  # a run already there is never overwritten
     assert (again / "results.jsonl").read_text() == "newer\n"
+
+
+def test_a_save_rewrites_only_the_journal_pieces_that_grew(tmp_path):
+    """The point of a tree over a tarball: git keeps a file once, so a piece of the append-only journal
+    that a save has already written must come out byte for byte the same (gzip -n: no name, no time),
+    and a cell's predictions likewise; the tarball re-committed the whole run every session."""
+    out, pub = tmp_path / "standard4", tmp_path / "pub"
+    _run_dir(out)
+    (out / "predictions" / "esc50").mkdir(parents=True)
+    (out / "predictions" / "esc50" / "concat.parquet").write_bytes(os.urandom(1000))
+    head = b"".join(b'{"op_code": 4, "trial_id": %d, "value": 0.5}\n' % i for i in range(150_000))  # > 4 MiB
+    (out / "optuna.journal").write_bytes(head)
+    assert _script("save", out, pub).returncode == 0
+    first = {p.name: p.read_bytes() for p in (pub / "run-state").glob("optuna.journal.piece.*")}
+    assert len(first) == 2
+    time.sleep(1.1)  # a gzip that stored the time would differ now
+    with (out / "optuna.journal").open("ab") as f:
+        f.write(b'{"op_code": 5}\n' * 1000)
+    assert _script("save", out, pub).returncode == 0
+    second = {p.name: p.read_bytes() for p in (pub / "run-state").glob("optuna.journal.piece.*")}
+    assert second["optuna.journal.piece.0000.gz"] == first["optuna.journal.piece.0000.gz"]
+    assert second["optuna.journal.piece.0001.gz"] != first["optuna.journal.piece.0001.gz"]
+    restored = tmp_path / "m2"
+    assert _script("restore", restored, pub).returncode == 0
+    assert (restored / "optuna.journal").read_bytes() == (out / "optuna.journal").read_bytes()
+    assert (restored / "predictions" / "esc50" / "concat.parquet").read_bytes() == (
+        out / "predictions" / "esc50" / "concat.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["one record short", "cut short", "missing"])
+def test_a_damaged_journal_piece_restores_nothing_and_says_so(tmp_path, damage):
+    out, pub = tmp_path / "standard4", tmp_path / "pub"
+    _run_dir(out)
+    (out / "optuna.journal").write_bytes(os.urandom(3 << 20).hex().encode())  # 6 MiB: two pieces
+    assert _script("save", out, pub).returncode == 0
+    piece = pub / "run-state" / "optuna.journal.piece.0000.gz"
+    if damage == "one record short":  # a whole gzip of other bytes
+        piece.write_bytes(gzip.compress(gzip.decompress(piece.read_bytes())[:-1]))
+    elif damage == "cut short":
+        piece.write_bytes(piece.read_bytes()[:1000])
+    else:
+        piece.unlink()
+    again = tmp_path / "m2"
+    bad = _script("restore", again, pub)
+    assert bad.returncode == 2 and "optuna.journal.sha256" in bad.stderr
+    assert not again.exists() and not (tmp_path / "m2.restoring").exists()
+
+
+def test_a_run_saved_as_a_tarball_before_still_restores(tmp_path):
+    """The state committed before the tree (run-state.tar.gz) is restored where no tree is saved."""
+    out, pub = tmp_path / "m1" / "standard4", tmp_path / "pub"
+    _run_dir(out)
+    pub.mkdir()
+    with tarfile.open(pub / "run-state.tar.gz", "w:gz") as tar:
+        for f in ("run.json", "optuna.journal", "results.jsonl", "partial"):
+            tar.add(out / f, arcname=f"standard4/{f}")
+    again = tmp_path / "m2" / "standard4"
+    restored = _script("restore", again, pub)
+    assert restored.returncode == 0 and "run-state.tar.gz" in restored.stdout
+    assert (again / "optuna.journal").read_bytes() == (out / "optuna.journal").read_bytes()
+    assert _script("save", again, pub).returncode == 0 and not (pub / "run-state.tar.gz").exists()  # the tree replaces it
 
 
 def _save_is_refused_while(sweep: subprocess.Popen[Any], out: Path, pub: Path) -> None:
@@ -55,7 +118,7 @@ def _save_is_refused_while(sweep: subprocess.Popen[Any], out: Path, pub: Path) -
     try:
         busy = _script("save", out, pub)
         assert busy.returncode == 2 and "stop it first" in busy.stderr
-        assert not (pub / "run-state.tar.gz").exists()
+        assert not (pub / "run-state").exists()
     finally:
         sweep.kill()
         sweep.wait()
