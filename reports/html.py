@@ -124,6 +124,18 @@ def _histories(run_dir: Path, dataset: str) -> dict[str, list[float]]:
     return hist
 
 
+def _registered_family(name: str) -> str:
+    """The family of a cell's strategy from the registry, as its records would say: `mbt`, `unimodal:audio`,
+    `concat+ft:last:2` and the re-ranker `rerank:concat` name their registered strategy; the retrieval
+    `dual_encoder` is a baseline; "other" for a name the registry does not hold (a plugin not loaded)."""
+    from fusebench.strategies.base import STRATEGIES
+
+    if name == "dual_encoder":
+        return "baseline"
+    base = name.split("+ft:", 1)[0].removeprefix("rerank:").split(":", 1)[0]
+    return STRATEGIES.get(base).family if base in STRATEGIES else "other"
+
+
 def _robustness(records: list[Record], dataset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(noise curves: strategy × σ, missing-modality table: strategy × view) — means over seeds."""
     noise, missing = [], []
@@ -250,8 +262,10 @@ def write_report(run_dir: Path) -> Path:
         pareto = plots.quality_vs_throughput(board, dataset, plot_dir)
         fam = plots.family_bars(board, dataset, plot_dir)
         parts.append(_grid(_img(pareto), _img(fam)))
-        families = dict(zip(g.strategy, g.family))
-        hist = plots.optimisation_history(_histories(run_dir, dataset), dataset, metric, plot_dir, families)
+        histories = _histories(run_dir, dataset)
+        # a cell still searching has a history but no record yet: its family from the registry, not "other"
+        families = {**{name: _registered_family(name) for name in histories}, **dict(zip(g.strategy, g.family))}
+        hist = plots.optimisation_history(histories, dataset, metric, plot_dir, families)
         curves, miss = _robustness(records, dataset)
         rob = plots.robustness_curves(curves, dataset, metric, plot_dir, families)
         parts.append(_grid(_img(hist), _img(rob)))

@@ -315,3 +315,19 @@ def test_compare_says_whether_the_two_runs_share_a_machine(tmp_path, capsys):
     assert load_machine(tmp_path / "leaderboard.csv") is None
     ident = cpu_identity()  # this machine (Linux): the fields the note compares
     assert ident["torch_cpu_capability"] and ("cpu_id" in ident) == ("vendor_id" in open("/proc/cpuinfo").read())
+
+
+def test_a_cell_still_searching_is_drawn_in_its_family_panel_of_the_history(tmp_path):
+    """The published ESC-50 history drew `mbt` (searching, no record yet) in a panel "other": the panel
+    families came from the records only. A history without records takes its family from the registry."""
+    import json as json_
+
+    d = _run_dir(tmp_path, _records())
+    folder = d / "history" / "d1"
+    folder.mkdir(parents=True)
+    for stem in ("mbt", "unimodal__a"):  # mbt: no record; unimodal:a has records (family from them)
+        pd.DataFrame({"number": [0, 1, 2], "state": "COMPLETE", "value": [0.5, 0.6, 0.55]}).to_csv(
+            folder / f"{stem}.csv", index=False)
+    write_report(d)
+    texts = [b["text"] for b in json_.loads((d / "plots" / "d1-history.labels.json").read_text())]
+    assert "mbt" in texts and "mid" in texts and "other" not in texts
