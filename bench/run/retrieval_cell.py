@@ -270,11 +270,13 @@ class RetrievalRun:
         if kept:
             log.info("  %s replicate %d: %d of %d evaluation seed(s) kept from an earlier process; training %d",
                      cell.strategy, replicate, len(kept), len(budget.eval_seeds), len(budget.eval_seeds) - len(kept))
+        # the cell's throughput, measured with its first seed: a kept seed's is taken before any seed trains, so that
+        # a retrained seed before a kept one (its entry unreadable) does not measure a second one
+        throughput = throughput or next((s.record.throughput for s in kept.values() if s.record.throughput), None)
         for seed in budget.eval_seeds:
             if seed in kept:  # scored by an earlier process of this run: its record and ranks as stored
                 records.append(kept[seed].record)
                 frames.append(kept[seed].predictions)
-                throughput = throughput or kept[seed].record.throughput  # the cell's, measured with its first seed
                 continue
             deadline.check(f"evaluation seed {seed} of {cell.dataset}/{cell.strategy}")  # the seeds before it are stored
             t0, throughput_s = time.perf_counter(), 0.0
