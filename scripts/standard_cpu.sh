@@ -77,9 +77,12 @@ if [ "${1:-}" = save ]; then
     echo "standard_cpu.sh: the sweep at $OUT is running: stop it first (kill -TERM), then save" >&2; exit 2
   fi
   rm -rf "$TREE.tmp" && mkdir -p "$TREE.tmp"
-  # every file but the journal and the locks as it is (a lock names this machine's processes and paths)
-  tar -C "$OUT" --exclude=./optuna.journal --exclude=optuna.journal.lock --exclude=.fusebench.lock -cf - . |
-    tar -C "$TREE.tmp" -xf -
+  # every file but the journal and the locks as it is (a lock names this machine's processes and paths),
+  # and but the report (leaderboard, Pareto table, plots, report.html: made again from the records, and
+  # published beside the state; ~1 MB that every save would change)
+  tar -C "$OUT" --exclude=./optuna.journal --exclude=optuna.journal.lock --exclude=.fusebench.lock \
+    --exclude=./leaderboard.md --exclude=./leaderboard.csv --exclude=./pareto.md --exclude=./pareto.csv \
+    --exclude=./plots --exclude=./report.html -cf - . | tar -C "$TREE.tmp" -xf -
   if [ -f "$OUT/optuna.journal" ]; then
     split -b "$PIECE" -d -a 4 "$OUT/optuna.journal" "$TREE.tmp/optuna.journal.piece."
     for p in "$TREE.tmp"/optuna.journal.piece.*; do [ -e "$p" ] && gzip -n -6 "$p"; done
@@ -90,7 +93,7 @@ if [ "${1:-}" = save ]; then
   exit 0
 fi
 restore() {  # a saved run, where $OUT holds none
-  local from
+  local from sums
   if [ ! -f "$OUT/run.json" ] && { [ -f "$TREE/run.json" ] || [ -f "$STATE" ]; }; then
     # unpacked beside, then moved into place: a restore cut short leaves no half run that looks whole
     rm -rf "$OUT.restoring" && mkdir -p "$OUT.restoring"
@@ -103,7 +106,8 @@ restore() {  # a saved run, where $OUT holds none
           for p in "$TREE"/optuna.journal.piece.*.gz; do
             [ ! -e "$p" ] || gzip -dc "$p" >> "$OUT.restoring/optuna.journal" 2>/dev/null || true
           done
-          (cd "$OUT.restoring" && sha256sum -c --quiet "$(cd "$TREE" && pwd)/optuna.journal.sha256" >/dev/null 2>&1)
+          sums=$(cd "$TREE" && pwd)/optuna.journal.sha256  # absolute: $PUB is relative to the checkout by default
+          (cd "$OUT.restoring" && sha256sum -c --quiet "$sums" >/dev/null 2>&1)
         }; then
         echo "standard_cpu.sh: the journal restored from $TREE does not match its optuna.journal.sha256 (a piece missing or damaged); nothing restored" >&2
         rm -rf "$OUT.restoring"; exit 2

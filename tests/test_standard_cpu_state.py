@@ -30,6 +30,9 @@ def _run_dir(out: Path) -> None:
     (out / "results.jsonl").write_text("")
     (out / "partial" / "esc50" / "mbt.r0.s1003.json").write_text("{}")
     (out / ".fusebench.lock").write_text("12345 somehost")
+    (out / "plots").mkdir()
+    for report in ("leaderboard.md", "leaderboard.csv", "report.html", "plots/esc50-history.png"):
+        (out / report).write_text("made again from the records")
     os.symlink("//tmp/elsewhere/optuna.journal", out / "optuna.journal.lock")
 
 
@@ -41,6 +44,7 @@ def test_save_then_restore_on_another_machine_gives_the_run_back_without_its_loc
     names = {str(p.relative_to(pub / "run-state")) for p in (pub / "run-state").rglob("*") if not p.is_dir()}
     assert {"optuna.journal.piece.0000.gz", "optuna.journal.sha256", "partial/esc50/mbt.r0.s1003.json"} <= names
     assert "optuna.journal" not in names and not {n for n in names if n.endswith(".lock")}
+    assert not {n for n in names if n.startswith(("leaderboard", "report", "plots"))}  # the report is not state
     again = tmp_path / "m2" / "standard4"
     restored = _script("restore", again, pub)
     assert restored.returncode == 0 and "restored the run" in restored.stdout
@@ -50,6 +54,20 @@ def test_save_then_restore_on_another_machine_gives_the_run_back_without_its_loc
     (again / "results.jsonl").write_text("newer\n")
     assert _script("restore", again, pub).returncode == 0  # a run already there is never overwritten
     assert (again / "results.jsonl").read_text() == "newer\n"
+
+
+def test_a_state_published_under_a_relative_path_restores(tmp_path):
+    """$STANDARD_CPU_PUB defaults to reports/published/standard-cpu, relative to the checkout: the restore
+    checked the journal's sha256 from inside the new run directory, where that path named nothing, and
+    refused every default restore (the tests above pass absolute paths)."""
+    out, pub = tmp_path / "m1" / "standard4", tmp_path / "pub"
+    _run_dir(out)
+    relative = Path(os.path.relpath(pub, ROOT))  # the script works from the checkout's root
+    assert _script("save", out, relative).returncode == 0
+    again = tmp_path / "m2" / "standard4"
+    restored = _script("restore", again, relative)
+    assert restored.returncode == 0, restored.stderr
+    assert (again / "optuna.journal").read_bytes() == (out / "optuna.journal").read_bytes()
 
 
 def test_a_save_rewrites_only_the_journal_pieces_that_grew(tmp_path):
