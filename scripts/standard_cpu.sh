@@ -21,7 +21,7 @@
 # The state is a plain tree, not a tarball, so that git stores each file once: a finished cell's
 # predictions (MBs each on IMDB) never change, and the append-only journal is cut into 4 MiB pieces,
 # each gzipped deterministically (-n), so a save adds only its new and last piece. A tarball re-committed
-# the whole run every session (run-state.tar.gz, still restored where no tree is saved).
+# the whole run every session (run-state.tar.gz until stop 27; the commits before read it with their own script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${STANDARD_CPU_OUT:-runs/standard-cpu}
@@ -38,7 +38,6 @@ publish_report() {  # leaderboard and HTML report of what $1 holds (the finished
   cp "$1/leaderboard.md" "$1/leaderboard.csv" "$1/run.json" "$1/report.html" "$PUB/"
   if [ -d "$1/plots" ]; then rm -rf "$PUB/plots"; cp -R "$1/plots" "$PUB/"; fi
 }
-STATE=$PUB/run-state.tar.gz  # the old format: restored where no tree is saved, removed by the next save
 TREE=$PUB/run-state
 PIECE=4M  # of the journal: a piece once full never changes, so git keeps it once
 # `pause` / `resume`: SIGSTOP / SIGCONT the running sweep at $OUT and every process under it, for the
@@ -88,33 +87,27 @@ if [ "${1:-}" = save ]; then
     for p in "$TREE.tmp"/optuna.journal.piece.*; do [ -e "$p" ] && gzip -n -6 "$p"; done
     (cd "$OUT" && sha256sum optuna.journal) > "$TREE.tmp/optuna.journal.sha256"
   fi
-  rm -rf "$TREE" && mv "$TREE.tmp" "$TREE" && rm -f "$STATE"
+  rm -rf "$TREE" && mv "$TREE.tmp" "$TREE"
   echo "standard_cpu.sh: saved $OUT to $TREE ($(du -sh "$TREE" | cut -f1)); commit it (git add -A $PUB)"
   exit 0
 fi
 restore() {  # a saved run, where $OUT holds none
-  local from sums
-  if [ ! -f "$OUT/run.json" ] && { [ -f "$TREE/run.json" ] || [ -f "$STATE" ]; }; then
+  local sums
+  if [ ! -f "$OUT/run.json" ] && [ -f "$TREE/run.json" ]; then
     # unpacked beside, then moved into place: a restore cut short leaves no half run that looks whole
     rm -rf "$OUT.restoring" && mkdir -p "$OUT.restoring"
-    if [ -f "$TREE/run.json" ]; then
-      from=$TREE
-      tar -C "$TREE" --exclude='./optuna.journal.piece.*' --exclude=./optuna.journal.sha256 -cf - . | tar -C "$OUT.restoring" -xf -
-      # the pieces in order, then the whole checked (a piece missing, cut short or not gzip fails the check)
-      if [ -f "$TREE/optuna.journal.sha256" ] && ! {
-          : > "$OUT.restoring/optuna.journal"
-          for p in "$TREE"/optuna.journal.piece.*.gz; do
-            [ ! -e "$p" ] || gzip -dc "$p" >> "$OUT.restoring/optuna.journal" 2>/dev/null || true
-          done
-          sums=$(cd "$TREE" && pwd)/optuna.journal.sha256  # absolute: $PUB is relative to the checkout by default
-          (cd "$OUT.restoring" && sha256sum -c --quiet "$sums" >/dev/null 2>&1)
-        }; then
-        echo "standard_cpu.sh: the journal restored from $TREE does not match its optuna.journal.sha256 (a piece missing or damaged); nothing restored" >&2
-        rm -rf "$OUT.restoring"; exit 2
-      fi
-    else
-      from=$STATE
-      tar -xzf "$STATE" -C "$OUT.restoring" --strip-components=1
+    tar -C "$TREE" --exclude='./optuna.journal.piece.*' --exclude=./optuna.journal.sha256 -cf - . | tar -C "$OUT.restoring" -xf -
+    # the pieces in order, then the whole checked (a piece missing, cut short or not gzip fails the check)
+    if [ -f "$TREE/optuna.journal.sha256" ] && ! {
+        : > "$OUT.restoring/optuna.journal"
+        for p in "$TREE"/optuna.journal.piece.*.gz; do
+          [ ! -e "$p" ] || gzip -dc "$p" >> "$OUT.restoring/optuna.journal" 2>/dev/null || true
+        done
+        sums=$(cd "$TREE" && pwd)/optuna.journal.sha256  # absolute: $PUB is relative to the checkout by default
+        (cd "$OUT.restoring" && sha256sum -c --quiet "$sums" >/dev/null 2>&1)
+      }; then
+      echo "standard_cpu.sh: the journal restored from $TREE does not match its optuna.journal.sha256 (a piece missing or damaged); nothing restored" >&2
+      rm -rf "$OUT.restoring"; exit 2
     fi
     if [ ! -e "$OUT" ]; then
       mv "$OUT.restoring" "$OUT"
@@ -122,7 +115,7 @@ restore() {  # a saved run, where $OUT holds none
       mv "$OUT.restoring/run.json" "$OUT.run.json" && cp -a "$OUT.restoring/." "$OUT/" && mv "$OUT.run.json" "$OUT/run.json"
       rm -rf "$OUT.restoring"
     fi
-    echo "standard_cpu.sh: restored the run from $from into $OUT"
+    echo "standard_cpu.sh: restored the run from $TREE into $OUT"
   fi
 }
 if [ "${1:-}" = restore ]; then restore; exit 0; fi

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import os
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -114,21 +113,6 @@ def test_a_damaged_journal_piece_restores_nothing_and_says_so(tmp_path, damage):
     bad = _script("restore", again, pub)
     assert bad.returncode == 2 and "optuna.journal.sha256" in bad.stderr
     assert not again.exists() and not (tmp_path / "m2.restoring").exists()
-
-
-def test_a_run_saved_as_a_tarball_before_still_restores(tmp_path):
-    """The state committed before the tree (run-state.tar.gz) is restored where no tree is saved."""
-    out, pub = tmp_path / "m1" / "standard4", tmp_path / "pub"
-    _run_dir(out)
-    pub.mkdir()
-    with tarfile.open(pub / "run-state.tar.gz", "w:gz") as tar:
-        for f in ("run.json", "optuna.journal", "results.jsonl", "partial"):
-            tar.add(out / f, arcname=f"standard4/{f}")
-    again = tmp_path / "m2" / "standard4"
-    restored = _script("restore", again, pub)
-    assert restored.returncode == 0 and "run-state.tar.gz" in restored.stdout
-    assert (again / "optuna.journal").read_bytes() == (out / "optuna.journal").read_bytes()
-    assert _script("save", again, pub).returncode == 0 and not (pub / "run-state.tar.gz").exists()  # the tree replaces it
 
 
 def _save_is_refused_while(sweep: subprocess.Popen[Any], out: Path, pub: Path) -> None:
