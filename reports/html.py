@@ -15,9 +15,10 @@ import pandas as pd
 
 from fusebench.core.io import atomic_write_bytes
 from fusebench.reports import plots
-from fusebench.reports.leaderboard import _stars, leaderboard, row_flags, trials_text
+from fusebench.reports.leaderboard import _stars, device_note, leaderboard, row_flags, trials_text
 from fusebench.reports.ranking import rank
 from fusebench.reports.verdicts import fmt_p, ranking_sentence, task_verdict
+from fusebench.results.provenance import machines
 from fusebench.results.records import Record, load_records
 from fusebench.search.history import read_histories
 
@@ -188,6 +189,7 @@ def _metadata(meta: dict, records: list[Record]) -> str:
         "git sha": html.escape(str(meta.get("git_sha") or "")),
         "started / finished": html.escape(f"{meta.get('started_at')} / {meta.get('finished_at')}"),
         "machine": _kv({k: v for k, v in machine.items() if v not in (None, "")}),
+        "machines": html.escape(" → ".join(machines(meta))) if len(machines(meta)) > 1 else None,  # resumed elsewhere
         "versions": html.escape(", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items() if v)),
         "suite": None if not suite else html.escape(
             f"{suite.get('name')}: {', '.join(suite.get('datasets') or [])}; size {suite.get('size')}"),
@@ -257,6 +259,8 @@ def write_report(run_dir: Path) -> Path:
         metric = next((m for m in g.metric if m), "")
         parts.append(f"<h2 id='{html.escape(dataset)}'>{html.escape(dataset)} — {html.escape(metric)}</h2>")
         parts.append(f"<p class=verdict><b>Verdict.</b> {_words(task_verdict(g))}</p>")
+        if note := device_note(g):
+            parts.append(f"<p class=note><b>Devices.</b> {_words(note)}</p>")
         parts.append(_class_warnings(meta, dataset))
         parts.append(_table(g))
         pareto = plots.quality_vs_throughput(board, dataset, plot_dir)

@@ -21,7 +21,7 @@ from fusebench.core.io import atomic_write_bytes
 from fusebench.reports.verdicts import fmt_p, fmt_trials, ranking_sentence, task_verdict
 from fusebench.results.records import Record
 
-__all__ = ["fmt_p", "leaderboard", "ranking_sentence", "task_verdict", "to_markdown", "write_leaderboard"]
+__all__ = ["device_note", "fmt_p", "leaderboard", "ranking_sentence", "task_verdict", "to_markdown", "write_leaderboard"]
 
 FUSION_FAMILIES = ("early", "mid", "late")
 
@@ -55,6 +55,7 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
             "cap_bound": getattr(r, "cap_bound", None),
             "search_seconds": r.search_seconds,
             "best_epoch": r.best_epoch if r.best_epoch is not None else np.nan,
+            "device": r.device or "",
         }
         for r in records
     ]
@@ -130,6 +131,7 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
                 "trials_failed": _per_search_sum(ok, "trials_failed"),
                 "search_seconds": _per_search_sum(ok, "search_seconds"),
                 "cap_bound": bool(ok.cap_bound.eq(True).any()) if ok.cap_bound.notna().any() else None,
+                "device": "; ".join(sorted(set(ok.device) - {""})),  # where its samples/s were measured
                 "_beats": st.get("beats_best_unimodal") if st else "no-stats",
             }
         )
@@ -149,6 +151,20 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
     board = board.sort_values(["dataset", "mean"], ascending=[True, False], na_position="last")
     board.insert(2, "rank", board.groupby("dataset")["mean"].rank(ascending=False, method="min"))
     return board.reset_index(drop=True)
+
+
+def device_note(g: pd.DataFrame) -> str:
+    """A task's rows measured on more than one device (a run resumed on another machine), in words: their
+    samples/s columns compare devices as much as strategies. Empty when the rows share one device."""
+    by_device: dict[str, list[str]] = {}
+    for strategy, device in zip(g.strategy, g.get("device", pd.Series(dtype=str)), strict=False):
+        for name in filter(None, str(device or "").split("; ")):
+            by_device.setdefault(name, []).append(str(strategy))
+    if len(by_device) < 2:
+        return ""
+    parts = "; ".join(f"`{d}` ({', '.join(f'`{s}`' for s in sorted(names))})" for d, names in sorted(by_device.items()))
+    return (f"Measured on {len(by_device)} devices: {parts}. The samples/s columns compare a row with the rows "
+            "of its own device only.")
 
 
 def _fmt(x: float, digits: int = 4) -> str:
@@ -212,6 +228,8 @@ def to_markdown(board: pd.DataFrame, title: str = "fusebench leaderboard") -> st
     for dataset, g in board.groupby("dataset", sort=True):
         metric = next((m for m in g.metric if m), "")
         lines += [f"## {dataset} — {metric}", "", f"**Verdict.** {task_verdict(g)}", ""]
+        if note := device_note(g):
+            lines += [f"**Devices.** {note}", ""]
         if g.n_replicates.max() <= 1:
             lines += ["R = 1 (one search per cell): the search-replicate level is degenerate — intervals leave out "
                       "the search variance and no paired test is run.", ""]

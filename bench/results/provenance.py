@@ -152,6 +152,34 @@ def envelope(config: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
+def record_session(meta: dict[str, Any], device: torch.device, resumed: bool) -> None:
+    """Add this process to run.json's `sessions` (when it started, on which machine, from which code).
+
+    `machine` stays the machine that started the run; a run resumed elsewhere (another GPU, another
+    CPU) says so here, and `machines` tells the report and the timing history that its wall times and
+    devices are not one machine's. A run.json from before `sessions` gets its first process back from
+    `started_at`/`machine`/`git_sha`."""
+    meta["resumed_at"] = now() if resumed else None
+    sessions = meta.setdefault("sessions", [])
+    if resumed and not sessions and meta.get("machine"):
+        sessions.append({"started_at": meta.get("started_at"), "machine": meta["machine"],
+                         "git_sha": meta.get("git_sha"), "source_revision": meta.get("source_revision")})
+    sessions.append({"started_at": now(), "machine": machine(device), "git_sha": git_sha(),
+                     "source_revision": source_revision()})
+
+
+def machine_label(info: dict[str, Any]) -> str:
+    """One machine in words: its GPU, or its CPU model × cores (`machine()`'s fields)."""
+    cpu = f"{info.get('cpu_model') or info.get('processor') or '?'} × {info.get('cpu_count', '?')}"
+    return f"{info['gpu']} ({cpu})" if info.get("gpu") else cpu
+
+
+def machines(meta: dict[str, Any]) -> list[str]:
+    """The distinct machines that ran a run (`sessions`, else the one `machine`), in order of first use."""
+    infos = [s.get("machine") or {} for s in meta.get("sessions") or []] or [meta.get("machine") or {}]
+    return list(dict.fromkeys(machine_label(i) for i in infos if i))
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 

@@ -63,6 +63,8 @@ def row_from_run(run_dir: Path) -> dict[str, str]:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(meta.get("seconds"), (int, float)) or not isinstance(meta.get("phases"), dict):
         raise DataError(f"{path}: field 'seconds' or 'phases' missing; the run did not finish (re-run it to resume)")
+    from fusebench.results.provenance import machines  # torch: only when a row is made
+
     machine = meta.get("machine") or {}
     identity = meta.get("identity") or {}
     suite = identity.get("suite") or ((meta.get("config") or {}).get("suite") or {}).get("name", "")
@@ -75,7 +77,9 @@ def row_from_run(run_dir: Path) -> dict[str, str]:
         + ("-dirty" if str(meta.get("source_revision") or "").endswith("-dirty") else ""),
         "cpu": str(machine.get("cpu_model") or _this_cpu_if_here(machine) or machine.get("processor") or ""),
         "cores": str(machine.get("cpu_count", "")),
-        "device": str(machine.get("gpu") or machine.get("device") or ""),
+        # a run resumed on other machines: its times are theirs together, compared with no one machine's rows
+        "device": " + ".join(ran_on) if len(ran_on := machines(meta)) > 1 else
+                  str(machine.get("gpu") or machine.get("device") or ""),
         "suite": str(suite),
         "config_hash": str(identity.get("config_hash", "")),
         "cells": str(_cells(run_dir)),

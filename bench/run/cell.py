@@ -271,6 +271,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
     record_params = {**dataclasses.asdict(params), **({} if encoder_lr is None else {ENCODER_LR_PARAM: encoder_lr})}
     store = SeedStore(ctx.out_dir, cell.dataset, cell.strategy)
     key = {seed: seed_key({"fingerprint": data.fingerprint, "strategy": cell.strategy, "mode": str(cell.mode),
+                           "device": device_name(ctx.device),  # resumed on another device: its seeds retrain there
                            "replicate": search.replicate, "seed": seed, "params": record_params,
                            "train": dataclasses.asdict(train_cfg)}) for seed in seeds}
     kept: dict[int, tuple[Record, pd.DataFrame]] = {}  # seed → its record and test predictions

@@ -31,7 +31,7 @@ from fusebench.features.cache import FeatureCache
 from fusebench.features.extract import encode_task
 from fusebench.measure.timing import TimingConfig
 from fusebench.reports.leaderboard import write_leaderboard
-from fusebench.results.provenance import envelope, now
+from fusebench.results.provenance import envelope, now, record_session
 from fusebench.results.records import Record, done_cells, load_records, merge_records, write_records
 from fusebench.results.retrieval_stats import attach_retrieval_stats
 from fusebench.results.stats import attach_stats
@@ -236,7 +236,7 @@ def _run(cfg: RunConfig) -> RunSummary:
          "data_root": str(root), "amp_bf16": cfg.amp_bf16, "compile": cfg.compile},
         device,
     )
-    meta["resumed_at"] = now() if run_json.is_file() else None
+    record_session(meta, device, resumed=run_json.is_file())  # resumed_at, and this process in `sessions`
     meta.pop("finished_at", None)  # a resumed run (after --prepare-only, a kill or a finish) is running again
     meta["identity"] = {**rundir.identity(suite), "data_fingerprints": (meta.get("identity") or {}).get("data_fingerprints", {})}
     meta["protocol"] = {"sampler": sampler_settings(suite.search_seed), "pruner": pruner_settings(),
