@@ -12,7 +12,8 @@
 # `scripts/standard_cpu.sh status` publishes the run so far: the leaderboard and report of the finished
 # cells (made on a copy of the run directory) and the status.
 # Meant for the background: `nohup nice -n 19 bash scripts/standard_cpu.sh > standard-cpu.out 2>&1 &`.
-# `pause` / `resume` stop and continue the running sweep while another heavy job runs (see below).
+# `pause` / `resume` stop and continue the running sweep while another heavy job runs, `nice` lowers its
+# priority instead (see below).
 # Across machines: `scripts/standard_cpu.sh save` (the sweep stopped first) writes the run's state (optuna
 # journal, records, stored seeds, predictions; no locks) to $STANDARD_CPU_PUB/run-state/ (default
 # reports/published/standard-cpu), to be committed; a later start (or `restore`) with no run at
@@ -45,6 +46,9 @@ PIECE=4M  # of the journal: a piece once full never changes, so git keeps it onc
 # trial that shares the 2 cores costs ~3x the CPU seconds it costs alone (run 4's first replicates were
 # cap-bound under the tests' load, quiet ones are not); a stopped process counts none. The sweep is the
 # holder of its run directory's flock (bench/run/rundir.py), whose pid the lock file names.
+# `nice`: the lighter way, used beside CI since stop 27: renice the sweep and its processes to 19 (the
+# cell processes it starts later inherit it). It then runs on what the other job leaves idle: the
+# test step took 33 min beside a niced sweep, against 25-47 min with it paused, and the sweep went on.
 sweep_tree() {  # the running sweep's pid and its descendants' pids, parent first; exit 1 if none runs
   local pid i=0 tree
   pid=$(sed -n 's/^pid \([0-9][0-9]*\) .*/\1/p' "$OUT/.fusebench.lock" 2>/dev/null || true)
@@ -65,6 +69,13 @@ if [ "${1:-}" = pause ] || [ "${1:-}" = resume ]; then
     for p in $(echo "$tree" | tr ' ' '\n' | tac); do kill -CONT "$p" 2>/dev/null || true; done  # children first
     echo "standard_cpu.sh: resumed the sweep at $OUT (pids $tree)"
   fi
+  exit 0
+fi
+if [ "${1:-}" = nice ]; then
+  tree=$(sweep_tree) || { echo "standard_cpu.sh: no sweep is running at $OUT" >&2; exit 2; }
+  # shellcheck disable=SC2086
+  renice -n 19 -p $tree >/dev/null || exit 1
+  echo "standard_cpu.sh: the sweep at $OUT runs at nice 19 (pids $tree); it stays so until it exits"
   exit 0
 fi
 if [ "${1:-}" = save ]; then

@@ -156,6 +156,11 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def _nice(pid: int) -> int:
+    """The process's nice value from /proc (field 19 of stat)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def _settled(pid: int, stopped: bool) -> str:
     """The state once a signal sent to a process that was running on the other core has landed (polled, 10 s at most)."""
     for _ in range(200):
@@ -175,6 +180,7 @@ def test_pause_stops_the_sweep_and_its_children_and_resume_continues_them(tmp_pa
     out, pub = tmp_path / "standard4", tmp_path / "pub"
     _run_dir(out)
     assert _script("pause", out, pub).returncode == 2  # the lock is not held: no sweep runs
+    assert _script("nice", out, pub).returncode == 2
     sweep = ("import fcntl, os, subprocess, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_TRUNC); "
              "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, f'pid {os.getpid()} on host h since now'.encode()); "
              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
@@ -190,6 +196,10 @@ def test_pause_stops_the_sweep_and_its_children_and_resume_continues_them(tmp_pa
         resumed = _script("resume", out, pub)
         assert resumed.returncode == 0, resumed.stderr
         assert _settled(holder.pid, False) != "T" and _settled(child, False) != "T"
+        niced = _script("nice", out, pub)  # the lighter way: the sweep runs on what the other job leaves idle
+        assert niced.returncode == 0, niced.stderr
+        assert _nice(holder.pid) == 19 and _nice(child) == 19
+        assert f"pids {holder.pid} {child}" in niced.stdout
     finally:
         subprocess.run(["pkill", "-KILL", "-P", str(holder.pid)], check=False)
         holder.kill()
