@@ -5,10 +5,10 @@ the data, strategy, replicate, seed, params and training config, not the device:
 `--device cuda`, or a GPU run carried from an H100 to an H200 (reports/published/gpu-nvidia-h200, session 3),
 kept the seeds scored on the first device and scored the rest on the second. One leaderboard row then
 mixed two devices' seeds, and reused the first device's throughput for all of them under the second
-device's name. Now the key holds the record's `device` (`cuda:<GPU name>` or `cpu:<processor>`): a kept
-seed from another device is retrained where the run resumes, and every record of a cell names one device.
+device's name. Now a stored seed whose record's `device` (`cuda:<GPU name>` or `cpu:<processor>`) is not
+this process's is retrained where the run resumes, and every record of a cell names one device.
 
-There is one device here, so the resumed process is told another name (`device_name`, which both the key
+There is one device here, so the resumed process is told another name (`device_name`, which both the check
 and the record's `device` field use); the stop itself is real (tests/test_seed_store_resume.py's way).
 """
 

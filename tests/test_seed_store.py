@@ -13,6 +13,7 @@ train the others, and end with exactly the uninterrupted run's records and score
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -72,6 +73,19 @@ def test_a_seed_stored_for_other_inputs_is_not_reused(tmp_path):
     store = SeedStore(tmp_path, "toy", "concat")
     store.save(0, 1, seed_key({"params": {"lr": 0.01}}), _record(1), _frame(1))
     assert store.load(0, 1, seed_key({"params": {"lr": 0.02}})) is None
+
+
+def test_a_seed_scored_on_another_device_is_not_reused(tmp_path, caplog):
+    """A run resumed on another machine retrains the seeds the first one scored (bench/run/seed_store.py
+    `load`), judged by the stored record's `device`; without a device to check, the key alone decides."""
+    caplog.set_level("INFO", logger="fusebench.run.seed_store")
+    store = SeedStore(tmp_path, "toy", "concat")
+    key = seed_key({"seed": 1})
+    store.save(0, 1, key, dataclasses.replace(_record(1), device="cuda:NVIDIA H100 80GB HBM3"), _frame(1))
+    assert store.load(0, 1, key, "cuda:NVIDIA H100 80GB HBM3") is not None
+    assert store.load(0, 1, key, "cuda:NVIDIA H200") is None
+    assert "scored on cuda:NVIDIA H100 80GB HBM3, this process runs on cuda:NVIDIA H200" in caplog.text
+    assert store.load(0, 1, key) is not None
 
 
 @pytest.mark.parametrize("damage", ["entry", "predictions", "no_predictions"])

@@ -271,13 +271,12 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
     record_params = {**dataclasses.asdict(params), **({} if encoder_lr is None else {ENCODER_LR_PARAM: encoder_lr})}
     store = SeedStore(ctx.out_dir, cell.dataset, cell.strategy)
     key = {seed: seed_key({"fingerprint": data.fingerprint, "strategy": cell.strategy, "mode": str(cell.mode),
-                           "device": device_name(ctx.device),  # resumed on another device: its seeds retrain there
                            "replicate": search.replicate, "seed": seed, "params": record_params,
                            "train": dataclasses.asdict(train_cfg)}) for seed in seeds}
     kept: dict[int, tuple[Record, pd.DataFrame]] = {}  # seed → its record and test predictions
     earlier: dict[int, dict[str, str] | None] = {}  # seed scored by an earlier process → generator states after it
     for seed in seeds:
-        if (stored := store.load(search.replicate, seed, key[seed])) is not None:
+        if (stored := store.load(search.replicate, seed, key[seed], device_name(ctx.device))) is not None:
             kept[seed] = (stored.record, stored.predictions)
             earlier[seed] = stored.rng
     todo = [seed for seed in seeds if seed not in kept]

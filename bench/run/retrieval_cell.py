@@ -264,10 +264,10 @@ class RetrievalRun:
             family = cell.info.family
         store = SeedStore(ctx.out_dir, cell.dataset, cell.strategy)
         key = {seed: seed_key({"fingerprint": self.data.fingerprint, "task": "retrieval", "strategy": cell.strategy,
-                               "device": device_name(ctx.device),  # a cell's seeds all scored on one device
                                "replicate": replicate, "seed": seed, "params": params,
                                "train": dataclasses.asdict(ctx.train)}) for seed in budget.eval_seeds}
-        kept = {seed: stored for seed in budget.eval_seeds if (stored := store.load(replicate, seed, key[seed]))}
+        here = device_name(ctx.device)  # a seed scored on another device is retrained: one device per cell
+        kept = {seed: stored for seed in budget.eval_seeds if (stored := store.load(replicate, seed, key[seed], here))}
         if kept:
             log.info("  %s replicate %d: %d of %d evaluation seed(s) kept from an earlier process; training %d",
                      cell.strategy, replicate, len(kept), len(budget.eval_seeds), len(budget.eval_seeds) - len(kept))

@@ -91,9 +91,13 @@ class SeedStore:
         # no default=str: a value that results.jsonl cannot hold (write_records) must not come back as a string
         _write(entry, json.dumps({"format": FORMAT, "key": key, "record": record.to_json(), "rng": rng}).encode())
 
-    def load(self, replicate: int, seed: int, key: str) -> StoredSeed | None:
+    def load(self, replicate: int, seed: int, key: str, device: str | None = None) -> StoredSeed | None:
         """The seed as an earlier process of this run stored it under the same key; else None (nothing
-        stored, or stored for other inputs, or unreadable)."""
+        stored, or stored for other inputs, or unreadable). With `device` (the record's `device` this
+        process would write, `cuda:<GPU name>` / `cpu:<processor>`), a seed scored on another device is
+        None too: a run resumed on another machine retrains the cell's seeds there, so that no cell
+        mixes devices and its throughput is measured where its seeds ran. (The device is checked on
+        the stored record rather than put in the key, so that seeds stored before the check still match.)"""
         entry, frame = self._paths(replicate, seed)
         if not entry.is_file():
             return None
@@ -105,7 +109,12 @@ class SeedStore:
             if blob.get("key") != key:
                 log.info("%s: stored for other inputs (params, data or training config changed); retraining it", entry)
                 return None
-            return StoredSeed(Record.from_json(blob["record"]), pd.read_parquet(frame), blob.get("rng"))
+            record = Record.from_json(blob["record"])
+            if device is not None and record.device != device:
+                log.info("%s: scored on %s, this process runs on %s; retraining it here", entry,
+                         record.device or "an unrecorded device", device)
+                return None
+            return StoredSeed(record, pd.read_parquet(frame), blob.get("rng"))
         except (OSError, ValueError, KeyError, TypeError) as exc:  # pyarrow's errors are OSError/ValueError
             log.warning("%s: unreadable (%s: %s); retraining this seed", entry, type(exc).__name__, exc)
             return None
