@@ -57,7 +57,11 @@ def load_machine(path: Path) -> dict[str, str] | None:
         except (OSError, ValueError):
             continue
         machine, versions = data.get("machine") or {}, data.get("versions") or {}
-        out = {k: str(machine[k]) for k in MACHINE_FIELDS if machine.get(k)}
+        # a run resumed on other machines (run.json `sessions`): each field names every value, in order of use
+        ran_on = [s["machine"] for s in data.get("sessions") or [] if isinstance(s, dict) and isinstance(s.get("machine"), dict)]
+        infos = ran_on or [machine if isinstance(machine, dict) else {}]
+        out = {k: " + ".join(dict.fromkeys(str(i[k]) for i in infos if i.get(k))) for k in MACHINE_FIELDS
+               if any(i.get(k) for i in infos)}
         if versions.get("torch"):
             out["torch"] = str(versions["torch"])
         return out

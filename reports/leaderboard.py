@@ -158,7 +158,9 @@ def device_note(g: pd.DataFrame) -> str:
     samples/s columns compare devices as much as strategies. Empty when the rows share one device."""
     by_device: dict[str, list[str]] = {}
     for strategy, device in zip(g.strategy, g.get("device", pd.Series(dtype=str)), strict=False):
-        for name in filter(None, str(device or "").split("; ")):
+        if not isinstance(device, str):  # None, or NaN from a board read back from CSV: no device recorded
+            continue
+        for name in filter(None, device.split("; ")):
             by_device.setdefault(name, []).append(str(strategy))
     if len(by_device) < 2:
         return ""

@@ -57,7 +57,8 @@ def _num(x: object, fmt: str) -> str:
     return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, fmt)
 
 
-def to_markdown(table: pd.DataFrame) -> str:
+def to_markdown(table: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
+    """`notes`: a line per task to print under its heading (the leaderboard's `device_note`)."""
     lines = ["## Quality vs throughput (Pareto front)", "",
              ("Inference samples/s at the evaluation batch size; ★ = on the task's Pareto front (no other strategy is "
               "at least as good on both quality and inference throughput). Data: `pareto.csv`; plot: "
@@ -65,8 +66,10 @@ def to_markdown(table: pd.DataFrame) -> str:
     if table.empty:
         return "\n".join(lines + ["No records with throughput.", ""])
     for dataset, g in table.groupby("dataset", sort=True):
-        lines += [f"### {dataset} — {g.metric.iloc[0]}", "",
-                  "| strategy | family | mean | infer samples/s | bs-1 samples/s | train samples/s | params | "
+        lines += [f"### {dataset} — {g.metric.iloc[0]}", ""]
+        if note := (notes or {}).get(str(dataset)):  # rows from two devices: the front compares the devices too
+            lines += [f"**Devices.** {note}", ""]
+        lines += ["| strategy | family | mean | infer samples/s | bs-1 samples/s | train samples/s | params | "
                   "FLOPs/sample | front |",
                   "|---|---|---:|---:|---:|---:|---:|---:|:---:|"]
         for _, r in g.iterrows():
@@ -79,9 +82,11 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def write_pareto(records: Sequence[Record], board: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     """RUN_DIR/pareto.csv and pareto.md, and the same section appended to leaderboard.md."""
+    from fusebench.reports.leaderboard import device_note  # leaderboard imports this module
+
     table = pareto_table(board, records)
     atomic_write_bytes(run_dir / "pareto.csv", table.to_csv(index=False).encode())
-    md = to_markdown(table)
+    md = to_markdown(table, {str(d): device_note(g) for d, g in board.groupby("dataset")} if not board.empty else {})
     atomic_write_bytes(run_dir / "pareto.md", md.encode())
     board_md = run_dir / "leaderboard.md"
     if board_md.is_file():

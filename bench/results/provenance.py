@@ -160,8 +160,10 @@ def record_session(meta: dict[str, Any], device: torch.device, resumed: bool) ->
     devices are not one machine's. A run.json from before `sessions` gets its first process back from
     `started_at`/`machine`/`git_sha`."""
     meta["resumed_at"] = now() if resumed else None
-    sessions = meta.setdefault("sessions", [])
-    if resumed and not sessions and meta.get("machine"):
+    if not isinstance(meta.get("sessions"), list):  # missing, or a hand-edited run.json's odd value
+        meta["sessions"] = []
+    sessions = meta["sessions"]
+    if resumed and not sessions and isinstance(meta.get("machine"), dict) and meta["machine"]:
         sessions.append({"started_at": meta.get("started_at"), "machine": meta["machine"],
                          "git_sha": meta.get("git_sha"), "source_revision": meta.get("source_revision")})
     sessions.append({"started_at": now(), "machine": machine(device), "git_sha": git_sha(),
@@ -176,8 +178,9 @@ def machine_label(info: dict[str, Any]) -> str:
 
 def machines(meta: dict[str, Any]) -> list[str]:
     """The distinct machines that ran a run (`sessions`, else the one `machine`), in order of first use."""
-    infos = [s.get("machine") or {} for s in meta.get("sessions") or []] or [meta.get("machine") or {}]
-    return list(dict.fromkeys(machine_label(i) for i in infos if i))
+    sessions = meta["sessions"] if isinstance(meta.get("sessions"), list) else []
+    infos = [s.get("machine") for s in sessions if isinstance(s, dict)] or [meta.get("machine")]
+    return list(dict.fromkeys(machine_label(i) for i in infos if isinstance(i, dict) and i))
 
 
 def now() -> str:
