@@ -29,8 +29,8 @@ from fusebench.run import seed_store
 from fusebench.run.retrieval_cell import expand_retrieval_cells
 from fusebench.run.seed_store import SeedStore
 from tests.test_retrieval_cells import _task
-from tests.test_retrieval_seed_store import SEEDS_PER_CELL, _ctx, _run
-from tests.test_seed_store_resume import SEEDS, _args
+from tests.test_retrieval_seed_store import SEEDS_PER_CELL, _ctx, _run, stop_after_scoring
+from tests.test_seed_store_resume import SEEDS, _args, stop_after_storing
 
 OTHER = "cuda:Another GPU"
 
@@ -47,15 +47,7 @@ def test_a_classification_cell_resumed_on_another_device_retrains_the_seeds_scor
     data, cfg = synthetic_bundle
     monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
     out, stored = tmp_path / "run", 2
-    save, saved = SeedStore.save, []
-
-    def save_then_stop(self, *args, **kwargs):
-        save(self, *args, **kwargs)
-        saved.append(args[:2])
-        if len(saved) == stored:
-            raise RuntimeError("stopped after storing a seed")
-
-    monkeypatch.setattr(seed_store.SeedStore, "save", save_then_stop)
+    save = stop_after_storing(monkeypatch, stored)
     main(_args(data, out, "concat", 1))
     assert [r.status for r in load_records(out / "results.jsonl")] == ["failed"]
     monkeypatch.setattr(seed_store.SeedStore, "save", save)
@@ -83,15 +75,8 @@ def test_a_retrieval_cell_resumed_on_another_device_retrains_the_seeds_scored_on
     data, tables = _task({"train": 60, "val": 20, "test": 20})
     cells = [c for c in expand_retrieval_cells("flickr8k-retrieval", ["concat"]) if c.strategy == "dual_encoder"]
     ctx = _ctx(tmp_path, "random")
-    real, calls, stop_at = rc._predictions, [], [1]
-
-    def predictions_then_stop(*args, **kwargs):  # called once per seed it scores
-        calls.append(args[:2])
-        if len(calls) == stop_at[0]:
-            monkeypatch.setenv(deadline.ENV, "0")  # the deadline has passed: the next check stops the run
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(rc, "_predictions", predictions_then_stop)
+    stop_at = [1]
+    calls = stop_after_scoring(monkeypatch, stop_at)
     assert _run(data, tables, ctx, cells) == {}
     monkeypatch.delenv(deadline.ENV)
     assert SeedStore(tmp_path, "flickr8k-retrieval", "dual_encoder").count() == 1

@@ -15,9 +15,8 @@ from fusebench.reports.leaderboard import device_note
 from fusebench.results.provenance import machines, record_session
 from fusebench.results.records import load_records
 from fusebench.run import seed_store
-from fusebench.run.seed_store import SeedStore
 from tests.test_resume_device import _kept
-from tests.test_seed_store_resume import SEEDS, _args
+from tests.test_seed_store_resume import SEEDS, _args, stop_after_storing
 
 
 def test_seeds_stored_before_the_device_was_in_the_key_are_kept_on_the_same_device(
@@ -29,15 +28,8 @@ def test_seeds_stored_before_the_device_was_in_the_key_are_kept_on_the_same_devi
     data, cfg = synthetic_bundle
     monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
     out, stored = tmp_path / "run", 2
-    save, saved, key = SeedStore.save, [], cell_module.seed_key
-
-    def save_then_stop(self, *args, **kwargs):
-        save(self, *args, **kwargs)
-        saved.append(args[:2])
-        if len(saved) == stored:
-            raise RuntimeError("stopped after storing a seed")
-
-    monkeypatch.setattr(seed_store.SeedStore, "save", save_then_stop)
+    key = cell_module.seed_key
+    save = stop_after_storing(monkeypatch, stored)
     # the previous version's key: no device in it
     monkeypatch.setattr(cell_module, "seed_key", lambda parts: key({k: v for k, v in parts.items() if k != "device"}))
     main(_args(data, out, "concat", 1))

@@ -50,6 +50,21 @@ def _run(data, tables, ctx: CellContext, cells) -> dict:
     return done
 
 
+def stop_after_scoring(monkeypatch, stop_at: list[int]) -> list:
+    """Pass the `--stop-after` deadline once the cell has scored its `stop_at[0]`-th seed (the next check
+    stops the run); returns the calls, one per seed scored. `stop_at[0] = -1` lets a resumed run finish."""
+    real, calls = rc._predictions, []
+
+    def predictions_then_stop(*args, **kwargs):  # called once per seed it scores
+        calls.append(args[:2])
+        if len(calls) == stop_at[0]:
+            monkeypatch.setenv(deadline.ENV, "0")  # the deadline has passed: the next check stops the run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rc, "_predictions", predictions_then_stop)
+    return calls
+
+
 def _predictions(out: Path, strategy: str) -> pd.DataFrame:
     return pd.read_parquet(out / "predictions" / "flickr8k-retrieval" / f"{strategy.replace(':', '__')}.parquet")
 
@@ -68,15 +83,8 @@ def test_a_retrieval_cell_stopped_between_seeds_resumes_them_to_the_same_numbers
     reference = _run(data, tables, _ctx(tmp_path / "ref", negatives), cells)
     assert sorted(reference) == ["dual_encoder", "rerank:concat"]
 
-    real, calls, stop_at = rc._predictions, [], [scored]
-
-    def predictions_then_stop(*args, **kwargs):  # called once per seed it scores
-        calls.append(args[:2])
-        if len(calls) == stop_at[0]:
-            monkeypatch.setenv(deadline.ENV, "0")  # the deadline has passed: the next check stops the run
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(rc, "_predictions", predictions_then_stop)
+    stop_at = [scored]
+    calls = stop_after_scoring(monkeypatch, stop_at)
     ctx = _ctx(tmp_path / "stopped", negatives)
     first = _run(data, tables, ctx, cells)
     assert len(calls) == scored and len(first) == scored // SEEDS_PER_CELL
@@ -110,15 +118,8 @@ def test_an_unreadable_first_seed_does_not_give_the_cell_a_second_throughput(
     cells = [c for c in expand_retrieval_cells("flickr8k-retrieval", ["concat"]) if c.strategy == "dual_encoder"]
     ctx = _ctx(tmp_path, "random")
 
-    real, calls, stop_at = rc._predictions, [], [2]
-
-    def predictions_then_stop(*args, **kwargs):
-        calls.append(args[:2])
-        if len(calls) == stop_at[0]:  # both seeds of replicate 0 scored: stop at replicate 1's search
-            monkeypatch.setenv(deadline.ENV, "0")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(rc, "_predictions", predictions_then_stop)
+    stop_at = [2]  # both seeds of replicate 0 scored: stop at replicate 1's search
+    calls = stop_after_scoring(monkeypatch, stop_at)
     assert _run(data, tables, ctx, cells) == {}
     monkeypatch.delenv(deadline.ENV)
     store = SeedStore(tmp_path, "flickr8k-retrieval", "dual_encoder")

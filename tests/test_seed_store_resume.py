@@ -33,6 +33,21 @@ def _predictions(out, strategy: str) -> pd.DataFrame:
     return pd.read_parquet(out / "predictions" / "toy" / f"{strategy}.parquet").reset_index(drop=True)
 
 
+def stop_after_storing(monkeypatch, stored: int):
+    """Make `SeedStore.save` raise once it has stored its `stored`-th seed (as a kill there would, minus the
+    failed record); returns the real `save`, to put back before the resumed run."""
+    save, saved = SeedStore.save, []
+
+    def save_then_stop(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        saved.append(args[:2])
+        if len(saved) == stored:
+            raise RuntimeError("stopped after storing a seed")
+
+    monkeypatch.setattr(seed_store.SeedStore, "save", save_then_stop)
+    return save
+
+
 # concat: the seeds train as one batched model; early_transformer: one after another (attention on one CPU
 # thread), and its attention-weight dropout draws from torch's global generator, so seed k's fit starts
 # where seed k-1's scoring left it: the resume puts back the state stored with seed k-1 (was: best_epoch 55, not 78)
@@ -52,15 +67,7 @@ def test_a_cell_stopped_between_two_stored_seeds_resumes_to_the_same_numbers(
     reference = {r.key: r for r in load_records(ref / "results.jsonl")}
     assert {r.seeds_batched for r in reference.values()} == {SEEDS if strategy == "concat" else 1}
 
-    save, saved = SeedStore.save, []
-
-    def save_then_stop(self, *args, **kwargs):
-        save(self, *args, **kwargs)
-        saved.append(args[:2])
-        if len(saved) == stored:
-            raise RuntimeError("stopped after storing a seed")  # as a kill there would, minus the failed record
-
-    monkeypatch.setattr(seed_store.SeedStore, "save", save_then_stop)
+    save = stop_after_storing(monkeypatch, stored)
     main(_args(data, out, strategy, replicates))
     assert [r.status for r in load_records(out / "results.jsonl")] == ["failed"]
     monkeypatch.setattr(seed_store.SeedStore, "save", save)
