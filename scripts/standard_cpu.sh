@@ -42,13 +42,14 @@ publish_report() {  # leaderboard and HTML report of what $1 holds (the finished
 TREE=$PUB/run-state
 PIECE=4M  # of the journal: a piece once full never changes, so git keeps it once
 # `pause` / `resume`: SIGSTOP / SIGCONT the running sweep at $OUT and every process under it, for the
-# minutes another heavy job (the test suite) needs the machine. The search cap counts CPU seconds, and a
-# trial that shares the 2 cores costs ~3x the CPU seconds it costs alone (run 4's first replicates were
-# cap-bound under the tests' load, quiet ones are not); a stopped process counts none. The sweep is the
-# holder of its run directory's flock (bench/run/rundir.py), whose pid the lock file names.
+# minutes another heavy job (the test suite) needs the machine to itself; a stopped process counts no
+# CPU seconds. The sweep is the holder of its run directory's flock (bench/run/rundir.py), whose pid
+# the lock file names.
 # `nice`: the lighter way, used beside CI since stop 27: renice the sweep and its processes to 19 (the
 # cell processes it starts later inherit it). It then runs on what the other job leaves idle: the
 # test step took 33 min beside a niced sweep, against 25-47 min with it paused, and the sweep went on.
+# Its budget is not cut: the search cap counts CPU seconds, which a neighbour changes little (README,
+# "The cap"; under the old wall-clock cap a round of 5 trials took ~4x as long beside the tests).
 sweep_tree() {  # the running sweep's pid and its descendants' pids, parent first; exit 1 if none runs
   local pid i=0 tree
   pid=$(sed -n 's/^pid \([0-9][0-9]*\) .*/\1/p' "$OUT/.fusebench.lock" 2>/dev/null || true)

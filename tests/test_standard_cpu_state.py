@@ -171,10 +171,9 @@ def _settled(pid: int, stopped: bool) -> str:
 
 
 def test_pause_stops_the_sweep_and_its_children_and_resume_continues_them(tmp_path):
-    """`pause` / `resume` while another heavy job runs: the search cap counts CPU seconds, and a trial
-    sharing the 2 cores with the tests cost ~3x those it costs alone (run 4's first replicates were
-    cap-bound). The sweep is found by its run directory's lock (the pid it names, held), its workers
-    as its descendants; a stopped process counts no CPU seconds."""
+    """`pause` / `resume` while another heavy job needs the machine, or `nice` to let the sweep run on what
+    that job leaves idle. The sweep is found by its run directory's lock (the pid it names, held), its
+    workers as its descendants; a stopped process counts no CPU seconds."""
     import sys
 
     out, pub = tmp_path / "standard4", tmp_path / "pub"
