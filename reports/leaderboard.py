@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from fusebench.core.io import atomic_write_bytes
-from fusebench.reports.verdicts import fmt_p, fmt_trials, ranking_sentence, task_verdict
+from fusebench.reports.verdicts import device_note, fmt_p, fmt_trials, ranking_sentence, task_verdict
 from fusebench.results.records import Record
 
 __all__ = ["device_note", "fmt_p", "leaderboard", "ranking_sentence", "task_verdict", "to_markdown", "write_leaderboard"]
@@ -151,22 +151,6 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
     board = board.sort_values(["dataset", "mean"], ascending=[True, False], na_position="last")
     board.insert(2, "rank", board.groupby("dataset")["mean"].rank(ascending=False, method="min"))
     return board.reset_index(drop=True)
-
-
-def device_note(g: pd.DataFrame) -> str:
-    """A task's rows measured on more than one device (a run resumed on another machine), in words: their
-    samples/s columns compare devices as much as strategies. Empty when the rows share one device."""
-    by_device: dict[str, list[str]] = {}
-    for strategy, device in zip(g.strategy, g.get("device", pd.Series(dtype=str)), strict=False):
-        if not isinstance(device, str):  # None, or NaN from a board read back from CSV: no device recorded
-            continue
-        for name in filter(None, device.split("; ")):
-            by_device.setdefault(name, []).append(str(strategy))
-    if len(by_device) < 2:
-        return ""
-    parts = "; ".join(f"`{d}` ({', '.join(f'`{s}`' for s in sorted(names))})" for d, names in sorted(by_device.items()))
-    return (f"Measured on {len(by_device)} devices: {parts}. The samples/s columns compare a row with the rows "
-            "of its own device only.")
 
 
 def _fmt(x: float, digits: int = 4) -> str:

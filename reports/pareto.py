@@ -15,6 +15,7 @@ import pandas as pd
 
 from fusebench.core.io import atomic_write_bytes
 from fusebench.reports.plots import pareto_front
+from fusebench.reports.verdicts import device_note
 from fusebench.results.records import Record
 
 COLUMNS = ["dataset", "strategy", "family", "metric", "mean", "infer_samples_per_s", "infer_samples_per_s_bs1",
@@ -58,7 +59,7 @@ def _num(x: object, fmt: str) -> str:
 
 
 def to_markdown(table: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
-    """`notes`: a line per task to print under its heading (the leaderboard's `device_note`)."""
+    """`notes`: a line per task to print under its heading (`verdicts.device_note`, as the leaderboard prints it)."""
     lines = ["## Quality vs throughput (Pareto front)", "",
              ("Inference samples/s at the evaluation batch size; ★ = on the task's Pareto front (no other strategy is "
               "at least as good on both quality and inference throughput). Data: `pareto.csv`; plot: "
@@ -82,8 +83,6 @@ def to_markdown(table: pd.DataFrame, notes: dict[str, str] | None = None) -> str
 
 def write_pareto(records: Sequence[Record], board: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     """RUN_DIR/pareto.csv and pareto.md, and the same section appended to leaderboard.md."""
-    from fusebench.reports.leaderboard import device_note  # leaderboard imports this module
-
     table = pareto_table(board, records)
     atomic_write_bytes(run_dir / "pareto.csv", table.to_csv(index=False).encode())
     md = to_markdown(table, {str(d): device_note(g) for d, g in board.groupby("dataset")} if not board.empty else {})

@@ -88,3 +88,19 @@ def task_verdict(rows: pd.DataFrame) -> str:
 def ranking_sentence(ranking: Ranking) -> str:
     """What the cross-task ranking analysis allows one to say (Friedman, then Nemenyi only if it rejects)."""
     return ranking.sentence()
+
+
+def device_note(g: pd.DataFrame) -> str:
+    """A task's rows measured on more than one device (a run resumed on another machine), in words: their
+    samples/s columns compare devices as much as strategies. Empty when the rows share one device."""
+    by_device: dict[str, list[str]] = {}
+    for strategy, device in zip(g.strategy, g.get("device", pd.Series(dtype=str)), strict=False):
+        if not isinstance(device, str):  # None, or NaN from a board read back from CSV: no device recorded
+            continue
+        for name in filter(None, device.split("; ")):
+            by_device.setdefault(name, []).append(str(strategy))
+    if len(by_device) < 2:
+        return ""
+    parts = "; ".join(f"`{d}` ({', '.join(f'`{s}`' for s in sorted(names))})" for d, names in sorted(by_device.items()))
+    return (f"Measured on {len(by_device)} devices: {parts}. The samples/s columns compare a row with the rows "
+            "of its own device only.")
