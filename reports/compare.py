@@ -22,6 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from fusebench.core.errors import UsageError
+from fusebench.results.provenance import session_machines
 
 
 def load_board(path: Path) -> pd.DataFrame:
@@ -56,10 +57,9 @@ def load_machine(path: Path) -> dict[str, str] | None:
             data: dict[str, Any] = json.loads((folder / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        machine, versions = data.get("machine") or {}, data.get("versions") or {}
+        versions = data.get("versions") or {}
         # a run resumed on other machines (run.json `sessions`): each field names every value, in order of use
-        ran_on = [s["machine"] for s in data.get("sessions") or [] if isinstance(s, dict) and isinstance(s.get("machine"), dict)]
-        infos = ran_on or [machine if isinstance(machine, dict) else {}]
+        infos = session_machines(data)
         out = {k: " + ".join(dict.fromkeys(str(i[k]) for i in infos if i.get(k))) for k in MACHINE_FIELDS
                if any(i.get(k) for i in infos)}
         if versions.get("torch"):

@@ -184,12 +184,13 @@ def device_names(records: list[Record]) -> str:
 def _metadata(meta: dict, records: list[Record]) -> str:
     suite = (meta.get("config") or {}).get("suite", {})
     machine = meta.get("machine") or {}
+    ran_on = machines(meta)  # more than one when the run was resumed on other machines
     items = {
         "device": device_names(records) or machine.get("gpu") or machine.get("processor"),
         "git sha": html.escape(str(meta.get("git_sha") or "")),
         "started / finished": html.escape(f"{meta.get('started_at')} / {meta.get('finished_at')}"),
         "machine": _kv({k: v for k, v in machine.items() if v not in (None, "")}),
-        "machines": html.escape(" → ".join(machines(meta))) if len(machines(meta)) > 1 else None,  # resumed elsewhere
+        "machines": html.escape(" → ".join(ran_on)) if len(ran_on) > 1 else None,
         "versions": html.escape(", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items() if v)),
         "suite": None if not suite else html.escape(
             f"{suite.get('name')}: {', '.join(suite.get('datasets') or [])}; size {suite.get('size')}"),

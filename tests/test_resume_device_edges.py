@@ -79,6 +79,21 @@ def test_compare_machine_note_names_a_resumed_runs_second_machine(tmp_path: Path
     assert "NVIDIA H200" in note and not note.startswith("machines: the same")
 
 
+def test_compare_reads_a_run_json_whose_sessions_field_is_not_a_list(tmp_path: Path) -> None:
+    """A hand-edited run.json with an odd `sessions` value: `compare` falls back on its `machine`, as
+    the report and the timing history do (one reading of `sessions`, provenance.session_machines); its own
+    walk iterated the value and failed with a TypeError on a number."""
+    import json
+
+    from fusebench.reports.compare import load_machine
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for odd in (5, "H100", {"machine": {"gpu": "X"}}, [3, {"machine": "H100"}]):
+        (run / "run.json").write_text(json.dumps({"machine": {"gpu": "NVIDIA H100 80GB HBM3"}, "sessions": odd}))
+        assert load_machine(run) == {"gpu": "NVIDIA H100 80GB HBM3"}, odd
+
+
 def test_pareto_section_says_its_throughputs_come_from_two_devices(tmp_path: Path) -> None:
     """The Pareto front compares samples/s across rows: on a task whose rows ran on two devices
     (tmp/s3r: film on an H100, the rest on an H200) pareto.md must say so, as the leaderboard does."""

@@ -176,11 +176,17 @@ def machine_label(info: dict[str, Any]) -> str:
     return f"{info['gpu']} ({cpu})" if info.get("gpu") else cpu
 
 
-def machines(meta: dict[str, Any]) -> list[str]:
-    """The distinct machines that ran a run (`sessions`, else the one `machine`), in order of first use."""
+def session_machines(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The machine of every process that ran a run, in order (run.json `sessions`, else its one
+    `machine`); entries that are not a machine's fields (a hand-edited run.json) are left out."""
     sessions = meta["sessions"] if isinstance(meta.get("sessions"), list) else []
-    infos = [s.get("machine") for s in sessions if isinstance(s, dict)] or [meta.get("machine")]
-    return list(dict.fromkeys(machine_label(i) for i in infos if isinstance(i, dict) and i))
+    ran_on = [s.get("machine") for s in sessions if isinstance(s, dict)]
+    return [i for i in ran_on if isinstance(i, dict) and i] or [i for i in [meta.get("machine")] if isinstance(i, dict) and i]
+
+
+def machines(meta: dict[str, Any]) -> list[str]:
+    """The distinct machines that ran a run, in words, in order of first use."""
+    return list(dict.fromkeys(machine_label(i) for i in session_machines(meta)))
 
 
 def now() -> str:
