@@ -58,9 +58,17 @@ class LowRankLayer(nn.Module):
         return torch.einsum("r,brh->bh", self.rank_weights, fused) + self.bias
 
 
+# The width of each modality's representation before the product. The references search 4-32 for
+# their low-dimensional inputs (COVAREP audio 74-d, FACET video 35-47-d) and 64-256 for 300-d GloVe
+# text (Justin1904/Low-rank-Multimodal-Fusion train_*.py, TensorFusionNetworks); every fusebench view
+# is 128-1280-d, and {4, 8, 16} made both strategies a 16-d bottleneck: on ESC-50's 48 classes, fixed
+# defaults gave lmf 0.15 and tensor_fusion 0.23 against concat 0.53 (a 64-d lmf 0.36; docs/strategies.md).
+FACTOR_DIMS = [8, 16, 32, 64]
+
+
 @dataclass(frozen=True)
 class TensorParams(SharedParams):
-    factor_dim: int = field(default=8, metadata=space.choice([4, 8, 16]))
+    factor_dim: int = field(default=16, metadata=space.choice(FACTOR_DIMS))
 
 
 @register_strategy(
@@ -72,8 +80,9 @@ class TensorParams(SharedParams):
 )
 class TensorFusion(ModalityAloneLogits, ProjectedModalities):
     """Tensor Fusion Network: the outer product of [h_m; 1] over modalities (all uni-, bi- and
-    tri-modal interactions), flattened into an MLP. Each modality is first projected to a small
-    `factor_dim` so three modalities stay tractable.
+    tri-modal interactions), flattened into an MLP. Each modality is first projected to `factor_dim`
+    (at most 64: three modalities give 65³ ≈ 275k product features, the reference's text × audio ×
+    video product 129 × 33 × 33 ≈ 140k).
 
     Missing modality: its vector becomes [0, …, 0, 1], so only the interactions among present
     modalities survive (the appended 1 carries the lower-order terms); per example, a modality that
@@ -94,7 +103,7 @@ class TensorFusion(ModalityAloneLogits, ProjectedModalities):
 
 @dataclass(frozen=True)
 class LowRankParams(TensorParams):
-    rank: int = field(default=4, metadata=space.choice([2, 4, 8]))
+    rank: int = field(default=4, metadata=space.choice([1, 4, 8, 16]))  # the reference grid's ranks
 
 
 @register_strategy(

@@ -9,6 +9,7 @@ YAML file or a test.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,6 +98,16 @@ def fields_with_space(params_cls: type) -> list[tuple[dataclasses.Field, Space]]
 def search_space(params_cls: type) -> dict[str, dict[str, Any]]:
     """The JSON-able description of a params dataclass's search space."""
     return {f.name: {**space.describe(), "default": f.default} for f, space in fields_with_space(params_cls)}
+
+
+def space_changes(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[str]:
+    """What differs between two `search_space` descriptions, a field a line ("factor_dim: {...} → {...}");
+    a changed default alone is no change: the search never draws it."""
+    def searched(d: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if d is None else json.loads(json.dumps({k: v for k, v in d.items() if k != "default"}))  # as stored
+
+    return [f"{name}: {json.dumps(searched(old.get(name)))} → {json.dumps(searched(new.get(name)))}"
+            for name in sorted(set(old) | set(new)) if searched(old.get(name)) != searched(new.get(name))]
 
 
 def sample_params(trial: optuna.Trial, params_cls: type) -> Any:

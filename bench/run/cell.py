@@ -115,6 +115,7 @@ def study_attrs(cell: Cell, data: TaskData, ctx: CellContext, replicate: int = 0
         "sampler": sampler_settings(budget.search_seed),
         "pruner": pruner_settings(),
         "main_metric": data.config.main_metric,
+        "search_space": space.search_space(cell.info.params),
         **({} if cell.mode.frozen else {"encoder_mode": str(cell.mode), "finetune": dataclasses.asdict(ctx.finetune)}),
         "trial_batch": ctx.trial_batch,  # workers ask and train trials in the same batches
     }
@@ -138,6 +139,13 @@ def open_cell_study(cell: Cell, data: TaskData, ctx: CellContext, replicate: int
                     f"study {study.study_name!r} in {redact(ctx.storage)} was created with {key}={old.get(key)!r}, "
                     f"this run has {attrs[key]!r}; use another --out/--storage or the original config"
                 )
+        # a study from before `search_space` was stored gives no answer; optuna itself refuses a changed choice list
+        changed = space.space_changes(old["search_space"], attrs["search_space"]) if "search_space" in old else []
+        if changed:
+            raise UsageError(
+                f"study {study.study_name!r} in {redact(ctx.storage)} was searched over another search space of "
+                f"{cell.strategy!r} ({'; '.join(changed)}): its trials and this code's are not one search; "
+                "finish it with the code that started it, or use another --out/--storage")
     if old != attrs:
         study.set_user_attr(STUDY_ATTR, attrs)
     return study
