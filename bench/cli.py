@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir")
     rep.add_argument("--html", action="store_true", help="also write report.html and plots/")
 
+    fgt = sub.add_parser("forget", help="drop cells from a run (records, predictions, histories, stored seeds, "
+                         "studies) so that the next `run` into it searches them again")
+    fgt.add_argument("run_dir")
+    fgt.add_argument("cells", nargs="+", metavar="DATASET/STRATEGY", help="e.g. esc50/lmf (as the leaderboard names it)")
+    fgt.add_argument("--storage", help="storage URL (default: the run's, from run.json, else RUN_DIR/optuna.journal)")
+
     dash = sub.add_parser("dashboard", help="serve optuna-dashboard on a run's studies (pip install 'fusebench[dashboard]')")
     dash.add_argument("run_dir")
     dash.add_argument("--storage", help="storage URL (default: the run's, from run.json, else RUN_DIR/optuna.journal)")
@@ -291,6 +297,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from fusebench.run.forget import forget_cells
+    from fusebench.search.dashboard import run_storage_url
+
+    run_dir = Path(args.run_dir)
+    for f in forget_cells(run_dir, args.cells, run_storage_url(run_dir, args.storage)):
+        print(f"fusebench: forgot {f.cell}: {f.records} record(s); studies {', '.join(f.studies) or 'none'}; "
+              f"removed {', '.join(f.files) or 'no files'}")
+    print(f"fusebench: the next `fusebench run` into {run_dir} with its suite searches and evaluates them again")
+    return 0
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from fusebench.search import dashboard
 
@@ -332,7 +350,8 @@ def _main(argv: list[str] | None) -> int:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         handler = {"list": _cmd_list, "data": _cmd_data, "run": _cmd_run, "worker": _cmd_worker, "report": _cmd_report,
                    "compare": _cmd_compare, "calibrate": calibrate_cli.command, "throughput": throughput_cli.command,
-                   "timing": timing_cli.command, "dashboard": _cmd_dashboard, "check-strategy": _cmd_check_strategy}[args.command]
+                   "timing": timing_cli.command, "dashboard": _cmd_dashboard, "forget": _cmd_forget,
+                   "check-strategy": _cmd_check_strategy}[args.command]
         with extensions.applied(args):
             return handler(args)
     except UsageError as exc:

@@ -145,7 +145,8 @@ def open_cell_study(cell: Cell, data: TaskData, ctx: CellContext, replicate: int
             raise UsageError(
                 f"study {study.study_name!r} in {redact(ctx.storage)} was searched over another search space of "
                 f"{cell.strategy!r} ({'; '.join(changed)}): its trials and this code's are not one search; "
-                "finish it with the code that started it, or use another --out/--storage")
+                "finish it with the code that started it, search it again "
+                f"(`fusebench forget RUN_DIR {cell.dataset}/{cell.strategy}`), or use another --out/--storage")
     if old != attrs:
         study.set_user_attr(STUDY_ATTR, attrs)
     return study

@@ -1,0 +1,111 @@
+"""`fusebench forget RUN_DIR DATASET/STRATEGY ...`: drop cells from a run so that the next `fusebench run`
+into it searches and evaluates them again, from nothing.
+
+Why: a run that outlives its code (the standard suite runs over many sessions) can hold a cell whose
+strategy has since changed. Its records then describe a strategy the code no longer has, and its study
+cannot be resumed (a changed search space is refused: bench/run/cell.py). Stop 29 widened
+`tensor_fusion`'s and `lmf`'s `factor_dim`; the standard run's finished ESC-50 `lmf` cell had to be
+searched again, and the first version of this was a one-off script run by hand on the published run.
+
+What a cell leaves in a run, and what goes: its records (`results.jsonl`, rewritten atomically without
+them), its test predictions, its search histories, its stored evaluation seeds (`partial/`) and the
+optuna study of every search replicate in the run's storage. Records first: a forget cut short leaves
+a study and no records, which the next `forget` finishes (or the next run resumes; it is never a
+finished row without its search). The run directory's lock is held throughout, so a live sweep is
+never edited under its feet. Everything else (other cells, run.json, the feature cache) is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from fusebench.core.errors import UsageError
+from fusebench.core.io import atomic_write_bytes
+from fusebench.results.resample import prediction_path
+from fusebench.run.rundir import RunDirLock
+from fusebench.run.seed_store import SeedStore
+from fusebench.search.history import history_path
+from fusebench.search.storage import open_storage, redact
+from fusebench.search.study import replicate_study_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What `forget_cells` removed for one cell."""
+
+    cell: str
+    records: int
+    studies: list[str]
+    files: list[str]
+
+
+def parse_cell(text: str) -> tuple[str, str]:
+    """`DATASET/STRATEGY` (the strategy as the run names it: `unimodal:text`, `rerank:concat`, `concat:a+b`)."""
+    dataset, sep, strategy = text.partition("/")
+    if not sep or not dataset or not strategy:
+        raise UsageError(f"cell {text!r}: expected DATASET/STRATEGY, e.g. esc50/lmf")
+    return dataset, strategy
+
+
+def _replicate_studies(storage: optuna.storages.BaseStorage, dataset: str, strategy: str) -> list[str]:
+    base = f"{dataset}/{strategy}"
+    prefix = replicate_study_name(base, 1)[:-1]  # "<base>/r": replicate r >= 1 is "<base>/r<r>"
+    names = (s.study_name for s in storage.get_all_studies())
+    return sorted(n for n in names if n == base or (n.startswith(prefix) and n[len(prefix):].isdigit()))
+
+
+def forget_cells(run_dir: Path, cells: list[str], storage_url: str) -> list[Forgotten]:
+    """Remove every trace of `cells` from the run at `run_dir` (module docstring); exit 2 (UsageError)
+    when a cell names nothing in the run, before anything is removed."""
+    run_dir = Path(run_dir)
+    results = run_dir / "results.jsonl"
+    if not results.is_file():
+        raise UsageError(f"{results} not found: pass the --out directory of a `fusebench run`")
+    wanted = [parse_cell(c) for c in cells]
+    with RunDirLock(run_dir):
+        storage = open_storage(storage_url, heartbeat=False)
+        lines = results.read_text(encoding="utf-8").splitlines(keepends=True)
+        keyed = [(_cell_of(line), line) for line in lines]
+        studies = {c: _replicate_studies(storage, *c) for c in wanted}
+        unknown = [f"{d}/{s}" for d, s in wanted if not studies[(d, s)] and not any(k == (d, s) for k, _ in keyed)]
+        if unknown:
+            known = sorted({f"{k[0]}/{k[1]}" for k, _ in keyed if k and k[0]})
+            raise UsageError(f"{run_dir}: no records or study of {', '.join(unknown)}; the run's cells with records: "
+                             f"{', '.join(known) or 'none'}")
+        kept = "".join(line for key, line in keyed if key not in wanted)
+        atomic_write_bytes(results, kept.encode("utf-8"))
+        out = []
+        for dataset, strategy in wanted:
+            files = [prediction_path(run_dir, dataset, strategy)]
+            files += [history_path(run_dir, name) for name in studies[(dataset, strategy)]]
+            removed = [str(p.relative_to(run_dir)) for p in files if p.is_file()]
+            for p in files:
+                p.unlink(missing_ok=True)
+            store = SeedStore(run_dir, dataset, strategy)
+            removed += [f"{store.count()} stored seed(s)"] if store.count() else []
+            store.clear()
+            for name in studies[(dataset, strategy)]:
+                optuna.delete_study(study_name=name, storage=storage)
+            n = sum(1 for key, _ in keyed if key == (dataset, strategy))
+            out.append(Forgotten(f"{dataset}/{strategy}", n, studies[(dataset, strategy)], removed))
+            log.info("forgot %s/%s: %d record(s), studies %s in %s, %s", dataset, strategy, n,
+                     studies[(dataset, strategy)] or "none", redact(storage_url), removed or "no files")
+    return out
+
+
+def _cell_of(line: str) -> tuple[str, str] | None:
+    """(dataset, strategy) of a results.jsonl line; None for a line that is not a whole record (kept as is)."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict):
+        return None
+    return str(rec.get("dataset") or ""), str(rec.get("strategy") or "")
