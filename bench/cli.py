@@ -128,11 +128,11 @@ def _parser() -> argparse.ArgumentParser:
                          "studies) so that the next `run` into it searches them again")
     fgt.add_argument("run_dir")
     fgt.add_argument("cells", nargs="+", metavar="DATASET/STRATEGY", help="e.g. esc50/lmf (as the leaderboard names it)")
-    fgt.add_argument("--storage", help="storage URL (default: the run's, from run.json, else RUN_DIR/optuna.journal)")
+    fgt.add_argument("--storage", help="storage URL (default: RUN_DIR/optuna.journal, else the one run.json names)")
 
     dash = sub.add_parser("dashboard", help="serve optuna-dashboard on a run's studies (pip install 'fusebench[dashboard]')")
     dash.add_argument("run_dir")
-    dash.add_argument("--storage", help="storage URL (default: the run's, from run.json, else RUN_DIR/optuna.journal)")
+    dash.add_argument("--storage", help="storage URL (default: RUN_DIR/optuna.journal, else the one run.json names)")
     dash.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     dash.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     chk = sub.add_parser("check-strategy", help="run the generated strategy contract tests on a plugin's strategies")

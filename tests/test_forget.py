@@ -90,3 +90,22 @@ def test_an_unknown_cell_or_a_held_run_changes_nothing(synthetic_bundle, tmp_pat
         assert main(["forget", str(out), "toy/concat"]) == 2
     assert "is in use by" in capsys.readouterr().err
     assert (out / "results.jsonl").read_bytes() == results and _studies(out) == studies
+
+
+def test_forget_on_a_copy_of_a_run_edits_the_copy_not_the_original(synthetic_bundle, tmp_path: Path, monkeypatch) -> None:
+    """A restored or copied run directory keeps the run.json of the original, whose `storage` names the
+    original's journal. `forget` on the copy followed it and deleted the study of the live original
+    (stop 29: the standard run's `esc50/lmf` failed with 'Record does not exist.' mid-search); the run
+    directory's own journal is the run's storage."""
+    import shutil
+
+    from fusebench.cli import main
+
+    out = tmp_path / "run"
+    assert main(_run(synthetic_bundle, out, monkeypatch, "concat")) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    original = _studies(out)
+    assert main(["forget", str(copy), "toy/concat"]) == 0
+    assert _studies(out) == original and "toy/concat" in original
+    assert "toy/concat" not in _studies(copy)

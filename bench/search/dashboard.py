@@ -24,7 +24,8 @@ class DashboardTarget:
 
 
 def run_storage_url(run_dir: Path, storage: str | None = None) -> str:
-    """The storage of a run: `storage` when given, else the one its run.json names, else RUN_DIR/optuna.journal.
+    """The storage of a run: `storage` when given, else RUN_DIR/optuna.journal when the run has one, else
+    the one its run.json names (a PostgreSQL server, or a journal passed with --storage).
 
     run.json keeps PostgreSQL URLs without their password: pass `--storage` with the password then."""
     if storage:
@@ -42,8 +43,13 @@ def run_storage_url(run_dir: Path, storage: str | None = None) -> str:
     if url and "***" in url:
         raise UsageError(f"{meta_path} names the storage {url} without its password; "
                          "pass --storage with the full URL")
-    if url and kind(url) == "journal" and not _journal_path(url).is_file():
-        url = None  # the run directory was moved: its journal moved with it
+    own = run_dir / "optuna.journal"
+    if url and kind(url) == "journal" and (not _journal_path(url).is_file() or (
+            own.is_file() and _journal_path(url).resolve() != own.resolve())):
+        # the run directory was moved (its journal moved with it) or copied / restored elsewhere (a
+        # journal of its own beside run.json): run.json's URL names another run's journal, which a
+        # `forget` would edit under that run's feet (stop 29 did so to the live standard run)
+        url = None
     url = url or default_url(run_dir)
     if kind(url) == "journal" and not _journal_path(url).is_file():
         raise UsageError(f"{run_dir}: no optuna storage (no optuna.journal); was it run with --storage? pass it here")
