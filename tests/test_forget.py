@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 
 from fusebench.results.records import load_records
 from fusebench.run import seed_store
@@ -22,9 +23,10 @@ def _studies(out: Path) -> set[str]:
 def _run(synthetic_bundle, out: Path, monkeypatch, strategies: str = "concat,early_sum") -> list[str]:
     data, cfg = synthetic_bundle
     monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
-    return _args(data, out, strategies, 2)
+    return [*_args(data, out, strategies, 2), "--epochs", "8"]  # the last --epochs counts: short fits
 
 
+@pytest.mark.slow
 def test_a_forgotten_cell_is_searched_again_and_the_others_are_kept(synthetic_bundle, tmp_path: Path, monkeypatch,
                                                                     capsys) -> None:
     from fusebench.cli import main
@@ -57,6 +59,7 @@ def test_a_forgotten_cell_is_searched_again_and_the_others_are_kept(synthetic_bu
     assert again["early_sum"].to_json() == before["early_sum"].to_json()  # not retrained
 
 
+@pytest.mark.slow
 def test_forget_removes_the_stored_seeds_of_an_unfinished_cell(synthetic_bundle, tmp_path: Path, monkeypatch) -> None:
     from fusebench.cli import main
 
@@ -73,6 +76,7 @@ def test_forget_removes_the_stored_seeds_of_an_unfinished_cell(synthetic_bundle,
     assert len([r for r in load_records(out / "results.jsonl") if r.status == "ok"]) == 8
 
 
+@pytest.mark.slow
 def test_an_unknown_cell_or_a_held_run_changes_nothing(synthetic_bundle, tmp_path: Path, monkeypatch, capsys) -> None:
     from fusebench.cli import main
 
@@ -92,6 +96,7 @@ def test_an_unknown_cell_or_a_held_run_changes_nothing(synthetic_bundle, tmp_pat
     assert (out / "results.jsonl").read_bytes() == results and _studies(out) == studies
 
 
+@pytest.mark.slow
 def test_forget_on_a_copy_of_a_run_edits_the_copy_not_the_original(synthetic_bundle, tmp_path: Path, monkeypatch) -> None:
     """A restored or copied run directory keeps the run.json of the original, whose `storage` names the
     original's journal. `forget` on the copy followed it and deleted the study of the live original

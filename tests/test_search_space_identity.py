@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 
 from fusebench.core import space
 from fusebench.results.records import load_records
@@ -32,6 +33,7 @@ def _stopped_run(synthetic_bundle, tmp_path: Path, monkeypatch) -> tuple[Path, l
     return out, _args(data, out, "concat", 1), save
 
 
+@pytest.mark.slow
 def test_a_study_resumed_with_another_search_space_is_refused_naming_the_field(
         synthetic_bundle, tmp_path: Path, monkeypatch, caplog, capsys) -> None:
     from fusebench.cli import main
@@ -59,6 +61,7 @@ def test_a_study_resumed_with_another_search_space_is_refused_naming_the_field(
     assert not [r for r in load_records(out / "results.jsonl") if r.status == "ok"]
 
 
+@pytest.mark.slow
 def test_a_study_stored_before_search_space_was_kept_resumes(synthetic_bundle, tmp_path: Path, monkeypatch) -> None:
     from fusebench.cli import main
     from fusebench.run import seed_store
