@@ -303,7 +303,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     for f in forget_cells(run_dir, args.cells, run_storage_url(run_dir, args.storage)):
-        print(f"fusebench: forgot {f.cell}: {f.records} record(s); studies {', '.join(f.studies) or 'none'}; "
+        why = f" (its re-ranking ran on {f.because_of}'s candidates)" if f.because_of else ""
+        print(f"fusebench: forgot {f.cell}{why}: {f.records} record(s); studies {', '.join(f.studies) or 'none'}; "
               f"removed {', '.join(f.files) or 'no files'}")
     print(f"fusebench: the next `fusebench run` into {run_dir} with its suite searches and evaluates them again")
     return 0

@@ -13,10 +13,17 @@ optuna study of every search replicate in the run's storage. Records first: a fo
 a study and no records, which the next `forget` finishes (or the next run resumes; it is never a
 finished row without its search). The run directory's lock is held throughout, so a live sweep is
 never edited under its feet. Everything else (other cells, run.json, the feature cache) is untouched.
+
+A retrieval task's `dual_encoder` cell goes with its re-rankers (`rerank:<strategy>`): each re-ranker's
+records re-scored the top-k candidates of the dual encoder of its (replicate, seed), and with
+`rerank_negatives: hard` its study searched on negatives that encoder mined. Forgetting the dual encoder
+alone would leave finished re-ranker rows over a dual encoder the run no longer has, which the next run
+would keep as done; so they are forgotten with it, and `forget` says so.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from dataclasses import dataclass
@@ -27,6 +34,7 @@ import optuna
 from fusebench.core.errors import UsageError
 from fusebench.core.io import atomic_write_bytes
 from fusebench.results.resample import prediction_path
+from fusebench.results.retrieval_stats import BASE
 from fusebench.run.rundir import RunDirLock
 from fusebench.run.seed_store import SeedStore
 from fusebench.search.history import history_path
@@ -44,6 +52,7 @@ class Forgotten:
     records: int
     studies: list[str]
     files: list[str]
+    because_of: str = ""  # the named cell this one was forgotten with (a re-ranker of a forgotten dual encoder)
 
 
 def parse_cell(text: str) -> tuple[str, str]:
@@ -54,13 +63,6 @@ def parse_cell(text: str) -> tuple[str, str]:
     return dataset, strategy
 
 
-def _replicate_studies(storage: optuna.storages.BaseStorage, dataset: str, strategy: str) -> list[str]:
-    base = f"{dataset}/{strategy}"
-    prefix = replicate_study_name(base, 1)[:-1]  # "<base>/r": replicate r >= 1 is "<base>/r<r>"
-    names = (s.study_name for s in storage.get_all_studies())
-    return sorted(n for n in names if n == base or (n.startswith(prefix) and n[len(prefix):].isdigit()))
-
-
 def forget_cells(run_dir: Path, cells: list[str], storage_url: str) -> list[Forgotten]:
     """Remove every trace of `cells` from the run at `run_dir` (module docstring); exit 2 (UsageError)
     when a cell names nothing in the run, before anything is removed."""
@@ -68,21 +70,22 @@ def forget_cells(run_dir: Path, cells: list[str], storage_url: str) -> list[Forg
     results = run_dir / "results.jsonl"
     if not results.is_file():
         raise UsageError(f"{results} not found: pass the --out directory of a `fusebench run`")
-    wanted = [parse_cell(c) for c in cells]
+    named = list(dict.fromkeys(parse_cell(c) for c in cells))
     with RunDirLock(run_dir):
         storage = open_storage(storage_url, heartbeat=False)
         lines = results.read_text(encoding="utf-8").splitlines(keepends=True)
         keyed = [(_cell_of(line), line) for line in lines]
-        studies = {c: _replicate_studies(storage, *c) for c in wanted}
-        unknown = [f"{d}/{s}" for d, s in wanted if not studies[(d, s)] and not any(k == (d, s) for k, _ in keyed)]
+        all_studies = [s.study_name for s in storage.get_all_studies()]
+        known = sorted({f"{k[0]}/{k[1]}" for k, _ in keyed if k and k[0]} | {_base_of(n) for n in all_studies})
+        unknown = [f"{d}/{s}" for d, s in named if f"{d}/{s}" not in known]
         if unknown:
-            known = sorted({f"{k[0]}/{k[1]}" for k, _ in keyed if k and k[0]})
-            raise UsageError(f"{run_dir}: no records or study of {', '.join(unknown)}; the run's cells with records: "
-                             f"{', '.join(known) or 'none'}")
+            raise UsageError(_unknown_message(run_dir, unknown, known))
+        wanted = _with_rerankers(named, known)
+        studies = {c: _replicate_studies(all_studies, *c) for c in wanted}
         kept = "".join(line for key, line in keyed if key not in wanted)
         atomic_write_bytes(results, kept.encode("utf-8"))
         out = []
-        for dataset, strategy in wanted:
+        for (dataset, strategy), because_of in wanted.items():
             files = [prediction_path(run_dir, dataset, strategy)]
             files += [history_path(run_dir, name) for name in studies[(dataset, strategy)]]
             removed = [str(p.relative_to(run_dir)) for p in files if p.is_file()]
@@ -94,10 +97,52 @@ def forget_cells(run_dir: Path, cells: list[str], storage_url: str) -> list[Forg
             for name in studies[(dataset, strategy)]:
                 optuna.delete_study(study_name=name, storage=storage)
             n = sum(1 for key, _ in keyed if key == (dataset, strategy))
-            out.append(Forgotten(f"{dataset}/{strategy}", n, studies[(dataset, strategy)], removed))
-            log.info("forgot %s/%s: %d record(s), studies %s in %s, %s", dataset, strategy, n,
-                     studies[(dataset, strategy)] or "none", redact(storage_url), removed or "no files")
+            out.append(Forgotten(f"{dataset}/{strategy}", n, studies[(dataset, strategy)], removed, because_of))
+            log.info("forgot %s/%s%s: %d record(s), studies %s in %s, %s", dataset, strategy,
+                     f" (with {because_of})" if because_of else "", n, studies[(dataset, strategy)] or "none",
+                     redact(storage_url), removed or "no files")
     return out
+
+
+def _replicate_studies(names: list[str], dataset: str, strategy: str) -> list[str]:
+    base = f"{dataset}/{strategy}"
+    return sorted(n for n in names if _base_of(n) == base)
+
+
+def _base_of(study_name: str) -> str:
+    """The cell a study belongs to: `<ds>/<st>` for replicate 0, `<ds>/<st>/r<N>` for replicate N >= 1."""
+    head, sep, tail = study_name.rpartition("/r")
+    return head if sep and tail.isdigit() and replicate_study_name(head, int(tail)) == study_name else study_name
+
+
+def _with_rerankers(named: list[tuple[str, str]], known: list[str]) -> dict[tuple[str, str], str]:
+    """The named cells, each mapped to "", and after a retrieval task's dual encoder every re-ranker of that
+    task the run holds, mapped to the dual encoder's name (module docstring)."""
+    wanted = {cell: "" for cell in named}
+    for dataset, strategy in named:
+        if strategy == BASE:
+            for name in known:
+                ds, _, st = name.partition("/")
+                if ds == dataset and st.startswith("rerank:"):
+                    wanted.setdefault((ds, st), f"{dataset}/{BASE}")
+    return wanted
+
+
+def _unknown_message(run_dir: Path, unknown: list[str], known: list[str]) -> str:
+    close = [c for u in unknown for c in _close_cells(u, known) if c]
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return (f"{run_dir}: no records or study of {', '.join(unknown)}.{hint} The run's cells: "
+            f"{', '.join(known) or 'none'}")
+
+
+def _close_cells(cell: str, known: list[str]) -> list[str]:
+    """The run's cells nearest to `cell`: by strategy within its dataset when the run has that dataset
+    (every cell of a task shares the dataset prefix, which would make all of them "close"), else by name."""
+    dataset, _, strategy = cell.partition("/")
+    same = [k.partition("/")[2] for k in known if k.partition("/")[0] == dataset]
+    if same:
+        return [f"{dataset}/{s}" for s in difflib.get_close_matches(strategy, same, n=3, cutoff=0.6)]
+    return difflib.get_close_matches(cell, known, n=3, cutoff=0.6)
 
 
 def _cell_of(line: str) -> tuple[str, str] | None:
