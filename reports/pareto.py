@@ -2,7 +2,9 @@
 
 A strategy is on the Pareto front of its task when no other strategy of the task is at least as
 good on both the mean main metric and inference samples/s (at the evaluation batch size) and
-strictly better on one. Sanity baselines (majority/random) and failed cells are left out.
+strictly better on one. Where a task's rows were measured on several devices (a run resumed on another
+machine), the front is drawn per device: samples/s of two cards do not compare strategies.
+Sanity baselines (majority/random) and failed cells are left out.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fusebench.core.io import atomic_write_bytes
-from fusebench.reports.plots import pareto_front
+from fusebench.reports.plots import device_pareto_front, row_devices
 from fusebench.reports.verdicts import device_note
 from fusebench.results.records import Record
 
@@ -47,7 +49,7 @@ def pareto_table(board: pd.DataFrame, records: Sequence[Record] = ()) -> pd.Data
     rows = []
     for _, g in ok.groupby("dataset", sort=True):
         g = g[np.isfinite(g["mean"].astype(float)) & np.isfinite(g.infer_samples_per_s.astype(float))]
-        front = pareto_front(g.infer_samples_per_s.to_numpy(float), g["mean"].to_numpy(float))
+        front = device_pareto_front(g.infer_samples_per_s.to_numpy(float), g["mean"].to_numpy(float), row_devices(g))
         rows.append(g.assign(on_pareto_front=front).sort_values("mean", ascending=False))
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
@@ -69,7 +71,7 @@ def to_markdown(table: pd.DataFrame, notes: dict[str, str] | None = None) -> str
     for dataset, g in table.groupby("dataset", sort=True):
         lines += [f"### {dataset} — {g.metric.iloc[0]}", ""]
         if note := (notes or {}).get(str(dataset)):  # rows from two devices: the front compares the devices too
-            lines += [f"**Devices.** {note}", ""]
+            lines += [f"**Devices.** {note} ★ marks the front of each device's rows.", ""]
         lines += ["| strategy | family | mean | infer samples/s | bs-1 samples/s | train samples/s | params | "
                   "FLOPs/sample | front |",
                   "|---|---|---:|---:|---:|---:|---:|---:|:---:|"]

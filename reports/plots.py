@@ -3,6 +3,7 @@ history, robustness curves and the critical-difference diagram. Each returns the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -29,6 +30,23 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         dominated = (x >= x[i]) & (y >= y[i]) & ((x > x[i]) | (y > y[i]))
         front[i] = not dominated.any()
     return front
+
+
+def device_pareto_front(x: np.ndarray, y: np.ndarray, devices: Sequence[str]) -> np.ndarray:
+    """`pareto_front` within each device's rows: a task resumed on another machine has rows whose samples/s
+    were measured on two devices, and a row must not leave the front because another card is faster."""
+    devices = np.asarray([str(d) for d in devices], dtype=object)
+    front = np.zeros(len(x), dtype=bool)
+    for d in set(devices):
+        idx = np.flatnonzero(devices == d)
+        front[idx] = pareto_front(x[idx], y[idx])
+    return front
+
+
+def row_devices(g: pd.DataFrame) -> list[str]:
+    """Each board row's device (`""` where none was recorded, or a CSV read it back as NaN)."""
+    col = g["device"] if "device" in g else pd.Series([""] * len(g), index=g.index)
+    return [d if isinstance(d, str) else "" for d in col]
 
 
 def _place_numbers(ax: plt.Axes, labels: list[str], x: np.ndarray, y: np.ndarray) -> None:
@@ -135,7 +153,10 @@ def quality_vs_throughput(board: pd.DataFrame, dataset: str, out: Path) -> Path 
         return None
     g = g.sort_values("mean", ascending=False)
     x, y = g.infer_samples_per_s.to_numpy(float), g["mean"].to_numpy(float)
-    front = pareto_front(x, y)
+    devices = row_devices(g)
+    names = sorted(set(devices))
+    tags = {d: f"D{i + 1}" for i, d in enumerate(names)} if len(names) > 1 else {}
+    front = device_pareto_front(x, y, devices)
     ranks = [str(int(r)) if "rank" in g and np.isfinite(r) else str(i + 1)
              for i, r in enumerate(g["rank"] if "rank" in g else range(len(g)))]
     fig = plt.figure(figsize=(9.5, 5.4 + 0.1 * max(0, len(g) - 18)))
@@ -143,8 +164,11 @@ def quality_vs_throughput(board: pd.DataFrame, dataset: str, out: Path) -> Path 
     for fam, sub in g.groupby("family"):
         ax.errorbar(sub.infer_samples_per_s, sub["mean"], yerr=_ci_err(sub), fmt=FAMILY_MARKERS.get(fam, "o"), ms=5,
                     color=FAMILY_COLORS.get(fam, "k"), label=fam, capsize=2, alpha=0.85, elinewidth=0.8)
-    order = np.argsort(x[front])
-    ax.plot(x[front][order], y[front][order], "--", color="black", lw=1, label="Pareto front")
+    for i, d in enumerate(names):  # one front per device (row_devices): samples/s compare within a device only
+        on = front & (np.asarray(devices, dtype=object) == d)
+        order = np.argsort(x[on])
+        ax.plot(x[on][order], y[on][order], ("--", ":", "-.")[i % 3], color="black", lw=1,
+                label=f"Pareto front {tags[d]}" if tags else "Pareto front")
     ax.scatter(x[front], y[front], s=90, facecolors="none", edgecolors="black", lw=1, zorder=3)
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collided with the y tick labels
@@ -156,11 +180,15 @@ def quality_vs_throughput(board: pd.DataFrame, dataset: str, out: Path) -> Path 
     ax.set_title(f"{dataset}: quality vs throughput", fontsize=11)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=6, frameon=False)  # outside the data
+    if tags:  # under the legend: which device each tag is, and that the fronts do not compare them
+        fig.text(0.09, 0.015, "; ".join(f"{t} = {d or 'no device recorded'}" for d, t in tags.items())
+                 + ": samples/s compare rows of one device; ★ = on its device's front", fontsize=7, color="#444")
     fs = 8 if len(g) <= 22 else 6.5
     step = min(0.045, 0.88 / max(len(g), 1))
     fig.text(0.735, 0.93, "# = leaderboard rank, ★ = Pareto front", fontsize=7.5, color="#444")
-    for j, (rk, name, fam, on) in enumerate(zip(ranks, g.strategy, g.family, front)):
-        fig.text(0.735, 0.89 - j * step, f"{rk:>3}  {name}{'  ★' if on else ''}", fontsize=fs,
+    for j, (rk, name, fam, on, dev) in enumerate(zip(ranks, g.strategy, g.family, front, devices, strict=True)):
+        tag = f"  [{tags[dev]}]" if tags else ""
+        fig.text(0.735, 0.89 - j * step, f"{rk:>3}  {name}{tag}{'  ★' if on else ''}", fontsize=fs,
                  color=FAMILY_COLORS.get(fam, "k"), fontweight="bold" if on else "normal", family="DejaVu Sans")
     return _save(fig, out / f"{dataset}-pareto.png", tight=False)
 
