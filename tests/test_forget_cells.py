@@ -92,3 +92,36 @@ def test_a_replicate_study_maps_back_to_its_cell(dataset: str, strategy: str, r:
     if _base_of(cell) != cell:  # a strategy whose own name ends in /r<N> cannot be told from a replicate
         return
     assert _base_of(replicate_study_name(cell, r)) == cell
+
+
+def _running_trial(out: Path, study_name: str, pid: int) -> None:
+    """A RUNNING trial of `study_name` owned, as the search writes it, by (this host, pid)."""
+    import socket
+
+    study = optuna.load_study(study_name=study_name, storage=open_storage(default_url(out), heartbeat=False))
+    trial = study.ask()
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", pid)
+
+
+def test_a_study_with_a_live_processs_trial_is_not_forgotten_and_a_dead_ones_is(tmp_path: Path) -> None:
+    """A worker outside the run directory's lock (one sharing the storage) may be running a trial of the
+    cell: before, forget deleted the study under it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    _make_run(out)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _running_trial(out, "flickr8k-itm/concat/r1", live.pid)
+        before = (out / "results.jsonl").read_bytes()
+        with pytest.raises(UsageError) as err:
+            forget_cells(out, ["flickr8k-itm/concat"], default_url(out))
+        assert "trials running in the studies to forget (flickr8k-itm/concat/r1: trial(s) 0)" in str(err.value)
+        assert (out / "results.jsonl").read_bytes() == before and "flickr8k-itm/concat/r1" in _studies_left(out)
+    finally:
+        live.kill()
+        live.wait()
+    # the process is gone: its trial is a killed process's, and the cell can go
+    assert [f.cell for f in forget_cells(out, ["flickr8k-itm/concat"], default_url(out))] == ["flickr8k-itm/concat"]

@@ -12,7 +12,9 @@ them), its test predictions, its search histories, its stored evaluation seeds (
 optuna study of every search replicate in the run's storage. Records first: a forget cut short leaves
 a study and no records, which the next `forget` finishes (or the next run resumes; it is never a
 finished row without its search). The run directory's lock is held throughout, so a live sweep is
-never edited under its feet. Everything else (other cells, run.json, the feature cache) is untouched.
+never edited under its feet; a study with a trial that a live process may be running (a `fusebench
+worker` on a shared PostgreSQL, which that lock does not cover) is refused before anything goes.
+Everything else (other cells, run.json, the feature cache) is untouched.
 
 A retrieval task's `dual_encoder` cell goes with its re-rankers (`rerank:<strategy>`): each re-ranker's
 records re-scored the top-k candidates of the dual encoder of its (replicate, seed), and with
@@ -38,6 +40,7 @@ from fusebench.results.retrieval_stats import BASE
 from fusebench.run.rundir import RunDirLock
 from fusebench.run.seed_store import SeedStore
 from fusebench.search.history import history_path
+from fusebench.search.stale import live_running
 from fusebench.search.storage import open_storage, redact
 from fusebench.search.study import replicate_study_name
 
@@ -72,7 +75,7 @@ def forget_cells(run_dir: Path, cells: list[str], storage_url: str) -> list[Forg
         raise UsageError(f"{results} not found: pass the --out directory of a `fusebench run`")
     named = list(dict.fromkeys(parse_cell(c) for c in cells))
     with RunDirLock(run_dir):
-        storage = open_storage(storage_url, heartbeat=False)
+        storage = open_storage(storage_url)  # with heartbeat settings: a worker's live trials are told apart
         lines = results.read_text(encoding="utf-8").splitlines(keepends=True)
         keyed = [(_cell_of(line), line) for line in lines]
         all_studies = [s.study_name for s in storage.get_all_studies()]
@@ -82,6 +85,7 @@ def forget_cells(run_dir: Path, cells: list[str], storage_url: str) -> list[Forg
             raise UsageError(_unknown_message(run_dir, unknown, known))
         wanted = _with_rerankers(named, known)
         studies = {c: _replicate_studies(all_studies, *c) for c in wanted}
+        _refuse_live_trials(storage, [n for names in studies.values() for n in names], storage_url)
         kept = "".join(line for key, line in keyed if key not in wanted)
         atomic_write_bytes(results, kept.encode("utf-8"))
         out = []
@@ -102,6 +106,17 @@ def forget_cells(run_dir: Path, cells: list[str], storage_url: str) -> list[Forg
                      f" (with {because_of})" if because_of else "", n, studies[(dataset, strategy)] or "none",
                      redact(storage_url), removed or "no files")
     return out
+
+
+def _refuse_live_trials(storage: optuna.storages.BaseStorage, names: list[str], storage_url: str) -> None:
+    """Exit 2 when a study to delete has trials that a live process (a `fusebench worker` on the shared
+    storage, which the run directory's lock does not cover) may be running, before anything is removed."""
+    live = {n: ids for n in names if (ids := live_running(optuna.load_study(study_name=n, storage=storage)))}
+    if live:
+        said = "; ".join(f"{n}: trial(s) {', '.join(map(str, ids))}" for n, ids in live.items())
+        raise UsageError(f"{redact(storage_url)}: trials running in the studies to forget ({said}): stop the workers "
+                         "on this storage first (a killed worker's trial counts as running until its heartbeat is "
+                         "older than the grace period, 60 s on PostgreSQL), then run `fusebench forget` again")
 
 
 def _replicate_studies(names: list[str], dataset: str, strategy: str) -> list[str]:

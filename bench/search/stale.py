@@ -73,3 +73,17 @@ def fail_stale_running(study: optuna.Study) -> int:
         # the seconds those trials cost their killed process do not count against the cap (bench/search/clock.py)
         drop_uncommitted(study, trial_owners(failed))
     return len(failed)
+
+
+def live_running(study: optuna.Study) -> list[int]:
+    """Numbers of the study's RUNNING trials that a live process may still be running: on a heartbeat
+    storage (PostgreSQL, opened with heartbeat) those not past optuna's grace period (a trial without a
+    heartbeat yet counts as live, as optuna counts it); on a file storage those not `_is_stale`. For
+    `fusebench forget`, which must not delete a study under a worker's feet."""
+    from fusebench.search.storage import has_heartbeat
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if has_heartbeat(study._storage):
+        stale = set(study._storage._get_stale_trial_ids(study._study_id))
+        return [t.number for t in running if t._trial_id not in stale]
+    return [t.number for t in running if not _is_stale(t)]

@@ -316,3 +316,29 @@ def test_a_killed_worker_s_batched_round_is_failed_and_retried_on_postgres(postg
                                   Budget(trials=4, timeout_s=1000, seeds=1), 2)
     counts = trial_counts(study, 4)
     assert (counts.spent, counts.retried) == (4, 2)
+
+
+def test_forget_refuses_a_study_whose_trial_a_live_worker_runs_and_forgets_it_once_the_heartbeat_stops(
+        postgres_url, monkeypatch, tmp_path):
+    """`fusebench forget` holds the run directory's lock, which a worker on another machine never takes: a
+    trial with a fresh heartbeat is a live worker's, and its study is not deleted under it (before: it was).
+    Once the heartbeat is older than the grace period the trial is a killed worker's and the cell goes."""
+    import json
+
+    import fusebench.search.storage as storage_module
+    from fusebench.core.errors import UsageError
+    from fusebench.run.forget import forget_cells
+
+    monkeypatch.setattr(storage_module, "GRACE_PERIOD_S", 2)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.jsonl").write_text(json.dumps({"dataset": "toy", "strategy": "concat"}) + "\n", encoding="utf-8")
+    storage = storage_module.open_storage(postgres_url)
+    trial = optuna.create_study(study_name="toy/concat", storage=storage).ask()
+    storage.record_heartbeat(trial._trial_id)  # what a worker's heartbeat thread writes every interval
+    with pytest.raises(UsageError, match=r"trials running in the studies to forget \(toy/concat: trial\(s\) 0\)"):
+        forget_cells(out, ["toy/concat"], postgres_url)
+    assert "toy/concat" in {s.study_name for s in storage.get_all_studies()}
+    time.sleep(3)  # the worker is gone: no heartbeat for longer than the grace period
+    assert [f.studies for f in forget_cells(out, ["toy/concat"], postgres_url)] == [["toy/concat"]]
+    assert "toy/concat" not in {s.study_name for s in storage.get_all_studies()}
