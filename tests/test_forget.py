@@ -12,6 +12,7 @@ import pytest
 from fusebench.results.records import load_records
 from fusebench.run import seed_store
 from fusebench.run.rundir import RunDirLock
+from fusebench.run.status import strategy_code
 from fusebench.search.storage import default_url, open_storage
 from tests.test_seed_store_resume import _args, stop_after_storing
 
@@ -35,6 +36,7 @@ def test_a_forgotten_cell_is_searched_again_and_the_others_are_kept(synthetic_bu
     args = _run(synthetic_bundle, out, monkeypatch)
     assert main(args) == 0
     before = {r.strategy: r for r in load_records(out / "results.jsonl")}
+    assert {s: r.code_id for s, r in before.items()} == {s: strategy_code(s) for s in before}  # which code scored it
     kept_predictions = (out / "predictions" / "toy" / "early_sum.parquet").read_bytes()
     assert {"toy/concat", "toy/concat/r1", "toy/early_sum", "toy/early_sum/r1"} <= _studies(out)
     assert (out / "history" / "toy" / "concat@r1.csv").is_file()

@@ -92,6 +92,8 @@ class Record:
     # "last:N" or "full" (fine-tuned with the fusion; the strategy name then ends in "+ft:<mode>").
     encoder_mode: str = "frozen"
     data_fingerprint: str = ""
+    # the strategy code that scored it (bench/core/code_id.py); "" for records written before the field
+    code_id: str = ""
     error: str | None = None
     robustness: dict[str, float | None] = field(default_factory=dict)  # "missing:<view>", "noise:<sigma>" → test metric
     seeds_batched: int = 1  # evaluation seeds trained together as one batched model (1: sequentially)

@@ -20,6 +20,7 @@ import torch
 
 from fusebench.core import deadline, progress, space
 from fusebench.core import metrics as metric_lib
+from fusebench.core.code_id import code_id
 from fusebench.core.encmode import ENCODER_LR_PARAM, ENCODER_LR_SPACE, FineTuneSettings
 from fusebench.core.errors import UsageError
 from fusebench.features.extract import TaskData
@@ -282,10 +283,11 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
     key = {seed: seed_key({"fingerprint": data.fingerprint, "strategy": cell.strategy, "mode": str(cell.mode),
                            "replicate": search.replicate, "seed": seed, "params": record_params,
                            "train": dataclasses.asdict(train_cfg)}) for seed in seeds}
+    code = code_id(cell.info.cls)  # the strategy's source: a seed stored by other code is retrained
     kept: dict[int, tuple[Record, pd.DataFrame]] = {}  # seed → its record and test predictions
     earlier: dict[int, dict[str, str] | None] = {}  # seed scored by an earlier process → generator states after it
     for seed in seeds:
-        if (stored := store.load(search.replicate, seed, key[seed], device_name(ctx.device))) is not None:
+        if (stored := store.load(search.replicate, seed, key[seed], device_name(ctx.device), code)) is not None:
             kept[seed] = (stored.record, stored.predictions)
             earlier[seed] = stored.rng
     todo = [seed for seed in seeds if seed not in kept]
@@ -358,6 +360,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
             encoders={v: data.encoders[v] for v in cell.views},
             encoder_mode=str(cell.mode) if setup.fine_tuned else "frozen",
             data_fingerprint=data.fingerprint,
+            code_id=code,
             robustness=robustness,
             seeds_batched=together,
             trials_batched=search.trials_batched,

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from fusebench.core import deadline, space
+from fusebench.core.code_id import code_id
 from fusebench.core.errors import UsageError
 from fusebench.data.builders import SPLITS, TaskTables
 from fusebench.features.extract import TaskData
@@ -65,6 +66,7 @@ from fusebench.training.rerank import hard_matching_pairs, matching_pairs, reran
 from fusebench.training.retrieval import (
     IMAGE,
     TEXT,
+    DualEncoder,
     DualEncoderParams,
     DualResult,
     Ranked,
@@ -267,7 +269,8 @@ class RetrievalRun:
                                "replicate": replicate, "seed": seed, "params": params,
                                "train": dataclasses.asdict(ctx.train)}) for seed in budget.eval_seeds}
         here = device_name(ctx.device)  # a seed scored on another device is retrained: one device per cell
-        kept = {seed: stored for seed in budget.eval_seeds if (stored := store.load(replicate, seed, key[seed], here))}
+        code = code_id(DualEncoder) if cell.info is None else code_id(DualEncoder, cell.info.cls)
+        kept = {seed: stored for seed in budget.eval_seeds if (stored := store.load(replicate, seed, key[seed], here, code))}
         if kept:
             log.info("  %s replicate %d: %d of %d evaluation seed(s) kept from an earlier process; training %d",
                      cell.strategy, replicate, len(kept), len(budget.eval_seeds), len(budget.eval_seeds) - len(kept))
@@ -314,7 +317,7 @@ class RetrievalRun:
                 **search_s.record_fields(),
                 sampler=sampler_settings(budget.search_seed), pruner=pruner_settings(),
                 train_seconds=train_s, best_epoch=best_epoch, params_count=n_params, device=device_name(ctx.device),
-                encoders=dict(self.data.encoders), data_fingerprint=self.data.fingerprint, throughput=throughput,
+                encoders=dict(self.data.encoders), data_fingerprint=self.data.fingerprint, throughput=throughput, code_id=code,
                 # wall seconds of this seed (its dual encoder's fit when not cached yet, the re-ranker's
                 # fit, ranking, scoring) and of the once-per-cell throughput timing: `timing status` sums them
                 phase_seconds={"evaluation": round(time.perf_counter() - t0 - throughput_s, 4),

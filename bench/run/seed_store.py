@@ -91,13 +91,16 @@ class SeedStore:
         # no default=str: a value that results.jsonl cannot hold (write_records) must not come back as a string
         _write(entry, json.dumps({"format": FORMAT, "key": key, "record": record.to_json(), "rng": rng}).encode())
 
-    def load(self, replicate: int, seed: int, key: str, device: str | None = None) -> StoredSeed | None:
+    def load(self, replicate: int, seed: int, key: str, device: str | None = None,
+             code: str | None = None) -> StoredSeed | None:
         """The seed as an earlier process of this run stored it under the same key; else None (nothing
         stored, or stored for other inputs, or unreadable). With `device` (the record's `device` this
         process would write, `cuda:<GPU name>` / `cpu:<processor>`), a seed scored on another device is
         None too: a run resumed on another machine retrains the cell's seeds there, so that no cell
         mixes devices and its throughput is measured where its seeds ran. (The device is checked on
-        the stored record rather than put in the key, so that seeds stored before the check still match.)"""
+        the stored record rather than put in the key, so that seeds stored before the check still match.)
+        With `code` (bench/core/code_id.py), a seed whose record names other strategy code is None: a cell
+        is never scored partly by the code before a change and partly by the code after it."""
         entry, frame = self._paths(replicate, seed)
         if not entry.is_file():
             return None
@@ -113,6 +116,10 @@ class SeedStore:
             if device is not None and record.device != device:
                 log.info("%s: scored on %s, this process runs on %s; retraining it here", entry,
                          record.device or "an unrecorded device", device)
+                return None
+            if code and record.code_id and record.code_id != code:
+                log.info("%s: scored by other strategy code (code id %s, now %s); retraining it", entry,
+                         record.code_id, code)
                 return None
             return StoredSeed(record, pd.read_parquet(frame), blob.get("rng"))
         except (OSError, ValueError, KeyError, TypeError) as exc:  # pyarrow's errors are OSError/ValueError

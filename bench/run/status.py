@@ -24,8 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fusebench.core.code_id import code_id
 from fusebench.core.errors import UsageError
 from fusebench.results.records import Record, done_cells, load_records
+from fusebench.results.retrieval_stats import BASE
 from fusebench.run.in_progress import CellProgress, cells_in_progress
 from fusebench.run.probe_estimate import CellRate, TaskEstimate, estimate_cells, is_trivial, probe_rates
 from fusebench.search.study import Budget
@@ -63,6 +65,26 @@ def _input_kind(strategy: str) -> str | None:
     """"tokens" or "pooled" for a registered strategy (`unimodal:VIEW`, `FUSION:A+B` by their base), else None."""
     name = strategy.split(":")[0]
     return STRATEGIES.get(name).input_kind if name in STRATEGIES.names() else None
+
+
+def strategy_code(strategy: str) -> str | None:
+    """The code id (bench/core/code_id.py) this checkout gives a cell's strategy: `dual_encoder`,
+    `rerank:X`, `X`, `X:VIEW`, `X+ft:MODE`; None for a name it does not know (a plugin not loaded)."""
+    from fusebench.training.retrieval import DualEncoder
+
+    if strategy == BASE:
+        return code_id(DualEncoder)
+    reranked = strategy.startswith("rerank:")
+    name = strategy.removeprefix("rerank:").split("+ft")[0].split(":")[0]
+    if name not in STRATEGIES.names():
+        return None
+    return code_id(DualEncoder, STRATEGIES.get(name).cls) if reranked else code_id(STRATEGIES.get(name).cls)
+
+
+def _code_changed(by_cell: dict[tuple[str, str], list[Record]], finished: set) -> list[str]:
+    """Finished cells a record of which names strategy code other than this checkout's."""
+    return sorted(f"{ds}/{s}" for (ds, s), recs in by_cell.items() if (ds, s) in finished
+                  and (now := strategy_code(s)) and any(r.code_id and r.code_id != now for r in recs))
 
 
 def _seconds_left(left: list[str], timed: list[tuple[str, float]]) -> tuple[float | None, dict[str, float]]:
@@ -202,6 +224,7 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
         "cells_planned": sum(t.cells_planned for t in tasks), "cells_done": sum(t.cells_done for t in tasks),
         "seconds_left": None if any(v is None for v in lefts) else round(sum(v for v in lefts if v is not None), 1),
         "tasks": [asdict(t) for t in tasks],
+        "code_changed": _code_changed(by_cell, finished),
         "in_progress": [asdict(c) for c in cells_in_progress(
             run_dir, run.plan, finished, run.replicates, run.trials, len(run.eval_seeds),
             {s for ss in run.plan.values() for s in ss if is_trivial(s)})],
@@ -261,6 +284,9 @@ def format_status(status: dict[str, Any]) -> str:
     started = status.get("in_progress") or []
     if started:  # begun, not finished: how far each got (trials per search replicate, seeds stored)
         lines += ["", "in progress:"] + [f"- {CellProgress(**c).describe()}" for c in started]
+    if changed := status.get("code_changed"):
+        lines += ["", f"scored by strategy code that has changed since (their records' code id is not this checkout's): "
+                  f"{', '.join(changed)}; `fusebench forget {status['run_dir']} CELL...` has the next run score them again"]
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in status["phases"].items())
     lines += ["", f"wall time per phase so far: {phases or 'none recorded yet'}",
               f"time left at the measured rates (one process): {_hours(status['seconds_left'])}"]
