@@ -34,13 +34,24 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def device_pareto_front(x: np.ndarray, y: np.ndarray, devices: Sequence[str]) -> np.ndarray:
     """`pareto_front` within each device's rows: a task resumed on another machine has rows whose samples/s
-    were measured on two devices, and a row must not leave the front because another card is faster."""
-    devices = np.asarray([str(d) for d in devices], dtype=object)
+    were measured on two devices, and a row must not leave the front because another card is faster.
+    With fewer than two devices named (`""`: none recorded, as `verdicts.device_note` counts them) it is
+    the one front of all rows; with two or more, a row of no device or of several (`"A; B"`, seeds
+    stored before devices were checked) has no device to be placed on and stays off every front."""
+    named = measured_devices(devices)
+    if len(named) < 2:
+        return pareto_front(x, y)
+    where = np.asarray([str(d) for d in devices], dtype=object)
     front = np.zeros(len(x), dtype=bool)
-    for d in set(devices):
-        idx = np.flatnonzero(devices == d)
+    for d in named:
+        idx = np.flatnonzero(where == d)
         front[idx] = pareto_front(x[idx], y[idx])
     return front
+
+
+def measured_devices(devices: Sequence[str]) -> list[str]:
+    """The single devices among the rows' (sorted): not `""`, not a joined `"A; B"`."""
+    return sorted({str(d) for d in devices if d and "; " not in str(d)})
 
 
 def row_devices(g: pd.DataFrame) -> list[str]:
@@ -154,8 +165,9 @@ def quality_vs_throughput(board: pd.DataFrame, dataset: str, out: Path) -> Path 
     g = g.sort_values("mean", ascending=False)
     x, y = g.infer_samples_per_s.to_numpy(float), g["mean"].to_numpy(float)
     devices = row_devices(g)
-    names = sorted(set(devices))
+    names = measured_devices(devices)
     tags = {d: f"D{i + 1}" for i, d in enumerate(names)} if len(names) > 1 else {}
+    names = names if tags else [""]  # one device or none: one front of all rows
     front = device_pareto_front(x, y, devices)
     ranks = [str(int(r)) if "rank" in g and np.isfinite(r) else str(i + 1)
              for i, r in enumerate(g["rank"] if "rank" in g else range(len(g)))]
@@ -165,7 +177,7 @@ def quality_vs_throughput(board: pd.DataFrame, dataset: str, out: Path) -> Path 
         ax.errorbar(sub.infer_samples_per_s, sub["mean"], yerr=_ci_err(sub), fmt=FAMILY_MARKERS.get(fam, "o"), ms=5,
                     color=FAMILY_COLORS.get(fam, "k"), label=fam, capsize=2, alpha=0.85, elinewidth=0.8)
     for i, d in enumerate(names):  # one front per device (row_devices): samples/s compare within a device only
-        on = front & (np.asarray(devices, dtype=object) == d)
+        on = front & (np.asarray(devices, dtype=object) == d) if tags else front
         order = np.argsort(x[on])
         ax.plot(x[on][order], y[on][order], ("--", ":", "-.")[i % 3], color="black", lw=1,
                 label=f"Pareto front {tags[d]}" if tags else "Pareto front")
@@ -181,13 +193,13 @@ def quality_vs_throughput(board: pd.DataFrame, dataset: str, out: Path) -> Path 
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=6, frameon=False)  # outside the data
     if tags:  # under the legend: which device each tag is, and that the fronts do not compare them
-        fig.text(0.09, 0.015, "; ".join(f"{t} = {d or 'no device recorded'}" for d, t in tags.items())
+        fig.text(0.09, 0.015, "; ".join(f"{t} = {d}" for d, t in tags.items())
                  + ": samples/s compare rows of one device; ★ = on its device's front", fontsize=7, color="#444")
     fs = 8 if len(g) <= 22 else 6.5
     step = min(0.045, 0.88 / max(len(g), 1))
     fig.text(0.735, 0.93, "# = leaderboard rank, ★ = Pareto front", fontsize=7.5, color="#444")
     for j, (rk, name, fam, on, dev) in enumerate(zip(ranks, g.strategy, g.family, front, devices, strict=True)):
-        tag = f"  [{tags[dev]}]" if tags else ""
+        tag = f"  [{tags.get(dev) or ('several' if dev else 'no device')}]" if tags else ""
         fig.text(0.735, 0.89 - j * step, f"{rk:>3}  {name}{tag}{'  ★' if on else ''}", fontsize=fs,
                  color=FAMILY_COLORS.get(fam, "k"), fontweight="bold" if on else "normal", family="DejaVu Sans")
     return _save(fig, out / f"{dataset}-pareto.png", tight=False)

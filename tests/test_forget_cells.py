@@ -125,3 +125,21 @@ def test_a_study_with_a_live_processs_trial_is_not_forgotten_and_a_dead_ones_is(
         live.wait()
     # the process is gone: its trial is a killed process's, and the cell can go
     assert [f.cell for f in forget_cells(out, ["flickr8k-itm/concat"], default_url(out))] == ["flickr8k-itm/concat"]
+
+
+def test_a_cell_with_only_stored_seeds_is_known_and_an_odd_study_name_is_no_replicate(tmp_path: Path) -> None:
+    """`majority`/`random` never search: stopped between seeds, a stored seed is all such a cell has (review
+    of stop 30: refused as "no records or study"). A study named `.../r²` is not a replicate ("²".isdigit()
+    is True and int("²") raised out of every forget of the run)."""
+    from fusebench.run.seed_store import SeedStore
+
+    out = tmp_path / "run"
+    _make_run(out)
+    store = SeedStore(out, "esc50", "majority")
+    store.folder.mkdir(parents=True)
+    for suffix in ("json", "parquet"):
+        (store.folder / f"{store.stem}.r0.s0.{suffix}").write_bytes(b"{}")
+    optuna.create_study(study_name="esc50/lmf/r²", storage=open_storage(default_url(out), heartbeat=False))
+    assert _base_of("esc50/lmf/r²") == "esc50/lmf/r²" and _base_of("esc50/lmf/r12") == "esc50/lmf"
+    done = forget_cells(out, ["esc50/majority"], default_url(out))
+    assert [(f.cell, f.files) for f in done] == [("esc50/majority", ["1 stored seed(s)"])] and store.count() == 0

@@ -80,7 +80,8 @@ def forget_cells(run_dir: Path, cells: list[str], storage_url: str) -> list[Forg
         keyed = [(_cell_of(line), line) for line in lines]
         all_studies = [s.study_name for s in storage.get_all_studies()]
         known = sorted({f"{k[0]}/{k[1]}" for k, _ in keyed if k and k[0]} | {_base_of(n) for n in all_studies})
-        unknown = [f"{d}/{s}" for d, s in named if f"{d}/{s}" not in known]
+        # a cell without a search (`majority`, `random`) stopped between seeds has only its stored seeds
+        unknown = [f"{d}/{s}" for d, s in named if f"{d}/{s}" not in known and not SeedStore(run_dir, d, s).count()]
         if unknown:
             raise UsageError(_unknown_message(run_dir, unknown, known))
         wanted = _with_rerankers(named, known)
@@ -127,7 +128,8 @@ def _replicate_studies(names: list[str], dataset: str, strategy: str) -> list[st
 def _base_of(study_name: str) -> str:
     """The cell a study belongs to: `<ds>/<st>` for replicate 0, `<ds>/<st>/r<N>` for replicate N >= 1."""
     head, sep, tail = study_name.rpartition("/r")
-    return head if sep and tail.isdigit() and replicate_study_name(head, int(tail)) == study_name else study_name
+    number = sep and tail.isascii() and tail.isdigit()  # not "²", which isdigit() accepts and int() does not
+    return head if number and replicate_study_name(head, int(tail)) == study_name else study_name
 
 
 def _with_rerankers(named: list[tuple[str, str]], known: list[str]) -> dict[tuple[str, str], str]:

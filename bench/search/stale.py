@@ -77,13 +77,16 @@ def fail_stale_running(study: optuna.Study) -> int:
 
 def live_running(study: optuna.Study) -> list[int]:
     """Numbers of the study's RUNNING trials that a live process may still be running: on a heartbeat
-    storage (PostgreSQL, opened with heartbeat) those not past optuna's grace period (a trial without a
-    heartbeat yet counts as live, as optuna counts it); on a file storage those not `_is_stale`. For
+    storage (PostgreSQL, opened with heartbeat) those not past optuna's grace period and not `_is_stale`;
+    on a file storage those not `_is_stale`. A trial another host owns and that has no heartbeat
+    cannot be judged from here and counts as live. For
     `fusebench forget`, which must not delete a study under a worker's feet."""
     from fusebench.search.storage import has_heartbeat
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if has_heartbeat(study._storage):
+        # optuna lists only trials with an old heartbeat; a worker killed between `ask` and its first beat
+        # left none, so the file-storage test (its pid gone on this host, or no owner and old) applies too
         stale = set(study._storage._get_stale_trial_ids(study._study_id))
-        return [t.number for t in running if t._trial_id not in stale]
+        return [t.number for t in running if t._trial_id not in stale and not _is_stale(t)]
     return [t.number for t in running if not _is_stale(t)]

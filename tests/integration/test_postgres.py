@@ -342,3 +342,11 @@ def test_forget_refuses_a_study_whose_trial_a_live_worker_runs_and_forgets_it_on
     time.sleep(3)  # the worker is gone: no heartbeat for longer than the grace period
     assert [f.studies for f in forget_cells(out, ["toy/concat"], postgres_url)] == [["toy/concat"]]
     assert "toy/concat" not in {s.study_name for s in storage.get_all_studies()}
+    # a worker killed between `ask` (its host and pid written) and its first heartbeat left no heartbeat,
+    # which optuna never calls stale (review of stop 30: forget was refused for ever); its pid is gone here
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = optuna.create_study(study_name="toy/concat", storage=storage).ask()
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", dead.pid)
+    assert [f.studies for f in forget_cells(out, ["toy/concat"], postgres_url)] == [["toy/concat"]]
