@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -29,12 +29,15 @@ from fusebench.core import deadline, progress
 from fusebench.core.diskfull import naming
 from fusebench.features.extract import TaskData
 from fusebench.results.records import Record
+from fusebench.results.retrieval_stats import BASE
 from fusebench.run import scratch
 from fusebench.run.cell import Cell, CellContext, run_cell
 from fusebench.run.console import NOISY, optuna_through_root
+from fusebench.run.retrieval_cell import RetrievalCell, RetrievalIndex, RetrievalOutcome, RetrievalRun
 from fusebench.search.storage import one_open_per_journal
 
-_LOADED: dict[str, TaskData] = {}
+_LOADED: dict[str, Any] = {}  # this worker's prepared tensors: TaskData, or (TaskData, RetrievalIndex)
+_RETRIEVAL: dict[str, RetrievalRun] = {}  # a retrieval task's run in this worker: its dual encoders serve every cell
 log = logging.getLogger(__name__)
 
 
@@ -127,7 +130,7 @@ def _cell_running() -> Iterator[None]:
         _in_cell = False
 
 
-def _job(prepared: str, cell: Cell, ctx: CellContext) -> list[Record]:
+def _job(prepared: str, cell: Cell | RetrievalCell, ctx: CellContext) -> list[Record]:
     """One cell in this worker. After an interrupted cell (or a SIGINT between cells) the worker refuses
     the cells still queued to it: the executor hands a worker its next cell as soon as one ends, and an
     interrupted run on an H100 with 8 workers started 5 cells (and trained one, whose records were
@@ -146,11 +149,17 @@ def _job(prepared: str, cell: Cell, ctx: CellContext) -> list[Record]:
         raise
 
 
-def _run_job(prepared: str, cell: Cell, ctx: CellContext) -> list[Record]:
+def _run_job(prepared: str, cell: Cell | RetrievalCell, ctx: CellContext) -> list[Record]:
     if prepared not in _LOADED:
         _LOADED.clear()
+        _RETRIEVAL.clear()
         _LOADED[prepared] = torch.load(prepared, weights_only=False)
     with one_open_per_journal():  # the cell's replicates and seeds: one replay of the journal, not one each
+        if isinstance(cell, RetrievalCell):
+            if prepared not in _RETRIEVAL:
+                data, index = _LOADED[prepared]
+                _RETRIEVAL[prepared] = RetrievalRun(data, index, ctx)
+            return _RETRIEVAL[prepared].run_cell(cell)
         return run_cell(cell, _LOADED[prepared], ctx)
 
 
@@ -173,7 +182,7 @@ class _WriteErrors:
         self.fh.flush()
 
 
-def _save(data: TaskData, path: Path) -> None:
+def _save(data: TaskData | tuple[TaskData, RetrievalIndex], path: Path) -> None:
     sink: _WriteErrors | None = None
     try:
         with open(path, "wb") as fh:  # closing flushes: a full disk may show only there
@@ -252,10 +261,27 @@ class CellPool:
                 scratch.release(self._scratch, self._scratch_lock)
                 self._scratch_lock = None
 
-    def execute(self, cells: list[Cell], data: TaskData, ctx: CellContext) -> Iterator[tuple[Cell, list[Record] | BaseException]]:
-        """Yield (cell, records or the exception it raised) as cells finish."""
-        if self.jobs <= 1 or len(cells) <= 1:
+    def execute_retrieval(self, run: RetrievalRun, cells: list[RetrievalCell]) -> Iterator[RetrievalOutcome]:
+        """Yield (cell, records or the exception it raised) of a retrieval task as cells finish: the dual
+        encoder in this process first, then the re-rankers in the pool (here with one job). Before, every
+        cell ran in this process, so a `--jobs 2` run trained one re-ranker at a time and left the other
+        core idle for the whole task."""
+        yield from run.execute([c for c in cells if c.strategy == BASE])
+        rest = [c for c in cells if c.strategy != BASE]
+        if self.jobs <= 1 or len(rest) <= 1:
+            yield from run.execute(rest)
+        else:
+            yield from cast("Iterator[RetrievalOutcome]", self.execute(rest, run.data, run.ctx, run.index))
+
+    def execute(self, cells: Sequence[Cell | RetrievalCell], data: TaskData, ctx: CellContext,
+                index: RetrievalIndex | None = None) -> Iterator[tuple[Cell | RetrievalCell, list[Record] | BaseException]]:
+        """Yield (cell, records or the exception it raised) as cells finish. A retrieval task's re-rank cells
+        come with the task's `index` (`execute_retrieval`; the dual encoder cell never comes here)."""
+        if index is not None and self.jobs <= 1:
+            raise ValueError("a retrieval task's cells run here through CellPool.execute_retrieval, not execute")
+        if self.jobs <= 1 or (len(cells) <= 1 and index is None):
             for cell in cells:
+                assert isinstance(cell, Cell)
                 try:
                     yield cell, run_cell(cell, data, ctx)
                 except Exception as exc:
@@ -275,10 +301,10 @@ class CellPool:
             scratch.sweep()
             self._scratch, self._scratch_lock = scratch.create()
         prepared = self._scratch / f"{data.config.name}.pt"
-        _save(data, prepared)
+        _save(data if index is None else (data, index), prepared)
         try:
             # longest first (token strategies), so that no worker idles at the end of a dataset
-            ordered = sorted(cells, key=lambda c: c.info.input_kind != "tokens")
+            ordered = sorted(cells, key=lambda c: c.info is None or c.info.input_kind != "tokens")
             futures = {self._pool.submit(_job, str(prepared), cell, ctx): cell for cell in ordered}
             self._futures = list(futures)
             for fut in cf.as_completed(futures):

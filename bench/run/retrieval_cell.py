@@ -8,8 +8,11 @@ of matching pairs (as `flickr8k-itm`); for replicate r and evaluation seed s, th
 (r, s) — best params of dual-encoder replicate r — proposes the top `rerank_k` candidates of every
 query and the strategy (best params of its replicate r, trained with seed s) re-scores them, so a
 replicate is one independent search of the whole pipeline. Records carry `replicate` and `seed`.
-Cells run in this process, dual encoder first, so the re-rankers reuse its models. Per-query ranks
-are the per-example predictions (bench/results/retrieval_stats.py reads them).
+The dual encoder cell runs first, in this process (every re-ranker reads its studies' best params);
+the re-rank cells then run in the run's cell pool (`CellPool.execute_retrieval`: `--jobs` worker
+processes, or here with one), each process training the dual encoders it needs once and sharing them between its cells.
+A dual encoder of (replicate, seed) is the same model in every process (a seeded fit, one thread).
+Per-query ranks are the per-example predictions (bench/results/retrieval_stats.py reads them).
 
 Each scored seed is kept on disk at once (bench/run/seed_store.py, as every other cell's): a run stopped or
 killed between two seeds retrains only the seeds it had not scored, and ends with an uninterrupted run's
@@ -89,6 +92,9 @@ class RetrievalCell:
     views: tuple[str, ...] = (IMAGE, TEXT)
 
 
+RetrievalOutcome = tuple[RetrievalCell, list[Record] | BaseException]
+
+
 def expand_retrieval_cells(dataset: str, names: list[str]) -> list[RetrievalCell]:
     """The dual encoder, then one re-rank cell per trainable pair-scoring fusion strategy among `names`."""
     cells = [RetrievalCell(dataset, BASE, None)]
@@ -102,9 +108,22 @@ def expand_retrieval_cells(dataset: str, names: list[str]) -> list[RetrievalCell
     return cells
 
 
-def retrieval_splits(data: TaskData, tables: TaskTables, device: torch.device) -> dict[str, RetrievalSplit]:
-    return {s: RetrievalSplit.from_split(data.splits[s].to(device), np.asarray(tables.splits[s]["group"]),
-                                         list(tables.splits[s]["image_id"])) for s in SPLITS}
+@dataclass(frozen=True)
+class RetrievalIndex:
+    """What retrieval cells need of a task's tables, small and picklable for the cell pool's workers:
+    each split's image group per row and image file per row."""
+
+    groups: dict[str, np.ndarray]
+    image_ids: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, tables: TaskTables) -> RetrievalIndex:
+        return cls({s: np.asarray(tables.splits[s]["group"]) for s in SPLITS},
+                   {s: list(tables.splits[s]["image_id"]) for s in SPLITS})
+
+
+def retrieval_splits(data: TaskData, index: RetrievalIndex, device: torch.device) -> dict[str, RetrievalSplit]:
+    return {s: RetrievalSplit.from_split(data.splits[s].to(device), index.groups[s], index.image_ids[s]) for s in SPLITS}
 
 
 def _study(name: str, data: TaskData, ctx: CellContext, replicate: int = 0) -> optuna.Study:
@@ -193,9 +212,10 @@ def _predictions(replicate: int, seed: int, ranked: Ranked, split: RetrievalSpli
 class RetrievalRun:
     """The cells of one retrieval dataset, sharing the dual encoders trained per (replicate, evaluation seed)."""
 
-    def __init__(self, data: TaskData, tables: TaskTables, ctx: CellContext) -> None:
+    def __init__(self, data: TaskData, tables: TaskTables | RetrievalIndex, ctx: CellContext) -> None:
         self.data, self.ctx = data, ctx
-        self.splits = retrieval_splits(data, tables, ctx.device)
+        self.index = tables if isinstance(tables, RetrievalIndex) else RetrievalIndex.of(tables)
+        self.splits = retrieval_splits(data, self.index, ctx.device)
         self._dual: dict[tuple[int, int], tuple[DualResult, Ranked, Ranked]] = {}
         self._dual_params: dict[int, DualEncoderParams] = {}
 
@@ -224,8 +244,8 @@ class RetrievalRun:
         k = self.ctx.rerank_k
         return hard_matching_pairs(train, kind, seed, dual, k), hard_matching_pairs(val, kind, seed + 1, dual, k)
 
-    def execute(self, cells: list[RetrievalCell]) -> Iterator[tuple[RetrievalCell, list[Record] | BaseException]]:
-        """Yield (cell, records or the exception it raised), the dual encoder first."""
+    def execute(self, cells: list[RetrievalCell]) -> Iterator[RetrievalOutcome]:
+        """Yield (cell, records or the exception it raised), the dual encoder first, all in this process."""
         for cell in sorted(cells, key=lambda c: c.strategy != BASE):
             try:
                 yield cell, self.run_cell(cell)

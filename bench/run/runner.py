@@ -350,7 +350,8 @@ def _run(cfg: RunConfig) -> RunSummary:
             cells_t0 = time.perf_counter()
             outcomes: Iterator[tuple[AnyCell, list[Record] | BaseException]]
             if retrieval:  # a retrieval task's cells are all RetrievalCells (_expand)
-                outcomes = RetrievalRun(data, tables, ctx).execute([c for c in todo if isinstance(c, RetrievalCell)])
+                run_r = RetrievalRun(data, tables, ctx)
+                outcomes = pool.execute_retrieval(run_r, [c for c in todo if isinstance(c, RetrievalCell)])
             else:
                 outcomes = pool.execute([c for c in todo if isinstance(c, Cell)], data, ctx)
             stopped: deadline.StopRequested | None = None
