@@ -16,6 +16,7 @@ from fusebench.measure.timing import TimingConfig
 from fusebench.run.cell import CellContext
 from fusebench.run.parallel import CellPool
 from fusebench.run.retrieval_cell import RetrievalRun, expand_retrieval_cells
+from fusebench.run.status import strategy_code
 from fusebench.search.study import Budget
 from fusebench.training.loop import TrainConfig
 from tests.test_retrieval_cells import _task
@@ -67,8 +68,13 @@ def test_a_pool_of_one_job_runs_retrieval_cells_through_the_retrieval_run(tmp_pa
     run = RetrievalRun(data, tables, dataclasses.replace(_ctx(tmp_path / "one"), budget=Budget(trials=1, timeout_s=60, seeds=1)))
     cells = expand_retrieval_cells("flickr8k-retrieval", ["concat", "gmu"])
     with CellPool(jobs=1, threads=1) as pool:
-        got = _scores(pool.execute_retrieval(run, cells))
+        outcomes = list(pool.execute_retrieval(run, cells))
+        got = _scores(outcomes)
         assert pool._pool is None
         with pytest.raises(ValueError, match="execute_retrieval"):
             list(pool.execute(cells[1:], data, run.ctx, run.index))
     assert sorted(got) == [("dual_encoder", 0, 1000), ("rerank:concat", 0, 1000), ("rerank:gmu", 0, 1000)]
+    # the code id a record carries is the one `timing status` compares it with (one rule, retrieval_code)
+    for cell, records in outcomes:
+        assert [r.code_id for r in records] == [strategy_code(cell.strategy)], cell
+    assert strategy_code("rerank:gmu") not in (strategy_code("rerank:concat"), strategy_code("gmu"), strategy_code("dual_encoder"))

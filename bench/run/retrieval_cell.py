@@ -11,7 +11,7 @@ replicate is one independent search of the whole pipeline. Records carry `replic
 The dual encoder cell runs first, in this process (every re-ranker reads its studies' best params);
 the re-rank cells then run in the run's cell pool (`CellPool.execute_retrieval`: `--jobs` worker
 processes, or here with one), each process training the dual encoders it needs once and sharing them between its cells.
-A dual encoder of (replicate, seed) is the same model in every process (a seeded fit, one thread).
+A dual encoder of (replicate, seed) is the same model in every process on a CPU (a seeded fit, one thread).
 Per-query ranks are the per-example predictions (bench/results/retrieval_stats.py reads them).
 
 Each scored seed is kept on disk at once (bench/run/seed_store.py, as every other cell's): a run stopped or
@@ -93,6 +93,12 @@ class RetrievalCell:
 
 
 RetrievalOutcome = tuple[RetrievalCell, list[Record] | BaseException]
+
+
+def retrieval_code(reranker: StrategyInfo | None) -> str:
+    """The code id (bench/core/code_id.py) of a retrieval cell: the dual encoder's, and a re-ranker's strategy
+    with it (its records re-rank that dual encoder's candidates). `fusebench timing status` compares the same."""
+    return code_id(DualEncoder) if reranker is None else code_id(DualEncoder, reranker.cls)
 
 
 def expand_retrieval_cells(dataset: str, names: list[str]) -> list[RetrievalCell]:
@@ -289,7 +295,7 @@ class RetrievalRun:
                                "replicate": replicate, "seed": seed, "params": params,
                                "train": dataclasses.asdict(ctx.train)}) for seed in budget.eval_seeds}
         here = device_name(ctx.device)  # a seed scored on another device is retrained: one device per cell
-        code = code_id(DualEncoder) if cell.info is None else code_id(DualEncoder, cell.info.cls)
+        code = retrieval_code(cell.info)
         kept = {seed: stored for seed in budget.eval_seeds if (stored := store.load(replicate, seed, key[seed], here, code))}
         if kept:
             log.info("  %s replicate %d: %d of %d evaluation seed(s) kept from an earlier process; training %d",

@@ -70,15 +70,15 @@ def _input_kind(strategy: str) -> str | None:
 def strategy_code(strategy: str) -> str | None:
     """The code id (bench/core/code_id.py) this checkout gives a cell's strategy: `dual_encoder`,
     `rerank:X`, `X`, `X:VIEW`, `X+ft:MODE`; None for a name it does not know (a plugin not loaded)."""
-    from fusebench.training.retrieval import DualEncoder
+    from fusebench.run.retrieval_cell import retrieval_code
 
     if strategy == BASE:
-        return code_id(DualEncoder)
-    reranked = strategy.startswith("rerank:")
+        return retrieval_code(None)
     name = strategy.removeprefix("rerank:").split("+ft")[0].split(":")[0]
     if name not in STRATEGIES.names():
         return None
-    return code_id(DualEncoder, STRATEGIES.get(name).cls) if reranked else code_id(STRATEGIES.get(name).cls)
+    info = STRATEGIES.get(name)
+    return retrieval_code(info) if strategy.startswith("rerank:") else code_id(info.cls)
 
 
 def _code_changed(by_cell: dict[tuple[str, str], list[Record]], finished: set) -> list[str]:
