@@ -77,4 +77,5 @@ def test_a_pool_of_one_job_runs_retrieval_cells_through_the_retrieval_run(tmp_pa
     # the code id a record carries is the one `timing status` compares it with (one rule, retrieval_code)
     for cell, records in outcomes:
         assert [r.code_id for r in records] == [strategy_code(cell.strategy)], cell
-    assert strategy_code("rerank:gmu") not in (strategy_code("rerank:concat"), strategy_code("gmu"), strategy_code("dual_encoder"))
+    others = (strategy_code("rerank:concat"), strategy_code("gmu"), strategy_code("dual_encoder"))
+    assert strategy_code("rerank:gmu") not in others
