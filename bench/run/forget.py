@@ -40,7 +40,7 @@ from fusebench.results.retrieval_stats import BASE
 from fusebench.run.rundir import RunDirLock
 from fusebench.run.seed_store import SeedStore
 from fusebench.search.history import history_path
-from fusebench.search.stale import live_running
+from fusebench.search.stale import FOREIGN_GRACE_S, live_running, wait_for_foreign
 from fusebench.search.storage import open_storage, redact
 from fusebench.search.study import replicate_study_name
 
@@ -112,12 +112,15 @@ def forget_cells(run_dir: Path, cells: list[str], storage_url: str) -> list[Forg
 def _refuse_live_trials(storage: optuna.storages.BaseStorage, names: list[str], storage_url: str) -> None:
     """Exit 2 when a study to delete has trials that a live process (a `fusebench worker` on the shared
     storage, which the run directory's lock does not cover) may be running, before anything is removed."""
-    live = {n: ids for n in names if (ids := live_running(optuna.load_study(study_name=n, storage=storage)))}
+    loaded = [optuna.load_study(study_name=n, storage=storage) for n in names]
+    wait_for_foreign(loaded)  # another host's trials: watched until they move or stay idle (stale.FOREIGN_GRACE_S)
+    live = {study.study_name: ids for study in loaded if (ids := live_running(study))}
     if live:
         said = "; ".join(f"{n}: trial(s) {', '.join(map(str, ids))}" for n, ids in live.items())
         raise UsageError(f"{redact(storage_url)}: trials running in the studies to forget ({said}): stop the workers "
                          "on this storage first (a killed worker's trial counts as running until its heartbeat is "
-                         "older than the grace period, 60 s on PostgreSQL), then run `fusebench forget` again")
+                         "older than the grace period, 60 s on PostgreSQL; another host's trial on a journal, until "
+                         f"its search clock has not moved for {FOREIGN_GRACE_S:.0f} s), then run `fusebench forget` again")
 
 
 def _replicate_studies(names: list[str], dataset: str, strategy: str) -> list[str]:

@@ -7,7 +7,12 @@ bench/search/trial_batch.py). On a journal or SQLite file (one machine) a RUNNIN
 the process that started it (user attrs `host`, `pid`) is gone; a trial without those attrs is
 stale once it is `ATTRLESS_GRACE_S` old (a process killed between `ask` and its first writes; a younger
 one is a live process's, which writes them next: failing it made that write raise
-`UpdateFinishedTrialError` out of the live process's search). Either way the seconds the killed
+`UpdateFinishedTrialError` out of the live process's search). A RUNNING trial of *another host* (a run
+directory copied here after its process was killed, or a journal shared over a network file system)
+cannot be checked by pid: it is stale once nothing of it has moved for `FOREIGN_GRACE_S` of this
+process's watching — its owner's search clock, which a working process saves every `SAVE_EVERY_S`, and
+its reported epochs. Before, such a trial counted as running for ever: a killed run resumed on another
+machine waited for it, silently, at the end of every search it held. Either way the seconds the killed
 process spent on those trials leave the search cap (bench/search/clock.py: `drop_uncommitted`).
 """
 
@@ -17,12 +22,14 @@ import datetime as dt
 import logging
 import os
 import socket
+import time
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from fusebench.core.processes import pid_alive
-from fusebench.search.clock import drop_uncommitted, trial_owners
+from fusebench.search.clock import COMMITTED_PREFIX, KEY_PREFIX, SAVE_EVERY_S, TRIAL_CLOCK_ATTR, drop_uncommitted, trial_owners
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +38,55 @@ log = logging.getLogger(__name__)
 ATTRLESS_GRACE_S = 60.0
 
 
-def _is_stale(t: optuna.trial.FrozenTrial) -> bool:
+# a working process saves its search clock every SAVE_EVERY_S: four saves missed, and it is gone
+FOREIGN_GRACE_S = 4 * SAVE_EVERY_S
+_watched: dict[tuple[str, int], tuple[str, float]] = {}  # (study, trial) -> (what was seen, since when)
+
+
+def is_foreign(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether another host started the trial (its process cannot be checked from here)."""
+    host = t.user_attrs.get("host")
+    return host is not None and t.user_attrs.get("pid") is not None and host != socket.gethostname()
+
+
+def _activity(t: optuna.trial.FrozenTrial, attrs: dict[str, Any]) -> str:
+    """What a live owner of a trial keeps changing: its search clock's saved and committed seconds (by the
+    trial's clock key, or every clock of its host and pid) and the trial's reported epochs."""
+    key = t.user_attrs.get(TRIAL_CLOCK_ATTR)
+    clock: list[Any]
+    if key:
+        clock = [attrs.get(KEY_PREFIX + str(key)), attrs.get(COMMITTED_PREFIX + str(key))]
+    else:
+        mine = f"{t.user_attrs.get('host')}:{t.user_attrs.get('pid')}:"
+        clock = sorted((k, v) for k, v in attrs.items() if k.startswith((KEY_PREFIX + mine, COMMITTED_PREFIX + mine)))
+    return repr((clock, sorted(t.intermediate_values.items())))
+
+
+def _foreign_silent(study_name: str, t: optuna.trial.FrozenTrial, attrs: dict[str, Any]) -> bool:
+    """True once the trial of another host has shown no activity for `FOREIGN_GRACE_S` of watching here."""
+    seen, now = _activity(t, attrs), time.monotonic()
+    before = _watched.get((study_name, t.number))
+    if before is None or before[0] != seen:
+        if before is None:
+            log.warning("study %s: trial %d is RUNNING for host %s (pid %s), which this machine cannot check; it is "
+                        "taken as left by a killed process (a run copied here) once its owner's search clock and "
+                        "reports have not moved for %.0f s", study_name, t.number, t.user_attrs.get("host"),
+                        t.user_attrs.get("pid"), FOREIGN_GRACE_S)
+        _watched[study_name, t.number] = (seen, now)
+        return False
+    return now - before[1] >= FOREIGN_GRACE_S
+
+
+def _is_stale(t: optuna.trial.FrozenTrial, study: optuna.Study) -> bool:
     host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
     if host is None or pid is None:
         started = t.datetime_start  # optuna's naive local time of the `ask`
         return started is None or (dt.datetime.now() - started).total_seconds() >= ATTRLESS_GRACE_S
     if pid == os.getpid() and host == socket.gethostname():
         return False
-    return host == socket.gethostname() and not pid_alive(int(pid))
+    if host != socket.gethostname():
+        return _foreign_silent(study.study_name, t, study.user_attrs)
+    return not pid_alive(int(pid))
 
 
 def fail_stale_running(study: optuna.Study) -> int:
@@ -61,7 +109,7 @@ def fail_stale_running(study: optuna.Study) -> int:
             log.warning("study %s: %d trial(s) left running by a killed process marked failed", study.study_name, n)
         return n
     failed: list[optuna.trial.FrozenTrial] = []
-    for t in [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _is_stale(t)]:
+    for t in [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _is_stale(t, study)]:
         try:
             study._storage.set_trial_user_attr(t._trial_id, "stale", True)
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
@@ -78,9 +126,9 @@ def fail_stale_running(study: optuna.Study) -> int:
 def live_running(study: optuna.Study) -> list[int]:
     """Numbers of the study's RUNNING trials that a live process may still be running: on a heartbeat
     storage (PostgreSQL, opened with heartbeat) those not past optuna's grace period and not `_is_stale`;
-    on a file storage those not `_is_stale`. A trial another host owns and that has no heartbeat
-    cannot be judged from here and counts as live. For
-    `fusebench forget`, which must not delete a study under a worker's feet."""
+    on a file storage those not `_is_stale` (another host's trial: live until it has been watched idle for
+    `FOREIGN_GRACE_S`; `wait_for_foreign` watches). For `fusebench forget`, which must not delete a study
+    under a worker's feet."""
     from fusebench.search.storage import has_heartbeat
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -88,5 +136,26 @@ def live_running(study: optuna.Study) -> list[int]:
         # optuna lists only trials with an old heartbeat; a worker killed between `ask` and its first beat
         # left none, so the file-storage test (its pid gone on this host, or no owner and old) applies too
         stale = set(study._storage._get_stale_trial_ids(study._study_id))
-        return [t.number for t in running if t._trial_id not in stale and not _is_stale(t)]
-    return [t.number for t in running if not _is_stale(t)]
+        return [t.number for t in running if t._trial_id not in stale and not _is_stale(t, study)]
+    return [t.number for t in running if not _is_stale(t, study)]
+
+
+
+def wait_for_foreign(studies: list[optuna.Study], poll_s: float = 5.0) -> None:
+    """Watch the RUNNING trials that other hosts own in `studies` until each has moved (a live owner) or
+    stayed idle for `FOREIGN_GRACE_S` (a killed one), so that `live_running` can judge them; returns at once
+    when there are none. For `fusebench forget` on a run copied from another machine."""
+    first: dict[tuple[str, int], str] = {}
+    end = time.monotonic() + FOREIGN_GRACE_S + poll_s
+    while True:
+        pending = False
+        for study in studies:
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if not is_foreign(t) or _is_stale(t, study):
+                    continue  # this host's, or idle for the grace: decided
+                now = _activity(t, study.user_attrs)
+                if first.setdefault((study.study_name, t.number), now) == now:
+                    pending = True  # not moved yet
+        if not pending or time.monotonic() >= end:
+            return
+        time.sleep(poll_s)
