@@ -58,3 +58,19 @@ def test_tiny_retrieval_run_and_resume(tmp_path, data_root, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert "0 cell(s) ok, 0 failed, 2 already done" in capsys.readouterr().out
+
+
+def test_rerankers_in_two_cell_processes_score_as_in_one(tmp_path, data_root):
+    """`--jobs 2`: the dual encoder cell in the run's process, then the re-rankers in the cell pool, each
+    worker retraining the dual encoders it evaluates; the records equal a `--jobs 1` run's."""
+    got = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        assert main(["run", "--datasets", "flickr8k-retrieval", "--strategies", "concat,gmu,attention_weights",
+                     "--size", "tiny", "--trials", "2", "--seeds", "2", "--jobs", str(jobs), "--out", str(out),
+                     "--data-dir", str(data_root)]) == 0
+        got[jobs] = {(r.strategy, r.replicate, r.seed): (r.metrics, r.params) for r in load_records(out / "results.jsonl")}
+    assert len(got[1]) == 4 * 2 and got[2].keys() == got[1].keys()
+    for key, (metrics, params) in got[1].items():
+        assert got[2][key][1] == params, key
+        assert got[2][key][0] == pytest.approx(metrics), key
