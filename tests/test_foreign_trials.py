@@ -47,13 +47,14 @@ def alarm():
     signal.signal(signal.SIGALRM, old)
 
 
-def _foreign_trial(study: optuna.Study, clock_s: float | None = 12.0) -> optuna.Trial:
+def _foreign_trial(study: optuna.Study, clock_s: float | None = 12.0, key: str = KEY) -> optuna.Trial:
     trial = study.ask()
-    trial.set_user_attr("host", "machine-a")
-    trial.set_user_attr("pid", 4242)
-    trial.set_user_attr(TRIAL_CLOCK_ATTR, KEY)
+    host, pid, _ = key.split(":")
+    trial.set_user_attr("host", host)
+    trial.set_user_attr("pid", int(pid))
+    trial.set_user_attr(TRIAL_CLOCK_ATTR, key)
     if clock_s is not None:
-        study.set_user_attr(KEY_PREFIX + KEY, clock_s)
+        study.set_user_attr(KEY_PREFIX + key, clock_s)
     return trial
 
 
@@ -134,3 +135,26 @@ def test_forget_refuses_while_another_hosts_owner_still_works(tmp_path: Path, gr
         stop.set()
         owner.join()
     assert [s.study_name for s in open_storage(default_url(out), heartbeat=False).get_all_studies()] == ["esc50/concat"]
+
+
+def test_same_named_studies_of_two_journals_are_watched_apart(tmp_path: Path, grace) -> None:
+    """Review of stop 31: the watch was keyed by (study name, trial number), so a trial of a second journal
+    with the same study name and number (another run directory: `fusebench forget` on two runs, a test
+    session) inherited the first one's watch, and was judged stale at first sight."""
+    first = open_study("t/concat", open_storage(f"journal:///{tmp_path}/a.journal"), 0)
+    second = open_study("t/concat", open_storage(f"journal:///{tmp_path}/b.journal"), 0)
+    _foreign_trial(first)
+    _foreign_trial(second, key="machine-b:777:ffff0000")  # another owner, whose clock shows the same 12 s
+    assert stale.live_running(first) == [0]
+    time.sleep(grace * 1.2)
+    assert stale.live_running(first) == []  # watched idle for the grace
+    assert stale.live_running(second) == [0], "first seen now: not judged yet"
+    assert stale.fail_stale_running(first) == 1 and stale.fail_stale_running(second) == 0
+
+
+def test_the_watch_of_a_finished_trial_is_dropped(tmp_path: Path, grace) -> None:
+    study = open_study("t/concat", open_storage(f"journal:///{tmp_path}/optuna.journal"), 0)
+    trial = _foreign_trial(study)
+    assert stale.live_running(study) == [0] and len(stale._watched) == 1
+    study.tell(trial, 0.5)  # its owner finished it
+    assert stale.live_running(study) == [] and stale._watched == {}

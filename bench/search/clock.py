@@ -270,10 +270,16 @@ class SearchClock:
         self._study.set_user_attr(self._key, round(own, 3))
         self._clear_lost()
 
-    def _drop_uncommitted(self) -> None:
-        """An interrupt threw away the trials in flight (marked `interrupted`, retried): their seconds
-        since the last commit do not count."""
+    def discard(self) -> None:
+        """The trials in flight were thrown away, and are retried: an interrupt (marked `interrupted`), or
+        another process that took this one for killed and failed them as stale (`stale.taken_over`). Their
+        seconds since the last commit do not count. Inside a `busy` block too: its seconds so far are
+        folded in first, and the block goes on counting from now."""
         with self._lock:
+            if self._since is not None:
+                now = self._timer()
+                self._own += now - self._since
+                self._since = now
             lost, self._own = self._own - self._committed, self._committed
             self._lost += max(0.0, lost)
         if lost > 0:
@@ -308,7 +314,7 @@ class SearchClock:
                 self._since = None
             if interrupted:
                 try:
-                    self._drop_uncommitted()
+                    self.discard()
                 except Exception as exc:  # the interrupt goes on; a resumed search counts these seconds
                     log.warning("study %s: could not drop the interrupted trials' seconds: %s",
                                 self._study.study_name, exc)

@@ -14,6 +14,11 @@ process's watching — its owner's search clock, which a working process saves e
 its reported epochs. Before, such a trial counted as running for ever: a killed run resumed on another
 machine waited for it, silently, at the end of every search it held. Either way the seconds the killed
 process spent on those trials leave the search cap (bench/search/clock.py: `drop_uncommitted`).
+
+A live process can be taken for a killed one (stopped past the grace: SIGSTOP, a paused VM). When it wakes,
+the trial it was running is FAIL (`taken_over`): its search drops that trial and goes on
+(bench/search/study.py, bench/search/trial_batch.py). On PostgreSQL the heartbeat alone says whether
+another host's trial is live; the clock watch is for file storages.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -40,7 +46,22 @@ ATTRLESS_GRACE_S = 60.0
 
 # a working process saves its search clock every SAVE_EVERY_S: four saves missed, and it is gone
 FOREIGN_GRACE_S = 4 * SAVE_EVERY_S
-_watched: dict[tuple[str, int], tuple[str, float]] = {}  # (study, trial) -> (what was seen, since when)
+
+
+@dataclass
+class _Watch:
+    """What this process has seen of another host's RUNNING trial: its activity, since when, and how often
+    it changed (a trial that moved while watched has a live owner: `wait_for_foreign`)."""
+
+    seen: str
+    since: float
+    moves: int = 0
+
+
+# (storage, study id, trial id, owner) -> what was seen. The storage and the owner are in the key: two
+# journals hold studies of the same name and trials of the same numbers (a watch of one judged the other's
+# trial at first sight), and a trial's owner is its clock key, which no other process shares
+_watched: dict[tuple[str, int, int, str], _Watch] = {}
 
 
 def is_foreign(t: optuna.trial.FrozenTrial) -> bool:
@@ -62,22 +83,52 @@ def _activity(t: optuna.trial.FrozenTrial, attrs: dict[str, Any]) -> str:
     return repr((clock, sorted(t.intermediate_values.items())))
 
 
-def _foreign_silent(study_name: str, t: optuna.trial.FrozenTrial, attrs: dict[str, Any]) -> bool:
+def _storage_name(storage: optuna.storages.BaseStorage) -> str:
+    """Which storage a study lives in, the same for every open of it: a journal's file, a database's URL."""
+    backend = getattr(storage, "_backend", None)
+    path = getattr(backend, "_file_path", None)
+    if path is not None:
+        return os.path.realpath(str(path))
+    url = getattr(storage, "url", None)
+    return str(url) if url is not None else f"{type(storage).__name__}@{id(storage)}"
+
+
+def _watch_key(study: optuna.Study, t: optuna.trial.FrozenTrial) -> tuple[str, int, int, str]:
+    owner = t.user_attrs.get(TRIAL_CLOCK_ATTR) or f"{t.user_attrs.get('host')}:{t.user_attrs.get('pid')}"
+    return _storage_name(study._storage), study._study_id, t._trial_id, str(owner)
+
+
+def _watch(study: optuna.Study, t: optuna.trial.FrozenTrial) -> _Watch:
+    """This process's watch of another host's trial, updated with what the trial shows now."""
+    seen, now, key = _activity(t, study.user_attrs), time.monotonic(), _watch_key(study, t)
+    watch = _watched.get(key)
+    if watch is None:
+        log.warning("study %s: trial %d is RUNNING for host %s (pid %s), which this machine cannot check; it is "
+                    "taken as left by a killed process (a run copied here) once its owner's search clock and "
+                    "reports have not moved for %.0f s", study.study_name, t.number, t.user_attrs.get("host"),
+                    t.user_attrs.get("pid"), FOREIGN_GRACE_S)
+        watch = _watched[key] = _Watch(seen, now)
+    elif watch.seen != seen:
+        watch.seen, watch.since, watch.moves = seen, now, watch.moves + 1
+    return watch
+
+
+def _forget_finished(study: optuna.Study, running: list[optuna.trial.FrozenTrial]) -> None:
+    """Drop the watches of this study's trials that are no longer RUNNING (so that `_watched` stays small)."""
+    keep = {_watch_key(study, t) for t in running if is_foreign(t)}
+    where = (_storage_name(study._storage), study._study_id)
+    for key in [k for k in _watched if k[:2] == where and k not in keep]:
+        del _watched[key]
+
+
+def _foreign_silent(study: optuna.Study, t: optuna.trial.FrozenTrial) -> bool:
     """True once the trial of another host has shown no activity for `FOREIGN_GRACE_S` of watching here."""
-    seen, now = _activity(t, attrs), time.monotonic()
-    before = _watched.get((study_name, t.number))
-    if before is None or before[0] != seen:
-        if before is None:
-            log.warning("study %s: trial %d is RUNNING for host %s (pid %s), which this machine cannot check; it is "
-                        "taken as left by a killed process (a run copied here) once its owner's search clock and "
-                        "reports have not moved for %.0f s", study_name, t.number, t.user_attrs.get("host"),
-                        t.user_attrs.get("pid"), FOREIGN_GRACE_S)
-        _watched[study_name, t.number] = (seen, now)
-        return False
-    return now - before[1] >= FOREIGN_GRACE_S
+    return time.monotonic() - _watch(study, t).since >= FOREIGN_GRACE_S
 
 
-def _is_stale(t: optuna.trial.FrozenTrial, study: optuna.Study) -> bool:
+def _is_stale(t: optuna.trial.FrozenTrial, study: optuna.Study, *, watch_foreign: bool = True) -> bool:
+    """Whether a RUNNING trial was left by a killed process (see the module doc). `watch_foreign=False`: another
+    host's trial is not judged by its owner's clock (on PostgreSQL its heartbeat decides) and counts as live."""
     host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
     if host is None or pid is None:
         started = t.datetime_start  # optuna's naive local time of the `ask`
@@ -85,8 +136,23 @@ def _is_stale(t: optuna.trial.FrozenTrial, study: optuna.Study) -> bool:
     if pid == os.getpid() and host == socket.gethostname():
         return False
     if host != socket.gethostname():
-        return _foreign_silent(study.study_name, t, study.user_attrs)
+        return watch_foreign and _foreign_silent(study, t)
     return not pid_alive(int(pid))
+
+
+def taken_over(study: optuna.Study, trial_id: int) -> bool:
+    """Whether another process has ended this process's RUNNING trial: it took this process for a killed one
+    (a stall past `FOREIGN_GRACE_S` or the heartbeat's grace: a SIGSTOP, a paused VM, a swapping machine) and
+    failed the trial as stale, to be retried. Its result is then thrown away and the search goes on (before,
+    the next `trial.report` raised `UpdateFinishedTrialError` and optuna's tell `ValueError: Cannot tell a
+    FAIL trial` out of the owner's whole search)."""
+    return study._storage.get_trial(trial_id).state != TrialState.RUNNING
+
+
+def warn_taken_over(study: optuna.Study, numbers: list[int]) -> None:
+    log.warning("study %s: trial(s) %s of this process were failed as stale by another process, which took this one "
+                "for killed (it stalled past the grace period); their results are dropped, they are retried, and "
+                "the search goes on", study.study_name, ", ".join(map(str, numbers)))
 
 
 def fail_stale_running(study: optuna.Study) -> int:
@@ -109,7 +175,9 @@ def fail_stale_running(study: optuna.Study) -> int:
             log.warning("study %s: %d trial(s) left running by a killed process marked failed", study.study_name, n)
         return n
     failed: list[optuna.trial.FrozenTrial] = []
-    for t in [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _is_stale(t, study)]:
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    _forget_finished(study, running)
+    for t in [t for t in running if _is_stale(t, study)]:
         try:
             study._storage.set_trial_user_attr(t._trial_id, "stale", True)
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
@@ -125,18 +193,19 @@ def fail_stale_running(study: optuna.Study) -> int:
 
 def live_running(study: optuna.Study) -> list[int]:
     """Numbers of the study's RUNNING trials that a live process may still be running: on a heartbeat
-    storage (PostgreSQL, opened with heartbeat) those not past optuna's grace period and not `_is_stale`;
-    on a file storage those not `_is_stale` (another host's trial: live until it has been watched idle for
-    `FOREIGN_GRACE_S`; `wait_for_foreign` watches). For `fusebench forget`, which must not delete a study
-    under a worker's feet."""
+    storage (PostgreSQL, opened with heartbeat) those not past optuna's grace period and not `_is_stale`
+    by pid or age (the heartbeat alone decides for another host's trial); on a file storage those not
+    `_is_stale` (another host's trial: live until it has been watched idle for `FOREIGN_GRACE_S`;
+    `wait_for_foreign` watches). For `fusebench forget`, which must not delete a study under a worker's feet."""
     from fusebench.search.storage import has_heartbeat
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if has_heartbeat(study._storage):
         # optuna lists only trials with an old heartbeat; a worker killed between `ask` and its first beat
-        # left none, so the file-storage test (its pid gone on this host, or no owner and old) applies too
+        # left none, so the pid and age tests apply too (its pid gone on this host, or no owner and old)
         stale = set(study._storage._get_stale_trial_ids(study._study_id))
-        return [t.number for t in running if t._trial_id not in stale and not _is_stale(t, study)]
+        return [t.number for t in running if t._trial_id not in stale and not _is_stale(t, study, watch_foreign=False)]
+    _forget_finished(study, running)
     return [t.number for t in running if not _is_stale(t, study)]
 
 
@@ -144,8 +213,11 @@ def live_running(study: optuna.Study) -> list[int]:
 def wait_for_foreign(studies: list[optuna.Study], poll_s: float = 5.0) -> None:
     """Watch the RUNNING trials that other hosts own in `studies` until each has moved (a live owner) or
     stayed idle for `FOREIGN_GRACE_S` (a killed one), so that `live_running` can judge them; returns at once
-    when there are none. For `fusebench forget` on a run copied from another machine."""
-    first: dict[tuple[str, int], str] = {}
+    when there are none, and on a heartbeat storage, where the heartbeat decides (`live_running`). For
+    `fusebench forget` on a run copied from another machine."""
+    from fusebench.search.storage import has_heartbeat
+
+    studies = [s for s in studies if not has_heartbeat(s._storage)]
     end = time.monotonic() + FOREIGN_GRACE_S + poll_s
     while True:
         pending = False
@@ -153,9 +225,7 @@ def wait_for_foreign(studies: list[optuna.Study], poll_s: float = 5.0) -> None:
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if not is_foreign(t) or _is_stale(t, study):
                     continue  # this host's, or idle for the grace: decided
-                now = _activity(t, study.user_attrs)
-                if first.setdefault((study.study_name, t.number), now) == now:
-                    pending = True  # not moved yet
+                pending = pending or _watched[_watch_key(study, t)].moves == 0  # not seen moving yet
         if not pending or time.monotonic() >= end:
             return
         time.sleep(poll_s)

@@ -44,6 +44,7 @@ would propose the same parameters again in every process and after every resume)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -57,7 +58,7 @@ from optuna.trial import TrialState
 
 from fusebench.core import deadline
 from fusebench.search.clock import CAP_CLOCKS, TRIAL_CLOCK_ATTR, SearchClock
-from fusebench.search.stale import fail_stale_running
+from fusebench.search.stale import fail_stale_running, taken_over, warn_taken_over
 
 if TYPE_CHECKING:
     import torch
@@ -185,6 +186,10 @@ class _Surplus(Exception):
     """Raised inside a trial that lost the race for the last budget slot (it has sampled nothing)."""
 
 
+class _TakenOver(Exception):
+    """Raised after a trial's objective when another process failed the trial meanwhile (`stale.taken_over`)."""
+
+
 def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
     """Numbers of trials failed by a dead or interrupted process: marked `stale` or `interrupted` here, or re-enqueued by optuna's
     heartbeat retry callback (their copy carries system attr `failed_trial`)."""
@@ -272,7 +277,8 @@ def _guarded(objective: Callable[[optuna.Trial], float], budget: Budget) -> Call
         except KeyboardInterrupt:
             # optuna tells this trial FAIL before re-raising: without the mark a Ctrl-C'd and resumed
             # search counted it as spent and failed, one completed trial fewer for the strategy
-            trial.set_user_attr("interrupted", True)
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another process failed it
+                trial.set_user_attr("interrupted", True)
             raise
 
     return run
@@ -334,22 +340,44 @@ def run_search(
             if _counts(st)[0] >= budget.trials or clock.left() <= 0 or deadline.passed():
                 st.stop()  # past --stop-after: drive_search stops the run before the next trial
 
-        def told_next(trial: optuna.Trial) -> float:
+        def settle(trial: optuna.Trial) -> bool:
             # commit as the objective returns (or fails), before optuna tells the trial: a Ctrl-C or a kill
             # between the tell and the callback's commit dropped the told, spent trial's seconds; one
-            # between this commit and the tell leaves the untold trial's seconds counted (the safe side)
+            # between this commit and the tell leaves the untold trial's seconds counted (the safe side).
+            # A trial another process failed meanwhile (`stale.taken_over`) is retried: its seconds go
+            if taken_over(study, trial._trial_id):
+                clock.discard()
+                return True
+            clock.commit()
+            return False
+
+        def told_next(trial: optuna.Trial) -> float:
+            mine.append(trial)
             try:
                 value = guarded(trial, clock.key)
             except KeyboardInterrupt:
+                interrupted.append(trial.number)
                 raise
             except BaseException:
-                clock.commit()
+                settle(trial)
                 raise
-            clock.commit()
+            if settle(trial):  # raised, not returned: optuna's tell of a returned value on a FAIL trial asserts
+                raise _TakenOver(f"trial {trial.number} was failed by another process meanwhile")
             return value
 
-        study.optimize(told_next, n_trials=budget.trials - done - running, timeout=clock.left(),
-                       catch=(RuntimeError, ValueError, _Surplus), callbacks=[stop, count_failures])
+        mine: list[optuna.Trial] = []
+        interrupted: list[int] = []
+        try:
+            study.optimize(told_next, n_trials=budget.trials - done - running, timeout=clock.left(),
+                           catch=(RuntimeError, ValueError, _Surplus), callbacks=[stop, count_failures])
+        except ValueError:
+            # optuna cannot tell a trial that another process has failed ("Cannot tell a FAIL trial"): this
+            # process stalled past the grace and was taken for killed; the trial is retried, the search goes on
+            if interrupted:  # a Ctrl-C in a trial failed meanwhile: optuna's tell raised this instead of it
+                raise KeyboardInterrupt from None
+            if not mine or not taken_over(study, mine[-1]._trial_id):
+                raise
+            warn_taken_over(study, [mine[-1].number])
 
     return study, drive_search(study, budget, optimize, lambda: len(failures), poll_s)
 

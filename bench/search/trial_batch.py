@@ -44,6 +44,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from fusebench.search.clock import TRIAL_CLOCK_ATTR, SearchClock
+from fusebench.search.stale import taken_over, warn_taken_over
 from fusebench.search.study import Budget, _spent_flags, drive_search
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,18 @@ def _claim(study: optuna.Study, budget: Budget, host: str, pid: int, clock_key: 
     return trial
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> TrialState:
-    """Tell the trial's outcome (exactly once) and return the state it ended in."""
+def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> TrialState | None:
+    """Tell the trial's outcome (exactly once) and return the state it ended in; None when another process
+    ended it first (`stale.taken_over`: this one stalled past the grace; the trial is retried)."""
+    try:
+        return None if taken_over(study, trial._trial_id) else _tell_outcome(study, trial, outcome)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        if taken_over(study, trial._trial_id):  # failed between the look and the tell
+            return None
+        raise
+
+
+def _tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> TrialState:
     if isinstance(outcome, optuna.TrialPruned):
         return study.tell(trial, state=TrialState.PRUNED).state
     if isinstance(outcome, NotStarted):
@@ -109,8 +120,11 @@ def _interrupted(study: optuna.Study, trials: list[optuna.Trial]) -> None:
     killed process are (left RUNNING, a trial of this still-living process would never turn stale:
     a search called again in the same process, as tests and notebooks do, waited for it forever)."""
     for trial in trials:
-        trial.set_user_attr("interrupted", True)
-        study.tell(trial, state=TrialState.FAIL)
+        if taken_over(study, trial._trial_id):
+            continue  # another process failed it meanwhile (retried already)
+        with contextlib.suppress(ValueError, optuna.exceptions.UpdateFinishedTrialError):  # ... or just now
+            trial.set_user_attr("interrupted", True)
+            study.tell(trial, state=TrialState.FAIL)
 
 
 def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: Budget, trial_batch: int, *,
@@ -138,8 +152,7 @@ def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: B
                     proposals.append(objective.propose(trial))
                 except (RuntimeError, ValueError) as exc:  # invalid params: the trial fails, the others go on
                     trials.pop()
-                    _tell(study, trial, exc)
-                    failures[0] += 1
+                    failures[0] += _tell(study, trial, exc) is not None
             if trials:
                 try:
                     outcomes = objective.train(trials, proposals, lambda: clock.left() > 0)
@@ -150,14 +163,23 @@ def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: B
                     raise RuntimeError(f"the batch objective returned {len(outcomes)} outcomes for {len(trials)} trials")
                 # committed before the tells, not after them (busy()'s end): a kill or a Ctrl-C among the tells
                 # then leaves the untold trials' seconds counted (retried: counted twice, the safe side), where
-                # a commit after them dropped the told ones' (spent trials' seconds out of the cap)
-                clock.commit()
+                # a commit after them dropped the told ones' (spent trials' seconds out of the cap). A round
+                # that another process took over whole (`stale.taken_over`) is retried: its seconds go
+                if all(taken_over(study, t._trial_id) for t in trials):
+                    clock.discard()
+                else:
+                    clock.commit()
                 cut = sum(isinstance(o, NotStarted) for o in outcomes)
                 if cut:
                     log.warning("study %s: the %.0fs cap was spent during a round: %d of its %d trials not started",
                                 study.study_name, budget.timeout_s, cut, len(trials))
+                taken = []
                 for trial, outcome in zip(trials, outcomes):
-                    failures[0] += _tell(study, trial, outcome) == TrialState.FAIL and not isinstance(outcome, NotStarted)
+                    state = _tell(study, trial, outcome)
+                    taken += [trial.number] if state is None else []
+                    failures[0] += state == TrialState.FAIL and not isinstance(outcome, NotStarted)
+                if taken:
+                    warn_taken_over(study, taken)
 
     return study, drive_search(study, budget, round_, lambda: failures[0], poll_s)
 

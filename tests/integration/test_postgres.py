@@ -350,3 +350,112 @@ def test_forget_refuses_a_study_whose_trial_a_live_worker_runs_and_forgets_it_on
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", dead.pid)
     assert [f.studies for f in forget_cells(out, ["toy/concat"], postgres_url)] == [["toy/concat"]]
+
+
+_SUSPENDED_ON_POSTGRES = """
+import sys, time
+import fusebench.search.clock as clock_module
+import fusebench.search.storage as storage_module
+from fusebench.search.study import Budget, open_study, run_search, trial_counts
+clock_module.SAVE_EVERY_S = 0.1
+storage_module.HEARTBEAT_INTERVAL_S = 1
+
+def objective(trial):
+    x = trial.suggest_float("x", 0.0, 1.0)
+    for epoch in range(6):
+        time.sleep(0.1)
+        trial.report(x, epoch)
+    return x
+
+study, _ = run_search(open_study("pg/stall", storage_module.open_storage(sys.argv[1]), 0), objective,
+                      Budget(trials=3, timeout_s=1000, seeds=1))
+print("FINISHED", trial_counts(study, 3), flush=True)
+"""
+
+
+def test_a_suspended_worker_whose_heartbeat_went_stale_wakes_and_finishes_its_search(postgres_url, monkeypatch,
+                                                                                     tmp_path):
+    """A live worker SIGSTOPped in a trial for longer than the heartbeat's grace has that trial failed by
+    another process (optuna's heartbeat check; its retry callback re-enqueues the params). When it wakes,
+    its next `trial.report` hits a finished trial: before, `ValueError: Cannot tell a FAIL trial` crashed
+    its whole search (review of stop 31). It must finish its budget, the failed trial retried."""
+    import signal
+
+    import fusebench.search.storage as storage_module
+    from fusebench.search.stale import fail_stale_running
+    from fusebench.search.study import open_study, trial_counts
+
+    monkeypatch.setattr(storage_module, "GRACE_PERIOD_S", 3)
+    owner = LoggedPopen([sys.executable, "-c", _SUSPENDED_ON_POSTGRES, postgres_url], tmp_path / "owner.log", cwd=REPO)
+
+    def in_a_trial() -> bool | None:
+        try:
+            seen = optuna.load_study(study_name="pg/stall", storage=postgres_url)
+        except KeyError:
+            return None
+        return any(t.intermediate_values for t in seen.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) or None
+
+    deadline = time.monotonic() + 90
+    while in_a_trial() is None:
+        assert owner.poll() is None and time.monotonic() < deadline, owner.output_tail()
+        time.sleep(0.05)
+    owner.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(4.5)  # past the grace: its heartbeat is stale
+        assert fail_stale_running(open_study("pg/stall", storage_module.open_storage(postgres_url), 0)) == 1
+    finally:
+        owner.send_signal(signal.SIGCONT)
+    assert owner.wait(90) == 0, owner.output_tail()
+    assert "FINISHED" in owner.output_tail()
+    counts = trial_counts(optuna.load_study(study_name="pg/stall", storage=postgres_url), 3)
+    assert (counts.spent, counts.complete, counts.retried) == (3, 3, 1)
+
+
+def test_on_postgres_the_heartbeat_alone_judges_another_hosts_trial(postgres_url, monkeypatch, tmp_path):
+    """Review of stop 31: `live_running` also applied the journal's clock test (another host's trial is
+    stale once its owner's search clock has not moved for `FOREIGN_GRACE_S`), and `forget` watched such
+    trials for that long. On PostgreSQL the heartbeat decides: a beating worker whose clock is quiet is
+    live (before: forgotten under it, once the watch ran out), and a trial whose heartbeat is stale is a
+    killed worker's at once (before: `forget` waited the whole watch first)."""
+    import json
+    import threading
+
+    import fusebench.search.stale as stale
+    import fusebench.search.storage as storage_module
+    from fusebench.core.errors import UsageError
+    from fusebench.run.forget import forget_cells
+    from fusebench.search.clock import KEY_PREFIX, TRIAL_CLOCK_ATTR
+
+    monkeypatch.setattr(storage_module, "GRACE_PERIOD_S", 2)
+    monkeypatch.setattr(stale, "_watched", {})
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.jsonl").write_text(json.dumps({"dataset": "toy", "strategy": "concat"}) + "\n", encoding="utf-8")
+    storage = storage_module.open_storage(postgres_url)
+    study = optuna.create_study(study_name="toy/concat", storage=storage)
+    trial = study.ask()
+    for attr, value in (("host", "machine-b"), ("pid", 4242), (TRIAL_CLOCK_ATTR, "machine-b:4242:abcd")):
+        trial.set_user_attr(attr, value)
+    study.set_user_attr(KEY_PREFIX + "machine-b:4242:abcd", 12.0)  # a quiet clock: the owner saves it rarely
+    stop = threading.Event()
+
+    def beat() -> None:  # the worker on machine-b is alive
+        while not stop.is_set():
+            storage.record_heartbeat(trial._trial_id)
+            stop.wait(0.3)
+
+    beating = threading.Thread(target=beat)
+    beating.start()
+    monkeypatch.setattr(stale, "FOREIGN_GRACE_S", 0.5)
+    try:
+        time.sleep(1.0)
+        with pytest.raises(UsageError, match=r"toy/concat: trial\(s\) 0"):
+            forget_cells(out, ["toy/concat"], postgres_url)
+    finally:
+        stop.set()
+        beating.join()
+    monkeypatch.setattr(stale, "FOREIGN_GRACE_S", 30.0)
+    time.sleep(2.5)  # the worker is gone: its heartbeat is older than the grace
+    t0 = time.monotonic()
+    assert [f.studies for f in forget_cells(out, ["toy/concat"], postgres_url)] == [["toy/concat"]]
+    assert time.monotonic() - t0 < 10, "decided by the heartbeat, not after a watch of FOREIGN_GRACE_S"

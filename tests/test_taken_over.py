@@ -1,0 +1,170 @@
+"""A live search process taken for a killed one: it stalled past the grace period (a SIGSTOP, a paused VM,
+a swapping machine), and another process failed its RUNNING trial as stale, to be retried. When it wakes,
+its trial is no longer its own: `trial.report` raises `UpdateFinishedTrialError` and optuna's tell
+`ValueError: Cannot tell a FAIL trial`. Before, that error left `study.optimize` and crashed the owner's
+whole search (review of stop 31). Now the owner drops that trial (its result and its seconds), and its
+search goes on: the retried trial is run again by whoever gets to it, and the budget stays exact.
+
+In-process here (a stand-in for the other process fails the trial through the storage, as
+`stale.fail_stale_running` does), and with a real SIGSTOPped process on a journal in
+`test_a_suspended_owner_on_another_host_wakes_and_finishes_its_search`; on PostgreSQL (optuna's heartbeat
+check) in tests/integration/test_postgres.py."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from fusebench.search import stale
+from fusebench.search.clock import search_time
+from fusebench.search.storage import open_storage
+from fusebench.search.study import Budget, open_study, run_search, trial_counts
+from fusebench.search.trial_batch import BatchObjective, run_batched_search
+from tests.killpoint import LoggedPopen
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fail_as_stale(trial: optuna.Trial) -> None:
+    """What another process's `fail_stale_running` does to a trial it takes for a killed process's."""
+    storage = trial.study._storage
+    storage.set_trial_user_attr(trial._trial_id, "stale", True)
+    storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+
+
+def _study(tmp_path: Path, name: str = "t/concat") -> optuna.Study:
+    return open_study(name, open_storage(f"journal:///{tmp_path}/optuna.journal"), 0)
+
+
+@pytest.mark.parametrize("then", ["report", "return", "raise"])
+def test_a_trial_failed_under_its_owner_is_dropped_and_the_search_goes_on(tmp_path: Path, then: str, caplog) -> None:
+    """The owner's next step after the take-over: a report (the usual case: the next epoch), returning its
+    value (the last epoch), or failing. Each crashed `run_search` with `ValueError` before."""
+    study = _study(tmp_path)
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        if trial.number == 1:
+            trial.report(0.1, 0)
+            time.sleep(0.2)  # the stall; another process fails the trial
+            _fail_as_stale(trial)
+            if then == "report":
+                trial.report(0.2, 1)
+            elif then == "raise":
+                raise RuntimeError("diverged")
+        return x
+
+    study, _ = run_search(study, objective, Budget(trials=3, timeout_s=60, seeds=1), poll_s=0.05)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    counts = trial_counts(study, 3)
+    assert (counts.spent, counts.complete, counts.failed, counts.retried) == (3, 3, 0, 1)
+    assert "trial(s) 1 of this process were failed as stale by another process" in caplog.text
+    # the dropped trial's seconds (>= its 0.2 s stall) leave the cap, as a killed or interrupted trial's do
+    assert search_time(study).lost >= 0.2
+
+
+def test_a_batched_round_taken_over_is_dropped_and_the_search_goes_on(tmp_path: Path, caplog) -> None:
+    study = _study(tmp_path, "t/batch")
+
+    def train(trials: list[optuna.Trial], xs: list[float], may_start) -> list[float | BaseException]:
+        if trials[0].number == 2:  # round 2 stalls; another process fails both of its trials
+            time.sleep(0.2)
+            for trial in trials:
+                _fail_as_stale(trial)
+        return list(xs)
+
+    study, _ = run_batched_search(study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0), train),
+                                  Budget(trials=4, timeout_s=60, seeds=1), 2, poll_s=0.05)
+    counts = trial_counts(study, 4)
+    assert (counts.spent, counts.complete, counts.failed, counts.retried) == (4, 4, 0, 2)
+    assert [t.number for t in study.trials if t.user_attrs.get("stale")] == [2, 3]
+    assert "trial(s) 2, 3 of this process were failed as stale" in caplog.text
+    assert search_time(study).lost >= 0.2
+
+
+def test_one_trial_of_a_round_taken_over_keeps_the_others(tmp_path: Path) -> None:
+    study = _study(tmp_path, "t/half")
+
+    def train(trials: list[optuna.Trial], xs: list[float], may_start) -> list[float | BaseException]:
+        if trials[0].number == 0:
+            _fail_as_stale(trials[1])
+        return list(xs)
+
+    study, _ = run_batched_search(study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0), train),
+                                  Budget(trials=2, timeout_s=60, seeds=1), 2, poll_s=0.05)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trial_counts(study, 2).retried == 1
+
+
+def test_a_ctrl_c_in_a_trial_taken_over_still_stops_the_search(tmp_path: Path) -> None:
+    """The tell of the interrupted trial fails too (it is FAIL already); the interrupt must not be lost."""
+    study = _study(tmp_path, "t/ctrl-c")
+
+    def objective(trial: optuna.Trial) -> float:
+        _fail_as_stale(trial)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(study, objective, Budget(trials=3, timeout_s=60, seeds=1), poll_s=0.05)
+
+
+_SUSPENDED_OWNER = """
+import socket, sys, time
+socket.gethostname = lambda: "machine-a"  # another host, as the test process sees it
+import fusebench.search.clock as clock_module
+import fusebench.search.storage as storage_module
+from fusebench.search.study import Budget, open_study, run_search, trial_counts
+clock_module.SAVE_EVERY_S = 0.1
+
+def objective(trial):
+    x = trial.suggest_float("x", 0.0, 1.0)
+    for epoch in range(6):
+        time.sleep(0.1)
+        trial.report(x, epoch)
+    return x
+
+study, _ = run_search(open_study("t/stall", storage_module.open_storage(sys.argv[1]), 0), objective,
+                      Budget(trials=3, timeout_s=1000, seeds=1))
+print("FINISHED", trial_counts(study, 3), flush=True)
+"""
+
+
+def test_a_suspended_owner_on_another_host_wakes_and_finishes_its_search(tmp_path: Path, monkeypatch) -> None:
+    """A real owner process (host `machine-a`, saving its clock every 0.1 s) is SIGSTOPped in a trial; this
+    process watches that trial idle for the grace (1 s here) and fails it, as a run resumed on another
+    machine does; then the owner is continued. It must finish its budget, the failed trial retried."""
+    monkeypatch.setattr(stale, "FOREIGN_GRACE_S", 1.0)
+    monkeypatch.setattr(stale, "_watched", {})
+    url = f"journal:///{tmp_path}/optuna.journal"
+    owner = LoggedPopen([sys.executable, "-c", _SUSPENDED_OWNER, url], tmp_path / "owner.log", cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the owner is in a trial and has reported an epoch
+            assert owner.poll() is None and time.monotonic() < deadline, owner.output_tail()
+            try:
+                study = optuna.load_study(study_name="t/stall", storage=open_storage(url))
+            except KeyError:
+                continue
+            if any(t.intermediate_values for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+                break
+            time.sleep(0.05)
+        owner.send_signal(signal.SIGSTOP)
+        failed, since = 0, time.monotonic()
+        while not failed and time.monotonic() - since < 10:
+            failed = stale.fail_stale_running(study)
+            time.sleep(0.1)
+        assert failed == 1, "the suspended owner's trial is taken for a killed process's"
+    finally:
+        owner.send_signal(signal.SIGCONT)
+    assert owner.wait(60) == 0, owner.output_tail()
+    assert "FINISHED" in owner.output_tail() and "Cannot tell" not in owner.output_tail()
+    study = optuna.load_study(study_name="t/stall", storage=open_storage(url))
+    counts = trial_counts(study, 3)
+    assert (counts.spent, counts.complete, counts.retried) == (3, 3, 1)
