@@ -115,6 +115,95 @@ def test_a_ctrl_c_in_a_trial_taken_over_still_stops_the_search(tmp_path: Path) -
         run_search(study, objective, Budget(trials=3, timeout_s=60, seeds=1), poll_s=0.05)
 
 
+def test_a_ctrl_c_while_the_dropped_trials_seconds_are_written_still_stops_the_search(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """Review: an interrupt that lands after the objective returned (in the clock's writes) was swallowed."""
+    from fusebench.search.clock import SearchClock
+
+    fired: list[int] = []
+    real = SearchClock.discard
+
+    def discard(self: SearchClock) -> None:
+        if not fired:
+            fired.append(1)
+            raise KeyboardInterrupt  # SIGINT while the clock is written
+        real(self)
+
+    monkeypatch.setattr(SearchClock, "discard", discard)
+
+    def objective(trial: optuna.Trial) -> float:
+        if trial.number == 1:
+            _fail_as_stale(trial)
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(_study(tmp_path, "t/ctrl-c-late"), objective, Budget(trials=3, timeout_s=60, seeds=1), poll_s=0.05)
+    assert fired
+
+
+class _SamplerBug(ValueError):
+    pass
+
+
+def _sampler_fails_after_each_trial(study: optuna.Study) -> None:
+    real = study.sampler.after_trial
+
+    def after_trial(*args) -> None:
+        real(*args)
+        raise _SamplerBug("a sampler's own error, after the tell")
+
+    study.sampler.after_trial = after_trial  # type: ignore[method-assign]
+
+
+def test_another_value_error_is_raised_not_taken_for_a_take_over(tmp_path: Path) -> None:
+    """Review: any ValueError out of `optimize` whose last trial was no longer RUNNING (here: told COMPLETE,
+    then the sampler failed) was swallowed with a false "failed as stale by another process"."""
+    study = _study(tmp_path, "t/sampler")
+    _sampler_fails_after_each_trial(study)
+    with pytest.raises(_SamplerBug):
+        run_search(study, lambda t: t.suggest_float("x", 0.0, 1.0), Budget(trials=3, timeout_s=60, seeds=1), poll_s=0.05)
+
+
+def test_another_value_error_at_a_batched_tell_is_raised(tmp_path: Path) -> None:
+    study = _study(tmp_path, "t/sampler-batch")
+    _sampler_fails_after_each_trial(study)
+    with pytest.raises(_SamplerBug):
+        run_batched_search(study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0), lambda ts, xs, ok: list(xs)),
+                           Budget(trials=4, timeout_s=60, seeds=1), 2, poll_s=0.05)
+
+
+def test_the_real_batched_objective_drops_a_trial_taken_over_and_the_run_finishes(tmp_path: Path, synthetic_bundle,
+                                                                                  monkeypatch) -> None:
+    """Review: the run's batched objective (bench/run/trials.py) writes user attrs on the round's trials as
+    it trains; on a trial another process had failed, that write raised out of the round (`fusebench run
+    --trial-batch 3`: "concat FAILED: Trial#1 has already finished"). The stand-in for the other process
+    fails trial 1 of the first round as it starts training."""
+    import fusebench.run.cell as cell
+    from fusebench.cli import main
+
+    real, failed = cell.run_batched_search, []
+
+    def with_a_take_over(study, objective, budget, trial_batch, **kw):
+        def train(trials, proposals, may_start):
+            if not failed:
+                failed.append(trials[1].number)
+                _fail_as_stale(trials[1])
+            return objective.train(trials, proposals, may_start)
+
+        return real(study, BatchObjective(objective.propose, train), budget, trial_batch, **kw)
+
+    monkeypatch.setattr(cell, "run_batched_search", with_a_take_over)
+    data, cfg = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    out = tmp_path / "run"
+    assert main(["run", "--datasets", "toy", "--strategies", "concat", "--trials", "3", "--seeds", "1",
+                 "--trial-batch", "3", "--data-dir", str(data), "--out", str(out)]) == 0
+    assert failed == [1]
+    study = optuna.load_study(study_name="toy/concat", storage=open_storage(f"journal:///{out}/optuna.journal"))
+    counts = trial_counts(study, 3)
+    assert (counts.spent, counts.complete + counts.pruned, counts.failed, counts.retried) == (3, 3, 0, 1)
+
+
 _SUSPENDED_OWNER = """
 import socket, sys, time
 socket.gethostname = lambda: "machine-a"  # another host, as the test process sees it

@@ -19,6 +19,7 @@ instead of training them all one after another past it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -42,6 +43,14 @@ log = logging.getLogger(__name__)
 def trial_seed(budget: Budget, trial: optuna.Trial) -> int:
     """The seed of a search trial's init and data order (the sequential objective's rule)."""
     return budget.search_seed * 100_000 + trial.number
+
+
+def _note(trial: optuna.Trial, key: str, value: Any) -> None:
+    """Set a user attr of a trial of the round, unless another process has failed it meanwhile (this one
+    stalled past the grace): the round goes on, and its tell drops that trial (bench/search/trial_batch.py).
+    Before, the attr write raised out of the round, or sent a trained group to the one-by-one fallback."""
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        trial.set_user_attr(key, value)
 
 
 def _reporter(trial: optuna.Trial) -> Callable[[int, float], None]:
@@ -95,14 +104,14 @@ def build_batch_objective(cell: Any, inputs: TrialInputs, train_cfg: TrainConfig
                     warnings.filterwarnings("ignore", message=".*batching rule.*", category=UserWarning)
                     fits = fit_members(members, train, val, train_cfg, inputs.main_metric)
                 for t in trials:
-                    t.set_user_attr("batch_size", len(trials))
+                    _note(t, "batch_size", len(trials))
                 return [f.result if f.result is not None else f.error for f in fits]  # type: ignore[misc]
             except (RuntimeError, NotImplementedError, ValueError) as exc:
                 reason = vmap_failed(exc)
         if len(trials) > 1:
             log.info("  %s: trials %s trained one after another (%s)", cell.strategy, [t.number for t in trials], reason)
         for t in trials:
-            t.set_user_attr("batch_size", 1)
+            _note(t, "batch_size", 1)
         # rebuilt right before training, so that the global RNG (dropout masks) is where the one-by-one
         # search has it: a trial trained alone gives exactly its sequential result
         out: list[Outcome | TrainResult] = []
@@ -130,10 +139,10 @@ def build_batch_objective(cell: Any, inputs: TrialInputs, train_cfg: TrainConfig
                 out.append(result)  # never trained: no progress step, no seed
                 continue
             progress.advance(inputs.progress_key, 1, status=trial_status(budget, trial))
-            trial.set_user_attr("seed", trial_seed(budget, trial))
+            _note(trial, "seed", trial_seed(budget, trial))
             if isinstance(result, TrainResult):
-                trial.set_user_attr("best_epoch", result.best_epoch)
-                trial.set_user_attr("best_step", result.best_step)
+                _note(trial, "best_epoch", result.best_epoch)
+                _note(trial, "best_step", result.best_step)
                 out.append(result.val_metric)
             else:
                 out.append(result)

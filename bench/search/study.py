@@ -354,28 +354,38 @@ def run_search(
         def told_next(trial: optuna.Trial) -> float:
             mine.append(trial)
             try:
-                value = guarded(trial, clock.key)
-            except KeyboardInterrupt:
+                try:
+                    value = guarded(trial, clock.key)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    if settle(trial):
+                        taken.add(trial.number)
+                    raise
+                if settle(trial):  # raised, not returned: optuna's tell of a returned value on a FAIL trial asserts
+                    taken.add(trial.number)
+                    raise _TakenOver(f"trial {trial.number} was failed by another process meanwhile")
+                return value
+            except KeyboardInterrupt:  # in the objective or in `settle`'s writes
                 interrupted.append(trial.number)
                 raise
-            except BaseException:
-                settle(trial)
-                raise
-            if settle(trial):  # raised, not returned: optuna's tell of a returned value on a FAIL trial asserts
-                raise _TakenOver(f"trial {trial.number} was failed by another process meanwhile")
-            return value
 
         mine: list[optuna.Trial] = []
+        taken: set[int] = set()  # this process's trials found failed by another before it told them
         interrupted: list[int] = []
         try:
             study.optimize(told_next, n_trials=budget.trials - done - running, timeout=clock.left(),
                            catch=(RuntimeError, ValueError, _Surplus), callbacks=[stop, count_failures])
-        except ValueError:
+        except ValueError as exc:
             # optuna cannot tell a trial that another process has failed ("Cannot tell a FAIL trial"): this
-            # process stalled past the grace and was taken for killed; the trial is retried, the search goes on
+            # process stalled past the grace and was taken for killed; the trial is retried, the search goes on.
+            # Found before the tell (`taken`), or failed between that look and the tell (optuna's message);
+            # any other ValueError (a sampler's, at an ask) is not this and is raised
             if interrupted:  # a Ctrl-C in a trial failed meanwhile: optuna's tell raised this instead of it
                 raise KeyboardInterrupt from None
-            if not mine or not taken_over(study, mine[-1]._trial_id):
+            last = mine[-1] if mine else None
+            if last is None or not (last.number in taken or (str(exc).startswith("Cannot tell a ")
+                                                             and taken_over(study, last._trial_id))):
                 raise
             warn_taken_over(study, [mine[-1].number])
 

@@ -75,17 +75,21 @@ class BatchObjective:
 def _claim(study: optuna.Study, budget: Budget, host: str, pid: int, clock_key: str) -> optuna.Trial | None:
     """Ask one trial; give it up (FAIL, `surplus`) when `budget` live trials are numbered before it."""
     trial = study.ask()
-    trial.set_user_attr("host", host)
-    trial.set_user_attr("pid", pid)
-    # whose seconds a kill in it leaves uncommitted; after the host and pid (`clock.trial_owners`): a trial
-    # with the key and no pid yet is stale on a file storage, and its live process's seconds were set back
-    trial.set_user_attr(TRIAL_CLOCK_ATTR, clock_key)
-    trials = study.get_trials(deepcopy=False)
-    ahead = sum(t.number < trial.number and (t.state == TrialState.RUNNING or s)
-                for t, s in zip(trials, _spent_flags(trials)))
-    if ahead >= budget.trials:
-        trial.set_user_attr("surplus", True)
-        study.tell(trial, state=TrialState.FAIL)
+    try:
+        trial.set_user_attr("host", host)
+        trial.set_user_attr("pid", pid)
+        # whose seconds a kill in it leaves uncommitted; after the host and pid (`clock.trial_owners`): a trial
+        # with the key and no pid yet is stale on a file storage, and its live process's seconds were set back
+        trial.set_user_attr(TRIAL_CLOCK_ATTR, clock_key)
+        trials = study.get_trials(deepcopy=False)
+        ahead = sum(t.number < trial.number and (t.state == TrialState.RUNNING or s)
+                    for t, s in zip(trials, _spent_flags(trials)))
+        if ahead >= budget.trials:
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=TrialState.FAIL)
+            return None
+    except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale (ownerless and old) before its attrs
+        warn_taken_over(study, [trial.number])
         return None
     return trial
 
@@ -95,8 +99,10 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> TrialSt
     ended it first (`stale.taken_over`: this one stalled past the grace; the trial is retried)."""
     try:
         return None if taken_over(study, trial._trial_id) else _tell_outcome(study, trial, outcome)
-    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-        if taken_over(study, trial._trial_id):  # failed between the look and the tell
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+        # failed by another process between the look and the tell; not a sampler's error after a tell
+        if (isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a ")) \
+                and taken_over(study, trial._trial_id):
             return None
         raise
 
