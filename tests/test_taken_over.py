@@ -204,6 +204,116 @@ def test_the_real_batched_objective_drops_a_trial_taken_over_and_the_run_finishe
     assert (counts.spent, counts.complete + counts.pruned, counts.failed, counts.retried) == (3, 3, 0, 1)
 
 
+def test_a_trial_failed_between_the_owners_look_and_its_tell_is_dropped_too(tmp_path: Path, monkeypatch) -> None:
+    """Second review: the other process fails the trial just after `settle` found it RUNNING, and the
+    objective had returned a value: optuna's tell refuses, and its `finally` raises `AssertionError("Should
+    not reach.")` over that ValueError, which crashed the search."""
+    import fusebench.search.study as study_module
+
+    real, failed = study_module.taken_over, []
+
+    def look_then_fail(study: optuna.Study, trial_id: int) -> bool:
+        seen = real(study, trial_id)
+        if not failed and study._storage.get_trial(trial_id).number == 1:
+            failed.append(trial_id)
+            _fail_as_stale(optuna.Trial(study, trial_id))
+        return seen
+
+    monkeypatch.setattr(study_module, "taken_over", look_then_fail)
+    study, _ = run_search(_study(tmp_path, "t/race"), lambda t: t.suggest_float("x", 0.0, 1.0),
+                          Budget(trials=3, timeout_s=60, seeds=1), poll_s=0.05)
+    counts = trial_counts(study, 3)
+    assert failed and (counts.spent, counts.complete, counts.failed, counts.retried) == (3, 3, 0, 1)
+
+
+def test_a_ctrl_c_after_the_objective_returned_leaves_the_trial_retried_not_spent(tmp_path: Path, monkeypatch) -> None:
+    """Second review: a Ctrl-C in `settle` (the clock's commit) of a trial nobody else failed ended it FAIL
+    without `interrupted`: counted spent and failed, one completed trial fewer for the strategy."""
+    import fusebench.search.study as study_module
+
+    real, fired = study_module.taken_over, []
+
+    def interrupted_at_trial_1(study: optuna.Study, trial_id: int) -> bool:
+        if not fired and study._storage.get_trial(trial_id).number == 1:
+            fired.append(1)
+            raise KeyboardInterrupt
+        return real(study, trial_id)
+
+    monkeypatch.setattr(study_module, "taken_over", interrupted_at_trial_1)
+    study = _study(tmp_path, "t/ctrl-c-settle")
+    with pytest.raises(KeyboardInterrupt):
+        run_search(study, lambda t: t.suggest_float("x", 0.0, 1.0), Budget(trials=3, timeout_s=60, seeds=1), poll_s=0.05)
+    study, _ = run_search(study, lambda t: t.suggest_float("x", 0.0, 1.0), Budget(trials=3, timeout_s=60, seeds=1),
+                          poll_s=0.05)
+    counts = trial_counts(study, 3)
+    assert (counts.spent, counts.complete, counts.failed, counts.retried) == (3, 3, 0, 1)
+
+
+def test_a_ctrl_c_between_a_rounds_training_and_its_tells_leaves_no_trial_running(tmp_path: Path, monkeypatch) -> None:
+    """Second review: a Ctrl-C after `train` returned (the round's commit, before the tells) left the round's
+    trials RUNNING, so a second search in the same process (a notebook, a test) waited for them for ever."""
+    import threading
+
+    import fusebench.search.trial_batch as trial_batch
+
+    real, fired = trial_batch.taken_over, []
+
+    def interrupted_once(study: optuna.Study, trial_id: int) -> bool:
+        if not fired:
+            fired.append(1)
+            raise KeyboardInterrupt
+        return real(study, trial_id)
+
+    def train(trials, xs, may_start):
+        monkeypatch.setattr(trial_batch, "taken_over", interrupted_once)
+        return list(xs)
+
+    study = _study(tmp_path, "t/batch-ctrl-c")
+    with pytest.raises(KeyboardInterrupt):
+        run_batched_search(study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0), train),
+                           Budget(trials=2, timeout_s=60, seeds=1), 2, poll_s=0.05)
+    monkeypatch.setattr(trial_batch, "taken_over", real)
+    assert [t.user_attrs.get("interrupted") for t in study.trials] == [True, True]
+    again = threading.Thread(target=run_batched_search, daemon=True, kwargs={"poll_s": 0.05}, args=(
+        study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0), lambda ts, xs, ok: list(xs)),
+        Budget(trials=2, timeout_s=60, seeds=1), 2))
+    again.start()
+    again.join(30)
+    assert not again.is_alive(), "the second search waited for the interrupted round's trials"
+    assert trial_counts(study, 2).complete == 2
+
+
+def test_a_claim_failed_between_its_surplus_mark_and_its_tell_ends_the_round(tmp_path: Path, monkeypatch) -> None:
+    """Second review: a claim that lost the last slot is told FAIL `surplus`; failed by another process in
+    between, that tell raised "Cannot tell a FAIL trial" out of the round."""
+    import os
+    import socket
+
+    study = _study(tmp_path, "t/surplus")
+    real_ask, real_tell, others = study.ask, study.tell, []
+
+    def ask(*args, **kwargs):
+        if not others:  # a live process on this host claims the only slot first
+            others.append(real_ask())
+            others[0].set_user_attr("host", socket.gethostname())
+            others[0].set_user_attr("pid", os.getpid())
+        return real_ask(*args, **kwargs)
+
+    def tell(trial, *args, **kwargs):
+        if trial.user_attrs.get("surplus") and trial.number != others[0].number:
+            _fail_as_stale(trial)  # another process acts between the mark and the tell
+            real_tell(others[0], 0.5)  # ... and the slot's owner finishes: the budget is spent
+        return real_tell(trial, *args, **kwargs)
+
+    monkeypatch.setattr(study, "ask", ask)
+    monkeypatch.setattr(study, "tell", tell)
+    study, _ = run_batched_search(study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0),
+                                                        lambda ts, xs, ok: list(xs)),
+                                  Budget(trials=1, timeout_s=60, seeds=1), 2, poll_s=0.05)
+    counts = trial_counts(study, 1)
+    assert (counts.spent, counts.complete, counts.failed) == (1, 1, 0)
+
+
 _SUSPENDED_OWNER = """
 import socket, sys, time
 socket.gethostname = lambda: "machine-a"  # another host, as the test process sees it

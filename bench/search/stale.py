@@ -149,6 +149,17 @@ def taken_over(study: optuna.Study, trial_id: int) -> bool:
     return study._storage.get_trial(trial_id).state != TrialState.RUNNING
 
 
+def tell_refused(exc: BaseException) -> bool:
+    """Whether `exc` is optuna refusing to write to a finished trial: `UpdateFinishedTrialError`, a tell's
+    "Cannot tell a FAIL trial.", or the `assert False` that optuna 5's `_run_trial` raises over that
+    ValueError in its `finally` when the objective had returned a value."""
+    if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+        return True
+    if isinstance(exc, ValueError):
+        return str(exc).startswith("Cannot tell a ")
+    return isinstance(exc, AssertionError) and exc.__context__ is not None and tell_refused(exc.__context__)
+
+
 def warn_taken_over(study: optuna.Study, numbers: list[int]) -> None:
     log.warning("study %s: trial(s) %s of this process were failed as stale by another process, which took this one "
                 "for killed (it stalled past the grace period); their results are dropped, they are retried, and "

@@ -58,7 +58,7 @@ from optuna.trial import TrialState
 
 from fusebench.core import deadline
 from fusebench.search.clock import CAP_CLOCKS, TRIAL_CLOCK_ATTR, SearchClock
-from fusebench.search.stale import fail_stale_running, taken_over, warn_taken_over
+from fusebench.search.stale import fail_stale_running, taken_over, tell_refused, warn_taken_over
 
 if TYPE_CHECKING:
     import torch
@@ -366,8 +366,10 @@ def run_search(
                     taken.add(trial.number)
                     raise _TakenOver(f"trial {trial.number} was failed by another process meanwhile")
                 return value
-            except KeyboardInterrupt:  # in the objective or in `settle`'s writes
+            except KeyboardInterrupt:  # in the objective or in `settle`'s writes: retried, not spent
                 interrupted.append(trial.number)
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another process failed it
+                    trial.set_user_attr("interrupted", True)
                 raise
 
         mine: list[optuna.Trial] = []
@@ -376,16 +378,16 @@ def run_search(
         try:
             study.optimize(told_next, n_trials=budget.trials - done - running, timeout=clock.left(),
                            catch=(RuntimeError, ValueError, _Surplus), callbacks=[stop, count_failures])
-        except ValueError as exc:
+        except (ValueError, AssertionError) as exc:
             # optuna cannot tell a trial that another process has failed ("Cannot tell a FAIL trial"): this
             # process stalled past the grace and was taken for killed; the trial is retried, the search goes on.
-            # Found before the tell (`taken`), or failed between that look and the tell (optuna's message);
-            # any other ValueError (a sampler's, at an ask) is not this and is raised
+            # Found before the tell (`taken`), or failed between that look and the tell (`tell_refused`: for a
+            # returned value optuna's `finally` raises an AssertionError over it); any other error (a sampler's,
+            # at an ask) is not this and is raised
             if interrupted:  # a Ctrl-C in a trial failed meanwhile: optuna's tell raised this instead of it
                 raise KeyboardInterrupt from None
             last = mine[-1] if mine else None
-            if last is None or not (last.number in taken or (str(exc).startswith("Cannot tell a ")
-                                                             and taken_over(study, last._trial_id))):
+            if last is None or not (last.number in taken or (tell_refused(exc) and taken_over(study, last._trial_id))):
                 raise
             warn_taken_over(study, [mine[-1].number])
 

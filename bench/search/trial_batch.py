@@ -44,7 +44,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from fusebench.search.clock import TRIAL_CLOCK_ATTR, SearchClock
-from fusebench.search.stale import taken_over, warn_taken_over
+from fusebench.search.stale import taken_over, tell_refused, warn_taken_over
 from fusebench.search.study import Budget, _spent_flags, drive_search
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,10 @@ def _claim(study: optuna.Study, budget: Budget, host: str, pid: int, clock_key: 
             trial.set_user_attr("surplus", True)
             study.tell(trial, state=TrialState.FAIL)
             return None
-    except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale (ownerless and old) before its attrs
-        warn_taken_over(study, [trial.number])
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+        if not (tell_refused(exc) and taken_over(study, trial._trial_id)):
+            raise
+        warn_taken_over(study, [trial.number])  # failed as stale (ownerless and old) before its attrs or its tell
         return None
     return trial
 
@@ -101,8 +103,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> TrialSt
         return None if taken_over(study, trial._trial_id) else _tell_outcome(study, trial, outcome)
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
         # failed by another process between the look and the tell; not a sampler's error after a tell
-        if (isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a ")) \
-                and taken_over(study, trial._trial_id):
+        if tell_refused(exc) and taken_over(study, trial._trial_id):
             return None
         raise
 
@@ -127,7 +128,7 @@ def _interrupted(study: optuna.Study, trials: list[optuna.Trial]) -> None:
     a search called again in the same process, as tests and notebooks do, waited for it forever)."""
     for trial in trials:
         if taken_over(study, trial._trial_id):
-            continue  # another process failed it meanwhile (retried already)
+            continue  # told already, or failed by another process meanwhile (retried already)
         with contextlib.suppress(ValueError, optuna.exceptions.UpdateFinishedTrialError):  # ... or just now
             trial.set_user_attr("interrupted", True)
             study.tell(trial, state=TrialState.FAIL)
@@ -147,45 +148,49 @@ def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: B
         # optuna records heartbeats only for the trials its own `optimize` runs: an asked trial of a killed
         # worker then never turned stale on PostgreSQL, and every other process waited for it for ever
         with contextlib.ExitStack() as beats:
-            trials, proposals = [], []
-            for _ in range(min(trial_batch, budget.trials - done - running)):
-                trial = _claim(study, budget, host, pid, clock.key)
-                if trial is None:
-                    break  # another process took the last slot
-                trials.append(trial)
-                beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))  # a no-op on a file storage
-                try:
-                    proposals.append(objective.propose(trial))
-                except (RuntimeError, ValueError) as exc:  # invalid params: the trial fails, the others go on
-                    trials.pop()
-                    failures[0] += _tell(study, trial, exc) is not None
-            if trials:
-                try:
-                    outcomes = objective.train(trials, proposals, lambda: clock.left() > 0)
-                except KeyboardInterrupt:
-                    _interrupted(study, trials)
-                    raise
-                if len(outcomes) != len(trials):
-                    raise RuntimeError(f"the batch objective returned {len(outcomes)} outcomes for {len(trials)} trials")
-                # committed before the tells, not after them (busy()'s end): a kill or a Ctrl-C among the tells
-                # then leaves the untold trials' seconds counted (retried: counted twice, the safe side), where
-                # a commit after them dropped the told ones' (spent trials' seconds out of the cap). A round
-                # that another process took over whole (`stale.taken_over`) is retried: its seconds go
-                if all(taken_over(study, t._trial_id) for t in trials):
-                    clock.discard()
-                else:
-                    clock.commit()
-                cut = sum(isinstance(o, NotStarted) for o in outcomes)
-                if cut:
-                    log.warning("study %s: the %.0fs cap was spent during a round: %d of its %d trials not started",
-                                study.study_name, budget.timeout_s, cut, len(trials))
-                taken = []
-                for trial, outcome in zip(trials, outcomes):
-                    state = _tell(study, trial, outcome)
-                    taken += [trial.number] if state is None else []
-                    failures[0] += state == TrialState.FAIL and not isinstance(outcome, NotStarted)
-                if taken:
-                    warn_taken_over(study, taken)
+            trials: list[optuna.Trial] = []
+            try:
+                proposals: list[Any] = []
+                for _ in range(min(trial_batch, budget.trials - done - running)):
+                    trial = _claim(study, budget, host, pid, clock.key)
+                    if trial is None:
+                        break  # another process took the last slot
+                    trials.append(trial)
+                    beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))  # no-op on a file
+                    try:
+                        proposals.append(objective.propose(trial))
+                    except (RuntimeError, ValueError) as exc:  # invalid params: the trial fails, the others go on
+                        trials.pop()
+                        failures[0] += _tell(study, trial, exc) is not None
+                if trials:
+                    settle(trials, objective.train(trials, proposals, lambda: clock.left() > 0), clock)
+            except KeyboardInterrupt:  # in a proposal, the training, the commit or the tells: the untold trials
+                _interrupted(study, trials)
+                raise
+
+    def settle(trials: list[optuna.Trial], outcomes: list[Outcome], clock: SearchClock) -> None:
+        """Commit the round's seconds and tell each trial its outcome."""
+        if len(outcomes) != len(trials):
+            raise RuntimeError(f"the batch objective returned {len(outcomes)} outcomes for {len(trials)} trials")
+        # committed before the tells, not after them (busy()'s end): a kill or a Ctrl-C among the tells
+        # then leaves the untold trials' seconds counted (retried: counted twice, the safe side), where
+        # a commit after them dropped the told ones' (spent trials' seconds out of the cap). A round
+        # that another process took over whole (`stale.taken_over`) is retried: its seconds go
+        if all(taken_over(study, t._trial_id) for t in trials):
+            clock.discard()
+        else:
+            clock.commit()
+        cut = sum(isinstance(o, NotStarted) for o in outcomes)
+        if cut:
+            log.warning("study %s: the %.0fs cap was spent during a round: %d of its %d trials not started",
+                        study.study_name, budget.timeout_s, cut, len(trials))
+        taken = []
+        for trial, outcome in zip(trials, outcomes):
+            state = _tell(study, trial, outcome)
+            taken += [trial.number] if state is None else []
+            failures[0] += state == TrialState.FAIL and not isinstance(outcome, NotStarted)
+        if taken:
+            warn_taken_over(study, taken)
 
     return study, drive_search(study, budget, round_, lambda: failures[0], poll_s)
 
