@@ -3,7 +3,8 @@ tests/test_search_cap.py, tests/integration/test_postgres.py).
 
 `search_script` is the child (`python -c`): `run_search` on the storage URL in argv[1], its trials
 before `hang_at` taking 0.3 s and trial `hang_at` hanging until the kill; its seconds saved every 0.05 s.
-`trained_past_commit` is the kill point to pass to `tests.killpoint.kill_at`: the study's user attrs
+`suspended_script` is a child that a test suspends (SIGSTOP) in a trial and continues later
+(tests/test_taken_over.py). `trained_past_commit` is the kill point to pass to `tests.killpoint.kill_at`: the study's user attrs
 once the child has trained `seconds` past its last commit (and, with `told`, after telling a trial).
 """
 
@@ -35,6 +36,32 @@ def objective(trial):
 
 run_search(open_study({study!r}, storage_module.open_storage(sys.argv[1]), 0), objective,
            Budget(trials={trials}, timeout_s=1000, seeds=1))
+"""
+
+
+def suspended_script(study: str, host: str | None = None, heartbeat_s: int | None = None) -> str:
+    """A child running `run_search` of 3 trials on argv[1], each reporting 6 epochs 0.1 s apart, its seconds
+    saved every 0.1 s; it prints `FINISHED <trial counts>` at the end. `host`: the host name it believes it
+    runs on (another host, to the test process); `heartbeat_s`: its PostgreSQL heartbeat interval."""
+    as_host = "" if host is None else f"import socket\nsocket.gethostname = lambda: {host!r}\n"
+    beat = "" if heartbeat_s is None else f"storage_module.HEARTBEAT_INTERVAL_S = {heartbeat_s}\n"
+    return f"""
+import sys, time
+{as_host}import fusebench.search.clock as clock_module
+import fusebench.search.storage as storage_module
+from fusebench.search.study import Budget, open_study, run_search, trial_counts
+clock_module.SAVE_EVERY_S = 0.1
+{beat}
+def objective(trial):
+    x = trial.suggest_float("x", 0.0, 1.0)
+    for epoch in range(6):
+        time.sleep(0.1)
+        trial.report(x, epoch)
+    return x
+
+study, _ = run_search(open_study({study!r}, storage_module.open_storage(sys.argv[1]), 0), objective,
+                      Budget(trials=3, timeout_s=1000, seeds=1))
+print("FINISHED", trial_counts(study, 3), flush=True)
 """
 
 

@@ -26,6 +26,7 @@ from fusebench.search.clock import search_time
 from fusebench.search.storage import open_storage
 from fusebench.search.study import Budget, open_study, run_search, trial_counts
 from fusebench.search.trial_batch import BatchObjective, run_batched_search
+from tests.killed_search import suspended_script
 from tests.killpoint import LoggedPopen
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,25 +315,7 @@ def test_a_claim_failed_between_its_surplus_mark_and_its_tell_ends_the_round(tmp
     assert (counts.spent, counts.complete, counts.failed) == (1, 1, 0)
 
 
-_SUSPENDED_OWNER = """
-import socket, sys, time
-socket.gethostname = lambda: "machine-a"  # another host, as the test process sees it
-import fusebench.search.clock as clock_module
-import fusebench.search.storage as storage_module
-from fusebench.search.study import Budget, open_study, run_search, trial_counts
-clock_module.SAVE_EVERY_S = 0.1
-
-def objective(trial):
-    x = trial.suggest_float("x", 0.0, 1.0)
-    for epoch in range(6):
-        time.sleep(0.1)
-        trial.report(x, epoch)
-    return x
-
-study, _ = run_search(open_study("t/stall", storage_module.open_storage(sys.argv[1]), 0), objective,
-                      Budget(trials=3, timeout_s=1000, seeds=1))
-print("FINISHED", trial_counts(study, 3), flush=True)
-"""
+_SUSPENDED_OWNER = suspended_script("t/stall", host="machine-a")  # another host, as the test process sees it
 
 
 def test_a_suspended_owner_on_another_host_wakes_and_finishes_its_search(tmp_path: Path, monkeypatch) -> None:

@@ -26,7 +26,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.killed_search import search_script, trained_past_commit
+from tests.killed_search import search_script, suspended_script, trained_past_commit
 from tests.killpoint import LoggedPopen, kill_at
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -352,25 +352,7 @@ def test_forget_refuses_a_study_whose_trial_a_live_worker_runs_and_forgets_it_on
     assert [f.studies for f in forget_cells(out, ["toy/concat"], postgres_url)] == [["toy/concat"]]
 
 
-_SUSPENDED_ON_POSTGRES = """
-import sys, time
-import fusebench.search.clock as clock_module
-import fusebench.search.storage as storage_module
-from fusebench.search.study import Budget, open_study, run_search, trial_counts
-clock_module.SAVE_EVERY_S = 0.1
-storage_module.HEARTBEAT_INTERVAL_S = 1
-
-def objective(trial):
-    x = trial.suggest_float("x", 0.0, 1.0)
-    for epoch in range(6):
-        time.sleep(0.1)
-        trial.report(x, epoch)
-    return x
-
-study, _ = run_search(open_study("pg/stall", storage_module.open_storage(sys.argv[1]), 0), objective,
-                      Budget(trials=3, timeout_s=1000, seeds=1))
-print("FINISHED", trial_counts(study, 3), flush=True)
-"""
+_SUSPENDED_ON_POSTGRES = suspended_script("pg/stall", heartbeat_s=1)
 
 
 def test_a_suspended_worker_whose_heartbeat_went_stale_wakes_and_finishes_its_search(postgres_url, monkeypatch,
