@@ -158,3 +158,17 @@ def test_the_watch_of_a_finished_trial_is_dropped(tmp_path: Path, grace) -> None
     assert stale.live_running(study) == [0] and len(stale._watched) == 1
     study.tell(trial, 0.5)  # its owner finished it
     assert stale.live_running(study) == [] and stale._watched == {}
+
+
+def test_the_watches_of_a_study_no_longer_looked_at_are_dropped(tmp_path: Path, grace, monkeypatch) -> None:
+    """Review of stop 32: watches were dropped only when their own study was looked at again, so a
+    long-lived process (a worker, a notebook) kept those of every study it had left."""
+    monkeypatch.setattr(stale, "WATCH_IDLE_S", 0.3)
+    left = open_study("t/left", open_storage(f"journal:///{tmp_path}/a.journal"), 0)
+    current = open_study("t/current", open_storage(f"journal:///{tmp_path}/b.journal"), 0)
+    _foreign_trial(left)
+    _foreign_trial(current, key="machine-b:777:ffff0000")
+    assert stale.live_running(left) == [0] and len(stale._watched) == 1
+    time.sleep(0.4)
+    assert stale.live_running(current) == [0]
+    assert [k[0] for k in stale._watched] == [str((tmp_path / "b.journal").resolve())]

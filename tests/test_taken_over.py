@@ -104,6 +104,34 @@ def test_one_trial_of_a_round_taken_over_keeps_the_others(tmp_path: Path) -> Non
     assert trial_counts(study, 2).retried == 1
 
 
+@pytest.mark.parametrize("taken", [1, 2])
+def test_a_rounds_seconds_are_split_by_the_share_of_its_trials_taken_over(tmp_path: Path, monkeypatch,
+                                                                          taken: int) -> None:
+    """Review of stop 32: a round of 4 trials, `taken` of them failed by another process during its 100 s of
+    training. Their share of the seconds is lost (retried, counted by the retry), the rest counts. Before,
+    a round taken in part kept all 100 s (and its commit cleared the other process's record of the loss)."""
+    import fusebench.search.clock as clock_module
+    from tests.test_budget import FakeClock
+
+    fake = FakeClock()
+    monkeypatch.setattr(clock_module, "time", fake)
+    study = _study(tmp_path, f"t/share-{taken}")
+
+    def train(trials: list[optuna.Trial], xs: list[float], may_start) -> list[float | BaseException]:
+        fake.sleep(100.0 if trials[0].number == 0 else 10.0)
+        if trials[0].number == 0:
+            for trial in trials[:taken]:
+                _fail_as_stale(trial)
+        return list(xs)
+
+    study, _ = run_batched_search(study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0), train),
+                                  Budget(trials=4, timeout_s=10_000, seeds=1), 4, poll_s=0.05)
+    # round 1: 100 s, `taken` of 4 trials lost; round 2: the `taken` retried trials, 10 s
+    assert search_time(study).lost == pytest.approx(100.0 * taken / 4)
+    assert search_time(study).seconds == pytest.approx(100.0 * (4 - taken) / 4 + 10.0)
+    assert trial_counts(study, 4).retried == taken
+
+
 def test_a_ctrl_c_in_a_trial_taken_over_still_stops_the_search(tmp_path: Path) -> None:
     """The tell of the interrupted trial fails too (it is FAIL already); the interrupt must not be lost."""
     study = _study(tmp_path, "t/ctrl-c")
@@ -211,7 +239,7 @@ def test_a_trial_failed_between_the_owners_look_and_its_tell_is_dropped_too(tmp_
     not reach.")` over that ValueError, which crashed the search."""
     import fusebench.search.study as study_module
 
-    real, failed = study_module.taken_over, []
+    real, failed = study_module.not_running, []
 
     def look_then_fail(study: optuna.Study, trial_id: int) -> bool:
         seen = real(study, trial_id)
@@ -220,7 +248,7 @@ def test_a_trial_failed_between_the_owners_look_and_its_tell_is_dropped_too(tmp_
             _fail_as_stale(optuna.Trial(study, trial_id))
         return seen
 
-    monkeypatch.setattr(study_module, "taken_over", look_then_fail)
+    monkeypatch.setattr(study_module, "not_running", look_then_fail)
     study, _ = run_search(_study(tmp_path, "t/race"), lambda t: t.suggest_float("x", 0.0, 1.0),
                           Budget(trials=3, timeout_s=60, seeds=1), poll_s=0.05)
     counts = trial_counts(study, 3)
@@ -232,7 +260,7 @@ def test_a_ctrl_c_after_the_objective_returned_leaves_the_trial_retried_not_spen
     without `interrupted`: counted spent and failed, one completed trial fewer for the strategy."""
     import fusebench.search.study as study_module
 
-    real, fired = study_module.taken_over, []
+    real, fired = study_module.not_running, []
 
     def interrupted_at_trial_1(study: optuna.Study, trial_id: int) -> bool:
         if not fired and study._storage.get_trial(trial_id).number == 1:
@@ -240,7 +268,7 @@ def test_a_ctrl_c_after_the_objective_returned_leaves_the_trial_retried_not_spen
             raise KeyboardInterrupt
         return real(study, trial_id)
 
-    monkeypatch.setattr(study_module, "taken_over", interrupted_at_trial_1)
+    monkeypatch.setattr(study_module, "not_running", interrupted_at_trial_1)
     study = _study(tmp_path, "t/ctrl-c-settle")
     with pytest.raises(KeyboardInterrupt):
         run_search(study, lambda t: t.suggest_float("x", 0.0, 1.0), Budget(trials=3, timeout_s=60, seeds=1), poll_s=0.05)
@@ -257,7 +285,7 @@ def test_a_ctrl_c_between_a_rounds_training_and_its_tells_leaves_no_trial_runnin
 
     import fusebench.search.trial_batch as trial_batch
 
-    real, fired = trial_batch.taken_over, []
+    real, fired = trial_batch.not_running, []
 
     def interrupted_once(study: optuna.Study, trial_id: int) -> bool:
         if not fired:
@@ -266,14 +294,14 @@ def test_a_ctrl_c_between_a_rounds_training_and_its_tells_leaves_no_trial_runnin
         return real(study, trial_id)
 
     def train(trials, xs, may_start):
-        monkeypatch.setattr(trial_batch, "taken_over", interrupted_once)
+        monkeypatch.setattr(trial_batch, "not_running", interrupted_once)
         return list(xs)
 
     study = _study(tmp_path, "t/batch-ctrl-c")
     with pytest.raises(KeyboardInterrupt):
         run_batched_search(study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0), train),
                            Budget(trials=2, timeout_s=60, seeds=1), 2, poll_s=0.05)
-    monkeypatch.setattr(trial_batch, "taken_over", real)
+    monkeypatch.setattr(trial_batch, "not_running", real)
     assert [t.user_attrs.get("interrupted") for t in study.trials] == [True, True]
     again = threading.Thread(target=run_batched_search, daemon=True, kwargs={"poll_s": 0.05}, args=(
         study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0), lambda ts, xs, ok: list(xs)),

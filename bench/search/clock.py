@@ -270,18 +270,23 @@ class SearchClock:
         self._study.set_user_attr(self._key, round(own, 3))
         self._clear_lost()
 
-    def discard(self) -> None:
+    def discard(self, share: float = 1.0) -> None:
         """The trials in flight were thrown away, and are retried: an interrupt (marked `interrupted`), or
-        another process that took this one for killed and failed them as stale (`stale.taken_over`). Their
+        another process that took this one for killed and failed them as stale (`stale.not_running`). Their
         seconds since the last commit do not count. Inside a `busy` block too: its seconds so far are
-        folded in first, and the block goes on counting from now."""
+        folded in first, and the block goes on counting from now. `share` < 1: only that share of the
+        trials in flight was thrown away (a batched round that another process took over in part, whose
+        trials trained together): that share of the seconds goes, the rest stays to be committed."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must be in [0, 1], got {share}")
         with self._lock:
             if self._since is not None:
                 now = self._timer()
                 self._own += now - self._since
                 self._since = now
-            lost, self._own = self._own - self._committed, self._committed
-            self._lost += max(0.0, lost)
+            lost = max(0.0, self._own - self._committed) * share
+            self._own -= lost
+            self._lost += lost
         if lost > 0:
             self._study.set_user_attr(LOST_PREFIX + self._ident, round(self._lost, 3))
             self.save()

@@ -16,7 +16,7 @@ machine waited for it, silently, at the end of every search it held. Either way 
 process spent on those trials leave the search cap (bench/search/clock.py: `drop_uncommitted`).
 
 A live process can be taken for a killed one (stopped past the grace: SIGSTOP, a paused VM). When it wakes,
-the trial it was running is FAIL (`taken_over`): its search drops that trial and goes on
+the trial it was running is FAIL (`not_running`): its search drops that trial and goes on
 (bench/search/study.py, bench/search/trial_batch.py). On PostgreSQL the heartbeat alone says whether
 another host's trial is live; the clock watch is for file storages.
 """
@@ -46,6 +46,9 @@ ATTRLESS_GRACE_S = 60.0
 
 # a working process saves its search clock every SAVE_EVERY_S: four saves missed, and it is gone
 FOREIGN_GRACE_S = 4 * SAVE_EVERY_S
+# a watch that no look has touched for this long is dropped, whichever study it is of (a study this process
+# no longer looks at kept its watches until the process exited); a later look starts its grace again
+WATCH_IDLE_S = 3600.0
 
 
 @dataclass
@@ -56,6 +59,7 @@ class _Watch:
     seen: str
     since: float
     moves: int = 0
+    looked: float = 0.0  # when a look last touched it (`WATCH_IDLE_S`)
 
 
 # (storage, study id, trial id, owner) -> what was seen. The storage and the owner are in the key: two
@@ -110,14 +114,16 @@ def _watch(study: optuna.Study, t: optuna.trial.FrozenTrial) -> _Watch:
         watch = _watched[key] = _Watch(seen, now)
     elif watch.seen != seen:
         watch.seen, watch.since, watch.moves = seen, now, watch.moves + 1
+    watch.looked = now
     return watch
 
 
 def _forget_finished(study: optuna.Study, running: list[optuna.trial.FrozenTrial]) -> None:
-    """Drop the watches of this study's trials that are no longer RUNNING (so that `_watched` stays small)."""
+    """Drop the watches of this study's trials that are no longer RUNNING, and those of any study that no look
+    has touched for `WATCH_IDLE_S` (so that `_watched` stays small in a long-lived process)."""
     keep = {_watch_key(study, t) for t in running if is_foreign(t)}
-    where = (_storage_name(study._storage), study._study_id)
-    for key in [k for k in _watched if k[:2] == where and k not in keep]:
+    where, now = (_storage_name(study._storage), study._study_id), time.monotonic()
+    for key in [k for k, w in _watched.items() if (k[:2] == where and k not in keep) or now - w.looked > WATCH_IDLE_S]:
         del _watched[key]
 
 
@@ -140,10 +146,11 @@ def _is_stale(t: optuna.trial.FrozenTrial, study: optuna.Study, *, watch_foreign
     return not pid_alive(int(pid))
 
 
-def taken_over(study: optuna.Study, trial_id: int) -> bool:
-    """Whether another process has ended this process's RUNNING trial: it took this process for a killed one
-    (a stall past `FOREIGN_GRACE_S` or the heartbeat's grace: a SIGSTOP, a paused VM, a swapping machine) and
-    failed the trial as stale, to be retried. Its result is then thrown away and the search goes on (before,
+def not_running(study: optuna.Study, trial_id: int) -> bool:
+    """Whether the trial has left RUNNING: told already, or ended by another process that took this one
+    for a killed one (a stall past `FOREIGN_GRACE_S` or the heartbeat's grace: a SIGSTOP, a paused VM,
+    a swapping machine) and failed it as stale, to be retried. Asked of this process's own trial before
+    its tell, a True is such a take-over: its result is then thrown away and the search goes on (before,
     the next `trial.report` raised `UpdateFinishedTrialError` and optuna's tell `ValueError: Cannot tell a
     FAIL trial` out of the owner's whole search)."""
     return study._storage.get_trial(trial_id).state != TrialState.RUNNING
@@ -158,6 +165,14 @@ def tell_refused(exc: BaseException) -> bool:
     if isinstance(exc, ValueError):
         return str(exc).startswith("Cannot tell a ")
     return isinstance(exc, AssertionError) and exc.__context__ is not None and tell_refused(exc.__context__)
+
+
+def refused_as_taken_over(study: optuna.Study, trial_id: int, exc: BaseException) -> bool:
+    """Whether `exc`, raised at a write to this process's trial (a user attr, the tell), is optuna refusing
+    it because another process failed the trial meanwhile (between this process's look, `not_running`,
+    and the write). Any other error (a sampler's `after_trial`, an `ask`, a storage fault) is not, and the
+    caller raises it."""
+    return tell_refused(exc) and not_running(study, trial_id)
 
 
 def warn_taken_over(study: optuna.Study, numbers: list[int]) -> None:

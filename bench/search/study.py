@@ -58,7 +58,7 @@ from optuna.trial import TrialState
 
 from fusebench.core import deadline
 from fusebench.search.clock import CAP_CLOCKS, TRIAL_CLOCK_ATTR, SearchClock
-from fusebench.search.stale import fail_stale_running, taken_over, tell_refused, warn_taken_over
+from fusebench.search.stale import fail_stale_running, not_running, refused_as_taken_over, warn_taken_over
 
 if TYPE_CHECKING:
     import torch
@@ -187,7 +187,7 @@ class _Surplus(Exception):
 
 
 class _TakenOver(Exception):
-    """Raised after a trial's objective when another process failed the trial meanwhile (`stale.taken_over`)."""
+    """Raised after a trial's objective when another process failed the trial meanwhile (`stale.not_running`)."""
 
 
 def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
@@ -344,8 +344,8 @@ def run_search(
             # commit as the objective returns (or fails), before optuna tells the trial: a Ctrl-C or a kill
             # between the tell and the callback's commit dropped the told, spent trial's seconds; one
             # between this commit and the tell leaves the untold trial's seconds counted (the safe side).
-            # A trial another process failed meanwhile (`stale.taken_over`) is retried: its seconds go
-            if taken_over(study, trial._trial_id):
+            # A trial another process failed meanwhile (`stale.not_running`) is retried: its seconds go
+            if not_running(study, trial._trial_id):
                 clock.discard()
                 return True
             clock.commit()
@@ -381,13 +381,13 @@ def run_search(
         except (ValueError, AssertionError) as exc:
             # optuna cannot tell a trial that another process has failed ("Cannot tell a FAIL trial"): this
             # process stalled past the grace and was taken for killed; the trial is retried, the search goes on.
-            # Found before the tell (`taken`), or failed between that look and the tell (`tell_refused`: for a
-            # returned value optuna's `finally` raises an AssertionError over it); any other error (a sampler's,
-            # at an ask) is not this and is raised
+            # Found before the tell (`taken`), or failed between that look and the tell (for a returned value
+            # optuna's `finally` raises an AssertionError over the refusal); any other error (a sampler's, at an
+            # ask) is not this and is raised
             if interrupted:  # a Ctrl-C in a trial failed meanwhile: optuna's tell raised this instead of it
                 raise KeyboardInterrupt from None
             last = mine[-1] if mine else None
-            if last is None or not (last.number in taken or (tell_refused(exc) and taken_over(study, last._trial_id))):
+            if last is None or not (last.number in taken or refused_as_taken_over(study, last._trial_id, exc)):
                 raise
             warn_taken_over(study, [mine[-1].number])
 

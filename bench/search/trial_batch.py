@@ -44,7 +44,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from fusebench.search.clock import TRIAL_CLOCK_ATTR, SearchClock
-from fusebench.search.stale import taken_over, tell_refused, warn_taken_over
+from fusebench.search.stale import not_running, refused_as_taken_over, warn_taken_over
 from fusebench.search.study import Budget, _spent_flags, drive_search
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def _claim(study: optuna.Study, budget: Budget, host: str, pid: int, clock_key: 
             study.tell(trial, state=TrialState.FAIL)
             return None
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
-        if not (tell_refused(exc) and taken_over(study, trial._trial_id)):
+        if not refused_as_taken_over(study, trial._trial_id, exc):
             raise
         warn_taken_over(study, [trial.number])  # failed as stale (ownerless and old) before its attrs or its tell
         return None
@@ -98,12 +98,12 @@ def _claim(study: optuna.Study, budget: Budget, host: str, pid: int, clock_key: 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> TrialState | None:
     """Tell the trial's outcome (exactly once) and return the state it ended in; None when another process
-    ended it first (`stale.taken_over`: this one stalled past the grace; the trial is retried)."""
+    ended it first (`stale.not_running`: this one stalled past the grace; the trial is retried)."""
     try:
-        return None if taken_over(study, trial._trial_id) else _tell_outcome(study, trial, outcome)
+        return None if not_running(study, trial._trial_id) else _tell_outcome(study, trial, outcome)
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
         # failed by another process between the look and the tell; not a sampler's error after a tell
-        if tell_refused(exc) and taken_over(study, trial._trial_id):
+        if refused_as_taken_over(study, trial._trial_id, exc):
             return None
         raise
 
@@ -127,7 +127,7 @@ def _interrupted(study: optuna.Study, trials: list[optuna.Trial]) -> None:
     killed process are (left RUNNING, a trial of this still-living process would never turn stale:
     a search called again in the same process, as tests and notebooks do, waited for it forever)."""
     for trial in trials:
-        if taken_over(study, trial._trial_id):
+        if not_running(study, trial._trial_id):
             continue  # told already, or failed by another process meanwhile (retried already)
         with contextlib.suppress(ValueError, optuna.exceptions.UpdateFinishedTrialError):  # ... or just now
             trial.set_user_attr("interrupted", True)
@@ -174,12 +174,14 @@ def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: B
             raise RuntimeError(f"the batch objective returned {len(outcomes)} outcomes for {len(trials)} trials")
         # committed before the tells, not after them (busy()'s end): a kill or a Ctrl-C among the tells
         # then leaves the untold trials' seconds counted (retried: counted twice, the safe side), where
-        # a commit after them dropped the told ones' (spent trials' seconds out of the cap). A round
-        # that another process took over whole (`stale.taken_over`) is retried: its seconds go
-        if all(taken_over(study, t._trial_id) for t in trials):
-            clock.discard()
-        else:
-            clock.commit()
+        # a commit after them dropped the told ones' (spent trials' seconds out of the cap). The trials
+        # that another process took over (`stale.not_running`) are retried: their share of the round's
+        # seconds goes (its trials trained together), the rest counts. Before, a round taken in part kept
+        # all its seconds, and its next commit also cleared the lost seconds the other process had recorded
+        taken_share = sum(not_running(study, t._trial_id) for t in trials) / len(trials)
+        if taken_share:
+            clock.discard(taken_share)
+        clock.commit()
         cut = sum(isinstance(o, NotStarted) for o in outcomes)
         if cut:
             log.warning("study %s: the %.0fs cap was spent during a round: %d of its %d trials not started",
