@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fusebench.core.io import atomic_write_bytes
-from fusebench.reports.plots import device_pareto_front, row_devices
+from fusebench.reports.plots import device_pareto_front, measured_devices, row_devices
 from fusebench.reports.verdicts import device_note
 from fusebench.results.records import Record
 
@@ -71,7 +71,7 @@ def to_markdown(table: pd.DataFrame, notes: dict[str, str] | None = None) -> str
     for dataset, g in table.groupby("dataset", sort=True):
         lines += [f"### {dataset} — {g.metric.iloc[0]}", ""]
         if note := (notes or {}).get(str(dataset)):  # rows from two devices: the front compares the devices too
-            lines += [f"**Devices.** {note} ★ marks the front of each device's rows.", ""]
+            lines += [f"**Devices.** {note}", ""]
         lines += ["| strategy | family | mean | infer samples/s | bs-1 samples/s | train samples/s | params | "
                   "FLOPs/sample | front |",
                   "|---|---|---:|---:|---:|---:|---:|---:|:---:|"]
@@ -83,11 +83,20 @@ def to_markdown(table: pd.DataFrame, notes: dict[str, str] | None = None) -> str
     return "\n".join(lines)
 
 
+def _front_note(g: pd.DataFrame) -> str:
+    """The task's `device_note`, and which front ★ marks: each device's own where two or more devices are
+    named (`plots.device_pareto_front`), else the one front of all rows (a row of several devices included)."""
+    note = device_note(g)
+    if not note or len(measured_devices(row_devices(g))) < 2:
+        return note
+    return f"{note} ★ marks the front of each device's rows."
+
+
 def write_pareto(records: Sequence[Record], board: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     """RUN_DIR/pareto.csv and pareto.md, and the same section appended to leaderboard.md."""
     table = pareto_table(board, records)
     atomic_write_bytes(run_dir / "pareto.csv", table.to_csv(index=False).encode())
-    md = to_markdown(table, {str(d): device_note(g) for d, g in board.groupby("dataset")} if not board.empty else {})
+    md = to_markdown(table, {str(d): _front_note(g) for d, g in board.groupby("dataset")} if not board.empty else {})
     atomic_write_bytes(run_dir / "pareto.md", md.encode())
     board_md = run_dir / "leaderboard.md"
     if board_md.is_file():

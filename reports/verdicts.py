@@ -92,24 +92,30 @@ def ranking_sentence(ranking: Ranking) -> str:
 
 def device_note(g: pd.DataFrame) -> str:
     """A task's rows measured on more than one device (a run resumed on another machine), in words: their
-    samples/s columns compare devices as much as strategies. Empty when the rows share one device.
+    samples/s columns compare devices as much as strategies. Empty when every row with a device recorded
+    was measured on one and the same device.
 
     Counted as the Pareto fronts count them (`plots.measured_devices`): a row measured on several devices
     (`"A; B"`: seeds stored before devices were checked) is named apart, not under each of its devices;
     with two or more single devices it stays off every front, with fewer it is on the one front."""
     by_device: dict[str, list[str]] = {}
-    several: list[str] = []
+    several: list[tuple[str, str]] = []  # (strategy, "A; B")
     for strategy, device in zip(g.strategy, g.get("device", pd.Series(dtype=str)), strict=False):
         if not isinstance(device, str) or not device:  # None, or NaN from a board read back from CSV: no device
             continue
         if "; " in device:
-            several.append(f"`{strategy}` (`{device}`)")
+            several.append((str(strategy), device))
         else:
             by_device.setdefault(device, []).append(str(strategy))
-    mixed = (f"{', '.join(sorted(several))} {'was' if len(several) == 1 else 'were'} measured on several devices, "
-             "whose samples/s mix them") if several else ""
-    if len(by_device) < 2:
-        return f"{mixed}." if mixed else ""
+    named = set(by_device) | {d for _, joined in several for d in joined.split("; ") if d}
+    if len(named) < 2:
+        return ""
     parts = "; ".join(f"`{d}` ({', '.join(f'`{s}`' for s in sorted(names))})" for d, names in sorted(by_device.items()))
-    return (f"Measured on {len(by_device)} devices: {parts}. The samples/s columns compare a row with the rows "
-            "of its own device only." + (f" {mixed[0].upper()}{mixed[1:]}: on no device's front." if mixed else ""))
+    note = f"Measured on {len(named)} devices: {parts}." if parts else f"Measured on {len(named)} devices."
+    if len(by_device) >= 2:
+        note += " The samples/s columns compare a row with the rows of its own device only."
+    if several:
+        rows = ", ".join(f"`{strategy}` (`{joined}`)" for strategy, joined in sorted(several))
+        note += (f" {rows} {'was' if len(several) == 1 else 'were'} measured on several "
+                 "devices, whose samples/s mix them" + (": on no device's front." if len(by_device) >= 2 else "."))
+    return note

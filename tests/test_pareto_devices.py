@@ -40,6 +40,19 @@ def test_a_row_is_on_its_own_devices_front_whatever_the_other_card_measured(tmp_
     assert "★ marks the front of each device's rows" in (tmp_path / "pareto.md").read_text()
 
 
+def test_with_one_device_and_a_row_of_several_the_section_does_not_claim_a_front_per_device(tmp_path: Path) -> None:
+    """Review of stop 33: rows of one device and one of "A; B" have the one front of all rows (the joined row
+    on it), but pareto.md said "★ marks the front of each device's rows"."""
+    rows = [("concat", "early", 0.50, 1.5e6, H200), ("film", "mid", 0.55, 7e5, f"{H100}; {H200}"),
+            ("gmu", "mid", 0.46, 5e5, H200)]
+    assert dict(zip(pareto_table(_board(rows)).strategy, pareto_table(_board(rows)).on_pareto_front, strict=True)) == {
+        "concat": True, "film": True, "gmu": False}
+    write_pareto([], _board(rows), tmp_path)
+    text = (tmp_path / "pareto.md").read_text()
+    assert "`film` (" in text and "measured on several devices" in text
+    assert "each device's rows" not in text
+
+
 def test_the_plot_draws_one_front_per_device_and_tags_each_row(tmp_path: Path) -> None:
     path = quality_vs_throughput(_board(ROWS), "esc50", tmp_path)
     texts = [b["text"] for b in json.loads(path.with_suffix(".labels.json").read_text())]

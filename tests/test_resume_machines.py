@@ -45,17 +45,22 @@ def test_a_task_on_two_devices_says_which_rows_ran_where_and_one_device_says_not
 
 def test_a_row_measured_on_several_devices_is_named_apart_as_the_fronts_count_it():
     """Note of stop 30: a joined `"A; B"` row was counted under both devices, so rows of `A` and one row
-    of `A; B` read "Measured on 2 devices" while the plot drew the one front of all rows."""
+    of `A; B` read as if each device had rows of its own, while the plot drew the one front of all rows."""
     from fusebench.reports.plots import measured_devices
 
     one_and_joined = leaderboard(_records({"concat": H200, "film": f"{H100}; {H200}", "unimodal:a": H200}))
     assert len(measured_devices(one_and_joined.device)) == 1
     note = device_note(one_and_joined)
-    assert note == f"`film` (`{H100}; {H200}`) was measured on several devices, whose samples/s mix them."
+    assert note == (f"Measured on 2 devices: `{H200}` (`concat`, `unimodal:a`). "
+                    f"`film` (`{H100}; {H200}`) was measured on several devices, whose samples/s mix them.")
     two_and_joined = leaderboard(_records({"concat": H200, "film": f"{H100}; {H200}", "unimodal:a": H100}))
     note = device_note(two_and_joined)
     assert note.startswith("Measured on 2 devices: ") and f"`{H100}` (`unimodal:a`)" in note
     assert f"`{H200}` (`concat`)" in note and "`film` (" in note and note.endswith("on no device's front.")
+    third = leaderboard(_records({"concat": H200, "film": f"{H200}; cpu:x", "unimodal:a": H100}))
+    assert device_note(third).startswith("Measured on 3 devices: ")  # the joined row's second device counts
+    nothing = leaderboard(_records({"concat": H200, "film": f"{H200}; {H200}", "unimodal:a": H200}))
+    assert device_note(nothing) == ""
 
 
 def test_the_csv_and_the_html_report_carry_the_devices(tmp_path):

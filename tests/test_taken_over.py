@@ -132,6 +132,42 @@ def test_a_rounds_seconds_are_split_by_the_share_of_its_trials_taken_over(tmp_pa
     assert trial_counts(study, 4).retried == taken
 
 
+def test_the_share_counts_the_trials_that_trained_only(tmp_path: Path, monkeypatch) -> None:
+    """Review of stop 33: a cap-bound round of 4 in which 1 trial trained (the other 3 not started: they
+    cost nothing) and was taken over lost only 1/4 of its 100 s: 75 s of thrown-away work stayed counted."""
+    import fusebench.search.clock as clock_module
+    from fusebench.search.trial_batch import NotStarted
+    from tests.test_budget import FakeClock
+
+    fake = FakeClock()
+    monkeypatch.setattr(clock_module, "time", fake)
+    study = _study(tmp_path, "t/share-started")
+
+    def train(trials: list[optuna.Trial], xs: list[float], may_start) -> list[float | BaseException]:
+        fake.sleep(100.0 if trials[0].number == 0 else 10.0)
+        if trials[0].number == 0:
+            _fail_as_stale(trials[0])
+            return [xs[0]] + [NotStarted() for _ in xs[1:]]
+        return list(xs)
+
+    run_batched_search(study, BatchObjective(lambda t: t.suggest_float("x", 0.0, 1.0), train),
+                       Budget(trials=4, timeout_s=10_000, seeds=1), 4, poll_s=0.05)
+    assert search_time(study).lost == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(("taken", "started", "share"), [
+    ([True, False, False, False], [True, True, True, True], 0.25),
+    ([True, True, False, False], [True, False, False, False], 1.0),
+    ([False, True, True, True], [True, False, False, False], 0.0),
+    ([True, True], [False, False], 1.0),
+    ([True, False], [False, False], 0.0),
+])
+def test_taken_share(taken: list[bool], started: list[bool], share: float) -> None:
+    from fusebench.search.trial_batch import _taken_share
+
+    assert _taken_share(taken, started) == share
+
+
 def test_a_ctrl_c_in_a_trial_taken_over_still_stops_the_search(tmp_path: Path) -> None:
     """The tell of the interrupted trial fails too (it is FAIL already); the interrupt must not be lost."""
     study = _study(tmp_path, "t/ctrl-c")

@@ -122,6 +122,15 @@ def _tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) ->
     return study.tell(trial, float(outcome)).state  # a NaN value is told FAIL by optuna itself
 
 
+def _taken_share(taken: list[bool], started: list[bool]) -> float:
+    """The share of a round's seconds that its trials taken over by another process cost: of its started
+    trials, those taken (all of them when none started, which cost only the round's overhead)."""
+    ran = [t for t, s in zip(taken, started, strict=True) if s]
+    if not ran:
+        return 1.0 if taken and all(taken) else 0.0
+    return sum(ran) / len(ran)
+
+
 def _interrupted(study: optuna.Study, trials: list[optuna.Trial]) -> None:
     """Ctrl-C during a round: its trials end FAIL `interrupted`, retried and not counted, as those of a
     killed process are (left RUNNING, a trial of this still-living process would never turn stale:
@@ -175,10 +184,14 @@ def run_batched_search(study: optuna.Study, objective: BatchObjective, budget: B
         # committed before the tells, not after them (busy()'s end): a kill or a Ctrl-C among the tells
         # then leaves the untold trials' seconds counted (retried: counted twice, the safe side), where
         # a commit after them dropped the told ones' (spent trials' seconds out of the cap). The trials
-        # that another process took over (`stale.not_running`) are retried: their share of the round's
-        # seconds goes (its trials trained together), the rest counts. Before, a round taken in part kept
-        # all its seconds, and its next commit also cleared the lost seconds the other process had recorded
-        taken_share = sum(not_running(study, t._trial_id) for t in trials) / len(trials)
+        # that another process took over (`stale.not_running`) are retried: their share of the seconds of
+        # the round's started trials goes, the rest counts. Before, a round taken in part kept all its
+        # seconds, and its next commit also cleared the lost seconds the other process had recorded. An
+        # even share per trial: exact for a vmapped group, which trains its trials together; an estimate
+        # for one trained a trial after another (the one-by-one fallback). A trial not started (the cap)
+        # cost nothing: a cap-bound round of 5 with 1 trained, taken over, loses all its seconds, not 1/5
+        taken_share = _taken_share([not_running(study, t._trial_id) for t in trials],
+                                   [not isinstance(o, NotStarted) for o in outcomes])
         if taken_share:
             clock.discard(taken_share)
         clock.commit()
