@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from fusebench.core.io import atomic_write_bytes
-from fusebench.reports.plots import device_pareto_front, measured_devices, row_devices
-from fusebench.reports.verdicts import device_note
+from fusebench.reports.plots import device_pareto_front, row_devices
+from fusebench.reports.verdicts import device_note, measured_devices
 from fusebench.results.records import Record
 
 COLUMNS = ["dataset", "strategy", "family", "metric", "mean", "infer_samples_per_s", "infer_samples_per_s_bs1",

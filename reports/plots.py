@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fusebench.reports.ranking import Ranking
+from fusebench.reports.verdicts import measured_devices
 
 # Okabe–Ito colours (distinguishable with the common colour-vision deficiencies) plus a marker per family,
 # so that a family reads by shape as well as by colour.
@@ -47,11 +48,6 @@ def device_pareto_front(x: np.ndarray, y: np.ndarray, devices: Sequence[str]) ->
         idx = np.flatnonzero(where == d)
         front[idx] = pareto_front(x[idx], y[idx])
     return front
-
-
-def measured_devices(devices: Sequence[str]) -> list[str]:
-    """The single devices among the rows' (sorted): not `""`, not a joined `"A; B"`."""
-    return sorted({str(d) for d in devices if d and "; " not in str(d)})
 
 
 def row_devices(g: pd.DataFrame) -> list[str]:

@@ -7,6 +7,7 @@ returning strings so the Markdown leaderboard and the HTML report say exactly th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import SupportsFloat
 
 import numpy as np
@@ -90,23 +91,29 @@ def ranking_sentence(ranking: Ranking) -> str:
     return ranking.sentence()
 
 
+def measured_devices(devices: Sequence[str]) -> list[str]:
+    """The single devices among the rows' (sorted): not `""`, not a joined `"A; B"` (a row whose seeds were
+    measured on several devices). `device_note` and the Pareto fronts (`plots.device_pareto_front`) count by it."""
+    return sorted({str(d) for d in devices if isinstance(d, str) and d and "; " not in d})
+
+
 def device_note(g: pd.DataFrame) -> str:
     """A task's rows measured on more than one device (a run resumed on another machine), in words: their
     samples/s columns compare devices as much as strategies. Empty when every row with a device recorded
     was measured on one and the same device.
 
-    Counted as the Pareto fronts count them (`plots.measured_devices`): a row measured on several devices
+    Counted as the Pareto fronts count them (`measured_devices`): a row measured on several devices
     (`"A; B"`: seeds stored before devices were checked) is named apart, not under each of its devices;
     with two or more single devices it stays off every front, with fewer it is on the one front."""
+    devices = list(g.get("device", pd.Series(dtype=str)))
+    single = set(measured_devices(devices))
     by_device: dict[str, list[str]] = {}
     several: list[tuple[str, str]] = []  # (strategy, "A; B")
-    for strategy, device in zip(g.strategy, g.get("device", pd.Series(dtype=str)), strict=False):
-        if not isinstance(device, str) or not device:  # None, or NaN from a board read back from CSV: no device
-            continue
-        if "; " in device:
-            several.append((str(strategy), device))
-        else:
+    for strategy, device in zip(g.strategy, devices, strict=False):
+        if device in single:
             by_device.setdefault(device, []).append(str(strategy))
+        elif isinstance(device, str) and device:  # not None, nor NaN from a board read back from CSV
+            several.append((str(strategy), device))
     named = set(by_device) | {d for _, joined in several for d in joined.split("; ") if d}
     if len(named) < 2:
         return ""

@@ -46,7 +46,7 @@ def test_a_task_on_two_devices_says_which_rows_ran_where_and_one_device_says_not
 def test_a_row_measured_on_several_devices_is_named_apart_as_the_fronts_count_it():
     """Note of stop 30: a joined `"A; B"` row was counted under both devices, so rows of `A` and one row
     of `A; B` read as if each device had rows of its own, while the plot drew the one front of all rows."""
-    from fusebench.reports.plots import measured_devices
+    from fusebench.reports.verdicts import measured_devices
 
     one_and_joined = leaderboard(_records({"concat": H200, "film": f"{H100}; {H200}", "unimodal:a": H200}))
     assert len(measured_devices(one_and_joined.device)) == 1

@@ -126,9 +126,7 @@ def _taken_share(taken: list[bool], started: list[bool]) -> float:
     """The share of a round's seconds that its trials taken over by another process cost: of its started
     trials, those taken (all of them when none started, which cost only the round's overhead)."""
     ran = [t for t, s in zip(taken, started, strict=True) if s]
-    if not ran:
-        return 1.0 if taken and all(taken) else 0.0
-    return sum(ran) / len(ran)
+    return sum(ran) / len(ran) if ran else float(all(taken))
 
 
 def _interrupted(study: optuna.Study, trials: list[optuna.Trial]) -> None:
