@@ -19,6 +19,7 @@ from fusebench.reports.leaderboard import _stars, device_note, leaderboard, row_
 from fusebench.reports.ranking import rank
 from fusebench.reports.verdicts import fmt_p, ranking_sentence, task_verdict
 from fusebench.results.provenance import machines
+from fusebench.results.provisional import provisional_stats
 from fusebench.results.records import Record, load_records
 from fusebench.search.history import read_histories
 
@@ -235,7 +236,7 @@ def _grid(*imgs: str) -> str:
 
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
-    records = load_records(run_dir / "results.jsonl")
+    records = provisional_stats(load_records(run_dir / "results.jsonl"), run_dir)  # as the leaderboard's
     meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
     board = leaderboard(records)
     ranking = rank(board)

@@ -132,6 +132,7 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
                 "search_seconds": _per_search_sum(ok, "search_seconds"),
                 "cap_bound": bool(ok.cap_bound.eq(True).any()) if ok.cap_bound.notna().any() else None,
                 "device": "; ".join(sorted(set(ok.device) - {""})),  # where its samples/s were measured
+                "provisional": st.get("provisional", ""),  # bench/results/provisional.py: a task not finished yet
                 "_beats": st.get("beats_best_unimodal") if st else "no-stats",
             }
         )
@@ -143,10 +144,11 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
             continue
         best_uni = uni["mean"].max()
         fusion = g.index[g.family.isin(FUSION_FAMILIES)]
-        board.loc[fusion, "beats_best_unimodal"] = board.loc[fusion, "mean"] > best_uni
         with_stats = [i for i in fusion if board.at[i, "_beats"] != "no-stats"]
-        for i in with_stats:  # the significance rule of bench.stats: higher mean AND p < 0.05
-            board.at[i, "beats_best_unimodal"] = board.at[i, "_beats"]
+        if board.loc[g.index, "_beats"].eq("no-stats").all():  # no statistics (old runs): a plain comparison of means
+            board.loc[fusion, "beats_best_unimodal"] = board.loc[fusion, "mean"] > best_uni
+        for i in with_stats:  # the significance rule of bench.stats: higher mean AND p < 0.05; a row without
+            board.at[i, "beats_best_unimodal"] = board.at[i, "_beats"]  # stats beside them (unfinished): not tested
     board = board.drop(columns="_beats")
     board = board.sort_values(["dataset", "mean"], ascending=[True, False], na_position="last")
     board.insert(2, "rank", board.groupby("dataset")["mean"].rank(ascending=False, method="min"))
@@ -244,8 +246,12 @@ def to_markdown(board: pd.DataFrame, title: str = "fusebench leaderboard") -> st
 
 
 def write_leaderboard(records: list[Record], run_dir: Path) -> pd.DataFrame:
+    """leaderboard.md / .csv and the Pareto table of `run_dir`; a task the run has not finished gets statistics
+    over its finished cells, marked provisional (bench/results/provisional.py), in the tables only."""
     from fusebench.reports.ranking import rank
+    from fusebench.results.provisional import provisional_stats
 
+    records = provisional_stats(records, run_dir)
     board = leaderboard(records)
     text = to_markdown(board) + "\n" + rank(board).to_markdown()  # the ranking section carries ranking_sentence()
     from fusebench.reports.retrieval import retrieval_markdown

@@ -39,11 +39,19 @@ def retrieval_verdict(records: list[Record], dataset: str) -> str:
     rerankers = sorted(s for s in cells if s != BASE)
     if BASE not in cells or not rerankers:
         return f"{dataset}: no dual encoder and re-ranker pair to compare."
-    winners = [s for s in rerankers if cells[s][0].stats.get("beats_dual_encoder")]
+    tested = [s for s in rerankers if cells[s][0].stats.get("p_vs_dual_encoder") is not None]
+    note = next((cells[s][0].stats["provisional"] for s in cells if cells[s][0].stats.get("provisional")), "")
+    # unlike a classification task's Holm family, a re-ranker's test involves the dual encoder alone: it stands
+    ahead = (f"So far {note} (statistics over the finished cells; each re-ranker's test is paired with the dual "
+             "encoder alone, so it stands as the other cells finish). ") if note else ""
+    if not tested:  # records without statistics: a test claims nothing it did not make
+        return (f"{dataset}: not tested against the dual encoder alone ({len(rerankers)} re-ranker(s); these records "
+                "carry no statistics).")
+    winners = [s for s in tested if cells[s][0].stats.get("beats_dual_encoder")]
     if not winners:
-        return (f"{dataset}: no fusion re-ranker beats the dual encoder alone "
-                f"({len(rerankers)} tried; paired bootstrap over seeds and images, p < 0.05).")
-    return (f"{dataset}: {len(winners)} of {len(rerankers)} fusion re-rankers beat the dual encoder alone "
+        return (f"{ahead}{dataset}: no fusion re-ranker beats the dual encoder alone "
+                f"({len(tested)} tested; paired bootstrap over seeds and images, p < 0.05).")
+    return (f"{ahead}{dataset}: {len(winners)} of {len(tested)} fusion re-rankers beat the dual encoder alone "
             f"(p < 0.05): {', '.join(f'`{s}`' for s in winners)}.")
 
 
@@ -63,7 +71,7 @@ def retrieval_markdown(records: list[Record]) -> str:
             ci = f"[{st['ci95_low']:.1f}, {st['ci95_high']:.1f}]" if "ci95_low" in st else "–"
             delta = f"{st['delta_vs_dual_encoder']:+.1f}" if st.get("delta_vs_dual_encoder") is not None else "–"
             p = f"{st['p_vs_dual_encoder']:.3f}" if st.get("p_vs_dual_encoder") is not None else "–"
-            beats = "–" if s == BASE else ("yes" if st.get("beats_dual_encoder") else "no")
+            beats = "–" if s == BASE or st.get("p_vs_dual_encoder") is None else ("yes" if st.get("beats_dual_encoder") else "no")
             vals = " | ".join(f"{np.mean([r.metrics.get(c, np.nan) for r in rs]):.1f}" for c in COLUMNS)
             main = [r.main_metric for r in rs]
             std = np.std(main, ddof=1) if len(main) > 1 else 0.0

@@ -45,6 +45,16 @@ def _delta(r: pd.Series) -> str:
     return f"{d:+.4f}{ci}"
 
 
+def provisional_sentence(note: str, compared: bool) -> str:
+    """What a task's statistics over its finished cells only may not say yet (bench/results/provisional.py);
+    `compared`: the task has a fusion-vs-unimodal family, whose baseline and Holm adjustment can change."""
+    if not note:
+        return ""
+    return (f"Provisional ({note}): the statistics are over the finished cells only"
+            + ("; the best unimodal baseline, the Holm family and with it every adjusted p can change as the other "
+               "cells finish." if compared else "."))
+
+
 def task_verdict(rows: pd.DataFrame) -> str:
     """The verdict of one task, in words: the best strategy, whether (and by how much) fusion beats the best
     unimodal baseline with the Holm-adjusted p, or plainly that none does; degenerate rows named."""
@@ -52,9 +62,11 @@ def task_verdict(rows: pd.DataFrame) -> str:
     if ok.empty:
         return "No strategy finished on this task."
     top = ok.iloc[0]
-    out = [f"Best strategy: `{top.strategy}` ({top.family}, mean {top['mean']:.4f})."]
     uni = ok[ok.family == "unimodal"]
     fusion = ok[ok.family.isin(FUSION_FAMILIES)]
+    note = next((n for n in ok.get("provisional", []) if isinstance(n, str) and n), "")
+    out = [provisional_sentence(note, not uni.empty and not fusion.empty)] if note else []
+    out.append(f"Best strategy: `{top.strategy}` ({top.family}, mean {top['mean']:.4f}).")
     best_uni = next((b for b in ok.get("best_unimodal", pd.Series(dtype=object)) if isinstance(b, str) and b), None)
     chosen = "chosen on validation"
     if best_uni is None and not uni.empty:  # a run without statistics: highest test mean, said so

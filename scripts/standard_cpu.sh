@@ -10,7 +10,7 @@
 #      the status (cells done, encoding rates, measured cell time, time left) to
 #      reports/published/standard-cpu/.
 # `scripts/standard_cpu.sh status` publishes the run so far: the leaderboard and report of the finished
-# cells (made on a copy of the run directory) and the status.
+# cells (made on a copy of the run directory) and the status; `save` does too.
 # Meant for the background: `nohup nice -n 19 bash scripts/standard_cpu.sh > standard-cpu.out 2>&1 &`.
 # `pause` / `resume` stop and continue the running sweep while another heavy job runs, `nice` lowers its
 # priority instead (see below).
@@ -101,7 +101,11 @@ if [ "${1:-}" = save ]; then
   fi
   rm -rf "$TREE" && mv "$TREE.tmp" "$TREE"
   echo "standard_cpu.sh: saved $OUT to $TREE ($(du -sh "$TREE" | cut -f1)); commit it (git add -A $PUB)"
-  exit 0
+  [ -s "$OUT/results.jsonl" ] || exit 0  # no record yet: no report to publish
+  # and publish the leaderboard, report and status of the state just saved, beside it (the `status` verb
+  # below): a sweep stopped by a signal exits before it publishes, and stop 33 committed a run of 26
+  # finished cells beside the leaderboard and status of 25 (tests/test_standard_cpu_state.py checks this)
+  set -- status
 fi
 restore() {  # a saved run, where $OUT holds none
   local sums

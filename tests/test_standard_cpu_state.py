@@ -203,3 +203,28 @@ def test_pause_stops_the_sweep_and_its_children_and_resume_continues_them(tmp_pa
         subprocess.run(["pkill", "-KILL", "-P", str(holder.pid)], check=False)
         holder.kill()
         holder.wait()
+
+
+def test_the_published_leaderboard_and_status_are_of_the_saved_run():
+    """The leaderboard, report and status published beside `run-state/` show exactly the cells the saved run
+    finished. Stop 33 saved a run of 26 finished cells beside stop 32's leaderboard and status of 25 (a
+    sweep stopped by SIGTERM exits before publishing, and `save` did not publish): the published numbers
+    lagged the state they claim to come from."""
+    import json
+
+    import pandas as pd
+
+    from fusebench.results.records import done_cells
+    from fusebench.run.status import read_run
+
+    pub = ROOT / "reports" / "published" / "standard-cpu"
+    run = read_run(pub / "run-state")
+    done = done_cells(run.records, run.eval_seeds, run.replicates)
+    board = pd.read_csv(pub / "leaderboard.csv")
+    assert set(zip(board["dataset"], board["strategy"])) == done
+    status = json.loads((pub / "status.json").read_text())
+    assert status["cells_done"] == len(done)
+    assert {t["dataset"]: t["cells_done"] for t in status["tasks"]} == {
+        task: sum(1 for d, _ in done if d == task) for task in run.plan}
+    html = (pub / "report.html").read_text()
+    assert all(f"{strategy}<" in html or f"{strategy}\"" in html for _, strategy in done)
