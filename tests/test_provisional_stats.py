@@ -50,7 +50,7 @@ def test_provisional_statistics_of_every_cell_are_the_runners_and_of_finished_ce
 
     # logit_mean not run yet, concat one seed short (a cell resumed later): statistics over the unimodal cells
     concat_seed = next(r for r in records if r.strategy == "concat")
-    partial = [r for r in _strip(records) if r.strategy != "logit_mean" and r is not None
+    partial = [r for r in _strip(records) if r.strategy != "logit_mean"
                and (r.strategy, r.replicate, r.seed) != (concat_seed.strategy, concat_seed.replicate, concat_seed.seed)]
     got = provisional_stats(partial, out)
     with_stats = {r.strategy for r in got if r.stats}
