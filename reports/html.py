@@ -17,6 +17,7 @@ from fusebench.core.io import atomic_write_bytes
 from fusebench.reports import plots
 from fusebench.reports.leaderboard import _stars, device_note, leaderboard, row_flags, trials_text
 from fusebench.reports.ranking import rank
+from fusebench.reports.retrieval import HEADER, NOTE, retrieval_rows
 from fusebench.reports.verdicts import fmt_p, ranking_sentence, task_verdict
 from fusebench.results.provenance import machines
 from fusebench.results.provisional import provisional_stats
@@ -92,29 +93,51 @@ COLUMN_NOTE = ("<b>mean ± std</b>: main test metric over evaluation seeds (and 
                "unimodal baselines and floors. Details: leaderboard.md and docs/statistics.md.")
 
 
+HEAD = ("rank", "strategy", "family", "mean ± std", "95% CI", "Δ vs best unimodal [95% CI]", "p", "p Holm",
+        "beats best unimodal", "runs", "trials", "search s", "train samples/s", "infer samples/s", "params", "flags")
+VS_UNIMODAL = range(5, 9)  # the comparison with the best unimodal baseline: not a retrieval task's (its detail table)
+
+
 def _table(g: pd.DataFrame) -> str:
-    head = ("<tr><th>rank</th><th class=l>strategy</th><th class=l>family</th><th>mean ± std</th><th>95% CI</th>"
-            "<th>Δ vs best unimodal [95% CI]</th><th>p</th><th>p Holm</th><th>beats best unimodal</th><th>runs</th>"
-            "<th>trials</th><th>search s</th><th>train samples/s</th><th>infer samples/s</th><th>params</th>"
-            "<th class=l>flags</th></tr>")
+    keep = [i for i in range(len(HEAD)) if not ("retrieval" in set(g.get("task", [])) and i in VS_UNIMODAL)]
+    head = "<tr>" + "".join(f"<th{' class=l' if HEAD[i] in ('strategy', 'family', 'flags') else ''}>{HEAD[i]}</th>"
+                            for i in keep) + "</tr>"
     rows = []
     for _, r in g.iterrows():
         beats = {True: '<span class=yes>yes</span>', False: '<span class=no>no</span>'}.get(r.get("beats_best_unimodal"), "")
         lo, hi = r.get("ci95_low", np.nan), r.get("ci95_high", np.nan)
         ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) else f"± {_fmt(r.get('ci95'))}"
-        p = r.get("p_vs_best_unimodal", np.nan)
         cls = "failed" if r.status != "ok" else ("unimodal" if r.family in ("unimodal", "baseline") else "")
-        rank_txt = "–" if not np.isfinite(r["rank"]) else str(int(r["rank"]))
-        rows.append(
-            f"<tr class='{cls}'><td>{rank_txt}</td><td class=l><code>{html.escape(r.strategy)}</code></td>"
-            f"<td class=l>{html.escape(r.family)}</td><td>{_fmt(r['mean'])} ± {_fmt(r['std'])}</td><td>{ci}</td>"
-            f"<td>{_delta(r)}</td><td>{_p(p)}</td><td>{_p(r.get('p_adj_vs_best_unimodal', np.nan))}</td>"
-            f"<td>{beats if r.status == 'ok' else 'failed'}</td>"
-            f"<td>{int(r.n_seeds)}</td><td>{html.escape(trials_text(r))}</td><td>{_fmt(r.search_seconds, 1)}</td>"
-            f"<td>{_fmt(r.train_samples_per_s, 0)}</td><td>{_fmt(r.infer_samples_per_s, 0)}</td>"
-            f"<td>{int(r.params_count):,}</td><td class=l>{html.escape(row_flags(r, symbols=False))}</td></tr>"
-        )
-    return f"<div class=tw><table>{head}{''.join(rows)}</table></div><p class=note>{COLUMN_NOTE}</p>"
+        cells = ["–" if not np.isfinite(r["rank"]) else str(int(r["rank"])), f"<code>{html.escape(r.strategy)}</code>",
+                 html.escape(r.family), f"{_fmt(r['mean'])} ± {_fmt(r['std'])}", ci, _delta(r),
+                 _p(r.get("p_vs_best_unimodal", np.nan)), _p(r.get("p_adj_vs_best_unimodal", np.nan)),
+                 beats if r.status == "ok" else "failed", str(int(r.n_seeds)), html.escape(trials_text(r)),
+                 _fmt(r.search_seconds, 1), _fmt(r.train_samples_per_s, 0), _fmt(r.infer_samples_per_s, 0),
+                 f"{int(r.params_count):,}", html.escape(row_flags(r, symbols=False))]
+        rows.append(f"<tr class='{cls}'>" + "".join(
+            f"<td{' class=l' if HEAD[i] in ('strategy', 'family', 'flags') else ''}>{cells[i]}</td>" for i in keep) + "</tr>")
+    note = COLUMN_NOTE if len(keep) == len(HEAD) else (
+        "A retrieval task: each re-ranker is compared with the dual encoder alone in the retrieval detail below. "
+        + COLUMN_NOTE.split("<b>runs</b>", 1)[0].split("<b>Δ vs best unimodal</b>", 1)[0] + "<b>runs</b>"
+        + COLUMN_NOTE.split("<b>runs</b>", 1)[1])
+    return f"<div class=tw><table>{head}{''.join(rows)}</table></div><p class=note>{note}</p>"
+
+
+def _retrieval_table(records: list[Record], dataset: str) -> str:
+    """A retrieval task's detail: R@k of both directions, median ranks, and each re-ranker against the dual
+    encoder alone (Δ rsum, paired-bootstrap p, beats), the cells of the Markdown leaderboard's detail table."""
+    rows = retrieval_rows(records, dataset)
+    if not rows:
+        return ""
+    head = "".join(f"<th{' class=l' if i == 0 else ''}>{html.escape(h)}</th>" for i, h in enumerate(HEADER))
+    body = []
+    for row in rows:
+        beats = {"yes": "<span class=yes>yes</span>", "no": "<span class=no>no</span>"}.get(row[5], html.escape(row[5]))
+        cells = [f"<td class=l><code>{html.escape(row[0])}</code></td>",
+                 *(f"<td>{beats if i == 5 else html.escape(c)}</td>" for i, c in enumerate(row) if i)]
+        body.append(f"<tr class='{'unimodal' if row[0] == 'dual_encoder' else ''}'>{''.join(cells)}</tr>")
+    return (f"<h3>Retrieval detail: each re-ranker against the dual encoder alone</h3><div class=tw><table><tr>{head}</tr>"
+            f"{''.join(body)}</table></div><p class=note>{html.escape(NOTE)}</p>")
 
 
 def _histories(run_dir: Path, dataset: str) -> dict[str, list[float]]:
@@ -265,13 +288,19 @@ def write_report(run_dir: Path) -> Path:
             parts.append(f"<p class=note><b>Devices.</b> {_words(note)}</p>")
         parts.append(_class_warnings(meta, dataset))
         parts.append(_table(g))
+        if "retrieval" in set(g.task):
+            parts.append(_retrieval_table(records, str(dataset)))
         pareto = plots.quality_vs_throughput(board, dataset, plot_dir)
         fam = plots.family_bars(board, dataset, plot_dir)
         parts.append(_grid(_img(pareto), _img(fam)))
         histories = _histories(run_dir, dataset)
+        objective = metric
+        if "retrieval" in set(g.task):  # the re-rankers search on the AUROC of their pair scores, the dual encoder
+            histories.pop("dual_encoder", None)  # on rsum: one shared axis would flatten the re-rankers' lines
+            objective = "pair AUROC"
         # a cell still searching has a history but no record yet: its family from the registry, not "other"
         families = {**{name: _registered_family(name) for name in histories}, **dict(zip(g.strategy, g.family))}
-        hist = plots.optimisation_history(histories, dataset, metric, plot_dir, families)
+        hist = plots.optimisation_history(histories, dataset, objective, plot_dir, families)
         curves, miss = _robustness(records, dataset)
         rob = plots.robustness_curves(curves, dataset, metric, plot_dir, families)
         parts.append(_grid(_img(hist), _img(rob)))

@@ -36,6 +36,7 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
     rows = [
         {
             "dataset": r.dataset,
+            "task": r.task,
             "strategy": r.strategy,
             "family": r.family,
             "seed": r.seed,
@@ -99,6 +100,7 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
         rows.append(
             {
                 "dataset": dataset,
+                "task": g.task.iloc[0],
                 "strategy": strategy,
                 "family": g.family.iloc[0],
                 "metric": g.metric.iloc[0] or (ok.metric.iloc[0] if len(ok) else ""),
@@ -120,6 +122,10 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
                 "delta_ci95_low": _num(st.get("delta_ci95_low")),
                 "delta_ci95_high": _num(st.get("delta_ci95_high")),
                 "test_note": st.get("test_note", ""),
+                # a retrieval task's comparison (bench/results/retrieval_stats.py): each re-ranker vs the dual encoder
+                "delta_vs_dual_encoder": _num(st.get("delta_vs_dual_encoder")),
+                "p_vs_dual_encoder": _num(st.get("p_vs_dual_encoder")),
+                "beats_dual_encoder": st.get("beats_dual_encoder"),
                 "n_replicates": int(ok.replicate.nunique()) if len(ok) else 0,
                 "includes_search_variance": st.get("includes_search_variance"),
                 "degenerate": st.get("degenerate"),

@@ -17,7 +17,7 @@ import pandas as pd
 
 from fusebench.core.io import atomic_write_bytes
 from fusebench.reports.plots import device_pareto_front, row_devices
-from fusebench.reports.verdicts import device_note, measured_devices
+from fusebench.reports.verdicts import device_note, is_floor, measured_devices
 from fusebench.results.records import Record
 
 COLUMNS = ["dataset", "strategy", "family", "metric", "mean", "infer_samples_per_s", "infer_samples_per_s_bs1",
@@ -42,7 +42,8 @@ def pareto_table(board: pd.DataFrame, records: Sequence[Record] = ()) -> pd.Data
     and batch 1) and training samples/s, params, FLOPs/sample, peak memory, on_pareto_front."""
     if board.empty:
         return pd.DataFrame(columns=COLUMNS)
-    ok = board[(board.status == "ok") & (board.family != "baseline")]
+    ok = board[board.status == "ok"]
+    ok = ok[[not is_floor(s, f) for s, f in zip(ok.strategy, ok.family, strict=True)]]  # the dual encoder stays
     extra = _per_cell(records)
     ok = ok.merge(extra, on=["dataset", "strategy"], how="left") if not extra.empty else ok.assign(
         flops_per_sample=np.nan, infer_samples_per_s_bs1=np.nan, latency_ms_p50=np.nan, peak_mem_mb=np.nan)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fusebench.reports.ranking import Ranking
-from fusebench.reports.verdicts import measured_devices
+from fusebench.reports.verdicts import is_floor, measured_devices
 
 # Okabe–Ito colours (distinguishable with the common colour-vision deficiencies) plus a marker per family,
 # so that a family reads by shape as well as by colour.
@@ -154,7 +154,8 @@ def _ci_err(g: pd.DataFrame) -> list[np.ndarray]:
 def quality_vs_throughput(board: pd.DataFrame, dataset: str, out: Path) -> Path | None:
     """Mean main metric (95% CI) against inference samples/s (log). Points carry their leaderboard rank;
     the key on the right names them (★ = on the Pareto front, which the dashed line joins)."""
-    g = board[(board.dataset == dataset) & (board.status == "ok") & (board.family != "baseline")]
+    g = board[(board.dataset == dataset) & (board.status == "ok")]
+    g = g[[not is_floor(s, f) for s, f in zip(g.strategy, g.family, strict=True)]]  # the dual encoder stays
     g = g[np.isfinite(g.infer_samples_per_s.astype(float)) & np.isfinite(g["mean"].astype(float))]
     if g.empty:
         return None
@@ -251,7 +252,7 @@ def _family_panels(series: dict[str, pd.Series], families: dict[str, str] | None
     families = families or {}
     groups: dict[str, list[str]] = {}
     for name in sorted(series):
-        if families.get(name) != "baseline":  # sanity floors (majority/random) stay in the tables
+        if not is_floor(name, families.get(name, "")):  # sanity floors (majority/random) stay in the tables
             groups.setdefault(families.get(name, "other"), []).append(name)
     if not groups:
         return None

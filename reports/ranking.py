@@ -4,8 +4,12 @@ Sets", JMLR 7).
 
 Per task, strategies are ranked by mean main metric (1 = best, ties share the mean rank). Unimodal
 cells (`unimodal:<view>`) differ across tasks, so the best of them on each task stands in as
-`unimodal (best)`. The trivial floors (family `baseline`: `majority`, `random`) are left out: they
-lose everywhere, and ranking them drove the Friedman p-value while saying nothing about fusion. Only
+`unimodal (best)`. On a retrieval task a fusion strategy's entry is its re-ranker (`rerank:<name>` ranks
+as `<name>`), and the dual encoder, the task's model without fusion, stands in as `unimodal (best)`: without
+that a retrieval task shares no entry with the classification tasks and the ranking of a full run is empty.
+The trivial floors (family `baseline`: `majority`, `random`) are left out: they
+lose everywhere, and ranking them drove the Friedman p-value while saying nothing about fusion.
+A task still in progress (provisional statistics, bench/results/provisional.py) is named in the sentence. Only
 strategies present on every task enter the comparison. When Friedman does not reject at α = 0.05,
 no post-hoc comparison is made and no critical difference is given (`critical_difference` is None),
 so neither the leaderboard nor the CD diagram can suggest a difference the omnibus test did not find.
@@ -22,6 +26,7 @@ from scipy import stats
 
 ALPHA = 0.05
 TRIVIAL_FAMILIES = ("baseline",)
+DUAL_ENCODER, RERANK = "dual_encoder", "rerank:"  # a retrieval task's cells (bench/run/retrieval_cell.py)
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Ranking:
     n_tasks: int
     friedman_p: float | None
     critical_difference: float | None  # Nemenyi CD at alpha = 0.05; None unless Friedman rejects
+    provisional: tuple[str, ...] = ()  # "task (N of M cells done)" of each task still in progress
 
     @property
     def rejected(self) -> bool:
@@ -56,6 +62,13 @@ class Ranking:
         k = len(self.average_rank)
         if k == 0:
             return "No strategy ran on every task: no overall ranking."
+        if self.provisional:
+            return (f"Provisional ({'; '.join(self.provisional)}): over the finished cells of "
+                    f"{'that task' if len(self.provisional) == 1 else 'those tasks'}, so ranks, the test and the "
+                    f"critical difference can change. " + self._claim(k))
+        return self._claim(k)
+
+    def _claim(self, k: int) -> str:
         best = f"`{self.average_rank.index[0]}` ({self.average_rank.iloc[0]:.2f})"
         if self.friedman_p is None:
             return (f"Too few tasks ({self.n_tasks}) or non-trivial strategies ({k}) for a Friedman test: the average "
@@ -78,7 +91,8 @@ class Ranking:
             return ""
         lines = ["## Overall ranking across tasks", "",
                  f"Average rank over {self.n_tasks} task(s) (1 = best; `unimodal (best)` is the best unimodal view per "
-                 "task; the `majority`/`random` floors are left out).", "", self.sentence(), ""]
+                 "task, the dual encoder on a retrieval task, where `rerank:<name>` ranks as `<name>`; the `majority`/`random` "
+                 "floors are left out).", "", self.sentence(), ""]
         if self.rejected and self.critical_difference is not None and len(self.average_rank) > 1:
             best, best_rank = self.average_rank.index[0], self.average_rank.iloc[0]
             close = [n for n, r in self.average_rank.iloc[1:].items() if r - best_rank < self.critical_difference]
@@ -96,9 +110,19 @@ def _p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3g}"
 
 
+def _entry(strategy: str, family: str) -> str | None:
+    """The ranking entry of a leaderboard row; None for a floor."""
+    if strategy == DUAL_ENCODER or family == "unimodal":
+        return "unimodal (best)"
+    if family in TRIVIAL_FAMILIES:
+        return None
+    return strategy.removeprefix(RERANK)
+
+
 def _per_task_scores(board: pd.DataFrame) -> pd.DataFrame:
-    ok = board[(board["status"] == "ok") & ~board["family"].isin(TRIVIAL_FAMILIES)].copy()
-    ok["entry"] = np.where(ok["family"] == "unimodal", "unimodal (best)", ok["strategy"])
+    ok = board[board["status"] == "ok"].copy()
+    ok["entry"] = [_entry(s, f) for s, f in zip(ok.strategy, ok.family, strict=True)]
+    ok = ok[ok.entry.notna()]
     scores = ok.groupby(["dataset", "entry"])["mean"].max().unstack("entry")
     return scores.dropna(axis=1)  # strategies present on every task
 
@@ -120,4 +144,7 @@ def rank(board: pd.DataFrame) -> Ranking:
         if friedman_p < ALPHA:
             q_alpha = stats.studentized_range.ppf(1 - ALPHA, k, np.inf) / np.sqrt(2)
             cd = float(q_alpha * np.sqrt(k * (k + 1) / (6.0 * n_tasks)))
-    return Ranking(avg, n_tasks, friedman_p, cd)
+    notes = {d: n for d, n in zip(board.dataset, board.get("provisional", [""] * len(board)), strict=True)
+             if isinstance(n, str) and n}
+    in_progress = tuple(f"{d}: {n}" for d, n in sorted(notes.items()) if d in scores.index)
+    return Ranking(avg, n_tasks, friedman_p, cd, in_progress)

@@ -3,7 +3,8 @@ returning strings so the Markdown leaderboard and the HTML report say exactly th
 
 `task_verdict(rows)` takes one task's rows of `reports.leaderboard.leaderboard()` (columns `strategy`,
 `family`, `mean`, `beats_best_unimodal`, `delta_vs_best_unimodal`, `delta_ci95_low/high`,
-`p_adj_vs_best_unimodal`, `best_unimodal`, `n_replicates`, `degenerate`, `best_epoch`)."""
+`p_adj_vs_best_unimodal`, `best_unimodal`, `n_replicates`, `degenerate`, `best_epoch`; on a retrieval
+task `task`, `delta_vs_dual_encoder`, `p_vs_dual_encoder`, `beats_dual_encoder`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ import pandas as pd
 from fusebench.reports.ranking import Ranking
 
 FUSION_FAMILIES = ("early", "mid", "late")
+DUAL_ENCODER = "dual_encoder"  # a retrieval task's baseline: the model its fusion re-rankers must beat
+
+
+def is_floor(strategy: str, family: str) -> bool:
+    """A sanity floor (`majority`, `random`): family `baseline`, nothing learned, left out of the Pareto fronts.
+    The dual encoder is a baseline too, but a trained model, and the one a retrieval task's re-rankers must
+    beat: it stays on its task's front."""
+    return family == "baseline" and strategy != DUAL_ENCODER
 
 
 def fmt_p(p: SupportsFloat | None) -> str:
@@ -23,6 +32,12 @@ def fmt_p(p: SupportsFloat | None) -> str:
     if p is None or (isinstance(p, float) and np.isnan(p)):
         return ""
     return "<0.001" if float(p) < 0.001 else f"{float(p):.3g}"
+
+
+def p_words(p: SupportsFloat | None) -> str:
+    """A p-value in a sentence: `p < 0.001` or `p = 0.0234`."""
+    text = fmt_p(p)
+    return f"p < {text[1:]}" if text.startswith("<") else f"p = {text or '–'}"
 
 
 def fmt_trials(complete: float, budget: float, pruned: float = float("nan"), failed: float = float("nan")) -> str:
@@ -45,14 +60,42 @@ def _delta(r: pd.Series) -> str:
     return f"{d:+.4f}{ci}"
 
 
-def provisional_sentence(note: str, compared: bool) -> str:
+def provisional_sentence(note: str, compared: bool, retrieval: bool = False) -> str:
     """What a task's statistics over its finished cells only may not say yet (bench/results/provisional.py);
-    `compared`: the task has a fusion-vs-unimodal family, whose baseline and Holm adjustment can change."""
+    `compared`: the task has a fusion-vs-unimodal family, whose baseline and Holm adjustment can change;
+    `retrieval`: each re-ranker's test is paired with the dual encoder alone, so a finished one stands."""
     if not note:
         return ""
+    if retrieval:
+        return (f"Provisional ({note}): the statistics are over the finished cells only; each re-ranker's test is "
+                "paired with the dual encoder alone, so it stands as the other cells finish.")
     return (f"Provisional ({note}): the statistics are over the finished cells only"
             + ("; the best unimodal baseline, the Holm family and with it every adjusted p can change as the other "
                "cells finish." if compared else "."))
+
+
+def retrieval_sentence(rows: pd.DataFrame) -> str:
+    """Whether each fusion re-ranker of a retrieval task beats the dual encoder alone: a higher mean rsum and
+    p < 0.05 of the paired hierarchical bootstrap (bench/results/retrieval_stats.py). Counts only the
+    re-rankers whose records carry that test: a test not made is never reported as a "no"."""
+    ok = rows[rows.status == "ok"]
+    rerankers = ok[ok.strategy != DUAL_ENCODER]
+    if DUAL_ENCODER not in set(ok.strategy) or rerankers.empty:
+        return "No dual encoder and re-ranker pair to compare on this task."
+    p = rerankers.get("p_vs_dual_encoder", pd.Series(np.nan, index=rerankers.index)).astype(float)
+    tested = rerankers[p.notna()]
+    if tested.empty:
+        return (f"Re-rankers not tested against the dual encoder alone ({len(rerankers)} re-ranker(s); these records "
+                "carry no statistics).")
+    winners = tested[tested.beats_dual_encoder.eq(True)].sort_values("mean", ascending=False)
+    if winners.empty:
+        best = tested.sort_values("mean", ascending=False).iloc[0]
+        return (f"No fusion re-ranker beats the dual encoder alone ({len(tested)} tested; paired bootstrap over search "
+                f"replicates, seeds and images, p < 0.05). Best re-ranker `{best.strategy}`: "
+                f"Δ = {best.delta_vs_dual_encoder:+.1f} rsum, {p_words(best.p_vs_dual_encoder)}.")
+    return (f"{len(winners)} of {len(tested)} fusion re-rankers beat the dual encoder alone (p < 0.05): "
+            + ", ".join(f"`{w.strategy}` (Δ = {w.delta_vs_dual_encoder:+.1f} rsum, {p_words(w.p_vs_dual_encoder)})"
+                        for _, w in winners.iterrows()) + ".")
 
 
 def task_verdict(rows: pd.DataFrame) -> str:
@@ -65,8 +108,11 @@ def task_verdict(rows: pd.DataFrame) -> str:
     uni = ok[ok.family == "unimodal"]
     fusion = ok[ok.family.isin(FUSION_FAMILIES)]
     note = next((n for n in ok.get("provisional", []) if isinstance(n, str) and n), "")
-    out = [provisional_sentence(note, not uni.empty and not fusion.empty)] if note else []
+    retrieval = "retrieval" in set(ok.get("task", []))
+    out = [provisional_sentence(note, not uni.empty and not fusion.empty, retrieval)] if note else []
     out.append(f"Best strategy: `{top.strategy}` ({top.family}, mean {top['mean']:.4f}).")
+    if retrieval:  # its comparison is with the dual encoder, not with a unimodal baseline
+        return " ".join([*out, retrieval_sentence(rows)])
     best_uni = next((b for b in ok.get("best_unimodal", pd.Series(dtype=object)) if isinstance(b, str) and b), None)
     chosen = "chosen on validation"
     if best_uni is None and not uni.empty:  # a run without statistics: highest test mean, said so
