@@ -93,6 +93,14 @@ COLUMN_NOTE = ("<b>mean ± std</b>: main test metric over evaluation seeds (and 
                "unimodal baselines and floors. Details: leaderboard.md and docs/statistics.md.")
 
 
+RETRIEVAL_NOTE = ("A retrieval task: each re-ranker is compared with the dual encoder alone in the retrieval detail "
+                  "below. <b>mean ± std</b>: test rsum over evaluation seeds and search replicates; <b>95% CI</b>: "
+                  "hierarchical bootstrap interval (replicates, seeds, images); <b>runs</b>: replicates × seeds; "
+                  "<b>trials</b>: completed/budgeted optuna trials summed over the search replicates (pruned, failed); "
+                  "<b>search s</b>: search seconds (CPU seconds on a CPU run, wall on a GPU); <b>infer samples/s</b>: "
+                  "test queries ranked per second by the whole pipeline; <b>flags</b>: <i>cap bound</i> = the search "
+                  "cap stopped the search before its trial budget (an unequal comparison); grey row: the dual "
+                  "encoder. Details: leaderboard.md and docs/retrieval.md.")
 HEAD = ("rank", "strategy", "family", "mean ± std", "95% CI", "Δ vs best unimodal [95% CI]", "p", "p Holm",
         "beats best unimodal", "runs", "trials", "search s", "train samples/s", "infer samples/s", "params", "flags")
 VS_UNIMODAL = range(5, 9)  # the comparison with the best unimodal baseline: not a retrieval task's (its detail table)
@@ -114,12 +122,11 @@ def _table(g: pd.DataFrame) -> str:
                  beats if r.status == "ok" else "failed", str(int(r.n_seeds)), html.escape(trials_text(r)),
                  _fmt(r.search_seconds, 1), _fmt(r.train_samples_per_s, 0), _fmt(r.infer_samples_per_s, 0),
                  f"{int(r.params_count):,}", html.escape(row_flags(r, symbols=False))]
+        if r.status != "ok" and 8 not in keep:  # "failed" is in the beats column, left out on a retrieval task
+            cells[-1] = "failed" + (f"; {cells[-1]}" if cells[-1] else "")
         rows.append(f"<tr class='{cls}'>" + "".join(
             f"<td{' class=l' if HEAD[i] in ('strategy', 'family', 'flags') else ''}>{cells[i]}</td>" for i in keep) + "</tr>")
-    note = COLUMN_NOTE if len(keep) == len(HEAD) else (
-        "A retrieval task: each re-ranker is compared with the dual encoder alone in the retrieval detail below. "
-        + COLUMN_NOTE.split("<b>runs</b>", 1)[0].split("<b>Δ vs best unimodal</b>", 1)[0] + "<b>runs</b>"
-        + COLUMN_NOTE.split("<b>runs</b>", 1)[1])
+    note = COLUMN_NOTE if len(keep) == len(HEAD) else RETRIEVAL_NOTE
     return f"<div class=tw><table>{head}{''.join(rows)}</table></div><p class=note>{note}</p>"
 
 

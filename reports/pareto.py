@@ -43,7 +43,7 @@ def pareto_table(board: pd.DataFrame, records: Sequence[Record] = ()) -> pd.Data
     if board.empty:
         return pd.DataFrame(columns=COLUMNS)
     ok = board[board.status == "ok"]
-    ok = ok[[not is_floor(s, f) for s, f in zip(ok.strategy, ok.family, strict=True)]]  # the dual encoder stays
+    ok = ok[~np.array([is_floor(s, f) for s, f in zip(ok.strategy, ok.family, strict=True)], dtype=bool)]  # dual encoder stays
     extra = _per_cell(records)
     ok = ok.merge(extra, on=["dataset", "strategy"], how="left") if not extra.empty else ok.assign(
         flops_per_sample=np.nan, infer_samples_per_s_bs1=np.nan, latency_ms_p50=np.nan, peak_mem_mb=np.nan)

@@ -155,7 +155,7 @@ def quality_vs_throughput(board: pd.DataFrame, dataset: str, out: Path) -> Path 
     """Mean main metric (95% CI) against inference samples/s (log). Points carry their leaderboard rank;
     the key on the right names them (★ = on the Pareto front, which the dashed line joins)."""
     g = board[(board.dataset == dataset) & (board.status == "ok")]
-    g = g[[not is_floor(s, f) for s, f in zip(g.strategy, g.family, strict=True)]]  # the dual encoder stays
+    g = g[~np.array([is_floor(s, f) for s, f in zip(g.strategy, g.family, strict=True)], dtype=bool)]  # dual encoder stays
     g = g[np.isfinite(g.infer_samples_per_s.astype(float)) & np.isfinite(g["mean"].astype(float))]
     if g.empty:
         return None

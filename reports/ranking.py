@@ -9,7 +9,8 @@ as `<name>`), and the dual encoder, the task's model without fusion, stands in a
 that a retrieval task shares no entry with the classification tasks and the ranking of a full run is empty.
 The trivial floors (family `baseline`: `majority`, `random`) are left out: they
 lose everywhere, and ranking them drove the Friedman p-value while saying nothing about fusion.
-A task still in progress (provisional statistics, bench/results/provisional.py) is named in the sentence. Only
+A task still in progress (provisional statistics, bench/results/provisional.py) is named in the sentence;
+a task with a single entry so far (the dual encoder, first of its task to run) is left out. Only
 strategies present on every task enter the comparison. When Friedman does not reject at α = 0.05,
 no post-hoc comparison is made and no critical difference is given (`critical_difference` is None),
 so neither the leaderboard nor the CD diagram can suggest a difference the omnibus test did not find.
@@ -124,6 +125,9 @@ def _per_task_scores(board: pd.DataFrame) -> pd.DataFrame:
     ok["entry"] = [_entry(s, f) for s, f in zip(ok.strategy, ok.family, strict=True)]
     ok = ok[ok.entry.notna()]
     scores = ok.groupby(["dataset", "entry"])["mean"].max().unstack("entry")
+    entries = scores.notna().sum(axis=1)
+    if (entries >= 2).any():  # a task of one entry beside larger ones (a retrieval task whose dual encoder alone
+        scores = scores[entries >= 2]  # has run) ranks nothing and would cut the ranking down to that entry
     return scores.dropna(axis=1)  # strategies present on every task
 
 

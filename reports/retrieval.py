@@ -5,6 +5,7 @@ computed by bench/results/retrieval_stats.py). Reads records only."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from fusebench.reports.verdicts import DUAL_ENCODER, fmt_p, fmt_trials, provisional_sentence, retrieval_sentence
 from fusebench.results.records import Record
@@ -36,14 +37,16 @@ def search_budget(records: list[Record]) -> str:
 def retrieval_verdict(records: list[Record], dataset: str) -> str:
     """One sentence: which re-rankers beat the dual encoder alone (mean higher and p < 0.05); the words of
     `verdicts.retrieval_sentence`, which the task's verdict in the leaderboard and the report also says."""
-    from fusebench.reports.leaderboard import leaderboard
-
-    board = leaderboard([r for r in records if r.dataset == dataset])
-    if board.empty:
-        return f"{dataset}: no dual encoder and re-ranker pair to compare."
-    note = next((n for n in board.provisional if isinstance(n, str) and n), "")
+    cells = _by_strategy(records, dataset)  # the columns retrieval_sentence reads of leaderboard(): no import cycle
+    rows = pd.DataFrame([{"strategy": s, "status": "ok", "mean": float(np.mean([r.main_metric for r in rs])),
+                          "delta_vs_dual_encoder": rs[0].stats.get("delta_vs_dual_encoder"),
+                          "p_vs_dual_encoder": rs[0].stats.get("p_vs_dual_encoder", np.nan),
+                          "beats_dual_encoder": rs[0].stats.get("beats_dual_encoder")} for s, rs in cells.items()],
+                        columns=["strategy", "status", "mean", "delta_vs_dual_encoder", "p_vs_dual_encoder",
+                                 "beats_dual_encoder"])
+    note = next((rs[0].stats["provisional"] for rs in cells.values() if rs[0].stats.get("provisional")), "")
     ahead = f"{provisional_sentence(note, compared=False, retrieval=True)} " if note else ""
-    return f"{ahead}{dataset}: {retrieval_sentence(board)}"
+    return f"{ahead}{dataset}: {retrieval_sentence(rows)}"
 
 
 HEADER = ("strategy", "rsum (mean ± std)", "95% CI", "Δ vs dual encoder", "p", "beats dual encoder", *COLUMNS, "R×K",

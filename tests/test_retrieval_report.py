@@ -10,6 +10,7 @@ and a run with a retrieval task had no overall ranking at all."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -102,3 +103,24 @@ def test_a_retrieval_task_enters_the_ranking_and_a_task_in_progress_is_named(tmp
     assert not ranking.sentence().startswith("Provisional")
     board = leaderboard(records).assign(provisional=lambda b: np.where(b.dataset == "ret", "3 of 5 cells done", ""))
     assert rank(board).sentence().startswith("Provisional (ret: 3 of 5 cells done): over the finished cells of that task")
+
+
+def test_a_retrieval_task_with_its_dual_encoder_alone_does_not_cut_the_ranking(tmp_path: Path):
+    """The dual encoder runs first: until a re-ranker finishes, its task has one entry, which cut the whole
+    run's ranking down to `unimodal (best)` alone (the reviewer's repro)."""
+    records = [r for r in _retrieval_records(tmp_path) if r.strategy == "dual_encoder"] + _classification_records()
+    assert set(rank(leaderboard(records)).average_rank.index) == {"concat", "logit_mean", "unimodal (best)"}
+
+
+def test_a_failed_reranker_says_failed_in_the_report_and_a_run_of_failed_cells_still_reports(tmp_path: Path):
+    records = _retrieval_records(tmp_path)
+    records = [r if r.strategy != "rerank:logit_mean" else dataclasses.replace(r, status="failed", error="boom")
+               for r in records]
+    write_records(tmp_path / "results.jsonl", records)
+    (tmp_path / "run.json").write_text(json.dumps({"config": {}}))
+    write_leaderboard(records, tmp_path)
+    text = write_report(tmp_path).read_text()
+    row = text.split("<code>rerank:logit_mean</code>", 1)[1].split("</tr>", 1)[0]
+    assert row.endswith("<td class=l>failed</td>")
+    only_failed = [r for r in records if r.status == "failed"]
+    assert pareto_table(leaderboard(only_failed), only_failed).empty  # was a KeyError: an empty row mask picked columns
