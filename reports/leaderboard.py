@@ -100,10 +100,10 @@ def leaderboard(records: list[Record]) -> pd.DataFrame:
         rows.append(
             {
                 "dataset": dataset,
-                "task": g.task.iloc[0],
                 "strategy": strategy,
                 "family": g.family.iloc[0],
                 "metric": g.metric.iloc[0] or (ok.metric.iloc[0] if len(ok) else ""),
+                "task": g.task.iloc[0],  # after the first columns, which readers of leaderboard.csv rely on
                 "mean": scores.mean() if len(scores) else np.nan,
                 "std": scores.std(ddof=1) if len(scores) > 1 else (0.0 if len(scores) else np.nan),
                 "ci95": _ci95(scores),
