@@ -27,7 +27,8 @@ from scipy import stats
 
 ALPHA = 0.05
 TRIVIAL_FAMILIES = ("baseline",)
-DUAL_ENCODER, RERANK = "dual_encoder", "rerank:"  # a retrieval task's cells (bench/run/retrieval_cell.py)
+DUAL_ENCODER, RERANK = "dual_encoder", "rerank:"  # a retrieval task's cells (bench/run/retrieval_cell.py): its
+# baseline, the model its fusion re-rankers must beat, and their prefix
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Ranking:
     n_tasks: int
     friedman_p: float | None
     critical_difference: float | None  # Nemenyi CD at alpha = 0.05; None unless Friedman rejects
-    provisional: tuple[str, ...] = ()  # "task (N of M cells done)" of each task still in progress
+    provisional: tuple[str, ...] = ()  # "task: N of M cells done" of each task still in progress
 
     @property
     def rejected(self) -> bool:

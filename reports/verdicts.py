@@ -14,10 +14,9 @@ from typing import SupportsFloat
 import numpy as np
 import pandas as pd
 
-from fusebench.reports.ranking import Ranking
+from fusebench.reports.ranking import DUAL_ENCODER, Ranking
 
 FUSION_FAMILIES = ("early", "mid", "late")
-DUAL_ENCODER = "dual_encoder"  # a retrieval task's baseline: the model its fusion re-rankers must beat
 
 
 def is_floor(strategy: str, family: str) -> bool:
