@@ -18,7 +18,7 @@ from fusebench.reports import plots
 from fusebench.reports.leaderboard import _stars, device_note, leaderboard, row_flags, trials_text
 from fusebench.reports.ranking import rank
 from fusebench.reports.retrieval import HEADER, NOTE, retrieval_rows
-from fusebench.reports.verdicts import fmt_p, ranking_sentence, task_verdict
+from fusebench.reports.verdicts import DUAL_ENCODER, fmt_p, ranking_sentence, task_verdict
 from fusebench.results.provenance import machines
 from fusebench.results.provisional import provisional_stats
 from fusebench.results.records import Record, load_records
@@ -103,7 +103,7 @@ RETRIEVAL_NOTE = ("A retrieval task: each re-ranker is compared with the dual en
                   "encoder. Details: leaderboard.md and docs/retrieval.md.")
 HEAD = ("rank", "strategy", "family", "mean ± std", "95% CI", "Δ vs best unimodal [95% CI]", "p", "p Holm",
         "beats best unimodal", "runs", "trials", "search s", "train samples/s", "infer samples/s", "params", "flags")
-VS_UNIMODAL = range(5, 9)  # the comparison with the best unimodal baseline: not a retrieval task's (its detail table)
+VS_UNIMODAL, BEATS = range(5, 9), 8  # the comparison with the best unimodal baseline: not a retrieval task's (its detail table)
 
 
 def _table(g: pd.DataFrame) -> str:
@@ -122,7 +122,7 @@ def _table(g: pd.DataFrame) -> str:
                  beats if r.status == "ok" else "failed", str(int(r.n_seeds)), html.escape(trials_text(r)),
                  _fmt(r.search_seconds, 1), _fmt(r.train_samples_per_s, 0), _fmt(r.infer_samples_per_s, 0),
                  f"{int(r.params_count):,}", html.escape(row_flags(r, symbols=False))]
-        if r.status != "ok" and 8 not in keep:  # "failed" is in the beats column, left out on a retrieval task
+        if r.status != "ok" and BEATS not in keep:  # "failed" is in the beats column, left out on a retrieval task
             cells[-1] = "failed" + (f"; {cells[-1]}" if cells[-1] else "")
         rows.append(f"<tr class='{cls}'>" + "".join(
             f"<td{' class=l' if HEAD[i] in ('strategy', 'family', 'flags') else ''}>{cells[i]}</td>" for i in keep) + "</tr>")
@@ -142,7 +142,7 @@ def _retrieval_table(records: list[Record], dataset: str) -> str:
         beats = {"yes": "<span class=yes>yes</span>", "no": "<span class=no>no</span>"}.get(row[5], html.escape(row[5]))
         cells = [f"<td class=l><code>{html.escape(row[0])}</code></td>",
                  *(f"<td>{beats if i == 5 else html.escape(c)}</td>" for i, c in enumerate(row) if i)]
-        body.append(f"<tr class='{'unimodal' if row[0] == 'dual_encoder' else ''}'>{''.join(cells)}</tr>")
+        body.append(f"<tr class='{'unimodal' if row[0] == DUAL_ENCODER else ''}'>{''.join(cells)}</tr>")
     return (f"<h3>Retrieval detail: each re-ranker against the dual encoder alone</h3><div class=tw><table><tr>{head}</tr>"
             f"{''.join(body)}</table></div><p class=note>{html.escape(NOTE)}</p>")
 
@@ -295,15 +295,16 @@ def write_report(run_dir: Path) -> Path:
             parts.append(f"<p class=note><b>Devices.</b> {_words(note)}</p>")
         parts.append(_class_warnings(meta, dataset))
         parts.append(_table(g))
-        if "retrieval" in set(g.task):
+        retrieval = "retrieval" in set(g.task)
+        if retrieval:
             parts.append(_retrieval_table(records, str(dataset)))
         pareto = plots.quality_vs_throughput(board, dataset, plot_dir)
         fam = plots.family_bars(board, dataset, plot_dir)
         parts.append(_grid(_img(pareto), _img(fam)))
         histories = _histories(run_dir, dataset)
         objective = metric
-        if "retrieval" in set(g.task):  # the re-rankers search on the AUROC of their pair scores, the dual encoder
-            histories.pop("dual_encoder", None)  # on rsum: one shared axis would flatten the re-rankers' lines
+        if retrieval:  # the re-rankers search on the AUROC of their pair scores, the dual encoder
+            histories.pop(DUAL_ENCODER, None)  # on rsum: one shared axis would flatten the re-rankers' lines
             objective = "pair AUROC"
         # a cell still searching has a history but no record yet: its family from the registry, not "other"
         families = {**{name: _registered_family(name) for name in histories}, **dict(zip(g.strategy, g.family))}
