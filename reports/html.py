@@ -18,7 +18,7 @@ from fusebench.reports import plots
 from fusebench.reports.leaderboard import _stars, device_note, leaderboard, row_flags, trials_text
 from fusebench.reports.ranking import rank
 from fusebench.reports.retrieval import HEADER, NOTE, retrieval_rows
-from fusebench.reports.verdicts import DUAL_ENCODER, fmt_p, ranking_sentence, task_verdict
+from fusebench.reports.verdicts import DUAL_ENCODER, fmt_p, is_retrieval, mean_digits, ranking_sentence, task_verdict
 from fusebench.results.provenance import machines
 from fusebench.results.provisional import provisional_stats
 from fusebench.results.records import Record, load_records
@@ -107,17 +107,19 @@ VS_UNIMODAL, BEATS = range(5, 9), 8  # the comparison with the best unimodal bas
 
 
 def _table(g: pd.DataFrame) -> str:
-    keep = [i for i in range(len(HEAD)) if not ("retrieval" in set(g.get("task", [])) and i in VS_UNIMODAL)]
+    retrieval = is_retrieval(g)
+    keep = [i for i in range(len(HEAD)) if not (retrieval and i in VS_UNIMODAL)]
+    digits = mean_digits(retrieval)
     head = "<tr>" + "".join(f"<th{' class=l' if HEAD[i] in ('strategy', 'family', 'flags') else ''}>{HEAD[i]}</th>"
                             for i in keep) + "</tr>"
     rows = []
     for _, r in g.iterrows():
         beats = {True: '<span class=yes>yes</span>', False: '<span class=no>no</span>'}.get(r.get("beats_best_unimodal"), "")
         lo, hi = r.get("ci95_low", np.nan), r.get("ci95_high", np.nan)
-        ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) else f"± {_fmt(r.get('ci95'))}"
+        ci = f"[{_fmt(lo, digits)}, {_fmt(hi, digits)}]" if np.isfinite(lo) else f"± {_fmt(r.get('ci95'), digits)}"
         cls = "failed" if r.status != "ok" else ("unimodal" if r.family in ("unimodal", "baseline") else "")
         cells = ["–" if not np.isfinite(r["rank"]) else str(int(r["rank"])), f"<code>{html.escape(r.strategy)}</code>",
-                 html.escape(r.family), f"{_fmt(r['mean'])} ± {_fmt(r['std'])}", ci, _delta(r),
+                 html.escape(r.family), f"{_fmt(r['mean'], digits)} ± {_fmt(r['std'], digits)}", ci, _delta(r),
                  _p(r.get("p_vs_best_unimodal", np.nan)), _p(r.get("p_adj_vs_best_unimodal", np.nan)),
                  beats if r.status == "ok" else "failed", str(int(r.n_seeds)), html.escape(trials_text(r)),
                  _fmt(r.search_seconds, 1), _fmt(r.train_samples_per_s, 0), _fmt(r.infer_samples_per_s, 0),
@@ -295,7 +297,7 @@ def write_report(run_dir: Path) -> Path:
             parts.append(f"<p class=note><b>Devices.</b> {_words(note)}</p>")
         parts.append(_class_warnings(meta, dataset))
         parts.append(_table(g))
-        retrieval = "retrieval" in set(g.task)
+        retrieval = is_retrieval(g)
         if retrieval:
             parts.append(_retrieval_table(records, str(dataset)))
         pareto = plots.quality_vs_throughput(board, dataset, plot_dir)

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from fusebench.core.io import atomic_write_bytes
-from fusebench.reports.verdicts import device_note, fmt_p, fmt_trials, ranking_sentence, task_verdict
+from fusebench.reports.verdicts import device_note, fmt_p, fmt_trials, is_retrieval, mean_digits, ranking_sentence, task_verdict
 from fusebench.results.records import Record
 
 __all__ = ["device_note", "fmt_p", "leaderboard", "ranking_sentence", "task_verdict", "to_markdown", "write_leaderboard"]
@@ -215,6 +215,36 @@ LEGEND = [
 ]
 
 
+MD_HEAD = ("rank", "strategy", "family", "mean ± std", "95% CI", "Δ vs best unimodal [95% CI]", "p raw", "p Holm",
+           "beats best unimodal", "p vs logit_mean", "R×K", "trials", "search s", "train samples/s", "infer samples/s",
+           "params", "flags")
+MD_ALIGN = ("---:", "---", "---", "---", "---", "---", "---", "---", ":---:", "---", "---:", "---", "---:", "---:", "---:",
+            "---:", "---")
+MD_VS_UNIMODAL = range(5, 10)  # the comparisons with the best unimodal baseline and logit_mean: not a retrieval task's
+
+
+def _md_cells(g: pd.DataFrame, retrieval: bool) -> list[list[str]]:
+    """The Markdown main table's cells of a task's rows, in `MD_HEAD` order. A failed row says so in the beats
+    column, and in flags on a retrieval task (which has no beats column)."""
+    digits, out = mean_digits(retrieval), []
+    for _, r in g.iterrows():
+        beats = {True: "✅ yes", False: "❌ no"}.get(r.beats_best_unimodal, "")
+        flags = row_flags(r)
+        if r.status != "ok":
+            beats = "failed"
+            flags = "failed" + (f"; {flags}" if flags else "") if retrieval else flags
+        rank = "–" if np.isnan(r["rank"]) else str(int(r["rank"]))
+        ci = (f"± {_fmt(r.ci95, digits)}" if np.isnan(r.ci95_low)
+              else f"[{_fmt(r.ci95_low, digits)}, {_fmt(r.ci95_high, digits)}]")
+        k = max(1, r.n_seeds // max(1, r.n_replicates))
+        out.append([rank, f"`{r.strategy}`", r.family, f"{_fmt(r['mean'], digits)} ± {_fmt(r['std'], digits)}", ci,
+                    _delta_cell(r), _p_cell(r.p_vs_best_unimodal, r.test_note), _p_cell(r.p_adj_vs_best_unimodal), beats,
+                    _p_cell(r.p_vs_late_fusion), f"{max(1, r.n_replicates)}×{k}", trials_text(r),
+                    _fmt(r.search_seconds, 1), _fmt(r.train_samples_per_s, 0), _fmt(r.infer_samples_per_s, 0),
+                    f"{r.params_count:,}", flags])
+    return out
+
+
 def to_markdown(board: pd.DataFrame, title: str = "fusebench leaderboard") -> str:
     lines = [f"# {title}", ""]
     if board.empty:
@@ -227,26 +257,13 @@ def to_markdown(board: pd.DataFrame, title: str = "fusebench leaderboard") -> st
         if g.n_replicates.max() <= 1:
             lines += ["R = 1 (one search per cell): the search-replicate level is degenerate — intervals leave out "
                       "the search variance and no paired test is run.", ""]
-        lines += [
-            "| rank | strategy | family | mean ± std | 95% CI | Δ vs best unimodal [95% CI] | p raw | p Holm "
-            "| beats best unimodal | p vs logit_mean | R×K | trials | search s | train samples/s | infer samples/s "
-            "| params | flags |",
-            "|---:|---|---|---|---|---|---|---|:---:|---|---:|---|---:|---:|---:|---:|---|",
-        ]
-        for _, r in g.iterrows():
-            beats = {True: "✅ yes", False: "❌ no"}.get(r.beats_best_unimodal, "")
-            if r.status != "ok":
-                beats = "failed"
-            rank = "–" if np.isnan(r["rank"]) else int(r["rank"])
-            ci = f"± {_fmt(r.ci95)}" if np.isnan(r.ci95_low) else f"[{_fmt(r.ci95_low)}, {_fmt(r.ci95_high)}]"
-            k = max(1, r.n_seeds // max(1, r.n_replicates))
-            lines.append(
-                f"| {rank} | `{r.strategy}` | {r.family} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {ci} | {_delta_cell(r)} | "
-                f"{_p_cell(r.p_vs_best_unimodal, r.test_note)} | {_p_cell(r.p_adj_vs_best_unimodal)} | {beats} | "
-                f"{_p_cell(r.p_vs_late_fusion)} | {max(1, r.n_replicates)}×{k} | {trials_text(r)} | "
-                f"{_fmt(r.search_seconds, 1)} | {_fmt(r.train_samples_per_s, 0)} | {_fmt(r.infer_samples_per_s, 0)} | "
-                f"{r.params_count:,} | {row_flags(r)} |"
-            )
+        retrieval = is_retrieval(g)
+        keep = [i for i in range(len(MD_HEAD)) if not (retrieval and i in MD_VS_UNIMODAL)]
+        if retrieval:
+            lines += ["A retrieval task: each re-ranker is compared with the dual encoder alone in the retrieval detail "
+                      "at the end of this file; the columns against the best unimodal baseline do not apply.", ""]
+        lines += ["| " + " | ".join(MD_HEAD[i] for i in keep) + " |", "|" + "|".join(MD_ALIGN[i] for i in keep) + "|"]
+        lines += ["| " + " | ".join(cells[i] for i in keep) + " |" for cells in _md_cells(g, retrieval)]
         lines.append("")
     return "\n".join(lines + LEGEND)
 

@@ -59,6 +59,16 @@ def _delta(r: pd.Series) -> str:
     return f"{d:+.4f}{ci}"
 
 
+def is_retrieval(g: pd.DataFrame) -> bool:
+    """Whether a task's board rows are a retrieval task's: compared with the dual encoder, not a unimodal baseline."""
+    return "retrieval" in set(g.get("task", []))
+
+
+def mean_digits(retrieval: bool) -> int:
+    """Decimals of a task's mean: rsum (0–600, a sum of recalls in percent) to 0.1, the other metrics (0–1) to 1e-4."""
+    return 1 if retrieval else 4
+
+
 def provisional_sentence(note: str, compared: bool, retrieval: bool = False) -> str:
     """What a task's statistics over its finished cells only may not say yet (bench/results/provisional.py);
     `compared`: the task has a fusion-vs-unimodal family, whose baseline and Holm adjustment can change;
@@ -107,9 +117,9 @@ def task_verdict(rows: pd.DataFrame) -> str:
     uni = ok[ok.family == "unimodal"]
     fusion = ok[ok.family.isin(FUSION_FAMILIES)]
     note = next((n for n in ok.get("provisional", []) if isinstance(n, str) and n), "")
-    retrieval = "retrieval" in set(ok.get("task", []))
+    retrieval = is_retrieval(ok)
     out = [provisional_sentence(note, not uni.empty and not fusion.empty, retrieval)] if note else []
-    out.append(f"Best strategy: `{top.strategy}` ({top.family}, mean {top['mean']:.4f}).")
+    out.append(f"Best strategy: `{top.strategy}` ({top.family}, mean {top['mean']:.{mean_digits(retrieval)}f}).")
     if retrieval:  # its comparison is with the dual encoder, not with a unimodal baseline
         return " ".join([*out, retrieval_sentence(rows)])
     best_uni = next((b for b in ok.get("best_unimodal", pd.Series(dtype=object)) if isinstance(b, str) and b), None)

@@ -41,6 +41,15 @@ def test_unknown_strategy_exits_2_with_suggestion_and_no_traceback():
     assert "Traceback" not in proc.stderr
 
 
+def test_retrieval_row_names_are_not_selections_and_say_what_to_select(capsys):
+    """`rerank:concat` once answered "unknown strategy 'rerank'. Did you mean 'random'?"."""
+    assert main(["run", "--datasets", "flickr8k-retrieval", "--strategies", "rerank:concat", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "select a re-ranker by its plain name ('concat')" in err and "random" not in err
+    assert main(["run", "--datasets", "flickr8k-retrieval", "--strategies", "concat,dual_encoder", "--out", "x"]) == 2
+    assert "the dual encoder is not selected; it runs first on every retrieval task" in capsys.readouterr().err
+
+
 def test_unknown_dataset_and_suite_exit_2(capsys):
     assert main(["run", "--datasets", "imbd", "--strategies", "concat", "--out", "x"]) == 2
     assert "Did you mean 'imdb'?" in capsys.readouterr().err

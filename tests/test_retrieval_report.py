@@ -124,3 +124,28 @@ def test_a_failed_reranker_says_failed_in_the_report_and_a_run_of_failed_cells_s
     assert row.endswith("<td class=l>failed</td>")
     only_failed = [r for r in records if r.status == "failed"]
     assert pareto_table(leaderboard(only_failed), only_failed).empty  # was a KeyError: an empty row mask picked columns
+
+
+def test_the_markdown_table_of_a_retrieval_task_drops_the_unimodal_columns_and_prints_rsum_to_one_decimal(tmp_path: Path):
+    """leaderboard.md kept four empty vs-unimodal columns (and an empty p vs logit_mean) on a retrieval task and
+    printed rsum as 230.9453, while the HTML report had dropped them and the detail table printed 230.9."""
+    records = _retrieval_records(tmp_path)
+    records = [r if r.strategy != "rerank:logit_mean" else dataclasses.replace(r, status="failed", error="boom")
+               for r in records]
+    records += _classification_records()
+    write_records(tmp_path / "results.jsonl", records)
+    (tmp_path / "run.json").write_text(json.dumps({"config": {}}))
+    write_leaderboard(records, tmp_path)
+    text = (tmp_path / "leaderboard.md").read_text()
+    ret = text.split("## ret — rsum", 1)[1].split("\n## ", 1)[0]
+    head = next(line for line in ret.splitlines() if line.startswith("| rank"))
+    assert "Δ vs best unimodal" not in head and "p vs logit_mean" not in head and "beats" not in head
+    rows = [line for line in ret.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert all(line.count("|") == head.count("|") for line in rows)
+    de = next(line for line in rows if "`dual_encoder`" in line)
+    mean = np.mean([r.main_metric for r in records if r.strategy == "dual_encoder"])
+    assert f"| {mean:.1f} ± " in de and f"{mean:.4f}" not in de
+    assert "(early, mean 600.0)." in ret.split("**Verdict.**", 1)[1].split("\n", 1)[0]  # rerank:concat ranks all first
+    assert next(line for line in rows if "rerank:logit_mean" in line).endswith("| failed |")
+    cls = text.split("## cls — accuracy", 1)[1].split("\n## ", 1)[0]
+    assert "Δ vs best unimodal" in cls and "p vs logit_mean" in cls  # a classification task keeps them

@@ -50,7 +50,7 @@ from fusebench.results.resample import prediction_path, write_predictions
 from fusebench.results.retrieval_stats import BASE
 from fusebench.run.cell import CellContext
 from fusebench.run.seed_store import SeedStore, seed_key
-from fusebench.run.selection import parse_selection
+from fusebench.run.selection import parse_selection, selected_strategy
 from fusebench.search.clock import search_time
 from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
@@ -63,7 +63,7 @@ from fusebench.search.study import (
     sampler_settings,
     trial_counts,
 )
-from fusebench.strategies.base import STRATEGIES, FusionSpec, StrategyInfo
+from fusebench.strategies.base import FusionSpec, StrategyInfo
 from fusebench.training.loop import Batch, train_model
 from fusebench.training.rerank import hard_matching_pairs, matching_pairs, rerank
 from fusebench.training.retrieval import (
@@ -106,7 +106,7 @@ def expand_retrieval_cells(dataset: str, names: list[str]) -> list[RetrievalCell
     cells = [RetrievalCell(dataset, BASE, None)]
     for name in names:
         base, chosen = parse_selection(name)
-        info = STRATEGIES.get(base)
+        info = selected_strategy(name)
         if chosen is not None and sorted(chosen) != [IMAGE, TEXT]:
             continue  # a selection of other views (unimodal:text, concat:a+b) scores no image–caption pair
         if info.family in RERANK_FAMILIES and info.trainable and not info.per_modality and info.min_modalities <= 2:

@@ -41,7 +41,7 @@ from fusebench.run.parallel import CellPool, pool_jobs
 from fusebench.run.phases import PhaseClock, cell_seconds
 from fusebench.run.retrieval_cell import RetrievalCell, RetrievalRun, expand_retrieval_cells
 from fusebench.run.seed_store import SeedStore
-from fusebench.run.selection import Cell, expand_cells, needed_views, parse_selection
+from fusebench.run.selection import Cell, expand_cells, needed_views, parse_selection, selected_strategy
 from fusebench.search.storage import default_url, kind, one_open_per_journal, redact
 from fusebench.search.study import Budget, cap_clock_for, pruner_settings, sampler_settings
 from fusebench.strategies import STRATEGIES
@@ -130,8 +130,8 @@ def validate(cfg: RunConfig) -> None:
         files.get(ds)
         all_views |= set(catalog.get_dataset(ds).views)
     for name in cfg.strategy_names:
-        base, views = parse_selection(name)
-        STRATEGIES.get(base)
+        _base, views = parse_selection(name)
+        selected_strategy(name)
         missing = sorted(set(views or ()) - all_views)
         if missing:
             raise UsageError(f"--strategies {name}: no dataset of this run has view(s) {missing}; "

@@ -37,6 +37,21 @@ def parse_selection(name: str) -> tuple[str, tuple[str, ...] | None]:
     return base, views
 
 
+def selected_strategy(name: str) -> StrategyInfo:
+    """The registered strategy a selection names. A retrieval row's name (`rerank:concat`, `dual_encoder`) is
+    not a selection: the error says which one to give instead, rather than suggest a name that merely looks alike."""
+    base, sep, rest = name.partition(":")
+    if base not in STRATEGIES:
+        if base == "rerank" and sep:
+            raise UsageError(f"--strategies {name}: select a re-ranker by its plain name ({rest.strip()!r}). On a "
+                             "retrieval task every trainable pair-scoring fusion strategy selected re-ranks the dual "
+                             "encoder's candidates, and its rows are named 'rerank:<name>'")
+        if name == "dual_encoder":
+            raise UsageError("--strategies dual_encoder: the dual encoder is not selected; it runs first on every "
+                             "retrieval task, and each selected fusion strategy re-ranks its candidates")
+    return STRATEGIES.get(base)
+
+
 def expand_cells(dataset: str, views: list[str], names: list[str], modes: tuple[EncoderMode, ...] = (FROZEN,),
                  tunable: frozenset[str] = frozenset()) -> list[Cell]:
     """Strategy selections → cells for a task. Per-modality strategies get one cell per view (or per
@@ -49,7 +64,7 @@ def expand_cells(dataset: str, views: list[str], names: list[str], modes: tuple[
     cells = []
     for name in names:
         base, chosen = parse_selection(name)
-        info = STRATEGIES.get(base)
+        info = selected_strategy(name)
         use = list(views) if chosen is None else [v for v in chosen if v in views]
         if chosen is not None and len(use) < len(chosen) and not info.per_modality:
             continue  # the fusion asked for a view this task does not have
