@@ -45,7 +45,9 @@ def test_retrieval_row_names_are_not_selections_and_say_what_to_select(capsys):
     """`rerank:concat` once answered "unknown strategy 'rerank'. Did you mean 'random'?"."""
     assert main(["run", "--datasets", "flickr8k-retrieval", "--strategies", "rerank:concat", "--out", "x"]) == 2
     err = capsys.readouterr().err
-    assert "select a re-ranker by its plain name ('concat')" in err and "random" not in err
+    assert "select the re-ranker by its plain name ('concat')" in err and "random" not in err
+    assert main(["run", "--datasets", "flickr8k-retrieval", "--strategies", "rerank", "--out", "x"]) == 2
+    assert "select re-rankers by their plain names (e.g. concat)" in capsys.readouterr().err
     assert main(["run", "--datasets", "flickr8k-retrieval", "--strategies", "concat,dual_encoder", "--out", "x"]) == 2
     assert "the dual encoder is not selected; it runs first on every retrieval task" in capsys.readouterr().err
 

@@ -42,10 +42,12 @@ def selected_strategy(name: str) -> StrategyInfo:
     not a selection: the error says which one to give instead, rather than suggest a name that merely looks alike."""
     base, sep, rest = name.partition(":")
     if base not in STRATEGIES:
-        if base == "rerank" and sep:
-            raise UsageError(f"--strategies {name}: select a re-ranker by its plain name ({rest.strip()!r}). On a "
-                             "retrieval task every trainable pair-scoring fusion strategy selected re-ranks the dual "
-                             "encoder's candidates, and its rows are named 'rerank:<name>'")
+        if base == "rerank":
+            plain = (f"the re-ranker by its plain name ({rest.strip()!r})" if sep and rest.strip()
+                     else "re-rankers by their plain names (e.g. concat)")
+            raise UsageError(f"--strategies {name}: select {plain}. On a retrieval task every trainable "
+                             "pair-scoring fusion strategy selected re-ranks the dual encoder's candidates, and its rows "
+                             "are named 'rerank:<name>'")
         if name == "dual_encoder":
             raise UsageError("--strategies dual_encoder: the dual encoder is not selected; it runs first on every "
                              "retrieval task, and each selected fusion strategy re-ranks its candidates")
