@@ -123,6 +123,9 @@ def _entry(strategy: str, family: str) -> str | None:
 
 def _per_task_scores(board: pd.DataFrame) -> pd.DataFrame:
     ok = board[board["status"] == "ok"].copy()
+    noted = ok.get("provisional", pd.Series("", index=ok.index)).fillna("").astype(str).ne("")
+    ok = ok[~ok.dataset.isin(set(ok.dataset[noted])) | noted]  # a task in progress: its finished cells only, the
+    # ones bench/results/provisional.py gave statistics; not a cell that stored some of its seeds
     ok["entry"] = [_entry(s, f) for s, f in zip(ok.strategy, ok.family, strict=True)]
     ok = ok[ok.entry.notna()]
     scores = ok.groupby(["dataset", "entry"])["mean"].max().unstack("entry")
