@@ -192,7 +192,7 @@ def _delta_cell(r: pd.Series) -> str:
 def _p_cell(p: float, note: str = "") -> str:
     if np.isfinite(p):
         return f"{fmt_p(p)} {_stars(p)}"
-    return "n/t (R=1)" if "R=1" in (note or "") else ""
+    return "n/t (R=1)" if isinstance(note, str) and "R=1" in note else ""  # NaN: a board read back from CSV
 
 
 LEGEND = [
@@ -201,7 +201,8 @@ LEGEND = [
     "the seed variance) plus a test-**cluster** bootstrap (1000 resamples of images/recordings/source files, not rows);",
     "with R = 1 the replicate level is degenerate, so the interval holds seed and test variance only (too narrow by the",
     "unknown search effect); intervals are clipped to the metric's range ([0, 1] for accuracy, macro-F1, AUROC); `± x` is",
-    "a t-interval over seeds for runs without saved predictions. *Δ vs best unimodal*:",
+    "a t-interval over seeds for runs without saved predictions. The next five columns are not a retrieval task's (its",
+    "comparison with the dual encoder is the retrieval detail). *Δ vs best unimodal*:",
     "difference from the best unimodal baseline, chosen on **validation**, with its 95% interval. *p raw*: paired test",
     "(same test clusters, independent searches), two-sided, Student t with Welch–Satterthwaite df; `n/t (R=1)` = not",
     "testable with one search per cell. *p Holm*: Holm-adjusted over the task's fusion-vs-best-unimodal family (* < 0.05,",

@@ -17,7 +17,7 @@ import pandas as pd
 
 from fusebench.core.io import atomic_write_bytes
 from fusebench.reports.plots import device_pareto_front, row_devices
-from fusebench.reports.verdicts import device_note, is_floor, measured_devices
+from fusebench.reports.verdicts import device_note, is_floor, mean_digits, measured_devices
 from fusebench.results.records import Record
 
 COLUMNS = ["dataset", "strategy", "family", "metric", "mean", "infer_samples_per_s", "infer_samples_per_s_bs1",
@@ -76,8 +76,9 @@ def to_markdown(table: pd.DataFrame, notes: dict[str, str] | None = None) -> str
         lines += ["| strategy | family | mean | infer samples/s | bs-1 samples/s | train samples/s | params | "
                   "FLOPs/sample | front |",
                   "|---|---|---:|---:|---:|---:|---:|---:|:---:|"]
+        mean_fmt = f".{mean_digits(g.metric.iloc[0] == 'rsum')}f"  # rsum: the main metric of a retrieval task only
         for _, r in g.iterrows():
-            lines.append(f"| `{r.strategy}` | {r.family} | {_num(r['mean'], '.4f')} | {_num(r.infer_samples_per_s, ',.0f')} | "
+            lines.append(f"| `{r.strategy}` | {r.family} | {_num(r['mean'], mean_fmt)} | {_num(r.infer_samples_per_s, ',.0f')} | "
                          f"{_num(r.infer_samples_per_s_bs1, ',.0f')} | {_num(r.train_samples_per_s, ',.0f')} | "
                          f"{int(r.params_count):,} | {_num(r.flops_per_sample, '.3g')} | {'★' if r.on_pareto_front else ''} |")
         lines.append("")

@@ -52,6 +52,27 @@ def test_retrieval_row_names_are_not_selections_and_say_what_to_select(capsys):
     assert "the dual encoder is not selected; it runs first on every retrieval task" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "says"), [
+    # the name after rerank: is checked before it is recommended (the reviewer's repros)
+    (["run", "--datasets", "flickr8k-retrieval", "--strategies", "rerank:bogus"], "'bogus' is not one"),
+    (["run", "--datasets", "flickr8k-retrieval", "--strategies", "rerank:unimodal"], "'unimodal' is not one"),
+    (["run", "--datasets", "flickr8k-retrieval", "--strategies", "rerank:dual_encoder"], "'dual_encoder' is not one"),
+    (["run", "--datasets", "flickr8k-retrieval", "--strategies", "dual_encoder:image+text"],
+     "the dual encoder is not selected"),
+    (["run", "--datasets", "esc50", "--strategies", "concat+ft:full"], "select 'concat' with --encoders full"),
+    (["run", "--datasets", "esc50", "--strategies", "concat+ft:last:2"], "select 'concat' with --encoders last:2"),
+    # the other commands that take a strategy name
+    (["throughput", "--strategies", "rerank:concat"], "select the re-ranker by its plain name ('concat')"),
+    (["calibrate", "--dataset", "esc50", "--strategy", "rerank:concat", "--repeats", "1"],
+     "strategy 'rerank:concat': select the re-ranker"),
+])
+def test_a_row_name_that_is_not_a_selection_says_what_to_give(argv, says, capsys, tmp_path):
+    out = ["--out", str(tmp_path / "o")] if argv[0] == "run" else []
+    assert main(argv + out) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Did you mean" not in err, err
+
+
 def test_unknown_dataset_and_suite_exit_2(capsys):
     assert main(["run", "--datasets", "imbd", "--strategies", "concat", "--out", "x"]) == 2
     assert "Did you mean 'imdb'?" in capsys.readouterr().err

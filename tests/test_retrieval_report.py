@@ -19,7 +19,7 @@ import pandas as pd
 
 from fusebench.core.retrieval_math import scores_from_ranks
 from fusebench.reports.html import write_report
-from fusebench.reports.leaderboard import leaderboard, write_leaderboard
+from fusebench.reports.leaderboard import leaderboard, to_markdown, write_leaderboard
 from fusebench.reports.pareto import pareto_table
 from fusebench.reports.ranking import rank
 from fusebench.reports.verdicts import task_verdict
@@ -149,3 +149,7 @@ def test_the_markdown_table_of_a_retrieval_task_drops_the_unimodal_columns_and_p
     assert next(line for line in rows if "rerank:logit_mean" in line).endswith("| failed |")
     cls = text.split("## cls — accuracy", 1)[1].split("\n## ", 1)[0]
     assert "Δ vs best unimodal" in cls and "p vs logit_mean" in cls  # a classification task keeps them
+    pareto = (tmp_path / "pareto.md").read_text().split("### ret — rsum", 1)[1].split("\n### ", 1)[0]
+    assert f"| `dual_encoder` | baseline | {mean:.1f} |" in pareto  # was 168.0000 beside the tables' 168.0
+    again = to_markdown(pd.read_csv(tmp_path / "leaderboard.csv"))  # test_note comes back NaN: was a TypeError
+    assert "## ret — rsum" in again and "## cls — accuracy" in again

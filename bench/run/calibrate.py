@@ -32,7 +32,7 @@ from fusebench.measure.timing import TimingConfig
 from fusebench.results.resample import Predictions, prediction_path
 from fusebench.results.stats import ALPHA, paired_test
 from fusebench.run.cell import CellContext, run_cell
-from fusebench.run.selection import expand_cells
+from fusebench.run.selection import expand_cells, selected_strategy
 from fusebench.search.storage import default_url
 from fusebench.search.study import Budget, cap_clock_for
 from fusebench.training.loop import TrainConfig
@@ -127,6 +127,7 @@ def calibrate(cfg: CalibrateConfig) -> Calibration:
     if ds_cfg.task == "retrieval":
         raise UsageError(f"calibrate: {cfg.dataset} is a retrieval task; calibrate A/A-tests classification and "
                          "matching tasks (e.g. --dataset flickr8k-itm)")
+    selected_strategy(cfg.strategy)  # a row's name that is not a selection (`rerank:concat`) says what to give
     cells = [c for c in expand_cells(cfg.dataset, sorted(ds_cfg.views), [cfg.strategy.split(":")[0]])
              if c.strategy == cfg.strategy]
     if not cells:

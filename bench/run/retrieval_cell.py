@@ -50,7 +50,7 @@ from fusebench.results.resample import prediction_path, write_predictions
 from fusebench.results.retrieval_stats import BASE
 from fusebench.run.cell import CellContext
 from fusebench.run.seed_store import SeedStore, seed_key
-from fusebench.run.selection import parse_selection, selected_strategy
+from fusebench.run.selection import can_rerank, parse_selection, selected_strategy
 from fusebench.search.clock import search_time
 from fusebench.search.history import export_history
 from fusebench.search.storage import open_storage, redact
@@ -80,7 +80,6 @@ from fusebench.training.retrieval import (
 
 log = logging.getLogger(__name__)
 
-RERANK_FAMILIES = ("early", "mid", "late")
 PAIR_METRIC = "auroc"
 
 
@@ -109,7 +108,7 @@ def expand_retrieval_cells(dataset: str, names: list[str]) -> list[RetrievalCell
         info = selected_strategy(name)
         if chosen is not None and sorted(chosen) != [IMAGE, TEXT]:
             continue  # a selection of other views (unimodal:text, concat:a+b) scores no image–caption pair
-        if info.family in RERANK_FAMILIES and info.trainable and not info.per_modality and info.min_modalities <= 2:
+        if can_rerank(info):
             cells.append(RetrievalCell(dataset, f"rerank:{base}", info))
     return cells
 

@@ -37,20 +37,38 @@ def parse_selection(name: str) -> tuple[str, tuple[str, ...] | None]:
     return base, views
 
 
+RERANK_FAMILIES = ("early", "mid", "late")  # fusion strategies that score an image–caption pair
+
+
+def can_rerank(info: StrategyInfo) -> bool:
+    """Whether a strategy re-ranks a retrieval task's candidates: a trainable fusion of two views that scores a pair."""
+    return info.family in RERANK_FAMILIES and info.trainable and not info.per_modality and info.min_modalities <= 2
+
+
 def selected_strategy(name: str) -> StrategyInfo:
-    """The registered strategy a selection names. A retrieval row's name (`rerank:concat`, `dual_encoder`) is
-    not a selection: the error says which one to give instead, rather than suggest a name that merely looks alike."""
-    base, sep, rest = name.partition(":")
-    if base not in STRATEGIES:
-        if base == "rerank":
-            plain = (f"the re-ranker by its plain name ({rest.strip()!r})" if sep and rest.strip()
-                     else "re-rankers by their plain names (e.g. concat)")
-            raise UsageError(f"--strategies {name}: select {plain}. On a retrieval task every trainable "
-                             "pair-scoring fusion strategy selected re-ranks the dual encoder's candidates, and its rows "
-                             "are named 'rerank:<name>'")
-        if name == "dual_encoder":
-            raise UsageError("--strategies dual_encoder: the dual encoder is not selected; it runs first on every "
-                             "retrieval task, and each selected fusion strategy re-ranks its candidates")
+    """The registered strategy a selection names. A row's name that is not a selection (`rerank:concat`,
+    `dual_encoder`, `concat+ft:full`) gets an error saying what to select instead, not a name that merely
+    looks alike ("unknown strategy 'rerank'. Did you mean 'random'?")."""
+    base, sep, rest = name.strip().partition(":")
+    if base in STRATEGIES:
+        return STRATEGIES.get(base)
+    if base == "rerank":
+        plain = rest.strip().partition(":")[0]
+        info = STRATEGIES.get(plain) if plain in STRATEGIES else None
+        if info is not None and can_rerank(info):
+            what = f"the re-ranker by its plain name ({plain!r})"
+        else:
+            what = (f"re-rankers by their plain names; {plain!r} is not one (a trainable fusion strategy, "
+                    "`fusebench list strategies`)" if plain else "re-rankers by their plain names (e.g. concat)")
+        raise UsageError(f"strategy {name!r}: select {what}. On a retrieval task every trainable pair-scoring fusion "
+                         "strategy selected re-ranks the dual encoder's candidates, and its rows are named 'rerank:<name>'")
+    if base == "dual_encoder":
+        raise UsageError(f"strategy {name!r}: the dual encoder is not selected; it runs first on every retrieval task, "
+                         "and each selected fusion strategy re-ranks its candidates")
+    plain, ft, mode = base.partition("+ft")
+    if ft and plain in STRATEGIES:
+        raise UsageError(f"strategy {name!r}: a fine-tuned row is not selected by its name; select {plain!r} with "
+                         f"--encoders {(mode + sep + rest).lstrip(':') or 'MODE'} (suite setting `encoders`)")
     return STRATEGIES.get(base)
 
 

@@ -54,6 +54,7 @@ def _command(args: argparse.Namespace) -> int:
     from fusebench.measure import throughput as tp
     from fusebench.measure.timing import device_name
     from fusebench.run.runner import resolve_device, train_threads
+    from fusebench.run.selection import selected_strategy
     from fusebench.strategies import STRATEGIES
 
     if args.out:  # before the measurement, not after it
@@ -65,7 +66,7 @@ def _command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads or train_threads())
     names = STRATEGIES.names() if args.strategies == "all" else list(_split(args.strategies))
     for n in names:
-        STRATEGIES.get(n.partition(":")[0])
+        selected_strategy(n)
     try:
         sizes = [int(b) for b in _split(args.batch_sizes)]
     except ValueError:
