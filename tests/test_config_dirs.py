@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,21 @@ def test_a_folder_named_twice_is_searched_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
     assert main(["--config-dir", str(tmp_path), "list", "datasets", "--json"]) == 0
     assert "mine" in {d["name"] for d in json.loads(capsys.readouterr().out)}
+
+
+@pytest.mark.parametrize(("listed", "wanted"), [
+    ("concat\n  - rerank:concat", r"t\.yaml:6: strategies\[1\]: strategy 'rerank:concat': select the re-ranker by its plain"),
+    ("concta", r"t\.yaml:5: strategies\[0\]: .*'concta'.*concat"),
+    ("dual_encoder", r"t\.yaml:5: strategies\[0\]: strategy 'dual_encoder': the dual encoder is not selected"),
+])
+def test_a_suite_strategy_that_is_not_a_selection_is_blamed_on_its_line(tmp_path, monkeypatch, capsys, listed, wanted):
+    """A suite YAML's bad strategy names the file and the line it is written on (exit 2, before any data is
+    read); `--strategies` replaces the suite's list, so the suite's own names are then not checked."""
+    _suite(tmp_path, "t", "flickr8k-retrieval", f"strategies:\n  - {listed}\n")
+    assert main(["--config-dir", str(tmp_path), "run", "--suite", "t", "--out", str(tmp_path / "out")]) == 2
+    assert re.search(wanted, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
+    assert catalog.get_suite("t").strategies[0] == listed.split()[0]  # no checker given: `list suites` still lists it
+    assert main(["run", "--suite", "t", "--strategies", "bogus", "--out", str(tmp_path / "out")]) == 2
+    assert "unknown strategy 'bogus'" in capsys.readouterr().err  # --strategies replaced the suite's names

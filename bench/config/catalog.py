@@ -13,6 +13,7 @@ first one; a user file that shadows a name from a later directory (a built-in, t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from fusebench.config.loader import (
@@ -22,8 +23,9 @@ from fusebench.config.loader import (
     load_dataset_config,
     load_located,
     load_suite_config,
+    where,
 )
-from fusebench.core.errors import ConfigError
+from fusebench.core.errors import ConfigError, UsageError
 from fusebench.core.registry import Registry
 
 ENV_VAR = "FUSEBENCH_CONFIG_DIR"
@@ -96,7 +98,9 @@ def get_dataset(name: str, root: Path | None = None) -> DatasetConfig:
     return cfg
 
 
-def get_suite(name: str, root: Path | None = None) -> SuiteConfig:
+def get_suite(name: str, root: Path | None = None, check_strategy: Callable[[str], object] | None = None) -> SuiteConfig:
+    """The suite `name`; its datasets must exist, and each of its strategies passes `check_strategy` (the run's
+    check of a selection, passed in by the caller that runs them), else a ConfigError names the file and line."""
     path = suite_files(root).get(name)
     cfg = load_suite_config(path)
     if cfg.name != name:
@@ -105,4 +109,9 @@ def get_suite(name: str, root: Path | None = None) -> SuiteConfig:
     for ds in cfg.datasets:
         if ds not in reg:
             raise ConfigError(f"{path}: datasets lists {reg.unknown_message(ds)}")
+    for i, strategy in enumerate(cfg.strategies if check_strategy is not None and cfg.strategies != ("all",) else ()):
+        try:
+            check_strategy(strategy)  # type: ignore[misc]  # not None here
+        except UsageError as exc:
+            raise ConfigError(f"{where(load_located(path), ('strategies', str(i)))}: strategies[{i}]: {exc}") from None
     return cfg

@@ -62,6 +62,8 @@ def _compose(node: yaml.Node, path: tuple[str, ...], file: Path, lines: dict) ->
             out[key] = _compose(value_node, path + (key,), file, lines)
         return out
     if isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):  # a list item's own line: "strategies[1]" is blamed where it is written
+            lines[path + (str(i),)] = (file, v.start_mark.line + 1)
         return [_compose(v, path + (str(i),), file, lines) for i, v in enumerate(node.value)]
     return yaml.safe_load(yaml.serialize(node))
 
@@ -110,7 +112,7 @@ def load_located(path: Path, _seen: tuple[Path, ...] = ()) -> Located:
     return Located(_merge(merged, data), merged_lines, path)
 
 
-def _where(loc: Located, path: tuple[str, ...]) -> str:
+def where(loc: Located, path: tuple[str, ...]) -> str:
     while path and path not in loc.lines:
         path = path[:-1]
     if path in loc.lines:
@@ -128,7 +130,7 @@ def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
         return value
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise ConfigError(f"{_where(loc, path)}: {dotted} must be a mapping, got {value!r}")
+            raise ConfigError(f"{where(loc, path)}: {dotted} must be a mapping, got {value!r}")
         return build_dataclass(hint, value, loc, path)
     if origin in (Union, types.UnionType):
         args = get_args(hint)
@@ -142,21 +144,21 @@ def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
                 return _convert(value, arg, loc, path)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{_where(loc, path)}: {dotted}={value!r} matches none of {hint}")
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{where(loc, path)}: {dotted}={value!r} matches none of {hint}")
     if origin is Literal:
         if value not in get_args(hint):
             close = difflib.get_close_matches(str(value), [str(a) for a in get_args(hint)], n=1)
             hint_txt = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{_where(loc, path)}: {dotted}={value!r} is not one of {list(get_args(hint))}.{hint_txt}")
+            raise ConfigError(f"{where(loc, path)}: {dotted}={value!r} is not one of {list(get_args(hint))}.{hint_txt}")
         return value
     if origin in (dict, typing.Mapping) or hint is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{_where(loc, path)}: {dotted} must be a mapping, got {value!r}")
+            raise ConfigError(f"{where(loc, path)}: {dotted} must be a mapping, got {value!r}")
         _k_hint, v_hint = get_args(hint) or (str, Any)
         return {k: _convert(v, v_hint, loc, path + (k,)) for k, v in value.items()}
     if origin in (tuple, list) or hint in (tuple, list):
         if not isinstance(value, list):
-            raise ConfigError(f"{_where(loc, path)}: {dotted} must be a list, got {value!r}")
+            raise ConfigError(f"{where(loc, path)}: {dotted} must be a list, got {value!r}")
         args = get_args(hint)
         item_hint = args[0] if args else Any
         return tuple(_convert(v, item_hint, loc, path + (str(i),)) for i, v in enumerate(value))
@@ -165,7 +167,7 @@ def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
     if hint in (int, float, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise ConfigError(
-                f"{_where(loc, path)}: {dotted} must be {hint.__name__}, got {value!r} ({type(value).__name__})"
+                f"{where(loc, path)}: {dotted} must be {hint.__name__}, got {value!r} ({type(value).__name__})"
             )
         return value
     return value
@@ -180,7 +182,7 @@ def build_dataclass(cls: type, data: dict[str, Any], loc: Located, path: tuple[s
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"{_where(loc, path + (key,))}: unknown key {'.'.join(path + (key,))!r}.{hint} "
+                f"{where(loc, path + (key,))}: unknown key {'.'.join(path + (key,))!r}.{hint} "
                 f"Valid keys here: {', '.join(sorted(fields))}"
             )
     kwargs = {}
@@ -188,11 +190,11 @@ def build_dataclass(cls: type, data: dict[str, Any], loc: Located, path: tuple[s
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], loc, path + (name,))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{_where(loc, path)}: missing required key {'.'.join(path + (name,))!r}")
+            raise ConfigError(f"{where(loc, path)}: missing required key {'.'.join(path + (name,))!r}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{_where(loc, path)}: invalid {'.'.join(path) or cls.__name__}: {exc}") from None
+        raise ConfigError(f"{where(loc, path)}: invalid {'.'.join(path) or cls.__name__}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------
