@@ -160,15 +160,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from fusebench.config import catalog
     from fusebench.core.metrics import METRICS
     from fusebench.features.encoders import ENCODERS
+    from fusebench.run.selection import can_rerank
     from fusebench.strategies import STRATEGIES
-
-    if args.what == "strategies":
-        items = [info.to_json() for _, info in STRATEGIES.items()]
+    if args.what == "strategies":  # `reranks`: whether it re-ranks a retrieval task's candidates (row `rerank:<name>`)
+        items = [{**info.to_json(), "reranks": can_rerank(info)} for _, info in STRATEGIES.items()]
         if args.json:
             print(json.dumps(items, indent=2))
         else:
             for it in items:
-                print(f"{it['name']:20s} {it['family']:9s} {it['input_kind']:7s} {it['citation']}")
+                rerank = "rerank" if it["reranks"] else "-"
+                print(f"{it['name']:20s} {it['family']:9s} {it['input_kind']:7s} {rerank:7s} {it['citation']}")
     elif args.what == "datasets":
         items = []
         for name in catalog.dataset_files():
@@ -191,8 +192,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 print(f"{it['name']:10s} datasets={','.join(it['datasets'])} trials={it['trials']} seeds={it['seeds']} "
                       f"size={it['size']}")
     else:
-        reg = ENCODERS if args.what == "encoders" else METRICS
-        names = reg.names()
+        names = (ENCODERS if args.what == "encoders" else METRICS).names()
         print(json.dumps(names) if args.json else "\n".join(names))
     return 0
 

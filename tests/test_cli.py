@@ -21,6 +21,11 @@ def test_list_strategies_json_carries_contract_fields(capsys):
         assert it["citation"]
         if it["trainable"]:
             assert {"lr", "weight_decay", "dropout", "hidden_dim"} <= set(it["search_space"])
+    reranks = {it["name"] for it in items if it["reranks"]}  # the strategies a retrieval task shows as rerank:<name>
+    assert {"concat", "mfb", "coattention", "logit_mean"} <= reranks and not {"unimodal", "majority", "random"} & reranks
+    assert main(["list", "strategies"]) == 0
+    lines = {line.split()[0]: line.split()[3] for line in capsys.readouterr().out.splitlines()}
+    assert lines["concat"] == "rerank" and lines["unimodal"] == "-"
 
 
 def test_list_datasets_and_suites(capsys):

@@ -31,6 +31,7 @@ from fusebench.features.cache import FeatureCache
 from fusebench.features.extract import encode_task
 from fusebench.measure.timing import TimingConfig
 from fusebench.reports.leaderboard import write_leaderboard
+from fusebench.reports.verdicts import mean_digits
 from fusebench.results.provenance import envelope, now, record_session
 from fusebench.results.records import Record, done_cells, load_records, merge_records, write_records
 from fusebench.results.retrieval_stats import attach_retrieval_stats
@@ -219,9 +220,7 @@ def _run(cfg: RunConfig) -> RunSummary:
         batch_seeds=cfg.batch_seeds,
         trial_batch=suite.trial_batch,
         timing=TimingConfig(batch_size=max(suite.batch_size, 256)),
-        device=device,
-        storage=storage,
-        out_dir=out,
+        device=device, storage=storage, out_dir=out,
         size=suite.size,
         data_root=str(root.resolve()),
         rerank_k=suite.rerank_k,
@@ -371,8 +370,8 @@ def _run(cfg: RunConfig) -> RunSummary:
                 else:
                     new = outcome
                     ok += 1
-                    log.info("  %-28s %s=%.4f (done at +%.1fs)", cell.strategy, ds_cfg.main_metric,
-                             _mean_main_metric(new), time.perf_counter() - c0)
+                    log.info("  %-28s %s=%.*f (done at +%.1fs)", cell.strategy, ds_cfg.main_metric,
+                             mean_digits(ds_cfg.main_metric == "rsum"), _mean_main_metric(new), time.perf_counter() - c0)
                 records = merge_records(records, new)
                 write_records(results, records)
                 if not isinstance(outcome, BaseException):  # its records are safe: its kept seeds are not needed
