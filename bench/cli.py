@@ -215,10 +215,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fusebench.config import catalog
     from fusebench.config.loader import SuiteConfig
     from fusebench.run.runner import RunConfig, run
-    from fusebench.run.selection import selected_strategy
+    from fusebench.run.selection import check_selection
 
     if args.suite:  # the suite's own strategies are checked where it lists them, unless --strategies replaces them
-        suite = catalog.get_suite(args.suite, check_strategy=None if args.strategies else selected_strategy)
+        suite = catalog.get_suite(args.suite, check_strategy=None if args.strategies else check_selection)
     elif not args.strategies:
         raise UsageError("--datasets needs --strategies (comma-separated names, or 'all')")
     try:

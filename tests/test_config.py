@@ -5,6 +5,7 @@ import pytest
 from fusebench.config import catalog
 from fusebench.config.loader import load_dataset_config, load_suite_config
 from fusebench.core.errors import ConfigError
+from fusebench.run.selection import check_selection
 
 
 @pytest.mark.parametrize("name", catalog.dataset_files().names())
@@ -17,6 +18,7 @@ def test_every_shipped_dataset_config_loads(name):
 def test_every_shipped_suite_loads(name):
     suite = catalog.get_suite(name)
     assert suite.datasets and suite.trials >= 1
+    assert catalog.get_suite(name, check_strategy=check_selection) == suite  # and passes `fusebench run`'s check
 
 
 def _write(tmp_path: Path, text: str, name: str = "bad.yaml") -> Path:

@@ -141,6 +141,11 @@ def test_a_folder_named_twice_is_searched_once(tmp_path, monkeypatch, capsys):
     ("concat\n  - rerank:concat", r"t\.yaml:6: strategies\[1\]: strategy 'rerank:concat': select the re-ranker by its plain"),
     ("concta", r"t\.yaml:5: strategies\[0\]: .*'concta'.*concat"),
     ("dual_encoder", r"t\.yaml:5: strategies\[0\]: strategy 'dual_encoder': the dual encoder is not selected"),
+    # review of stop 37: these named a flag the user never passed, or no file at all
+    ("concat\n  - unimodal:nosuchview", r"t\.yaml:6: strategies\[1\]: strategy 'unimodal:nosuchview': no dataset of this "
+                                          r"run has view\(s\) \['nosuchview'\]; views here: \['image', 'text'\]"),
+    ("concat\n  - 'unimodal:'", r"t\.yaml:6: strategies\[1\]: strategy 'unimodal:': name the views after ':'"),
+    ("all\n  - concat", r"t\.yaml:5: strategies\[0\]: strategy 'all' selects every strategy and stands alone"),
 ])
 def test_a_suite_strategy_that_is_not_a_selection_is_blamed_on_its_line(tmp_path, monkeypatch, capsys, listed, wanted):
     """A suite YAML's bad strategy names the file and the line it is written on (exit 2, before any data is
@@ -150,6 +155,40 @@ def test_a_suite_strategy_that_is_not_a_selection_is_blamed_on_its_line(tmp_path
     assert re.search(wanted, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
     monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
-    assert catalog.get_suite("t").strategies[0] == listed.split()[0]  # no checker given: `list suites` still lists it
+    assert catalog.get_suite("t").strategies[0] == listed.split()[0].strip("'")  # no checker: `list suites` lists it
     assert main(["run", "--suite", "t", "--strategies", "bogus", "--out", str(tmp_path / "out")]) == 2
     assert "unknown strategy 'bogus'" in capsys.readouterr().err  # --strategies replaced the suite's names
+
+
+@pytest.mark.parametrize(("body", "wanted"), [
+    ("datasets: []\nstrategies: [concat]\n", r"t\.yaml:3: datasets lists none; name at least one, e.g. datasets: \[imdb\]"),
+    ("datasets: [imdb]\nstrategies: []\n", r"t\.yaml:4: strategies lists none; name at least one"),
+    ("datasets: [imdb]\nstrategies: all\n", r"t\.yaml:4: strategies must be a list, got 'all'; write it as a list: \[all\]"),
+    ("datasets:\n  - imdb\n  - imbd\nstrategies: [concat]\n", r"t\.yaml:5: datasets lists unknown dataset 'imbd'"),
+])
+def test_a_suite_with_an_empty_or_misspelled_list_is_blamed_on_its_line(tmp_path, capsys, body, wanted):
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "t.yaml").write_text(f"name: t\ndescription: mine\n{body}")
+    assert main(["--config-dir", str(tmp_path), "run", "--suite", "t", "--out", str(tmp_path / "out")]) == 2
+    assert re.search(wanted, capsys.readouterr().err)
+
+
+def test_suite_names_are_stripped_so_a_spaced_twin_is_a_duplicate(tmp_path, monkeypatch):
+    """`[" concat", "gmu "]` named cells (and records) " concat" and "gmu "; `[concat, " concat"]` ran one
+    strategy twice, into two studies."""
+    _suite(tmp_path, "t", "imdb", 'strategies: [" concat", "gmu "]\n')
+    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
+    assert catalog.get_suite("t").strategies == ("concat", "gmu")
+    _suite(tmp_path, "t", " imdb", 'strategies: [concat, " concat"]\n')
+    with pytest.raises(ConfigError, match="strategies lists concat more than once"):
+        catalog.get_suite("t")
+
+
+def test_a_retrieval_task_whose_main_metric_is_not_rsum_is_refused(tmp_path, monkeypatch):
+    """Its cells score rsum whatever the YAML said: main_metric: i2t_r1 was silently ignored (and logged as
+    `i2t_r1=<the rsum>`)."""
+    text = (CONFIG_ROOT / "flickr8k-retrieval.yaml").read_text().replace("main_metric: rsum", "main_metric: i2t_r1")
+    (tmp_path / "flickr8k-retrieval.yaml").write_text(text + "override: true\n")
+    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"main_metric 'i2t_r1': a retrieval task's main metric is rsum.*set main_metric: rsum"):
+        catalog.get_dataset("flickr8k-retrieval")

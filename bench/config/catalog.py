@@ -98,20 +98,28 @@ def get_dataset(name: str, root: Path | None = None) -> DatasetConfig:
     return cfg
 
 
-def get_suite(name: str, root: Path | None = None, check_strategy: Callable[[str], object] | None = None) -> SuiteConfig:
-    """The suite `name`; its datasets must exist, and each of its strategies passes `check_strategy` (the run's
-    check of a selection, passed in by the caller that runs them), else a ConfigError names the file and line."""
+def get_suite(name: str, root: Path | None = None,
+              check_strategy: Callable[[str, frozenset[str]], object] | None = None) -> SuiteConfig:
+    """The suite `name`; its datasets must exist. With `check_strategy` (the run's check of a selection against
+    the views of the suite's datasets, passed in by the caller that runs them) the suite must list datasets and
+    strategies, and each strategy must pass it; else a ConfigError names the file and line."""
     path = suite_files(root).get(name)
     cfg = load_suite_config(path)
     if cfg.name != name:
         raise ConfigError(f"{path}: name {cfg.name!r} must equal the file name {name!r}")
     reg = dataset_files(root)
-    for ds in cfg.datasets:
+    for i, ds in enumerate(cfg.datasets):
         if ds not in reg:
-            raise ConfigError(f"{path}: datasets lists {reg.unknown_message(ds)}")
-    for i, strategy in enumerate(cfg.strategies if check_strategy is not None and cfg.strategies != ("all",) else ()):
+            raise ConfigError(f"{where(load_located(path), ('datasets', str(i)))}: datasets lists {reg.unknown_message(ds)}")
+    if check_strategy is None:  # `list suites` lists a suite whatever its strategies
+        return cfg
+    for key, example in (("datasets", "[imdb]"), ("strategies", "[concat, unimodal] or [all]")):
+        if not getattr(cfg, key):
+            raise ConfigError(f"{where(load_located(path), (key,))}: {key} lists none; name at least one, e.g. {key}: {example}")
+    views = frozenset(v for ds in cfg.datasets for v in get_dataset(ds, root).views)
+    for i, strategy in enumerate(() if cfg.strategies == ("all",) else cfg.strategies):
         try:
-            check_strategy(strategy)  # type: ignore[misc]  # not None here
+            check_strategy(strategy, views)
         except UsageError as exc:
             raise ConfigError(f"{where(load_located(path), ('strategies', str(i)))}: strategies[{i}]: {exc}") from None
     return cfg

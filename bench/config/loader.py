@@ -158,7 +158,8 @@ def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
         return {k: _convert(v, v_hint, loc, path + (k,)) for k, v in value.items()}
     if origin in (tuple, list) or hint in (tuple, list):
         if not isinstance(value, list):
-            raise ConfigError(f"{where(loc, path)}: {dotted} must be a list, got {value!r}")
+            fix = f"; write it as a list: [{value}]" if isinstance(value, str) else ""
+            raise ConfigError(f"{where(loc, path)}: {dotted} must be a list, got {value!r}{fix}")
         args = get_args(hint)
         item_hint = args[0] if args else Any
         return tuple(_convert(v, item_hint, loc, path + (str(i),)) for i, v in enumerate(value))
@@ -240,6 +241,9 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         if self.main_metric not in self.metrics:
             raise ValueError(f"main_metric {self.main_metric!r} must be listed in metrics {list(self.metrics)}")
+        if self.task == "retrieval" and self.main_metric != "rsum":  # what its cells score and its statistics test
+            raise ValueError(f"main_metric {self.main_metric!r}: a retrieval task's main metric is rsum (R@1+R@5+R@10 "
+                             "of both directions); set main_metric: rsum (the other metrics are reported beside it)")
         if len(self.views) < 1:
             raise ValueError("a dataset needs at least one view")
 
@@ -303,6 +307,7 @@ class SuiteConfig:
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         for name in ("datasets", "strategies"):  # a twice-listed cell would run twice into one study and seed store
+            object.__setattr__(self, name, tuple(str(n).strip() for n in getattr(self, name)))  # " concat" is concat
             names = list(getattr(self, name))
             twice = sorted({n for n in names if names.count(n) > 1})
             if twice:

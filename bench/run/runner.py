@@ -42,7 +42,7 @@ from fusebench.run.parallel import CellPool, pool_jobs
 from fusebench.run.phases import PhaseClock, cell_seconds
 from fusebench.run.retrieval_cell import RetrievalCell, RetrievalRun, expand_retrieval_cells
 from fusebench.run.seed_store import SeedStore
-from fusebench.run.selection import Cell, expand_cells, needed_views, parse_selection, selected_strategy
+from fusebench.run.selection import Cell, check_selection, expand_cells, needed_views
 from fusebench.search.storage import default_url, kind, one_open_per_journal, redact
 from fusebench.search.study import Budget, cap_clock_for, pruner_settings, sampler_settings
 from fusebench.strategies import STRATEGIES
@@ -131,12 +131,7 @@ def validate(cfg: RunConfig) -> None:
         files.get(ds)
         all_views |= set(catalog.get_dataset(ds).views)
     for name in cfg.strategy_names:
-        _base, views = parse_selection(name)
-        selected_strategy(name)
-        missing = sorted(set(views or ()) - all_views)
-        if missing:
-            raise UsageError(f"--strategies {name}: no dataset of this run has view(s) {missing}; "
-                             f"views here: {sorted(all_views)}")
+        check_selection(name, all_views)
     tuned = [str(m) for m in cfg.suite.encoder_modes if not m.frozen]
     if tuned and (cfg.suite.modality_dropout > 0 or cfg.suite.gradient_blending):
         raise UsageError(f"encoders {','.join(tuned)}: modality dropout and gradient blending act on cached features "
@@ -370,8 +365,8 @@ def _run(cfg: RunConfig) -> RunSummary:
                 else:
                     new = outcome
                     ok += 1
-                    log.info("  %-28s %s=%.*f (done at +%.1fs)", cell.strategy, ds_cfg.main_metric,
-                             mean_digits(ds_cfg.main_metric == "rsum"), _mean_main_metric(new), time.perf_counter() - c0)
+                    log.info("  %-28s %s=%.*f (done at +%.1fs)", cell.strategy, "rsum" if retrieval else ds_cfg.main_metric,
+                             mean_digits(retrieval), _mean_main_metric(new), time.perf_counter() - c0)
                 records = merge_records(records, new)
                 write_records(results, records)
                 if not isinstance(outcome, BaseException):  # its records are safe: its kept seeds are not needed

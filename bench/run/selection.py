@@ -72,6 +72,20 @@ def selected_strategy(name: str) -> StrategyInfo:
     return STRATEGIES.get(base)
 
 
+def check_selection(name: str, views: Iterable[str]) -> StrategyInfo:
+    """A strategy selection of a run whose datasets have `views`: its name (`selected_strategy`) and the views
+    it names after ':' must exist; 'all' stands alone. UsageError says what to give instead."""
+    if name.strip() == "all":
+        raise UsageError("strategy 'all' selects every strategy and stands alone: give 'all' only, or list names without it")
+    _base, chosen = parse_selection(name)
+    info = selected_strategy(name)
+    have = set(views)
+    missing = sorted(set(chosen or ()) - have)
+    if missing:
+        raise UsageError(f"strategy {name!r}: no dataset of this run has view(s) {missing}; views here: {sorted(have)}")
+    return info
+
+
 def expand_cells(dataset: str, views: list[str], names: list[str], modes: tuple[EncoderMode, ...] = (FROZEN,),
                  tunable: frozenset[str] = frozenset()) -> list[Cell]:
     """Strategy selections → cells for a task. Per-modality strategies get one cell per view (or per
