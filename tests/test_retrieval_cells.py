@@ -3,6 +3,8 @@ and hard-negative re-rankers through `RetrievalRun`, with real optuna studies.""
 
 from __future__ import annotations
 
+import logging
+
 import dataclasses
 from pathlib import Path
 
@@ -175,3 +177,16 @@ def test_a_retrieval_cell_past_its_deadline_starts_no_evaluation_seed(tmp_path: 
     with pytest.raises(deadline.StopRequested):
         dict(RetrievalRun(data, tables, ctx).execute(cells))
     assert late == []  # they trained past the deadline, their records then lost (a check before each seed since)
+
+
+def test_selections_that_do_not_rerank_are_named_once(caplog) -> None:
+    """`--strategies unimodal,majority,concat:image` on a retrieval task ran the dual encoder alone, silently."""
+    with caplog.at_level(logging.INFO, logger="fusebench.run.retrieval_cell"):
+        cells = expand_retrieval_cells("flickr8k-retrieval", ["unimodal", "majority", "concat:image", "gmu:image+text", "concat"])
+    assert [c.strategy for c in cells] == ["dual_encoder", "rerank:gmu", "rerank:concat"]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("flickr8k-retrieval: no rows for unimodal, majority, concat:image:"), said
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fusebench.run.retrieval_cell"):
+        expand_retrieval_cells("flickr8k-retrieval", ["concat", "mfb"])
+    assert not caplog.records

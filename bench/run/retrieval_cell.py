@@ -101,15 +101,22 @@ def retrieval_code(reranker: StrategyInfo | None) -> str:
 
 
 def expand_retrieval_cells(dataset: str, names: list[str]) -> list[RetrievalCell]:
-    """The dual encoder, then one re-rank cell per trainable pair-scoring fusion strategy among `names`."""
-    cells = [RetrievalCell(dataset, BASE, None)]
+    """The dual encoder, then one re-rank cell per trainable pair-scoring fusion strategy among `names`. The
+    others are said once (info): `--strategies unimodal,majority` on a retrieval task runs the dual encoder only."""
+    cells, skipped = [RetrievalCell(dataset, BASE, None)], []
     for name in names:
         base, chosen = parse_selection(name)
         info = selected_strategy(name)
         if chosen is not None and sorted(chosen) != [IMAGE, TEXT]:
-            continue  # a selection of other views (unimodal:text, concat:a+b) scores no image–caption pair
-        if can_rerank(info):
+            skipped.append(name)  # a selection of other views (unimodal:text, concat:a+b) scores no image–caption pair
+        elif can_rerank(info):
             cells.append(RetrievalCell(dataset, f"rerank:{base}", info))
+        else:
+            skipped.append(name)
+    if skipped:
+        log.info("%s: no rows for %s: a retrieval task runs the dual encoder and re-ranks its candidates with trainable "
+                 "fusion strategies of both views (image+text); these are not one (`fusebench list strategies`, column 4)",
+                 dataset, ", ".join(skipped))
     return cells
 
 
