@@ -3,9 +3,8 @@ and hard-negative re-rankers through `RetrievalRun`, with real optuna studies.""
 
 from __future__ import annotations
 
-import logging
-
 import dataclasses
+import logging
 from pathlib import Path
 
 import datasets
