@@ -141,18 +141,29 @@ def _save(fig: plt.Figure, path: Path, tight: bool = True) -> Path:
 
 
 def compact_png(path: Path) -> None:
-    """Re-save an opaque PNG with a 256-colour palette (no dithering): about 3× smaller, which the HTML
-    report (it embeds every plot) and a published run's history feel. The plots are flat colours and
-    their anti-aliased edges: on the published plots the palette shifts no channel by more than 18/255
-    (mean under 0.6/255; tests/test_plots.py). A PNG with transparency is left as it is."""
+    """Re-save an opaque 8-bit RGB(A) PNG (what matplotlib writes) with a 256-colour palette (no dithering):
+    about 3× smaller, which the HTML report (it embeds every plot) and a published run's history feel. The
+    plots are flat colours and their anti-aliased edges: on the published plots the palette shifts no
+    channel by more than 18/255 (mean under 0.6/255; tests/test_plots.py). Any other PNG (transparent,
+    grey, 16-bit, already a palette) is left as it is, and so is one the palette would not make smaller;
+    the new file replaces the old atomically."""
+    import io
+
     from PIL import Image
+
+    from fusebench.core.io import atomic_write_bytes
 
     with Image.open(path) as image:
         image.load()
+    if image.mode not in ("RGB", "RGBA") or "transparency" in image.info:
+        return
     if image.mode == "RGBA" and image.getextrema()[3][0] < 255:
         return
+    buffer = io.BytesIO()
     palette = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE)
-    palette.save(path, optimize=True)
+    palette.save(buffer, format="PNG", optimize=True)
+    if buffer.tell() < path.stat().st_size:
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def _ci_err(g: pd.DataFrame) -> list[np.ndarray]:

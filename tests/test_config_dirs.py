@@ -164,6 +164,7 @@ def test_a_suite_strategy_that_is_not_a_selection_is_blamed_on_its_line(tmp_path
     ("datasets: []\nstrategies: [concat]\n", r"t\.yaml:3: datasets lists none; name at least one, e.g. datasets: \[imdb\]"),
     ("datasets: [imdb]\nstrategies: []\n", r"t\.yaml:4: strategies lists none; name at least one"),
     ("datasets: [imdb]\nstrategies: all\n", r"t\.yaml:4: strategies must be a list, got 'all'; write it as a list: \[all\]"),
+    ("datasets: [imdb]\nstrategies: 'unimodal: text_neural'\n", r"write it as a list: \['unimodal: text_neural'\]"),  # quoted
     ("datasets:\n  - imdb\n  - imbd\nstrategies: [concat]\n", r"t\.yaml:5: datasets lists unknown dataset 'imbd'"),
 ])
 def test_a_suite_with_an_empty_or_misspelled_list_is_blamed_on_its_line(tmp_path, capsys, body, wanted):

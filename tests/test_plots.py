@@ -7,6 +7,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 from PIL import Image
 
 from fusebench.reports.plots import DPI, FAMILY_COLORS, FAMILY_MARKERS, compact_png
@@ -47,6 +48,34 @@ def test_a_plot_gets_a_palette_a_third_of_its_size_and_no_visible_change(tmp_pat
 def test_a_transparent_png_is_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "clear.png"
     _figure(path, transparent=True)
+    data = path.read_bytes()
+    compact_png(path)
+    assert path.read_bytes() == data
+
+
+def _grey16(path: Path) -> None:
+    Image.fromarray(np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (20, 1))).save(path)
+
+
+def _keyed(path: Path) -> None:
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(path, transparency=(255, 255, 255))
+
+
+def _grey_alpha(path: Path) -> None:
+    alpha = np.tile(np.arange(9, dtype=np.uint8) * 30, (9, 1))
+    Image.fromarray(np.dstack([np.full((9, 9), 80, np.uint8), alpha]), "LA").save(path)
+
+
+def _tiny(path: Path) -> None:
+    Image.new("RGB", (1, 1), (10, 20, 30)).save(path)
+
+
+@pytest.mark.parametrize("make", [_grey16, _keyed, _grey_alpha, _tiny])
+def test_a_png_the_palette_would_spoil_or_not_shrink_is_left_alone(tmp_path: Path, make) -> None:
+    """Review of stop 37: a colour-keyed PNG was truncated (ValueError mid-save), a 16-bit grey one clipped to
+    white, a grey+alpha one lost its alpha, and a 1-pixel one grew from 69 to 847 bytes."""
+    path = tmp_path / "image.png"
+    make(path)
     data = path.read_bytes()
     compact_png(path)
     assert path.read_bytes() == data

@@ -158,7 +158,8 @@ def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
         return {k: _convert(v, v_hint, loc, path + (k,)) for k, v in value.items()}
     if origin in (tuple, list) or hint in (tuple, list):
         if not isinstance(value, list):
-            fix = f"; write it as a list: [{value}]" if isinstance(value, str) else ""
+            as_list = yaml.safe_dump([value], default_flow_style=True).strip()  # quoted where YAML needs it
+            fix = f"; write it as a list: {as_list}" if isinstance(value, str) else ""
             raise ConfigError(f"{where(loc, path)}: {dotted} must be a list, got {value!r}{fix}")
         args = get_args(hint)
         item_hint = args[0] if args else Any

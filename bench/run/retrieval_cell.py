@@ -109,7 +109,7 @@ def expand_retrieval_cells(dataset: str, names: list[str]) -> list[RetrievalCell
         info = selected_strategy(name)
         if chosen is not None and sorted(chosen) != [IMAGE, TEXT]:
             skipped.append(name)  # a selection of other views (unimodal:text, concat:a+b) scores no image–caption pair
-        elif can_rerank(info):
+        elif can_rerank(info) and f"rerank:{base}" not in {c.strategy for c in cells}:  # concat, concat:image+text: once
             cells.append(RetrievalCell(dataset, f"rerank:{base}", info))
         else:
             skipped.append(name)
