@@ -109,10 +109,10 @@ def expand_retrieval_cells(dataset: str, names: list[str]) -> list[RetrievalCell
         info = selected_strategy(name)
         if chosen is not None and sorted(chosen) != [IMAGE, TEXT]:
             skipped.append(name)  # a selection of other views (unimodal:text, concat:a+b) scores no image–caption pair
-        elif can_rerank(info) and f"rerank:{base}" not in {c.strategy for c in cells}:  # concat, concat:image+text: once
-            cells.append(RetrievalCell(dataset, f"rerank:{base}", info))
-        else:
+        elif not can_rerank(info):
             skipped.append(name)
+        elif f"rerank:{base}" not in {c.strategy for c in cells}:  # concat, concat:image+text: one row, planned once
+            cells.append(RetrievalCell(dataset, f"rerank:{base}", info))
     if skipped:
         log.info("%s: no rows for %s: a retrieval task runs the dual encoder and re-ranks its candidates with trainable "
                  "fusion strategies of both views (image+text); these are not one (`fusebench list strategies`, column 4)",
