@@ -52,6 +52,45 @@ def test_eta_format_and_slow_rates():
     assert "30.0 s/cell" in line and "ETA 4m00s" in line
 
 
+def test_a_resumed_step_measures_its_rate_on_the_work_done_here(caplog):
+    """A sweep resumed with 42 of 107 cells done before: the rate and ETA count only the cells this process
+    finished. Before, `advance(42)` at the start made the first line read 3.8 s/cell, ETA 4 min for 65 cells
+    that each take hours (the standard run's log, stop 38)."""
+    clock = Clock()
+    b = progress.PlainBackend(interval_s=0, clock=clock)
+    caplog.set_level(logging.INFO, logger="fusebench.progress")
+    b.handle(progress.Event("start", "sweep", "sweep", 107, unit="cells"))
+    clock.t += 2
+    b.handle(progress.Event("skip", "sweep", n=42, status="resumed"))
+    clock.t += 598
+    b.handle(progress.Event("advance", "sweep", n=1))  # one cell in 600 s: 64 left → 640 min
+    lines = [r.getMessage() for r in caplog.records]
+    assert "42/107 cells (39%; 42 done before)" in lines[1] and "ETA ?" in lines[1]  # nothing done here yet
+    assert "43/107 cells (40%; 42 done before)" in lines[2] and "600.0 s/cell" in lines[2]
+    assert "ETA 10h40m" in lines[2]
+    assert progress.measured(43, 42, 107, 600.0) == (1 / 600, 64 * 600.0)
+    assert progress.measured(42, 42, 107, 600.0)[1] is None
+
+
+def test_rich_backend_eta_counts_only_the_work_done_here():
+    import io
+
+    from rich.console import Console
+
+    clock = Clock()
+    b = progress.RichBackend(Console(file=io.StringIO(), force_terminal=True, width=160))
+    b.progress.get_time = clock  # tasks read their elapsed time from this clock
+    b.handle(progress.Event("start", "sweep", "sweep", 107, unit="cells"))
+    b.handle(progress.Event("skip", "sweep", n=42, status="resumed"))
+    b.handle(progress.Event("start", "cell:d/x", "d/x", 5, unit="steps"))
+    clock.t += 600
+    b.handle(progress.Event("advance", "sweep", n=1))
+    task = next(t for t in b.progress.tasks if t.description == "sweep")
+    column = next(c for c in b.progress.columns if type(c).__name__ == "RateEtaColumn")
+    assert column.render(task).plain == "600.0 s/cell ETA 10h40m"
+    b.close()
+
+
 def test_mode_follows_the_terminal_and_quiet():
     class Tty:
         def isatty(self) -> bool:
@@ -186,7 +225,8 @@ def test_a_resumed_cell_counts_the_trials_done_before(synthetic_bundle, monkeypa
     log_file = tmp_path / "resumed.log"
     assert main([*argv, "--log-file", str(log_file)]) == 0
     text = log_file.read_text()
-    assert "finished toy/unimodal:lexical | 8/8 steps (100%)" in text  # 2 replicates × (2 trials + 2 seeds)
+    # 2 replicates × (2 trials + 2 seeds); the 4 trials done before count toward the total, not the rate
+    assert "finished toy/unimodal:lexical | 8/8 steps (100%; 4 done before)" in text
     assert "replicate 1: 2 trial(s) done before" in text
     assert "replicate 2: 2 trial(s) done before" in text
     assert "trial #" not in text  # no search trial ran again

@@ -238,7 +238,7 @@ def search_replicate(cell: Cell, data: TaskData, ctx: CellContext, replicate: in
     study = open_cell_study(cell, data, ctx, replicate)
     done_before = min(trial_counts(study, budget.trials).spent, budget.trials)
     if done_before:  # resumed: the steps already done count, so that the progress and its ETA are true
-        progress.advance(progress_key(cell), done_before, status=f"replicate {replicate + 1}: {done_before} trial(s) done before")
+        progress.skip(progress_key(cell), done_before, status=f"replicate {replicate + 1}: {done_before} trial(s) done before")
     study, _ = search(study, cell, data, ctx.train, budget, ctx.device, ctx.trial_batch,
                       ctx.finetune)  # waits for other workers' trials too
     spent = search_time(study)  # every process's seconds, the killed ones' included
@@ -294,7 +294,7 @@ def _evaluate(cell: Cell, data: TaskData, ctx: CellContext, search: SearchOutcom
     if kept:
         log.info("  %s replicate %d: %d of %d evaluation seed(s) kept from an earlier process; training %d",
                  cell.strategy, search.replicate, len(kept), len(seeds), len(todo))
-        progress.advance(progress_key(cell), len(kept), status=f"{len(kept)} seed(s) kept")
+        progress.skip(progress_key(cell), len(kept), status=f"{len(kept)} seed(s) kept")
     # throughput is a property of the architecture: measured once per replicate (a kept seed's is reused)
     measured = next((r for r, _ in kept.values() if r.throughput is not None), None)
     throughput, flops = (measured.throughput, measured.flops_per_sample) if measured else (None, None)

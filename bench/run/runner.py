@@ -260,7 +260,7 @@ def _run(cfg: RunConfig) -> RunSummary:
     log.info("%s%s", plan_line, f" ({already} already done)" if already else "")
     progress.start("sweep", "sweep", total, "cells")
     if already:
-        progress.advance("sweep", already, status="resumed")
+        progress.skip("sweep", already, status="resumed")
     with pool:
         for ds_name in suite.datasets:
             ds_cfg = catalog.get_dataset(ds_name)

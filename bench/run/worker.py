@@ -120,7 +120,7 @@ def run_worker(study_name: str, storage_url: str, device: str = "auto", data_dir
         torch.set_num_threads(train_threads())
     key = progress_key(cell)  # the objective advances it once per trial run here
     progress.start(key, f"worker {study_name}", budget.trials, "trials", status=f"{n_done(study)} finished before")
-    progress.advance(key, n_done(study))
+    progress.skip(key, n_done(study))
     try:
         study, _ = search(study, cell, data, TrainConfig(**attrs["train"]), budget, dev, int(attrs.get("trial_batch", 1)),
                           finetune)
