@@ -191,5 +191,26 @@ def test_a_retrieval_task_whose_main_metric_is_not_rsum_is_refused(tmp_path, mon
     text = (CONFIG_ROOT / "flickr8k-retrieval.yaml").read_text().replace("main_metric: rsum", "main_metric: i2t_r1")
     (tmp_path / "flickr8k-retrieval.yaml").write_text(text + "override: true\n")
     monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
-    with pytest.raises(ConfigError, match=r"main_metric 'i2t_r1': a retrieval task's main metric is rsum.*set main_metric: rsum"):
+    line = text.splitlines().index("main_metric: i2t_r1") + 1
+    with pytest.raises(ConfigError, match=rf"flickr8k-retrieval\.yaml:{line}: invalid DatasetConfig: main_metric 'i2t_r1': "
+                                          r"a retrieval task's main metric is rsum.*set main_metric: rsum"):
         catalog.get_dataset("flickr8k-retrieval")
+
+
+@pytest.mark.parametrize(("extra", "wanted"), [
+    ("trials: 0\n", r"t\.yaml:4: invalid SuiteConfig: trials must be >= 1, got 0"),
+    ("seeds: 3\nmonitor: val_acc\n", r"t\.yaml:5: invalid SuiteConfig: monitor must be 'val_loss' or 'val_metric'"),
+    ("seeds: 3\nmin_steps: -1\n", r"t\.yaml:5: invalid SuiteConfig: patience >= 1 and patience_steps, min_steps"),
+    ("encoders: [frozen, last:0]\n", r"t\.yaml:4: invalid SuiteConfig: .*last:0"),
+    ("strategies:\n  - concat\n  - gmu\n  - concat\n", r"t\.yaml:7: invalid SuiteConfig: strategies lists concat more than once"),
+    ("batch_size: [1]\n", r"t\.yaml:4: batch_size must be int"),
+    ("finetune: {bogus: 1}\n", r"t\.yaml:4: unknown key 'finetune\.bogus'"),
+    ("strategies: [concat, 3]\n", r"t\.yaml:4: strategies\[1\] must be str, got 3"),  # was strategies.1
+])
+def test_a_suite_field_that_fails_its_check_is_blamed_on_its_own_line(tmp_path, monkeypatch, extra, wanted):
+    """Before stop 38 the checks of `__post_init__` named the file only ("t.yaml: invalid SuiteConfig: …"),
+    and list items read `strategies.1` here but `strategies[1]` in the strategy check."""
+    _suite(tmp_path, "t", "imdb", extra)
+    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
+    with pytest.raises(ConfigError, match=wanted):
+        catalog.get_suite("t")

@@ -112,6 +112,24 @@ def load_located(path: Path, _seen: tuple[Path, ...] = ()) -> Located:
     return Located(_merge(merged, data), merged_lines, path)
 
 
+class FieldError(ValueError):
+    """A schema's `__post_init__` check that one field (or list item: `("strategies", "3")`) breaks, so that
+    the error names that field's own line rather than the top of the mapping."""
+
+    def __init__(self, path: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def dotted(path: tuple[str, ...]) -> str:
+    """`finetune.encoder_lr`, `views.image.options`, `strategies[3]`: a list item by its index in brackets,
+    as `get_suite`'s check names it."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if part.isdigit() else f".{part}" if out else part
+    return out
+
+
 def where(loc: Located, path: tuple[str, ...]) -> str:
     while path and path not in loc.lines:
         path = path[:-1]
@@ -125,12 +143,12 @@ def where(loc: Located, path: tuple[str, ...]) -> str:
 
 def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
     origin = get_origin(hint)
-    dotted = ".".join(path)
+    name = dotted(path)
     if hint is Any:
         return value
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where(loc, path)}: {dotted} must be a mapping, got {value!r}")
+            raise ConfigError(f"{where(loc, path)}: {name} must be a mapping, got {value!r}")
         return build_dataclass(hint, value, loc, path)
     if origin in (Union, types.UnionType):
         args = get_args(hint)
@@ -144,23 +162,23 @@ def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
                 return _convert(value, arg, loc, path)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{where(loc, path)}: {dotted}={value!r} matches none of {hint}")
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{where(loc, path)}: {name}={value!r} matches none of {hint}")
     if origin is Literal:
         if value not in get_args(hint):
             close = difflib.get_close_matches(str(value), [str(a) for a in get_args(hint)], n=1)
             hint_txt = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where(loc, path)}: {dotted}={value!r} is not one of {list(get_args(hint))}.{hint_txt}")
+            raise ConfigError(f"{where(loc, path)}: {name}={value!r} is not one of {list(get_args(hint))}.{hint_txt}")
         return value
     if origin in (dict, typing.Mapping) or hint is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where(loc, path)}: {dotted} must be a mapping, got {value!r}")
+            raise ConfigError(f"{where(loc, path)}: {name} must be a mapping, got {value!r}")
         _k_hint, v_hint = get_args(hint) or (str, Any)
         return {k: _convert(v, v_hint, loc, path + (k,)) for k, v in value.items()}
     if origin in (tuple, list) or hint in (tuple, list):
         if not isinstance(value, list):
             as_list = yaml.safe_dump([value], default_flow_style=True).strip()  # quoted where YAML needs it
             fix = f"; write it as a list: {as_list}" if isinstance(value, str) else ""
-            raise ConfigError(f"{where(loc, path)}: {dotted} must be a list, got {value!r}{fix}")
+            raise ConfigError(f"{where(loc, path)}: {name} must be a list, got {value!r}{fix}")
         args = get_args(hint)
         item_hint = args[0] if args else Any
         return tuple(_convert(v, item_hint, loc, path + (str(i),)) for i, v in enumerate(value))
@@ -169,7 +187,7 @@ def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
     if hint in (int, float, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise ConfigError(
-                f"{where(loc, path)}: {dotted} must be {hint.__name__}, got {value!r} ({type(value).__name__})"
+                f"{where(loc, path)}: {name} must be {hint.__name__}, got {value!r} ({type(value).__name__})"
             )
         return value
     return value
@@ -184,7 +202,7 @@ def build_dataclass(cls: type, data: dict[str, Any], loc: Located, path: tuple[s
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"{where(loc, path + (key,))}: unknown key {'.'.join(path + (key,))!r}.{hint} "
+                f"{where(loc, path + (key,))}: unknown key {dotted(path + (key,))!r}.{hint} "
                 f"Valid keys here: {', '.join(sorted(fields))}"
             )
     kwargs = {}
@@ -192,11 +210,12 @@ def build_dataclass(cls: type, data: dict[str, Any], loc: Located, path: tuple[s
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], loc, path + (name,))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where(loc, path)}: missing required key {'.'.join(path + (name,))!r}")
+            raise ConfigError(f"{where(loc, path)}: missing required key {dotted(path + (name,))!r}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where(loc, path)}: invalid {'.'.join(path) or cls.__name__}: {exc}") from None
+        blamed = path + exc.path if isinstance(exc, FieldError) else path  # the field's own line when it is known
+        raise ConfigError(f"{where(loc, blamed)}: invalid {dotted(path) or cls.__name__}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,12 +260,12 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         if self.main_metric not in self.metrics:
-            raise ValueError(f"main_metric {self.main_metric!r} must be listed in metrics {list(self.metrics)}")
+            raise FieldError(("main_metric",), f"main_metric {self.main_metric!r} must be listed in metrics {list(self.metrics)}")
         if self.task == "retrieval" and self.main_metric != "rsum":  # what its cells score and its statistics test
-            raise ValueError(f"main_metric {self.main_metric!r}: a retrieval task's main metric is rsum (R@1+R@5+R@10 "
-                             "of both directions); set main_metric: rsum (the other metrics are reported beside it)")
+            raise FieldError(("main_metric",), f"main_metric {self.main_metric!r}: a retrieval task's main metric is rsum "
+                             "(R@1+R@5+R@10 of both directions); set main_metric: rsum (the other metrics are shown beside it)")
         if len(self.views) < 1:
-            raise ValueError("a dataset needs at least one view")
+            raise FieldError(("views",), "a dataset needs at least one view")
 
 
 @dataclass(frozen=True)
@@ -292,27 +311,33 @@ class SuiteConfig:
         modes = (self.encoders,) if isinstance(self.encoders, str) else tuple(self.encoders)
         modes = tuple(m.strip() for part in modes for m in str(part).split(",") if m.strip())
         if not modes:
-            raise ValueError("encoders must name at least one mode (frozen, last:N, full)")
-        canonical = tuple(dict.fromkeys(str(EncoderMode.parse(m)) for m in modes))  # ValueError on a bad mode
+            raise FieldError(("encoders",), "encoders must name at least one mode (frozen, last:N, full)")
+        try:
+            canonical = tuple(dict.fromkeys(str(EncoderMode.parse(m)) for m in modes))
+        except ValueError as exc:  # a bad mode
+            raise FieldError(("encoders",), str(exc)) from None
         object.__setattr__(self, "encoders", canonical)
         for name in ("trials", "seeds", "replicates", "epochs", "batch_size", "jobs", "rerank_k", "trial_batch"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise FieldError((name,), f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.modality_dropout < 1.0:
-            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
-        if self.patience < 1 or self.patience_steps < 0 or self.min_steps < 0 or self.min_delta < 0:
-            raise ValueError(f"patience >= 1 and patience_steps, min_steps, min_delta >= 0 required, got "
+            raise FieldError(("modality_dropout",), f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
+        bad = [n for n, low in (("patience", 1), ("patience_steps", 0), ("min_steps", 0), ("min_delta", 0))
+               if getattr(self, n) < low]
+        if bad:
+            raise FieldError((bad[0],), f"patience >= 1 and patience_steps, min_steps, min_delta >= 0 required, got "
                              f"{self.patience}, {self.patience_steps}, {self.min_steps}, {self.min_delta}")
         if self.monitor not in ("val_loss", "val_metric"):
-            raise ValueError(f"monitor must be 'val_loss' or 'val_metric', got {self.monitor!r}")
+            raise FieldError(("monitor",), f"monitor must be 'val_loss' or 'val_metric', got {self.monitor!r}")
         if not self.timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+            raise FieldError(("timeout_s",), f"timeout_s must be > 0, got {self.timeout_s}")
         for name in ("datasets", "strategies"):  # a twice-listed cell would run twice into one study and seed store
             object.__setattr__(self, name, tuple(str(n).strip() for n in getattr(self, name)))  # " concat" is concat
             names = list(getattr(self, name))
             twice = sorted({n for n in names if names.count(n) > 1})
-            if twice:
-                raise ValueError(f"{name} lists {', '.join(twice)} more than once; name each once")
+            if twice:  # blamed on the line of the first repeat
+                again = next(i for i, n in enumerate(names) if n in names[:i])
+                raise FieldError((name, str(again)), f"{name} lists {', '.join(twice)} more than once; name each once")
 
 
 def load_dataset_config(path: Path) -> DatasetConfig:
