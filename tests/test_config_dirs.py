@@ -197,6 +197,34 @@ def test_a_retrieval_task_whose_main_metric_is_not_rsum_is_refused(tmp_path, mon
         catalog.get_dataset("flickr8k-retrieval")
 
 
+def test_a_check_between_a_users_field_and_an_included_default_blames_the_users_file(tmp_path, monkeypatch):
+    """Review of stop 38: `metrics: [auroc]` in a user's dataset beside `_defaults.yaml`'s main_metric was blamed
+    on the installed `_defaults.yaml`, a file the user never wrote."""
+    path = _dataset(tmp_path, "mine", "metrics: [auroc]\n")
+    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
+    line = path.read_text().splitlines().index("metrics: [auroc]") + 1
+    with pytest.raises(ConfigError, match=rf"mine\.yaml:{line}: invalid DatasetConfig: main_metric 'accuracy' must be listed"):
+        catalog.get_dataset("mine")
+
+
+def test_a_mapping_key_written_in_digits_is_not_shown_as_a_list_index(tmp_path, monkeypatch):
+    path = _dataset(tmp_path, "mine")
+    path.write_text(path.read_text().replace("  text: {column: text, encoder: tfidf, modality: text}",
+                                             "  '2': {column: text, encoder: tfidf, modality: txt}"))
+    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"views\.2\.modality='txt' is not one of"):
+        catalog.get_dataset("mine")
+
+
+def test_a_field_error_survives_pickling():  # a worker process's config error reaches the parent whole
+    import pickle
+
+    from fusebench.config.loader import FieldError
+
+    err = pickle.loads(pickle.dumps(FieldError(("trials",), "trials must be >= 1")))
+    assert err.paths == [("trials",)] and str(err) == "trials must be >= 1"
+
+
 @pytest.mark.parametrize(("extra", "wanted"), [
     ("trials: 0\n", r"t\.yaml:4: invalid SuiteConfig: trials must be >= 1, got 0"),
     ("seeds: 3\nmonitor: val_acc\n", r"t\.yaml:5: invalid SuiteConfig: monitor must be 'val_loss' or 'val_metric'"),

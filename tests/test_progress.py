@@ -11,6 +11,7 @@ import torch
 from fusebench.cli import main
 from fusebench.core import progress
 from fusebench.core.errors import UsageError
+from fusebench.run.in_progress import share_done_before
 
 
 class Clock:
@@ -68,8 +69,22 @@ def test_a_resumed_step_measures_its_rate_on_the_work_done_here(caplog):
     assert "42/107 cells (39%; 42 done before)" in lines[1] and "ETA ?" in lines[1]  # nothing done here yet
     assert "43/107 cells (40%; 42 done before)" in lines[2] and "600.0 s/cell" in lines[2]
     assert "ETA 10h40m" in lines[2]
-    assert progress.measured(43, 42, 107, 600.0) == (1 / 600, 64 * 600.0)
-    assert progress.measured(42, 42, 107, 600.0)[1] is None
+    assert progress.measured(1, 43, 107, 600.0) == (1 / 600, 64 * 600.0)
+    assert progress.measured(0, 42, 107, 600.0)[1] is None
+
+
+def test_a_cell_begun_before_adds_only_its_unfinished_share_to_the_rate(caplog):
+    """Review of stop 38: a cell resumed with most of its steps done finished in minutes and counted as a
+    whole cell of work, so the sweep's ETA was again ~15× too short. Its finish now adds its share left."""
+    clock = Clock()
+    b = progress.PlainBackend(interval_s=0, clock=clock)
+    caplog.set_level(logging.INFO, logger="fusebench.progress")
+    b.handle(progress.Event("start", "sweep", "sweep", 10, unit="cells"))
+    clock.t += 300
+    b.handle(progress.Event("advance", "sweep", n=1, work=0.25))  # 3/4 of it was done before: 300 s for 1/4 cell
+    assert "1/10 cells (10%) | 1200.0 s/cell | elapsed 5m00s, ETA 3h00m" in caplog.records[-1].getMessage()
+    b.handle(progress.Event("advance", "sweep", n=2, status="x failed to build/encode", work=0))
+    assert "3/10 cells (30%) | 1200.0 s/cell" in caplog.records[-1].getMessage()  # no work: the rate stays
 
 
 def test_rich_backend_eta_counts_only_the_work_done_here():
@@ -228,6 +243,7 @@ def test_a_resumed_cell_counts_the_trials_done_before(synthetic_bundle, monkeypa
     # 2 replicates × (2 trials + 2 seeds); the 4 trials done before count toward the total, not the rate
     assert "finished toy/unimodal:lexical | 8/8 steps (100%; 4 done before)" in text
     assert "replicate 1: 2 trial(s) done before" in text
+    assert share_done_before(out, {"toy": ["unimodal:lexical"]}, set(), 2, 2, 2) == {("toy", "unimodal:lexical"): 0.5}
     assert "replicate 2: 2 trial(s) done before" in text
     assert "trial #" not in text  # no search trial ran again
     assert len((out / "results.jsonl").read_text().splitlines()) == len(first.splitlines()) == 4

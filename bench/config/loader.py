@@ -113,21 +113,39 @@ def load_located(path: Path, _seen: tuple[Path, ...] = ()) -> Located:
 
 
 class FieldError(ValueError):
-    """A schema's `__post_init__` check that one field (or list item: `("strategies", "3")`) breaks, so that
-    the error names that field's own line rather than the top of the mapping."""
+    """A schema's `__post_init__` check that a field (or list item: `("strategies", "3")`) breaks, so that
+    the error names that field's own line rather than the top of the mapping. With several paths (a
+    check between two fields), the first one written in the file being loaded is blamed, not a default
+    an `include:` brought in."""
 
-    def __init__(self, path: tuple[str, ...], message: str) -> None:
+    def __init__(self, paths: tuple[str, ...] | list[tuple[str, ...]], message: str) -> None:
         super().__init__(message)
-        self.path = path
+        self.paths = [paths] if isinstance(paths, tuple) else list(paths)
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:  # picklable, with its paths
+        return type(self), (self.paths, str(self))
 
 
-def dotted(path: tuple[str, ...]) -> str:
+def dotted(path: tuple[str, ...], data: Any = None) -> str:
     """`finetune.encoder_lr`, `views.image.options`, `strategies[3]`: a list item by its index in brackets,
-    as `get_suite`'s check names it."""
-    out = ""
+    as `get_suite`'s check names it. `data` (the loaded mapping) tells a list index from a mapping key
+    written in digits; without it, digits are read as an index."""
+    out, node = "", data
     for part in path:
-        out += f"[{part}]" if part.isdigit() else f".{part}" if out else part
+        index = isinstance(node, list) if data is not None else part.isdigit()
+        out += f"[{part}]" if index else f".{part}" if out else part
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
     return out
+
+
+def _blamed(loc: Located, path: tuple[str, ...], paths: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """Of `paths` (relative to `path`), the first whose line is in the file being loaded, else the first."""
+    full = [path + p for p in paths]
+    own = [p for p in full if p in loc.lines and loc.lines[p][0] == loc.file]
+    return (own or full)[0]
 
 
 def where(loc: Located, path: tuple[str, ...]) -> str:
@@ -143,7 +161,7 @@ def where(loc: Located, path: tuple[str, ...]) -> str:
 
 def _convert(value: Any, hint: Any, loc: Located, path: tuple[str, ...]) -> Any:
     origin = get_origin(hint)
-    name = dotted(path)
+    name = dotted(path, loc.data)
     if hint is Any:
         return value
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
@@ -202,7 +220,7 @@ def build_dataclass(cls: type, data: dict[str, Any], loc: Located, path: tuple[s
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"{where(loc, path + (key,))}: unknown key {dotted(path + (key,))!r}.{hint} "
+                f"{where(loc, path + (key,))}: unknown key {dotted(path + (key,), loc.data)!r}.{hint} "
                 f"Valid keys here: {', '.join(sorted(fields))}"
             )
     kwargs = {}
@@ -210,12 +228,12 @@ def build_dataclass(cls: type, data: dict[str, Any], loc: Located, path: tuple[s
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], loc, path + (name,))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where(loc, path)}: missing required key {dotted(path + (name,))!r}")
+            raise ConfigError(f"{where(loc, path)}: missing required key {dotted(path + (name,), loc.data)!r}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        blamed = path + exc.path if isinstance(exc, FieldError) else path  # the field's own line when it is known
-        raise ConfigError(f"{where(loc, blamed)}: invalid {dotted(path) or cls.__name__}: {exc}") from None
+        blamed = _blamed(loc, path, exc.paths) if isinstance(exc, FieldError) else path  # the field's own line
+        raise ConfigError(f"{where(loc, blamed)}: invalid {dotted(path, loc.data) or cls.__name__}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,9 +278,11 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         if self.main_metric not in self.metrics:
-            raise FieldError(("main_metric",), f"main_metric {self.main_metric!r} must be listed in metrics {list(self.metrics)}")
+            raise FieldError([("main_metric",), ("metrics",)],
+                             f"main_metric {self.main_metric!r} must be listed in metrics {list(self.metrics)}")
         if self.task == "retrieval" and self.main_metric != "rsum":  # what its cells score and its statistics test
-            raise FieldError(("main_metric",), f"main_metric {self.main_metric!r}: a retrieval task's main metric is rsum "
+            raise FieldError([("main_metric",), ("task",)],
+                             f"main_metric {self.main_metric!r}: a retrieval task's main metric is rsum "
                              "(R@1+R@5+R@10 of both directions); set main_metric: rsum (the other metrics are shown beside it)")
         if len(self.views) < 1:
             raise FieldError(("views",), "a dataset needs at least one view")

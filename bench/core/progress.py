@@ -31,7 +31,9 @@ log = logging.getLogger("fusebench.progress")
 class Event:
     """One progress event. kind: start | advance | skip | finish. A `skip` counts `n` items done before
     this process (a resumed sweep's finished cells, a study's trials, kept seeds): they count toward the
-    total, not toward the measured rate, so a resumed step's ETA is not 40 cells in 3 seconds."""
+    total, not toward the measured rate, so a resumed step's ETA is not 40 cells in 3 seconds. An advance's
+    `work` is how much of its `n` was done here (default all of it): a cell begun by an earlier process
+    adds only its unfinished share to the sweep's rate."""
 
     kind: str
     key: str
@@ -40,6 +42,7 @@ class Event:
     n: int = 0
     status: str = ""
     unit: str = "items"
+    work: float | None = None
 
 
 class Backend(Protocol):
@@ -68,6 +71,7 @@ class _State:
     status: str = ""
     last: float = 0.0
     skipped: int = 0  # done before this process: in `done`, not in the rate
+    worked: float = 0.0  # items' worth done in this process: the rate's numerator
 
 
 def format_eta(seconds: float | None) -> str:
@@ -82,12 +86,11 @@ def format_eta(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def measured(done: int, skipped: int, total: int | None, took: float) -> tuple[float, float | None]:
-    """Items per second of the work done here (`done - skipped` in `took` s) and the ETA of the rest
-    at that rate (None until something was done here, or without a total)."""
-    worked = done - skipped
-    rate = worked / max(took, 1e-9)
-    return rate, ((total - done) / rate if total and worked > 0 else None)
+def measured(worked: float, done: int, total: int | None, took: float) -> tuple[float, float | None]:
+    """Items per second of the work done here (`worked` items' worth in `took` s) and the ETA of the
+    `total - done` left at that rate (None until something was done here, or without a total)."""
+    rate = max(worked, 0.0) / max(took, 1e-9)
+    return rate, (max(total - done, 0) / rate if total and rate > 0 else None)
 
 
 def rate_text(rate: float, unit: str) -> str:
@@ -101,7 +104,7 @@ def describe(st: _State, now: float) -> str:
     """One plain line: label, done/total (percent; how many were done before), rate, ETA from the rate
     of the work done in this process, status."""
     took = max(now - st.started, 1e-9)
-    rate, eta = measured(st.done, st.skipped, st.total, took)
+    rate, eta = measured(st.worked, st.done, st.total, took)
     parts = [st.label]
     before = f"; {st.skipped} done before" if st.skipped else ""
     if st.total:
@@ -135,6 +138,7 @@ class PlainBackend:
             return
         st.done += ev.n
         st.skipped += ev.n if ev.kind == "skip" else 0
+        st.worked += 0 if ev.kind == "skip" else ev.n if ev.work is None else ev.work
         if ev.status:
             st.status = ev.status
         if ev.kind == "finish":
@@ -156,8 +160,8 @@ def _rate_eta_column() -> Any:
 
     class RateEtaColumn(ProgressColumn):
         def render(self, task: Any) -> Text:
-            skipped = int(task.fields.get("skipped", 0))
-            rate, eta = measured(int(task.completed), skipped, task.total, task.elapsed or 0.0)
+            worked = float(task.fields.get("worked", task.completed))
+            rate, eta = measured(worked, int(task.completed), task.total, task.elapsed or 0.0)
             return Text(f"{rate_text(rate, task.fields.get('unit', 'items'))} ETA {format_eta(eta)}".strip())
 
     return RateEtaColumn()
@@ -177,29 +181,27 @@ class RichBackend:
         )
         self.live = False
         self.ids: dict[str, Any] = {}
-        self.skipped: dict[str, int] = {}
+        self.worked: dict[str, float] = {}
 
     def handle(self, ev: Event) -> None:
         if ev.kind == "start":
             if not self.live:  # the live display runs only while a step is under way
                 self.progress.start()
                 self.live = True
-            self.skipped[ev.key] = 0
-            self.ids[ev.key] = self.progress.add_task(ev.label or ev.key, total=ev.total, unit=ev.unit, skipped=0,
+            self.worked[ev.key] = 0.0
+            self.ids[ev.key] = self.progress.add_task(ev.label or ev.key, total=ev.total, unit=ev.unit, worked=0.0,
                                                       status=ev.status)
             return
         if ev.key not in self.ids:
             return
-        fields: dict[str, Any] = {}
-        if ev.kind == "skip":
-            self.skipped[ev.key] += ev.n
-            fields["skipped"] = self.skipped[ev.key]
+        self.worked[ev.key] += 0 if ev.kind == "skip" else ev.n if ev.work is None else ev.work
+        fields: dict[str, Any] = {"worked": self.worked[ev.key]}
         if ev.status:
             fields["status"] = ev.status
         self.progress.update(self.ids[ev.key], advance=ev.n, **fields)
         if ev.kind == "finish":
             task_id = self.ids.pop(ev.key)
-            self.skipped.pop(ev.key)
+            self.worked.pop(ev.key)
             if ev.key.startswith(("encode:", "cell:")):  # keep the sweep bar; transient rows go away
                 self.progress.remove_task(task_id)
             if not self.ids:  # nothing under way: stop, so the command's result prints below the bars
@@ -256,8 +258,9 @@ def start(key: str, label: str, total: int | None, unit: str = "items", status: 
     emit(Event("start", key, label, total, 0, status, unit))
 
 
-def advance(key: str, n: int = 1, status: str = "") -> None:
-    emit(Event("advance", key, n=n, status=status))
+def advance(key: str, n: int = 1, status: str = "", work: float | None = None) -> None:
+    """`n` more items of `key` done; `work` of them in this process when less than all (see `Event`)."""
+    emit(Event("advance", key, n=n, status=status, work=work))
 
 
 def skip(key: str, n: int, status: str = "") -> None:

@@ -84,3 +84,14 @@ def cells_in_progress(run_dir: Path, plan: dict[str, list[str]], finished: set[t
         if stored or (begun and any(begun)):
             out.append(CellProgress(ds, strategy, spent, begun, trials, stored, replicates * eval_seeds))
     return out
+
+
+def share_done_before(run_dir: Path, plan: dict[str, list[str]], finished: set[tuple[str, str]], replicates: int,
+                      trials: int, eval_seeds: int) -> dict[tuple[str, str], float]:
+    """Per begun, unfinished cell: the share of its steps (search trials, evaluation seeds) an earlier
+    process did. The sweep's rate counts only the rest when the cell finishes here (bench/core/progress.py):
+    a cell resumed with 14 of 15 seeds stored is not a whole cell done in minutes. Steps, not seconds:
+    a cap-bound search's unspent trials count as not done, so the share errs low."""
+    steps = max(replicates * (trials + eval_seeds), 1)
+    return {(c.dataset, c.strategy): min(1.0, (sum(c.trials_spent or []) + c.seeds_stored) / steps)
+            for c in cells_in_progress(run_dir, plan, finished, replicates, trials, eval_seeds, set())}

@@ -38,6 +38,7 @@ from fusebench.results.retrieval_stats import attach_retrieval_stats
 from fusebench.results.stats import attach_stats
 from fusebench.run import rundir
 from fusebench.run.cell import CellContext
+from fusebench.run.in_progress import share_done_before
 from fusebench.run.parallel import CellPool, pool_jobs
 from fusebench.run.phases import PhaseClock, cell_seconds
 from fusebench.run.retrieval_cell import RetrievalCell, RetrievalRun, expand_retrieval_cells
@@ -259,6 +260,7 @@ def _run(cfg: RunConfig) -> RunSummary:
     already = sum(1 for cs in by_dataset.values() for c in cs if (c.dataset, c.strategy) in done)
     log.info("%s%s", plan_line, f" ({already} already done)" if already else "")
     progress.start("sweep", "sweep", total, "cells")
+    before = share_done_before(out, meta["plan"], done, suite.replicates, suite.trials, len(ctx.budget.eval_seeds))
     if already:
         progress.skip("sweep", already, status="resumed")
     with pool:
@@ -294,7 +296,7 @@ def _run(cfg: RunConfig) -> RunSummary:
                 records = merge_records(records, [_failed(c, ds_cfg.task, exc) for c in todo])
                 write_records(results, records)
                 failed += len(todo)
-                progress.advance("sweep", len(todo), status=f"{ds_name} failed to build/encode")
+                progress.advance("sweep", len(todo), status=f"{ds_name} failed to build/encode", work=0)
                 continue
             counts = class_counts({s: [tables.original_label(y) for y in tables.splits[s]["label"]]
                                    for s in tables.splits})  # keyed by the data file's labels
@@ -371,7 +373,8 @@ def _run(cfg: RunConfig) -> RunSummary:
                 write_records(results, records)
                 if not isinstance(outcome, BaseException):  # its records are safe: its kept seeds are not needed
                     SeedStore(out, cell.dataset, cell.strategy).clear()
-                progress.advance("sweep", 1, status=f"last: {cell.dataset}/{cell.strategy}")
+                progress.advance("sweep", 1, status=f"last: {cell.dataset}/{cell.strategy}",
+                                 work=1 - before.get((cell.dataset, cell.strategy), 0.0))
                 # The phases so far, with the running sweep's wall time, survive a kill of this process.
                 meta["phases"] = clock.as_dict(previous_phases)
                 meta["phases"]["cells"] = round(meta["phases"].get("cells", 0.0) + time.perf_counter() - cells_t0, 3)
