@@ -48,7 +48,7 @@ def test_eta_format_and_slow_rates():
     assert progress.format_eta(None) == "?"
     assert progress.format_eta(42) == "42s" and progress.format_eta(185) == "3m05s"
     assert progress.format_eta(3720) == "1h02m"
-    st = progress._State("sweep", 10, "cells", started=0.0, done=2)
+    st = progress._State("sweep", 10, "cells", started=0.0, done=2, worked=2)
     line = progress.describe(st, now=60.0)  # 30 s per cell, 8 left → 4 min
     assert "30.0 s/cell" in line and "ETA 4m00s" in line
 
@@ -85,6 +85,19 @@ def test_a_cell_begun_before_adds_only_its_unfinished_share_to_the_rate(caplog):
     assert "1/10 cells (10%) | 1200.0 s/cell | elapsed 5m00s, ETA 3h00m" in caplog.records[-1].getMessage()
     b.handle(progress.Event("advance", "sweep", n=2, status="x failed to build/encode", work=0))
     assert "3/10 cells (30%) | 1200.0 s/cell" in caplog.records[-1].getMessage()  # no work: the rate stays
+
+
+def test_a_trivial_baselines_share_is_of_its_seeds_alone(tmp_path):
+    """Review of stop 38: `majority` (one replicate, no search) with 1 of 2 seeds stored read 0.125 of R × (trials
+    + seeds) = 8 steps; its steps are its 2 seeds."""
+    import fusebench.strategies  # noqa: F401  (registers `majority`)
+    from fusebench.run.seed_store import SeedStore
+
+    store = SeedStore(tmp_path, "toy", "majority")
+    json_path, _ = store._paths(0, 0)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text("{}")
+    assert share_done_before(tmp_path, {"toy": ["majority"]}, set(), 2, 2, 2) == {("toy", "majority"): 0.5}
 
 
 def test_rich_backend_eta_counts_only_the_work_done_here():
@@ -244,6 +257,11 @@ def test_a_resumed_cell_counts_the_trials_done_before(synthetic_bundle, monkeypa
     assert "finished toy/unimodal:lexical | 8/8 steps (100%; 4 done before)" in text
     assert "replicate 1: 2 trial(s) done before" in text
     assert share_done_before(out, {"toy": ["unimodal:lexical"]}, set(), 2, 2, 2) == {("toy", "unimodal:lexical"): 0.5}
+    moved = tmp_path / "elsewhere.journal"  # a run with --storage elsewhere: its trials are read from there
+    (out / "optuna.journal").rename(moved)
+    assert share_done_before(out, {"toy": ["unimodal:lexical"]}, set(), 2, 2, 2) == {}
+    assert share_done_before(out, {"toy": ["unimodal:lexical"]}, set(), 2, 2, 2, f"journal:///{moved}") == \
+        {("toy", "unimodal:lexical"): 0.5}
     assert "replicate 2: 2 trial(s) done before" in text
     assert "trial #" not in text  # no search trial ran again
     assert len((out / "results.jsonl").read_text().splitlines()) == len(first.splitlines()) == 4

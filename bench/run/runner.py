@@ -260,7 +260,7 @@ def _run(cfg: RunConfig) -> RunSummary:
     already = sum(1 for cs in by_dataset.values() for c in cs if (c.dataset, c.strategy) in done)
     log.info("%s%s", plan_line, f" ({already} already done)" if already else "")
     progress.start("sweep", "sweep", total, "cells")
-    before = share_done_before(out, meta["plan"], done, suite.replicates, suite.trials, len(ctx.budget.eval_seeds))
+    before = share_done_before(out, meta["plan"], done, suite.replicates, suite.trials, len(ctx.budget.eval_seeds), storage)
     if already:
         progress.skip("sweep", already, status="resumed")
     with pool:
