@@ -352,6 +352,11 @@ def _run(cfg: RunConfig) -> RunSummary:
                 outcomes = pool.execute([c for c in todo if isinstance(c, Cell)], data, ctx)
             stopped: deadline.StopRequested | None = None
             for cell, outcome in outcomes:
+                # The phases so far, with the running sweep's wall time, survive a kill of this process; written
+                # at every outcome, a stop's too, so a stretch that finished no cell still counts.
+                meta["phases"] = clock.as_dict(previous_phases)
+                meta["phases"]["cells"] = round(meta["phases"].get("cells", 0.0) + time.perf_counter() - cells_t0, 3)
+                atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
                 if isinstance(outcome, deadline.StopRequested):  # past --stop-after: the other cells' work in flight ends first
                     stopped = outcome
                     continue
@@ -375,10 +380,6 @@ def _run(cfg: RunConfig) -> RunSummary:
                     SeedStore(out, cell.dataset, cell.strategy).clear()
                 progress.advance("sweep", 1, status=f"last: {cell.dataset}/{cell.strategy}",
                                  work=1 - before.get((cell.dataset, cell.strategy), 0.0))
-                # The phases so far, with the running sweep's wall time, survive a kill of this process.
-                meta["phases"] = clock.as_dict(previous_phases)
-                meta["phases"]["cells"] = round(meta["phases"].get("cells", 0.0) + time.perf_counter() - cells_t0, 3)
-                atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
             if stopped is not None:
                 raise stopped
             clock.seconds["cells"] = clock.seconds.get("cells", 0.0) + time.perf_counter() - cells_t0
