@@ -134,6 +134,32 @@ def test_a_run_stopped_between_cells_exits_75_and_resumes_to_the_uninterrupted_r
 
 
 @pytest.mark.slow
+def test_a_stop_before_any_cell_finished_keeps_the_cells_wall_time_in_run_json(synthetic_bundle, monkeypatch, tmp_path):
+    """Stop 38: run.json's cells phase was written only after a finished cell, so a session whose
+    --stop-after stop came before any cell finished lost its whole sweep time (~2 h a session on the
+    standard run). In process and deterministic; the --jobs 2 test below checks it in real time."""
+    data, cfg = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    monkeypatch.delenv(deadline.ENV, raising=False)
+    import time
+
+    import fusebench.run.cell as cell_module
+
+    real = cell_module._run_cell
+
+    def slow_cell_then_deadline(*args, **kwargs):
+        time.sleep(1.5)  # wall time the sweep spends before the deadline passes inside this cell
+        os.environ[deadline.ENV] = "0"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cell_module, "_run_cell", slow_cell_then_deadline)
+    out = tmp_path / "run"
+    assert main(_run_args(data, out, "--stop-after", "1h")) == deadline.EXIT_CODE
+    assert not (out / "results.jsonl").exists() or not (out / "results.jsonl").read_text().strip()
+    assert json.loads((out / "run.json").read_text())["phases"].get("cells", 0.0) >= 1.5
+
+
+@pytest.mark.slow
 def test_cell_processes_past_the_deadline_finish_their_trials_and_the_run_waits_for_them(synthetic_bundle, tmp_path):
     """--jobs 2, real time: the first worker to stop must not make the run interrupt the other one's
     trials in flight (the runner took a worker's stop for an interrupt and SIGINTed the rest after the

@@ -51,6 +51,17 @@ class PhaseClock:
         return out
 
 
+def save_with_sweep_time(meta: dict[str, object], clock: PhaseClock, previous: dict[str, float], sweep_t0: float,
+                         run_json: Path) -> None:
+    """Write run.json with the phases so far and the running sweep's wall time since `sweep_t0`
+    (perf_counter), so that a stop, an interrupt or a kill of this process keeps it; the sweep's
+    seconds enter `clock` only when it ends."""
+    phases = clock.as_dict(previous)
+    phases["cells"] = round(phases.get("cells", 0.0) + time.perf_counter() - sweep_t0, 3)
+    meta["phases"] = phases
+    atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
+
+
 def cell_seconds(records: list[Record]) -> dict[str, float]:
     """Process-seconds per in-cell phase over a run's ok records (search counted once per replicate)."""
     out: dict[str, float] = {"search": 0.0}

@@ -40,7 +40,7 @@ from fusebench.run import rundir
 from fusebench.run.cell import CellContext
 from fusebench.run.in_progress import share_done_before
 from fusebench.run.parallel import CellPool, pool_jobs
-from fusebench.run.phases import PhaseClock, cell_seconds
+from fusebench.run.phases import PhaseClock, cell_seconds, save_with_sweep_time
 from fusebench.run.retrieval_cell import RetrievalCell, RetrievalRun, expand_retrieval_cells
 from fusebench.run.seed_store import SeedStore
 from fusebench.run.selection import Cell, check_selection, expand_cells, needed_views
@@ -351,35 +351,34 @@ def _run(cfg: RunConfig) -> RunSummary:
             else:
                 outcomes = pool.execute([c for c in todo if isinstance(c, Cell)], data, ctx)
             stopped: deadline.StopRequested | None = None
-            for cell, outcome in outcomes:
-                # The phases so far, with the running sweep's wall time, survive a kill of this process; written
-                # at every outcome, a stop's too, so a stretch that finished no cell still counts.
-                meta["phases"] = clock.as_dict(previous_phases)
-                meta["phases"]["cells"] = round(meta["phases"].get("cells", 0.0) + time.perf_counter() - cells_t0, 3)
-                atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
-                if isinstance(outcome, deadline.StopRequested):  # past --stop-after: the other cells' work in flight ends first
-                    stopped = outcome
-                    continue
-                if isinstance(outcome, KeyboardInterrupt):  # a worker's cell was interrupted: the run is, not the cell failed
-                    raise outcome
-                if isinstance(outcome, BaseException) and (isinstance(outcome, UsageError) or is_disk_full(outcome)):
-                    raise outcome  # the next cells would fail the same way
-                if isinstance(outcome, BaseException):
-                    log.error("  %-28s FAILED: %s", cell.strategy, outcome)
-                    log.debug("%s", "".join(traceback.format_exception(outcome)))
-                    new = [_failed(cell, ds_cfg.task, outcome)]
-                    failed += 1
-                else:
-                    new = outcome
-                    ok += 1
-                    log.info("  %-28s %s=%.*f (done at +%.1fs)", cell.strategy, ds_cfg.main_metric,  # rsum on retrieval (checked)
-                             mean_digits(retrieval), _mean_main_metric(new), time.perf_counter() - c0)
-                records = merge_records(records, new)
-                write_records(results, records)
-                if not isinstance(outcome, BaseException):  # its records are safe: its kept seeds are not needed
-                    SeedStore(out, cell.dataset, cell.strategy).clear()
-                progress.advance("sweep", 1, status=f"last: {cell.dataset}/{cell.strategy}",
-                                 work=1 - before.get((cell.dataset, cell.strategy), 0.0))
+            try:
+                for cell, outcome in outcomes:
+                    save_with_sweep_time(meta, clock, previous_phases, cells_t0, run_json)  # a kill -9 keeps it too
+                    if isinstance(outcome, deadline.StopRequested):  # past --stop-after: the other cells' work in flight ends
+                        stopped = outcome
+                        continue
+                    if isinstance(outcome, KeyboardInterrupt):  # a worker's cell was interrupted: the run is, not the cell failed
+                        raise outcome
+                    if isinstance(outcome, BaseException) and (isinstance(outcome, UsageError) or is_disk_full(outcome)):
+                        raise outcome  # the next cells would fail the same way
+                    if isinstance(outcome, BaseException):
+                        log.error("  %-28s FAILED: %s", cell.strategy, outcome)
+                        log.debug("%s", "".join(traceback.format_exception(outcome)))
+                        new = [_failed(cell, ds_cfg.task, outcome)]
+                        failed += 1
+                    else:
+                        new = outcome
+                        ok += 1
+                        log.info("  %-28s %s=%.*f (done at +%.1fs)", cell.strategy, ds_cfg.main_metric,  # rsum on retrieval
+                                 mean_digits(retrieval), _mean_main_metric(new), time.perf_counter() - c0)
+                    records = merge_records(records, new)
+                    write_records(results, records)
+                    if not isinstance(outcome, BaseException):  # its records are safe: its kept seeds are not needed
+                        SeedStore(out, cell.dataset, cell.strategy).clear()
+                    progress.advance("sweep", 1, status=f"last: {cell.dataset}/{cell.strategy}",
+                                     work=1 - before.get((cell.dataset, cell.strategy), 0.0))
+            finally:  # a stop (raised here with --jobs 1), an interrupt: a stretch that finished no cell still counts
+                save_with_sweep_time(meta, clock, previous_phases, cells_t0, run_json)
             if stopped is not None:
                 raise stopped
             clock.seconds["cells"] = clock.seconds.get("cells", 0.0) + time.perf_counter() - cells_t0
