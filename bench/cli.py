@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fusebench.core import deadline, diskfull
 from fusebench.core.errors import UsageError
-from fusebench.run import calibrate_cli, extensions, interrupt, throughput_cli, timing_cli
+from fusebench.run import calibrate_cli, extensions, interrupt, stop_cli, throughput_cli, timing_cli
 
 
 def _common(top: bool) -> argparse.ArgumentParser:
@@ -109,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     throughput_cli.add_arguments(
         sub.add_parser("throughput", help="measure inference throughput (and harness overhead) without searching"))
 
+    stop_cli.add_arguments(sub.add_parser("stop", help="stop a running `run` without losing work: no new trials; "
+                                          f"the work in flight ends, then it exits {deadline.EXIT_CODE}"))
     timing_cli.add_arguments(sub.add_parser("timing", help="time to leaderboard: record a run in the history CSV, "
                                             "or compare it with the history and flag a slowdown"))
 
@@ -232,10 +234,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.size:
         suite = dataclasses.replace(suite, size=args.size)
     overrides = {k: v for k, v in (("trials", args.trials), ("seeds", args.seeds), ("replicates", args.replicates),
-                                    ("epochs", args.epochs),
-                                    ("patience", args.patience), ("jobs", args.jobs),
-                                    ("trial_batch", args.trial_batch),
-                                    ("rerank_negatives", args.rerank_negatives),
+                                    ("epochs", args.epochs), ("patience", args.patience), ("jobs", args.jobs),
+                                    ("trial_batch", args.trial_batch), ("rerank_negatives", args.rerank_negatives),
                                     ("modality_dropout", args.modality_dropout),
                                     ("gradient_blending", args.gradient_blending),
                                     ("encoders", args.encoders)) if v is not None}
@@ -353,7 +353,7 @@ def _main(argv: list[str] | None) -> int:
         handler = {"list": _cmd_list, "data": _cmd_data, "run": _cmd_run, "worker": _cmd_worker, "report": _cmd_report,
                    "compare": _cmd_compare, "calibrate": calibrate_cli.command, "throughput": throughput_cli.command,
                    "timing": timing_cli.command, "dashboard": _cmd_dashboard, "forget": _cmd_forget,
-                   "check-strategy": _cmd_check_strategy}[args.command]
+                   "check-strategy": _cmd_check_strategy, "stop": stop_cli.command}[args.command]
         with extensions.applied(args):
             return handler(args)
     except UsageError as exc:

@@ -13,7 +13,8 @@
 # cells (made on a copy of the run directory) and the status; `save` does too.
 # Meant for the background: `nohup nice -n 19 bash scripts/standard_cpu.sh > standard-cpu.out 2>&1 &`.
 # `pause` / `resume` stop and continue the running sweep while another heavy job runs, `nice` lowers its
-# priority instead (see below).
+# priority instead (see below). `stop` ends it with nothing lost (`fusebench stop`: no new trial, seed or
+# cell; the work in flight ends, minutes on token cells; then save): a SIGTERM throws a round of trials away.
 # Across machines: `scripts/standard_cpu.sh save` (the sweep stopped first) writes the run's state (optuna
 # journal, records, stored seeds, predictions; no locks) to $STANDARD_CPU_PUB/run-state/ (default
 # reports/published/standard-cpu), to be committed; a later start (or `restore`) with no run at
@@ -72,6 +73,9 @@ if [ "${1:-}" = pause ] || [ "${1:-}" = resume ]; then
   fi
   exit 0
 fi
+if [ "${1:-}" = stop ]; then
+  exec .venv/bin/fusebench stop "$OUT"
+fi
 if [ "${1:-}" = nice ]; then
   tree=$(sweep_tree) || { echo "standard_cpu.sh: no sweep is running at $OUT" >&2; exit 2; }
   # shellcheck disable=SC2086
@@ -85,7 +89,7 @@ if [ "${1:-}" = save ]; then
   # whatever spelling of the path it was given; the command-line match covers a system without flock(1)
   if { [ -f "$OUT/.fusebench.lock" ] && command -v flock >/dev/null 2>&1 && ! flock -n "$OUT/.fusebench.lock" true; } ||
      pgrep -f "fusebench run --suite standard .*--out $OUT( |$)" >/dev/null; then
-    echo "standard_cpu.sh: the sweep at $OUT is running: stop it first (kill -TERM), then save" >&2; exit 2
+    echo "standard_cpu.sh: the sweep at $OUT is running: stop it first ($0 stop, and wait for it to exit), then save" >&2; exit 2
   fi
   rm -rf "$TREE.tmp" && mkdir -p "$TREE.tmp"
   # every file but the journal and the locks as it is (a lock names this machine's processes and paths),
@@ -164,7 +168,7 @@ rc=0
 .venv/bin/fusebench run --suite standard --device cpu --out "$OUT" --log-file "$OUT.log" --jobs "${STANDARD_CPU_JOBS:-1}" \
   "${stop[@]}" || rc=$?
 if [ "$rc" -eq 75 ]; then
-  echo "standard_cpu.sh: stopped at STANDARD_CPU_STOP_AFTER=$STANDARD_CPU_STOP_AFTER with nothing in flight; save it, and the same command resumes"
+  echo "standard_cpu.sh: stopped (STANDARD_CPU_STOP_AFTER=${STANDARD_CPU_STOP_AFTER:-} or $0 stop) with nothing in flight; save it, and the same command resumes"
 elif [ "$rc" -ne 0 ]; then
   exit "$rc"
 fi

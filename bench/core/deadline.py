@@ -10,19 +10,30 @@ one, resumable by the same command, having lost nothing.
 
 The deadline travels to the spawned cell processes in the environment (`FUSEBENCH_STOP_AT`, seconds
 since the epoch), which `stopping_at` sets for the duration of a run.
+
+`fusebench stop RUN_DIR` asks the same of a run already going, with no deadline set when it began:
+it writes `RUN_DIR/stop-requested`, which every process of the run (`FUSEBENCH_STOP_FILE`, set by
+`stop_file_watched` for the run) treats as a passed deadline. Before it, the only way to end a long run
+at a session's end was a signal, which threw away a round of trials per running study (the standard
+CPU run lost 10-40 min of two processes' work at each of ~20 stops).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 from fusebench.core.envlist import scoped_env
 from fusebench.core.errors import UsageError
 
 ENV = "FUSEBENCH_STOP_AT"
+STOP_FILE_ENV = "FUSEBENCH_STOP_FILE"
+STOP_FILE = "stop-requested"  # in the run directory
 EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): not done, run it again
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -46,8 +57,29 @@ def stopping_at(seconds_from_now: float | None) -> AbstractContextManager[None]:
     return scoped_env(ENV, None if seconds_from_now is None else repr(time.time() + seconds_from_now))
 
 
+@contextlib.contextmanager
+def stop_file_watched(run_dir: Path) -> Iterator[None]:
+    """For a run of `run_dir` (holding its lock): a stop file of an earlier process, honoured or not,
+    is removed first; the file is watched by this process and the processes it starts until the block
+    ends, and removed then, so the next run of the same command resumes instead of stopping again."""
+    path = Path(run_dir) / STOP_FILE
+    path.unlink(missing_ok=True)
+    with scoped_env(STOP_FILE_ENV, str(path.resolve())):
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _stop_file_present() -> bool:
+    path = os.environ.get(STOP_FILE_ENV)
+    return path is not None and os.path.exists(path)
+
+
 def passed() -> bool:
-    """Whether a deadline is set and has passed."""
+    """Whether a deadline is set and has passed, or a stop was requested with `fusebench stop`."""
+    if _stop_file_present():
+        return True
     raw = os.environ.get(ENV)
     if not raw:
         return False
@@ -60,6 +92,8 @@ def passed() -> bool:
 
 
 def check(before: str) -> None:
-    """Raise `StopRequested` when the deadline has passed; `before` names the work not started."""
+    """Raise `StopRequested` when the deadline has passed or a stop was requested; `before` names the
+    work not started."""
     if passed():
-        raise StopRequested(f"the --stop-after deadline passed before {before}")
+        why = "a stop was requested (fusebench stop)" if _stop_file_present() else "the --stop-after deadline passed"
+        raise StopRequested(f"{why} before {before}")

@@ -70,6 +70,21 @@ class RunDirLock:
             self._fd = None
 
 
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds `run_dir`'s lock ("pid … on host … since …"), or None when no process runs it."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted only when no run holds its exclusive lock
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # releases the shared lock, if taken
+
+
 def config_hash(suite: Any) -> str:
     """sha256 (16 hex) of the suite settings that change results (all but `NOT_IDENTITY`)."""
     return config_hash_of(dataclasses.asdict(suite))

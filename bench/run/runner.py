@@ -191,7 +191,7 @@ def run(cfg: RunConfig) -> RunSummary:
     if out != cfg.out:
         log.info("--new-run: %s holds a run; writing to %s", cfg.out, out)
     rundir.check_out_dir(out)
-    with rundir.RunDirLock(out), threads_restored(), one_open_per_journal():
+    with rundir.RunDirLock(out), deadline.stop_file_watched(out), threads_restored(), one_open_per_journal():
         return _run(dataclasses.replace(cfg, out=out))
 
 

@@ -1,0 +1,139 @@
+"""`fusebench stop RUN_DIR` (bench/run/stop_cli.py, bench/core/deadline.py): a running run starts no new
+work, lets the work in flight end and exits 75; the same command then resumes it to the records of an
+uninterrupted run. Before it, ending the standard CPU run at a session's end took a SIGTERM, which threw
+away a round of trials per running study."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from fusebench.cli import main
+from fusebench.core import deadline
+from fusebench.run import rundir
+from fusebench.search.storage import open_storage
+
+TrialState = optuna.trial.TrialState
+
+
+def _run_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", "--suite", "toy", "--strategies", "concat,logit_mean", "--trials", "3", "--seeds", "2",
+            "--epochs", "20", "--data-dir", str(data), "--out", str(out), "-q", *extra]
+
+
+def _metrics(out: Path) -> dict[tuple[str, int], float]:
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return {(r["strategy"], r["seed"]): r["metrics"]["accuracy"] for r in lines}
+
+
+def test_the_stop_file_is_a_passed_deadline_inside_its_run_only(tmp_path, monkeypatch):
+    monkeypatch.delenv(deadline.ENV, raising=False)
+    monkeypatch.delenv(deadline.STOP_FILE_ENV, raising=False)
+    stale = tmp_path / deadline.STOP_FILE
+    stale.write_text("left by a run killed before it saw it\n")
+    with deadline.stop_file_watched(tmp_path):
+        assert not stale.exists()  # an earlier process's request does not stop this one
+        assert not deadline.passed()
+        deadline.check("anything")
+        stale.write_text("now\n")
+        assert deadline.passed()
+        with pytest.raises(deadline.StopRequested, match=r"a stop was requested \(fusebench stop\) before the next cell"):
+            deadline.check("the next cell")
+        with deadline.stopping_at(0):  # both: the request is named
+            with pytest.raises(deadline.StopRequested, match="a stop was requested"):
+                deadline.check("x")
+    assert not stale.exists()  # honoured: the next run of the same command resumes
+    assert deadline.STOP_FILE_ENV not in os.environ
+    assert not deadline.passed()
+
+
+def test_stop_names_a_directory_that_is_no_run_and_a_run_that_nothing_runs(tmp_path, capsys):
+    assert main(["stop", str(tmp_path)]) == 2
+    assert "not a run directory (no run.json)" in capsys.readouterr().err
+    (tmp_path / "run.json").write_text("{}")
+    assert main(["stop", str(tmp_path)]) == 1
+    assert "no process is running" in capsys.readouterr().out
+    assert not (tmp_path / deadline.STOP_FILE).exists()
+    with rundir.RunDirLock(tmp_path):  # a run holds it (another open file: flock conflicts in one process too)
+        assert rundir.lock_holder(tmp_path) == f"pid {os.getpid()} on host {os.uname().nodename} since " \
+            + (tmp_path / rundir.LOCK_NAME).read_text().split(" since ")[1].strip()
+        assert main(["stop", str(tmp_path)]) == 0
+        assert f"pid {os.getpid()}" in capsys.readouterr().out
+        assert (tmp_path / deadline.STOP_FILE).read_text().startswith("stop requested at ")
+    assert rundir.lock_holder(tmp_path) is None
+
+
+@pytest.mark.slow
+def test_a_run_asked_to_stop_inside_a_cell_exits_75_and_resumes_to_the_uninterrupted_records(
+        synthetic_bundle, monkeypatch, tmp_path, capsys):
+    data, cfg = synthetic_bundle
+    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
+    monkeypatch.delenv(deadline.ENV, raising=False)
+    assert main(_run_args(data, tmp_path / "whole")) == 0
+    import fusebench.run.cell as cell_module
+
+    real = cell_module._run_cell
+    stopped = tmp_path / "stopped"
+
+    def stop_during_the_second_cell(*args, **kwargs):
+        if (stopped / "results.jsonl").is_file():  # the first cell is done
+            assert main(["stop", str(stopped)]) == 0  # the run holds its lock: the request is written
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cell_module, "_run_cell", stop_during_the_second_cell)
+    assert main(_run_args(data, stopped)) == deadline.EXIT_CODE
+    err = capsys.readouterr().err
+    assert "stopped: a stop was requested (fusebench stop) before more trials of toy/" in err
+    assert not (stopped / deadline.STOP_FILE).exists()
+    assert len({s for s, _ in _metrics(stopped)}) == 1  # one cell done, the other not searched
+    monkeypatch.setattr(cell_module, "_run_cell", real)
+    assert main(_run_args(data, stopped)) == 0  # the same command: resumes, not stopped again
+    assert _metrics(stopped) == _metrics(tmp_path / "whole")
+
+
+def _finished_trials(journal: Path) -> list[optuna.trial.FrozenTrial]:
+    if not journal.is_file():
+        return []
+    storage = open_storage(f"journal:///{journal}")
+    return [t for s in storage.get_all_studies() for t in storage.get_all_trials(s._study_id)]
+
+
+@pytest.mark.slow
+def test_stop_reaches_the_cell_processes_of_a_parallel_run_which_finish_their_trials(synthetic_bundle, tmp_path):
+    """Real processes, --jobs 2: the request is seen by the spawned cell processes (they inherit
+    FUSEBENCH_STOP_FILE), no trial is failed or left running, and the run exits 75 by itself."""
+    data, cfg = synthetic_bundle
+    env = {**os.environ, "FUSEBENCH_CONFIG_DIR": str(cfg), "FUSEBENCH_TRAIN_THREADS": "1",
+           "FUSEBENCH_CACHE": str(tmp_path / "cache")}
+    env.pop(deadline.ENV, None)
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "fusebench", "run", "--suite", "toy", "--strategies", "concat,gmu", "--jobs", "2",
+            "--trials", "400", "--seeds", "2", "--epochs", "1000", "--patience", "1000", "--data-dir", str(data),
+            "--out", str(out), "-q"]  # no deadline: without the stop it would search for the suite's cap
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        while not any(t.state == TrialState.COMPLETE for t in _finished_trials(out / "optuna.journal")):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() - t0 < 300, "no trial finished in 300 s"
+            time.sleep(2)
+        asked = subprocess.run([sys.executable, "-m", "fusebench", "stop", str(out)], env=env, capture_output=True,
+                               text=True, timeout=120, check=False)
+        assert asked.returncode == 0, asked.stdout + asked.stderr
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == deadline.EXIT_CODE, err[-3000:]
+    assert "a stop was requested (fusebench stop)" in err
+    trials = _finished_trials(out / "optuna.journal")
+    assert [t.number for t in trials if t.state in (TrialState.FAIL, TrialState.RUNNING)] == []
+    assert not any(t.user_attrs.get("interrupted") for t in trials)
+    assert not (out / deadline.STOP_FILE).exists()
+    assert json.loads((out / "run.json").read_text())["phases"].get("cells", 0.0) > 0
