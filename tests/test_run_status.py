@@ -104,6 +104,13 @@ def test_time_left_is_remaining_cells_times_the_mean_finished_cell(tmp_path):
     assert (d["cells_done"], d["cells_planned"], d["cells_failed"]) == (2, 4, 1)
     assert d["cell_seconds_mean"] == 180.0 and d["seconds_left"] == 360.0
     assert other["seconds_left"] is None and status["seconds_left"] is None  # no finished cell: no estimate
+    # the total names the task without one and says it exceeds the others' estimate; no guess for it
+    assert (status["seconds_left_at_least"], status["tasks_unestimated"]) == (360.0, ["other"])
+    assert ("time left at the measured rates (one process): more than 6 min, the estimate of the tasks that have one; "
+            "other not counted (no finished cell yet)") in format_status(status)
+    del meta["plan"]["d"]  # no task with an estimate: unknown, as before
+    (out / "run.json").write_text(json.dumps(meta))
+    assert "(one process): unknown (no finished cell yet)" in format_status(run_status(out))
 
 
 def test_a_directory_without_run_json_is_a_usage_error(tmp_path, capsys):

@@ -223,6 +223,9 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
         "finished_at": meta.get("finished_at"), "phases": meta.get("phases") or {},
         "cells_planned": sum(t.cells_planned for t in tasks), "cells_done": sum(t.cells_done for t in tasks),
         "seconds_left": None if any(v is None for v in lefts) else round(sum(v for v in lefts if v is not None), 1),
+        # without it: what the tasks with an estimate have left (the total is more) and the tasks without one
+        "seconds_left_at_least": round(sum(v for v in lefts if v is not None), 1),
+        "tasks_unestimated": [t.dataset for t in tasks if not t.complete and t.seconds_left is None],
         "tasks": [asdict(t) for t in tasks],
         "code_changed": _code_changed(by_cell, finished),
         "in_progress": [asdict(c) for c in cells_in_progress(
@@ -243,6 +246,17 @@ def _hours(seconds: float | None, unknown: str = "unknown (no finished cell yet)
     if seconds is None:
         return unknown
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def _total_left(status: dict[str, Any]) -> str:
+    """The total, or where a task has no finished cell, the other tasks' estimate, which the total exceeds."""
+    unknown = status.get("tasks_unestimated") or []
+    if status["seconds_left"] is not None or not unknown:
+        return _hours(status["seconds_left"])
+    if len(unknown) == sum(t["cells_done"] < t["cells_planned"] for t in status["tasks"]):
+        return _hours(None)
+    return (f"more than {_hours(status['seconds_left_at_least'])}, the estimate of the tasks that have one; "
+            f"{', '.join(unknown)} not counted (no finished cell yet)")
 
 
 def _resumed_note(t: dict[str, Any]) -> str:
@@ -289,7 +303,7 @@ def format_status(status: dict[str, Any]) -> str:
                   f"{', '.join(changed)}; `fusebench forget {status['run_dir']} CELL...` has the next run score them again"]
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in status["phases"].items())
     lines += ["", f"wall time per phase so far: {phases or 'none recorded yet'}",
-              f"time left at the measured rates (one process): {_hours(status['seconds_left'])}"]
+              f"time left at the measured rates (one process): {_total_left(status)}"]
     if probe:
         trivial = sorted({s for t in status["tasks"] for s in (t["probe"] or {}).get("trivial", [])})
         lines.append(f"time left, each task at its measured rate or else the probe's ({', '.join(probe['run_dirs'])}): "
