@@ -230,6 +230,8 @@ def test_a_field_error_survives_pickling():  # a worker process's config error r
     ("seeds: 3\nmonitor: val_acc\n", r"t\.yaml:5: invalid SuiteConfig: monitor must be 'val_loss' or 'val_metric'"),
     ("seeds: 3\nmin_steps: -1\n", r"t\.yaml:5: invalid SuiteConfig: patience >= 1 and patience_steps, min_steps"),
     ("encoders: [frozen, last:0]\n", r"t\.yaml:4: invalid SuiteConfig: .*last:0"),
+    ("encoders:\n  - frozen\n  - last:0\n", r"t\.yaml:6: invalid SuiteConfig: .*last:0"),  # was :4, the key's line
+    ("encoders: 'frozen,full,last:x'\n", r"t\.yaml:4: invalid SuiteConfig: .*last:x"),
     ("strategies:\n  - concat\n  - gmu\n  - concat\n", r"t\.yaml:7: invalid SuiteConfig: strategies lists concat more than once"),
     ("batch_size: [1]\n", r"t\.yaml:4: batch_size must be int"),
     ("finetune: {bogus: 1}\n", r"t\.yaml:4: unknown key 'finetune\.bogus'"),

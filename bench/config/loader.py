@@ -328,15 +328,17 @@ class SuiteConfig:
         return tuple(EncoderMode.parse(m) for m in self.encoders)
 
     def __post_init__(self) -> None:
-        modes = (self.encoders,) if isinstance(self.encoders, str) else tuple(self.encoders)
-        modes = tuple(m.strip() for part in modes for m in str(part).split(",") if m.strip())
+        items = (self.encoders,) if isinstance(self.encoders, str) else tuple(self.encoders)
+        modes = [(i, m.strip()) for i, part in enumerate(items) for m in str(part).split(",") if m.strip()]
         if not modes:
             raise FieldError(("encoders",), "encoders must name at least one mode (frozen, last:N, full)")
-        try:
-            canonical = tuple(dict.fromkeys(str(EncoderMode.parse(m)) for m in modes))
-        except ValueError as exc:  # a bad mode
-            raise FieldError(("encoders",), str(exc)) from None
-        object.__setattr__(self, "encoders", canonical)
+        canonical: list[str] = []
+        for i, mode in modes:
+            try:
+                canonical.append(str(EncoderMode.parse(mode)))
+            except ValueError as exc:  # a bad mode, blamed on its own list item's line
+                raise FieldError(("encoders",) if isinstance(self.encoders, str) else ("encoders", str(i)), str(exc)) from None
+        object.__setattr__(self, "encoders", tuple(dict.fromkeys(canonical)))
         for name in ("trials", "seeds", "replicates", "epochs", "batch_size", "jobs", "rerank_k", "trial_batch"):
             if getattr(self, name) < 1:
                 raise FieldError((name,), f"{name} must be >= 1, got {getattr(self, name)}")
