@@ -105,13 +105,19 @@ def _metrics(out: Path) -> dict[tuple[str, int], float]:
     return {(r["strategy"], r["seed"]): r["metrics"]["accuracy"] for r in lines}
 
 
-@pytest.mark.slow
-def test_a_run_stopped_between_cells_exits_75_and_resumes_to_the_uninterrupted_records(
-        synthetic_bundle, monkeypatch, tmp_path, capsys):
+def whole_run(synthetic_bundle, monkeypatch, tmp_path: Path) -> Path:
+    """The toy run uninterrupted, into tmp_path/whole, with no deadline set; its data directory."""
     data, cfg = synthetic_bundle
     monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
     monkeypatch.delenv(deadline.ENV, raising=False)
     assert main(_run_args(data, tmp_path / "whole")) == 0
+    return data
+
+
+@pytest.mark.slow
+def test_a_run_stopped_between_cells_exits_75_and_resumes_to_the_uninterrupted_records(
+        synthetic_bundle, monkeypatch, tmp_path, capsys):
+    data = whole_run(synthetic_bundle, monkeypatch, tmp_path)
     import fusebench.run.cell as cell_module
 
     real = cell_module._run_cell
@@ -159,20 +165,26 @@ def test_a_stop_before_any_cell_finished_keeps_the_cells_wall_time_in_run_json(s
     assert json.loads((out / "run.json").read_text())["phases"].get("cells", 0.0) >= 1.5
 
 
+def parallel_run(synthetic_bundle, out: Path) -> tuple[dict[str, str], list[str]]:
+    """Environment and command line of a real `fusebench run --jobs 2` of long toy searches (no deadline)."""
+    data, cfg = synthetic_bundle
+    env = {**os.environ, "FUSEBENCH_CONFIG_DIR": str(cfg), "FUSEBENCH_TRAIN_THREADS": "1",
+           "FUSEBENCH_CACHE": str(out.parent / "cache")}
+    env.pop(deadline.ENV, None)
+    return env, [sys.executable, "-m", "fusebench", "run", "--suite", "toy", "--strategies", "concat,gmu", "--jobs", "2",
+                 "--trials", "400", "--seeds", "2", "--epochs", "1000", "--patience", "1000", "--data-dir", str(data),
+                 "--out", str(out), "-q"]
+
+
 @pytest.mark.slow
 def test_cell_processes_past_the_deadline_finish_their_trials_and_the_run_waits_for_them(synthetic_bundle, tmp_path):
     """--jobs 2, real time: the first worker to stop must not make the run interrupt the other one's
     trials in flight (the runner took a worker's stop for an interrupt and SIGINTed the rest after the
     pool's 2 s grace). Whether the other worker is then more than 2 s from its trial's end depends on
     timing: before the fix this failed in 3 of 3 runs here; with it, it passed 3 of 3."""
-    data, cfg = synthetic_bundle
-    env = {**os.environ, "FUSEBENCH_CONFIG_DIR": str(cfg), "FUSEBENCH_TRAIN_THREADS": "1",
-           "FUSEBENCH_CACHE": str(tmp_path / "cache")}
-    env.pop(deadline.ENV, None)
+    env, argv = parallel_run(synthetic_bundle, tmp_path / "run")
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "fusebench", "run", "--suite", "toy", "--strategies", "concat,gmu", "--jobs", "2",
-            "--trials", "400", "--seeds", "2", "--epochs", "1000", "--patience", "1000", "--data-dir", str(data),
-            "--out", str(out), "--stop-after", "45", "-q"]  # trials of ~10 s: longer than the pool's 2 s grace
+    argv += ["--stop-after", "45"]  # trials of ~10 s: longer than the pool's 2 s grace
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == deadline.EXIT_CODE, done.stderr[-3000:]
     storage = open_storage(f"journal:///{out / 'optuna.journal'}")

@@ -19,18 +19,9 @@ from fusebench.cli import main
 from fusebench.core import deadline
 from fusebench.run import rundir
 from fusebench.search.storage import open_storage
+from tests.test_stop_after import _metrics, _run_args, parallel_run, whole_run
 
 TrialState = optuna.trial.TrialState
-
-
-def _run_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["run", "--suite", "toy", "--strategies", "concat,logit_mean", "--trials", "3", "--seeds", "2",
-            "--epochs", "20", "--data-dir", str(data), "--out", str(out), "-q", *extra]
-
-
-def _metrics(out: Path) -> dict[tuple[str, int], float]:
-    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    return {(r["strategy"], r["seed"]): r["metrics"]["accuracy"] for r in lines}
 
 
 def test_the_stop_file_is_a_passed_deadline_inside_its_run_only(tmp_path, monkeypatch):
@@ -73,10 +64,7 @@ def test_stop_names_a_directory_that_is_no_run_and_a_run_that_nothing_runs(tmp_p
 @pytest.mark.slow
 def test_a_run_asked_to_stop_inside_a_cell_exits_75_and_resumes_to_the_uninterrupted_records(
         synthetic_bundle, monkeypatch, tmp_path, capsys):
-    data, cfg = synthetic_bundle
-    monkeypatch.setenv("FUSEBENCH_CONFIG_DIR", str(cfg))
-    monkeypatch.delenv(deadline.ENV, raising=False)
-    assert main(_run_args(data, tmp_path / "whole")) == 0
+    data = whole_run(synthetic_bundle, monkeypatch, tmp_path)
     import fusebench.run.cell as cell_module
 
     real = cell_module._run_cell
@@ -109,14 +97,8 @@ def _finished_trials(journal: Path) -> list[optuna.trial.FrozenTrial]:
 def test_stop_reaches_the_cell_processes_of_a_parallel_run_which_finish_their_trials(synthetic_bundle, tmp_path):
     """Real processes, --jobs 2: the request is seen by the spawned cell processes (they inherit
     FUSEBENCH_STOP_FILE), no trial is failed or left running, and the run exits 75 by itself."""
-    data, cfg = synthetic_bundle
-    env = {**os.environ, "FUSEBENCH_CONFIG_DIR": str(cfg), "FUSEBENCH_TRAIN_THREADS": "1",
-           "FUSEBENCH_CACHE": str(tmp_path / "cache")}
-    env.pop(deadline.ENV, None)
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "fusebench", "run", "--suite", "toy", "--strategies", "concat,gmu", "--jobs", "2",
-            "--trials", "400", "--seeds", "2", "--epochs", "1000", "--patience", "1000", "--data-dir", str(data),
-            "--out", str(out), "-q"]  # no deadline: without the stop it would search for the suite's cap
+    env, argv = parallel_run(synthetic_bundle, out)  # no deadline: without the stop it searches for the suite's cap
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.monotonic()
