@@ -3,6 +3,7 @@ directory alone (bench/run/status.py), on a real toy run and on hand-made record
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import optuna
@@ -233,3 +234,34 @@ def test_cells_left_are_timed_at_the_mean_of_their_input_kind(tmp_path):
     # gmu, film, unimodal:audio_mel at 100 s, mbt at 1500 s; before: 4 × 1033.3 = 4133.3 s
     assert d["seconds_left"] == 3 * 100.0 + 1500.0
     assert "(pooled 100.0, tokens 1500.0)" in format_status(run_status(out))
+
+
+def test_a_kind_a_task_has_not_finished_is_timed_by_the_kind_ratio_of_the_tasks_that_have(tmp_path):
+    """Stop 39: the standard run's Flickr8k ITM had finished two token cells, and its 16 pooled cells
+    left were put at the token mean (44 h), where ESC-50's pooled cells took 0.11 of its token cells'."""
+    out = tmp_path / "run"
+    out.mkdir()
+    plan = {"a": ["coattention", "concat", "gmu"], "b": ["coattention", "mult", "concat"],
+            "c": ["mult", "concat", "gmu", "film"], "only": ["concat", "gmu"]}
+    meta = {"config": {"suite": {"name": "s", "replicates": 1, "seeds": 1}}, "plan": plan}
+    (out / "run.json").write_text(json.dumps(meta))
+
+    def rec(ds: str, strategy: str, seconds: float) -> Record:
+        return dataclasses.replace(_rec(strategy, 0, 1000, seconds, 0.0), dataset=ds)
+
+    recs = [rec("a", "coattention", 1000.0), rec("a", "concat", 100.0),  # pooled/tokens 0.1
+            rec("b", "coattention", 2000.0), rec("b", "mult", 2000.0), rec("b", "concat", 800.0),  # 0.4
+            rec("c", "mult", 3000.0),  # tokens only: its pooled cells at 3000 × geomean(0.1, 0.4) = 3000 × 0.2
+            rec("only", "concat", 50.0)]  # pooled only: nothing left of another kind
+    write_records(out / "results.jsonl", recs)
+    status = run_status(out)
+    a, _, c, only = status["tasks"]
+    assert a["seconds_left"] == 100.0 and a["kinds_scaled"] is None  # gmu at a's own pooled mean
+    assert c["seconds_left"] == pytest.approx(3 * 3000 * 0.2)
+    assert c["kinds_scaled"] == {"pooled": "tokens × 0.2, the pooled/tokens ratio of a, b"}
+    assert only["seconds_left"] == 50.0
+    assert "(pooled left at tokens × 0.2, the pooled/tokens ratio of a, b)" in format_status(status)
+    # no task with both kinds: the mean of all, as before
+    del plan["a"], plan["b"]
+    (out / "run.json").write_text(json.dumps(meta))
+    assert run_status(out)["tasks"][0]["seconds_left"] == 3 * 3000.0

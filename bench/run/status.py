@@ -12,8 +12,12 @@ runner would skip it on resume (`done_cells`: an ok record for every search repl
 evaluation seed, not merely as many records). The time left is each task's remaining cells × the
 mean of its finished cells *of the same input kind* (token-level attention models take several
 times a pooled head's time: run 3's ESC-50 mean of two token cells and one pooled cell, put on 19
-mostly pooled cells left, said 36 h where the probes said 2.3), or of all its finished cells where
-that kind has none; a task with no finished cell has no estimate (None), never a guess.
+mostly pooled cells left, said 36 h where the probes said 2.3). Where the task has finished no cell of
+that kind, its other kind's mean × the ratio of the two kinds' means in the tasks that finished both
+(geometric mean over those tasks): the standard run's Flickr8k ITM, two token cells finished, put its
+16 pooled cells at the token mean, 44 h, where ESC-50's pooled cells took 0.11 of its token cells'
+time. Only where no task has both kinds, the mean of all its finished cells. A task with no finished
+cell has no estimate (None), never a guess.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class TaskStatus:
     cells_resumed: int = 0
     probe: dict[str, Any] | None = None  # with --probe: TaskEstimate of the remaining cells at the probe's rates
     cell_seconds_by_kind: dict[str, float] | None = None  # the mean per input kind ("tokens", "pooled")
+    # a kind this task finished no cell of, timed at another kind's mean × their ratio elsewhere: kind -> how
+    kinds_scaled: dict[str, str] | None = None
 
     @property
     def complete(self) -> bool:
@@ -87,19 +93,44 @@ def _code_changed(by_cell: dict[tuple[str, str], list[Record]], finished: set) -
                   and (now := strategy_code(s)) and any(r.code_id and r.code_id != now for r in recs))
 
 
-def _seconds_left(left: list[str], timed: list[tuple[str, float]]) -> tuple[float | None, dict[str, float]]:
-    """The remaining cells `left` at the mean of the finished cells `timed` (strategy, seconds) of
-    their input kind, else at the mean of all; and the mean per kind."""
-    if not timed:
-        return (0.0 if not left else None), {}
-    overall = statistics.fmean(t for _, t in timed)
+def _kind_means(timed: list[tuple[str, float]]) -> dict[str, float]:
+    """The mean seconds of the finished cells `timed` (strategy, seconds) per input kind."""
     by_kind: dict[str, list[float]] = {}
     for s, t in timed:
-        kind = _input_kind(s)
-        if kind is not None:
+        if (kind := _input_kind(s)) is not None:
             by_kind.setdefault(kind, []).append(t)
-    means = {k: statistics.fmean(v) for k, v in by_kind.items()}
-    return sum(means.get(_input_kind(s) or "", overall) for s in left), means
+    return {k: statistics.fmean(v) for k, v in by_kind.items()}
+
+
+def kind_ratios(tasks: dict[str, dict[str, float]]) -> dict[tuple[str, str], tuple[float, list[str]]]:
+    """(kind a, kind b) -> (a's mean / b's mean, geometric mean over the tasks that finished cells of
+    both; those tasks), from each task's `_kind_means`."""
+    pairs: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    for task, means in sorted(tasks.items()):
+        for a in means:
+            for b in means:
+                if a != b and means[a] > 0 and means[b] > 0:
+                    pairs.setdefault((a, b), []).append((means[a] / means[b], task))
+    return {k: (statistics.geometric_mean(r for r, _ in v), [t for _, t in v]) for k, v in pairs.items()}
+
+
+def _seconds_left(left: list[str], timed: list[tuple[str, float]], ratios: dict[tuple[str, str], tuple[float, list[str]]]
+                  ) -> tuple[float | None, dict[str, float], dict[str, str]]:
+    """The remaining cells `left` at the mean of the finished cells `timed` of their input kind; for a
+    kind with none here, another kind's mean here × `ratios` (module docstring); else at the mean of
+    all. Also the mean per kind, and how each scaled kind was timed."""
+    if not timed:
+        return (0.0 if not left else None), {}, {}
+    overall = statistics.fmean(t for _, t in timed)
+    means = _kind_means(timed)
+    estimated, scaled = dict(means), {}
+    for kind in sorted({k for s in left if (k := _input_kind(s)) is not None} - set(means)):
+        have = [(ratios[(kind, k)], k) for k in sorted(means) if (kind, k) in ratios]
+        if have:
+            (ratio, where), base = have[0]
+            estimated[kind] = means[base] * ratio
+            scaled[kind] = f"{base} × {ratio:.3g}, the {kind}/{base} ratio of {', '.join(where)}"
+    return sum(estimated.get(_input_kind(s) or "", overall) for s in left), means, scaled
 
 
 def _wanted(meta: dict[str, Any], suite: dict[str, Any]) -> tuple[list[int], int, int]:
@@ -162,6 +193,25 @@ def _probe_rates(probe_dirs: list[Path]) -> dict[str, list[CellRate]]:
     return rates
 
 
+def _timed(strategies: list[str], finished: set[tuple[str, str]], by_cell: dict[tuple[str, str], list[Record]],
+           ds: str) -> tuple[list[str], list[float], set[str], list[tuple[str, float]]]:
+    """A task's finished cells, their process-seconds, the resumed ones among them, and the (strategy,
+    seconds) its mean is taken over."""
+    done = [s for s in strategies if (ds, s) in finished]
+    times = [_cell_seconds(by_cell[(ds, s)]) for s in done]
+    # a search resumed after a kill: its records count every process's search seconds (less those of
+    # trials the kill threw away and that were retried, `search_seconds_lost`: a cell's time here is
+    # that of an uninterrupted one) when `search_seconds_complete`; records written before that (or from
+    # a study searched partly by such code) count only the last process's, so such a cell's time
+    # is too low and the mean leaves it out when it can
+    resumed = {s for s in done if any(r.n_trials_retried and not r.search_seconds_complete for r in by_cell[(ds, s)])}
+    # trivial baselines (no search, no training) take seconds, not minutes: they neither enter the
+    # mean nor count among the cells left at that mean
+    whole = [(s, t) for s, t in zip(done, times) if s not in resumed and not is_trivial(s)] or \
+        [(s, t) for s, t in zip(done, times) if not is_trivial(s)]
+    return done, times, resumed, whole
+
+
 def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str, Any]:
     """The status of a run; with `probe_dirs`, each task's remaining cells are also estimated at
     probe runs' rates (bench/run/probe_estimate.py), and the cells both runs finished are compared
@@ -178,22 +228,13 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
         else:
             failed.add((r.dataset, r.strategy))
     tasks, checks = [], []
+    timed = {ds: _timed(strategies, finished, by_cell, ds) for ds, strategies in run.plan.items()}
+    ratios = kind_ratios({ds: _kind_means(whole) for ds, (_, _, _, whole) in timed.items()})
     for ds, strategies in run.plan.items():
-        done = [s for s in strategies if (ds, s) in finished]
-        times = [_cell_seconds(by_cell[(ds, s)]) for s in done]
-        # a search resumed after a kill: its records count every process's search seconds (less those of
-        # trials the kill threw away and that were retried, `search_seconds_lost`: a cell's time here is
-        # that of an uninterrupted one) when `search_seconds_complete`; records written before that (or from
-        # a study searched partly by such code) count only the last process's, so such a cell's time
-        # is too low and the mean leaves it out when it can
-        resumed = {s for s in done if any(r.n_trials_retried and not r.search_seconds_complete for r in by_cell[(ds, s)])}
-        # trivial baselines (no search, no training) take seconds, not minutes: they neither enter the
-        # mean nor count among the cells left at that mean
+        done, times, resumed, whole = timed[ds]
         trivial = {s for s in strategies if is_trivial(s)}
-        whole = [(s, t) for s, t in zip(done, times) if s not in resumed and s not in trivial] or \
-            [(s, t) for s, t in zip(done, times) if s not in trivial]
         mean = statistics.fmean(t for _, t in whole) if whole else None
-        left, by_kind = _seconds_left([s for s in strategies if s not in done and s not in trivial], whole)
+        left, by_kind, scaled = _seconds_left([s for s in strategies if s not in done and s not in trivial], whole, ratios)
         data = (meta.get("data") or {}).get(ds) or {}
         estimate: TaskEstimate | None = None
         if rates is not None:
@@ -215,7 +256,7 @@ def run_status(run_dir: Path, probe_dirs: list[Path] | None = None) -> dict[str,
             cell_seconds_mean=None if mean is None else round(mean, 1), cells_resumed=len(resumed),
             seconds_left=None if left is None else round(left, 1),
             probe=None if estimate is None else estimate.as_dict(),
-            cell_seconds_by_kind={k: round(v, 1) for k, v in by_kind.items()} or None,
+            cell_seconds_by_kind={k: round(v, 1) for k, v in by_kind.items()} or None, kinds_scaled=scaled or None,
         ))
     lefts = [t.seconds_left for t in tasks if not t.complete]
     status = {
@@ -269,7 +310,9 @@ def _resumed_note(t: dict[str, Any]) -> str:
 
 def _kinds_note(t: dict[str, Any]) -> str:
     kinds = t.get("cell_seconds_by_kind") or {}
-    return f" ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})" if len(kinds) > 1 else ""
+    scaled = [f"{k} left at {how}" for k, how in sorted((t.get("kinds_scaled") or {}).items())]
+    shown = ([', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))] if len(kinds) > 1 else []) + scaled
+    return f" ({'; '.join(shown)})" if shown else ""
 
 
 def format_status(status: dict[str, Any]) -> str:
