@@ -74,7 +74,14 @@ if [ "${1:-}" = pause ] || [ "${1:-}" = resume ]; then
   exit 0
 fi
 if [ "${1:-}" = stop ]; then
-  exec .venv/bin/fusebench stop "$OUT"
+  .venv/bin/fusebench stop "$OUT" || exit $?
+  # a paused (SIGSTOPped) sweep sees the request only once it runs again
+  for p in $(sweep_tree 2>/dev/null || true); do
+    case "$(ps -o stat= -p "$p" 2>/dev/null)" in
+      T*) echo "standard_cpu.sh: the sweep is paused: it stops only once resumed ($0 resume)" >&2; break ;;
+    esac
+  done
+  exit 0
 fi
 if [ "${1:-}" = nice ]; then
   tree=$(sweep_tree) || { echo "standard_cpu.sh: no sweep is running at $OUT" >&2; exit 2; }
@@ -95,7 +102,7 @@ if [ "${1:-}" = save ]; then
   # every file but the journal and the locks as it is (a lock names this machine's processes and paths),
   # and but the report (leaderboard, Pareto table, plots, report.html: made again from the records, and
   # published beside the state; ~1 MB that every save would change)
-  tar -C "$OUT" --exclude=./optuna.journal --exclude=optuna.journal.lock --exclude=.fusebench.lock \
+  tar -C "$OUT" --exclude=./optuna.journal --exclude=optuna.journal.lock --exclude=.fusebench.lock --exclude=./stop-requested \
     --exclude=./leaderboard.md --exclude=./leaderboard.csv --exclude=./pareto.md --exclude=./pareto.csv \
     --exclude=./plots --exclude=./report.html -cf - . | tar -C "$TREE.tmp" -xf -
   if [ -f "$OUT/optuna.journal" ]; then

@@ -61,6 +61,69 @@ def test_stop_names_a_directory_that_is_no_run_and_a_run_that_nothing_runs(tmp_p
     assert rundir.lock_holder(tmp_path) is None
 
 
+def test_stop_right_after_a_run_starts_before_its_run_json(tmp_path, capsys):
+    with rundir.RunDirLock(tmp_path):  # the lock comes first; run.json a moment later
+        assert main(["stop", str(tmp_path)]) == 0
+    assert (tmp_path / deadline.STOP_FILE).is_file()
+
+
+def test_stop_names_the_run_dir_a_new_run_run_chose(tmp_path, capsys):
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    (tmp_path / "x.1").mkdir()
+    (tmp_path / "x.backup").mkdir()  # not an OUT.N
+    with rundir.RunDirLock(tmp_path / "x.1"):
+        assert main(["stop", str(out)]) == 1
+        assert f"a --new-run run is writing to {tmp_path / 'x.1'}: fusebench stop {tmp_path / 'x.1'}" in capsys.readouterr().out
+    assert not (out / deadline.STOP_FILE).exists() and not (tmp_path / "x.1" / deadline.STOP_FILE).exists()
+
+
+def test_a_new_run_run_that_stops_says_which_out_resumes_it(tmp_path, caplog):
+    with pytest.raises(deadline.StopRequested), rundir.resume_hint(tmp_path / "x.1", tmp_path / "x"):
+        raise deadline.StopRequested("the --stop-after deadline passed before cell d/s")
+    assert f"resume it with --out {tmp_path / 'x.1'} and without --new-run" in caplog.text
+    caplog.clear()
+    with pytest.raises(deadline.StopRequested), rundir.resume_hint(tmp_path / "x", tmp_path / "x"):
+        raise deadline.StopRequested("…")
+    assert caplog.text == ""  # the same command resumes it
+
+
+def test_a_stop_that_races_the_runs_end_takes_its_request_back(tmp_path, capsys, monkeypatch):
+    (tmp_path / "run.json").write_text("{}")
+    answers = iter(["pid 1 on host h since t", None])  # held at the check, gone after the write
+    monkeypatch.setattr(rundir, "lock_holder", lambda _: next(answers))
+    assert main(["stop", str(tmp_path)]) == 1
+    assert "ended before the request; nothing to stop" in capsys.readouterr().out
+    assert not (tmp_path / deadline.STOP_FILE).exists()  # no stale request to copy or to stop the next run
+
+
+def test_a_run_dir_the_stopper_cannot_write_is_exit_2_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import fusebench.run.stop_cli as stop_cli
+
+    def denied(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(stop_cli, "atomic_write_bytes", denied)
+    with rundir.RunDirLock(tmp_path):
+        assert main(["stop", str(tmp_path)]) == 2
+    assert "cannot read its lock or write stop-requested (Permission denied)" in capsys.readouterr().err
+
+
+def test_a_run_starting_while_stop_looks_at_its_lock_is_not_refused(tmp_path):
+    """`lock_holder` takes a shared flock for a moment; a run starting in that moment waited for it
+    (RunDirLock retries) instead of exit 2 naming the previous holder (reviewer, stop 39)."""
+    import fcntl
+    import threading
+
+    (tmp_path / rundir.LOCK_NAME).write_text("pid 99999 on host gone since earlier\n")
+    fd = os.open(tmp_path / rundir.LOCK_NAME, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    threading.Timer(0.2, os.close, (fd,)).start()  # closing releases it
+    with rundir.RunDirLock(tmp_path):
+        assert f"pid {os.getpid()}" in (tmp_path / rundir.LOCK_NAME).read_text()
+
+
 @pytest.mark.slow
 def test_a_run_asked_to_stop_inside_a_cell_exits_75_and_resumes_to_the_uninterrupted_records(
         synthetic_bundle, monkeypatch, tmp_path, capsys):

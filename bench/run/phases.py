@@ -12,6 +12,7 @@ exceed the `cells` wall time when cells run in parallel.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from pathlib import Path
 from fusebench.core.io import atomic_write_bytes
 from fusebench.results.records import Record
 
+log = logging.getLogger(__name__)
 PHASES = ("data", "encoding", "cells", "statistics", "leaderboard", "report")
 
 
@@ -55,11 +57,15 @@ def save_with_sweep_time(meta: dict[str, object], clock: PhaseClock, previous: d
                          run_json: Path) -> None:
     """Write run.json with the phases so far and the running sweep's wall time since `sweep_t0`
     (perf_counter), so that a stop, an interrupt or a kill of this process keeps it; the sweep's
-    seconds enter `clock` only when it ends."""
+    seconds enter `clock` only when it ends. A failed write is logged, not raised: the phases are a
+    measurement, and on a full disk the error that counts is the one of the records' write."""
     phases = clock.as_dict(previous)
     phases["cells"] = round(phases.get("cells", 0.0) + time.perf_counter() - sweep_t0, 3)
     meta["phases"] = phases
-    atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
+    try:
+        atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
+    except OSError as exc:
+        log.warning("%s: the wall time per phase was not saved (%s)", run_json, exc.strerror or exc)
 
 
 def cell_seconds(records: list[Record]) -> dict[str, float]:

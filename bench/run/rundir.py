@@ -19,15 +19,22 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fusebench.core.encmode import FineTuneSettings
 from fusebench.core.errors import UsageError
 
+log = logging.getLogger(__name__)
+
 LOCK_NAME = ".fusebench.lock"
+LOCK_TRIES = 10
 # Suite fields that do not change what a cell computes: parallelism and prose.
 NOT_IDENTITY = frozenset({"jobs", "description"})
 # settings added after runs existed: at this value they leave the hash as it was, so old runs still resume
@@ -50,13 +57,18 @@ class RunDirLock:
         except OSError as exc:
             raise UsageError(f"--out {self.path.parent}: cannot create the run lock {self.path}: "
                              f"{exc.strerror or exc}; choose a writable --out") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise UsageError(f"--out {self.path.parent} is in use by {holder}; wait for it to finish, or choose "
-                             "another --out (workers share a --storage, not a run directory)") from None
+        for attempt in range(LOCK_TRIES):  # `lock_holder` (fusebench stop) holds a shared lock for microseconds
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt + 1 < LOCK_TRIES:
+                    time.sleep(0.05)
+                    continue
+                holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise UsageError(f"--out {self.path.parent} is in use by {holder}; wait for it to finish, or choose "
+                                 "another --out (workers share a --storage, not a run directory)") from None
         os.ftruncate(fd, 0)
         since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {since}\n".encode(), 0)
@@ -68,6 +80,18 @@ class RunDirLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+@contextmanager
+def resume_hint(out: Path, given: Path) -> Iterator[None]:
+    """A `--new-run` run that stops or is interrupted says which --out resumes it: "the same command"
+    would start yet another OUT.N."""
+    try:
+        yield
+    except KeyboardInterrupt:  # a --stop-after or `fusebench stop` stop, too
+        if out != given:
+            log.warning("this run is in %s: resume it with --out %s and without --new-run", out, out)
+        raise
 
 
 def lock_holder(run_dir: Path) -> str | None:

@@ -188,10 +188,11 @@ def run(cfg: RunConfig) -> RunSummary:
     """Run `cfg` holding the run directory's lock (bench.run.rundir): one writer per directory."""
     validate(cfg)
     out = rundir.new_run_dir(cfg.out) if cfg.new_run else cfg.out
-    if out != cfg.out:
-        log.info("--new-run: %s holds a run; writing to %s", cfg.out, out)
+    if out != cfg.out:  # shown with -q too: `fusebench stop` and a resume need this directory
+        log.warning("--new-run: %s holds a run; writing to %s (resume it with --out %s, without --new-run)", cfg.out, out, out)
     rundir.check_out_dir(out)
-    with rundir.RunDirLock(out), deadline.stop_file_watched(out), threads_restored(), one_open_per_journal():
+    with rundir.RunDirLock(out), rundir.resume_hint(out, cfg.out), deadline.stop_file_watched(out), threads_restored(), \
+            one_open_per_journal():
         return _run(dataclasses.replace(cfg, out=out))
 
 
