@@ -54,17 +54,20 @@ class PhaseClock:
 
 
 def save_with_sweep_time(meta: dict[str, object], clock: PhaseClock, previous: dict[str, float], sweep_t0: float,
-                         run_json: Path) -> None:
+                         run_json: Path, on_the_way_out: bool = False) -> None:
     """Write run.json with the phases so far and the running sweep's wall time since `sweep_t0`
     (perf_counter), so that a stop, an interrupt or a kill of this process keeps it; the sweep's
-    seconds enter `clock` only when it ends. A failed write is logged, not raised: the phases are a
-    measurement, and on a full disk the error that counts is the one of the records' write."""
+    seconds enter `clock` only when it ends. `on_the_way_out` (the sweep's `finally`): a failed write is
+    logged, not raised, so that it cannot replace the error that ends the sweep (a full disk's, naming
+    the file that filled it); otherwise it raises like any write of the run."""
     phases = clock.as_dict(previous)
     phases["cells"] = round(phases.get("cells", 0.0) + time.perf_counter() - sweep_t0, 3)
     meta["phases"] = phases
     try:
         atomic_write_bytes(run_json, json.dumps(meta, indent=2, default=str).encode())
     except OSError as exc:
+        if not on_the_way_out:
+            raise
         log.warning("%s: the wall time per phase was not saved (%s)", run_json, exc.strerror or exc)
 
 

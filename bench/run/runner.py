@@ -354,7 +354,6 @@ def _run(cfg: RunConfig) -> RunSummary:
             stopped: deadline.StopRequested | None = None
             try:
                 for cell, outcome in outcomes:
-                    save_with_sweep_time(meta, clock, previous_phases, cells_t0, run_json)  # a kill -9 keeps it too
                     if isinstance(outcome, deadline.StopRequested):  # past --stop-after: the other cells' work in flight ends
                         stopped = outcome
                         continue
@@ -378,8 +377,10 @@ def _run(cfg: RunConfig) -> RunSummary:
                         SeedStore(out, cell.dataset, cell.strategy).clear()
                     progress.advance("sweep", 1, status=f"last: {cell.dataset}/{cell.strategy}",
                                      work=1 - before.get((cell.dataset, cell.strategy), 0.0))
-            finally:  # a stop (raised here with --jobs 1), an interrupt: a stretch that finished no cell still counts
-                save_with_sweep_time(meta, clock, previous_phases, cells_t0, run_json)
+                    # after the outcome's own writes: a full disk is then named by the file that filled it
+                    save_with_sweep_time(meta, clock, previous_phases, cells_t0, run_json)  # a kill -9 keeps it too
+            finally:  # a stop (yielded, or raised here with --jobs 1), an interrupt: a stretch without a finished cell counts
+                save_with_sweep_time(meta, clock, previous_phases, cells_t0, run_json, on_the_way_out=True)
             if stopped is not None:
                 raise stopped
             clock.seconds["cells"] = clock.seconds.get("cells", 0.0) + time.perf_counter() - cells_t0
